@@ -1,0 +1,103 @@
+"""One evaluation pass: accuracy, loss, agreement and KL divergence against the dense model.
+
+Every metric is kept as a sum over samples (``Sums``), so results over shards of the eval set add up
+exactly: counts are integers, and loss and KL sums are accumulated in float64 per batch.
+
+- ``accuracy``: top-1 against the labels (``None`` when the data has none).
+- ``loss``: mean cross-entropy against the labels; without labels, against the dense model's top-1.
+- ``agreement``: fraction of samples whose top-1 equals the dense model's (label-free).
+- ``kl``: mean KL(dense || pruned) of the softmax outputs (label-free).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class Sums:
+    """Sums over the samples of one or more eval shards."""
+
+    n: int = 0
+    correct: int = 0
+    agree: int = 0
+    loss_sum: float = 0.0
+    kl_sum: float = 0.0
+    labelled: bool = True
+
+    def __add__(self, other: "Sums") -> "Sums":
+        return Sums(self.n + other.n, self.correct + other.correct, self.agree + other.agree,
+                    self.loss_sum + other.loss_sum, self.kl_sum + other.kl_sum, self.labelled and other.labelled)
+
+    def metrics(self) -> dict[str, float | None]:
+        n = max(self.n, 1)
+        return {
+            "accuracy": self.correct / n if self.labelled else None,
+            "loss": self.loss_sum / n,
+            "agreement": self.agree / n,
+            "kl": self.kl_sum / n,
+        }
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sums_from_logits(logits: torch.Tensor, dense_logits: torch.Tensor, labels: torch.Tensor | None) -> Sums:
+    """Metric sums for one batch of ``logits`` against the dense model's logits and the labels (if any)."""
+    logits = logits.float()
+    dense_logits = dense_logits.to(logits.device).float()
+    pred = logits.argmax(dim=-1)
+    dense_pred = dense_logits.argmax(dim=-1)
+    target = labels.to(logits.device) if labels is not None else dense_pred
+    log_p = F.log_softmax(logits, dim=-1)
+    log_q = F.log_softmax(dense_logits, dim=-1)
+    loss = -log_p.gather(-1, target.view(-1, 1)).double().sum()
+    kl = (log_q.exp() * (log_q - log_p)).double().sum()
+    return Sums(
+        n=int(logits.shape[0]),
+        correct=int((pred == target).sum()) if labels is not None else 0,
+        agree=int((pred == dense_pred).sum()),
+        loss_sum=float(loss),
+        kl_sum=float(kl),
+        labelled=labels is not None,
+    )
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 128,
+            device: str | torch.device = "cpu") -> torch.Tensor:
+    """The model's logits for ``x``, batched, on the CPU as float32."""
+    outs = []
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            out = model(x[start : start + batch_size].to(device))
+            outs.append(_logits(out).float().cpu())
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, dense_logits: torch.Tensor,
+             batch_size: int = 128, device: str | torch.device = "cpu") -> Sums:
+    """One pass of ``model`` over ``x``: the metric sums against the dense logits and the labels."""
+    total = Sums(labelled=labels is not None)
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            stop = start + batch_size
+            out = _logits(model(x[start:stop].to(device)))
+            total = total + sums_from_logits(out, dense_logits[start:stop],
+                                             None if labels is None else labels[start:stop])
+    return total
+
+
+def _logits(out: object) -> torch.Tensor:
+    """Models may return a tensor, a tuple (take the first) or an object with ``logits`` (torchvision's
+    GoogLeNet/Inception outputs in training mode, Hugging Face style outputs)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TypeError(f"the model returned {type(out).__name__}; expected a tensor of class scores")

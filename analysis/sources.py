@@ -1,0 +1,385 @@
+"""Turn a model spec and a data spec into a ``Workload``: a model in eval mode, an eval set, and their shapes.
+
+Model specs
+    ``sample:NAME``                      a bundled sample (``sample_models/``)
+    ``torchvision:ARCH[=weights]``       a torchvision architecture, random init or a state dict
+    ``file.py:factory[=weights]``        your own code builds the model; weights are a state dict
+    ``model.pt`` / ``model.ts``          TorchScript
+    ``model.pt2``                        a ``torch.export`` program
+    ``model.pt`` (pickled nn.Module)     only with ``trust_pickle=True``: unpickling runs code
+
+State dicts (``.pt``/``.pth``/``.bin``) are read with ``torch.load(weights_only=True)``; ``.safetensors`` too.
+
+Data specs
+    ``sample:digits``                    the held-out split of the samples (``sample:digits-train``: training)
+    ``data.pt`` / ``data.npz``           tensors ``x`` and optionally ``y`` (a bare tensor is ``x``)
+    ``folder/``                          an ``ImageFolder`` tree, resized to ``input_size``
+    ``random:CxHxW``                     ``count`` seeded Gaussian inputs, no labels
+
+Every way a spec or a file can be wrong raises ``SpecError`` with a message that names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from analysis import samples
+
+
+class SpecError(ValueError):
+    """A model or data spec that cannot be turned into a workload; the message says why and what to do."""
+
+
+@dataclass
+class EvalData:
+    """An eval set held in memory: inputs ``x`` (N, ...) and labels ``y`` (N,) or ``None``."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None
+    spec: str = ""
+    class_names: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def labelled(self) -> bool:
+        return self.y is not None
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update(self.x.detach().contiguous().cpu().numpy().tobytes())
+        if self.y is not None:
+            h.update(self.y.detach().contiguous().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+@dataclass
+class Workload:
+    """A model ready to analyse, with the eval set it is measured on."""
+
+    model: nn.Module
+    data: EvalData
+    model_spec: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    meta: dict = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """A hash of the model's weights and buffers: the same file gives the same fingerprint."""
+        h = hashlib.sha256()
+        for name, t in sorted(self.model.state_dict().items()):
+            if isinstance(t, torch.Tensor):
+                h.update(name.encode())
+                h.update(t.detach().contiguous().cpu().float().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------------- models
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise SpecError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the file's fault
+            raise SpecError(f"{path} is not a readable safetensors file: {exc}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise SpecError(f"{path} is not a state dict that loads without running code ({_short(exc)}); "
+                        "save it with torch.save(model.state_dict(), path)") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise SpecError(f"{path} holds {type(obj).__name__}, not a state dict of tensors")
+    return obj
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise SpecError(f"the weights in {source} do not fit the architecture: {_short(exc)}") from None
+    return model
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _torchvision(arch: str, weights: str | None) -> nn.Module:
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if arch not in names:
+        close = [n for n in names if arch.lower()[:4] in n][:5]
+        raise SpecError(f"torchvision has no architecture {arch!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    if weights is None:
+        return torchvision.models.get_model(arch, weights=None)
+    state = _read_state_dict(Path(weights))
+    num_classes = _guess_num_classes(state)
+    kwargs = {"num_classes": num_classes} if num_classes else {}
+    if arch.startswith(("googlenet", "inception")):
+        kwargs["aux_logits"] = any("aux" in k for k in state)
+        kwargs["init_weights"] = False
+    model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    return _load_state(model, state, weights)
+
+
+def _guess_num_classes(state: dict[str, torch.Tensor]) -> int | None:
+    """The output size of the last 2-D weight: the classifier of a torchvision model."""
+    last = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2 and "aux" not in k]
+    return int(last[-1].shape[0]) if last else None
+
+
+def _from_python_file(path: Path, factory: str, weights: str | None) -> nn.Module:
+    if not path.is_file():
+        raise SpecError(f"model file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"prunescope_user_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - the user's code failed
+        raise SpecError(f"importing {path} failed: {type(exc).__name__}: {_short(exc)}") from None
+    fn = getattr(module, factory, None)
+    if not callable(fn):
+        raise SpecError(f"{path} has no callable {factory!r}")
+    model = fn()
+    if not isinstance(model, nn.Module):
+        raise SpecError(f"{path}:{factory}() returned {type(model).__name__}, not a torch.nn.Module")
+    return _load_state(model, _read_state_dict(Path(weights)), weights) if weights else model
+
+
+def sniff_model_file(path: Path) -> str:
+    """What a model file holds, read from its content (never its name): torchscript, export, onnx, pickle."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] == b"PK":
+        try:
+            names = zipfile.ZipFile(path).namelist()
+        except zipfile.BadZipFile:
+            raise SpecError(f"{path} looks like a zip archive but is damaged or truncated") from None
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            return "torchscript"
+        if any("serialized_exported_program" in n or n.endswith("archive_format") for n in names):
+            return "export"
+        if any(n.endswith("data.pkl") for n in names):
+            return "pickle"
+        raise SpecError(f"{path} is a zip archive but not a TorchScript, torch.export or torch.save file")
+    if head[:1] == b"\x80":
+        return "pickle"
+    if head[:1] == b"\x08":
+        return "onnx"
+    raise SpecError(f"{path} is not a model file Prunescope can read (TorchScript, .pt2, ONNX or a state dict)")
+
+
+def _from_model_file(path: Path, trust_pickle: bool) -> nn.Module:
+    if not path.is_file():
+        raise SpecError(f"model file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise SpecError(f"model file {path} is empty")
+    kind = sniff_model_file(path)
+    if kind == "torchscript":
+        try:
+            return torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:  # noqa: BLE001
+            raise SpecError(f"{path} is a damaged TorchScript file: {_short(exc)}") from None
+    if kind == "export":
+        try:
+            return torch.export.load(str(path)).module()
+        except Exception as exc:  # noqa: BLE001
+            raise SpecError(f"{path} is a damaged torch.export program: {_short(exc)}") from None
+    if kind == "onnx":
+        raise SpecError(f"{path} is an ONNX model; ONNX models are analysed with ONNX Runtime (see the README)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not loadable as plain data: a pickled object
+        obj = None
+    if isinstance(obj, dict):
+        raise SpecError(f"{path} is a state dict (weights without an architecture); give the architecture too: "
+                        f"torchvision:ARCH={path} or model.py:factory={path}")
+    if not trust_pickle:
+        raise SpecError(f"{path} is a pickled Python object: loading it runs code from the file. Export it with "
+                        "torch.jit.save or torch.export, or pass --trust-pickle if you trust where it came from")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise SpecError(f"{path} could not be unpickled: {_short(exc)}") from None
+    if not isinstance(obj, nn.Module):
+        raise SpecError(f"{path} holds {type(obj).__name__}, not a torch.nn.Module")
+    return obj
+
+
+def load_model(spec: str, trust_pickle: bool = False) -> nn.Module:
+    """The model a spec names, in eval mode, on the CPU."""
+    spec = spec.strip()
+    if not spec:
+        raise SpecError("empty model spec; try sample:digits-cnn")
+    if spec.startswith("sample:"):
+        name = spec.removeprefix("sample:")
+        if name not in samples.sample_names():
+            raise SpecError(f"no bundled sample {name!r}; the samples are {', '.join(samples.sample_names())}")
+        model = samples.load_sample(name)
+    elif spec.startswith("torchvision:"):
+        arch, _, weights = spec.removeprefix("torchvision:").partition("=")
+        model = _torchvision(arch, weights or None)
+    elif re.match(r"^.+\.py:[A-Za-z_]\w*(=.+)?$", spec):
+        file_part, _, rest = spec.partition(".py:")
+        factory, _, weights = rest.partition("=")
+        model = _from_python_file(Path(file_part + ".py"), factory, weights or None)
+    else:
+        model = _from_model_file(Path(spec), trust_pickle)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------------- data
+
+
+def _parse_chw(text: str) -> tuple[int, ...]:
+    parts = text.lower().split("x")
+    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise SpecError(f"random data needs a shape like random:3x32x32, got random:{text}")
+    return tuple(int(p) for p in parts)
+
+
+def _from_tensor_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if path.stat().st_size == 0:
+        raise SpecError(f"data file {path} is empty")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            obj = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise SpecError(f"{path} is not a readable tensor file (.pt with tensors, or .npz): {_short(exc)}") from None
+    if isinstance(obj, torch.Tensor):
+        obj = {"x": obj}
+    if not isinstance(obj, dict) or "x" not in obj:
+        raise SpecError(f"{path} must hold a tensor or a dict with 'x' (inputs) and optionally 'y' (labels)")
+    x, y = obj["x"], obj.get("y")
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        raise SpecError(f"'x' in {path} must be a tensor with a batch dimension, got shape {getattr(x, 'shape', None)}")
+    if not x.is_floating_point():
+        x = x.float()
+    if y is not None:
+        if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.is_floating_point() and not torch.equal(y, y.round()):
+            raise SpecError(f"'y' in {path} must be a 1-D tensor of integer class labels")
+        if len(y) != len(x):
+            raise SpecError(f"{path} has {len(x)} inputs but {len(y)} labels")
+        y = y.long()
+    return x, y
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _from_image_folder(path: Path, input_size: int, normalize: str, count: int | None) -> EvalData:
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    steps = [T.Resize(input_size), T.CenterCrop(input_size), T.ToTensor()]
+    if normalize == "imagenet":
+        steps.append(T.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    try:
+        ds = ImageFolder(str(path), transform=T.Compose(steps))
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise SpecError(f"{path} is not an image folder (one sub-folder per class holding images): {_short(exc)}") from None
+    n = len(ds) if count is None else min(count, len(ds))
+    xs, ys = [], []
+    for i in range(n):
+        try:
+            img, label = ds[i]
+        except Exception as exc:  # noqa: BLE001 - a broken image
+            raise SpecError(f"cannot read image {ds.samples[i][0]}: {_short(exc)}") from None
+        xs.append(img)
+        ys.append(label)
+    return EvalData(torch.stack(xs), torch.tensor(ys), str(path), ds.classes)
+
+
+def load_data(spec: str, count: int | None = None, input_size: int = 224, normalize: str = "imagenet",
+              seed: int = 0) -> EvalData:
+    """The eval set a spec names; ``count`` keeps the first ``count`` samples (random data: how many)."""
+    spec = spec.strip()
+    if count is not None and count <= 0:
+        raise SpecError(f"count must be positive, got {count}")
+    if spec in ("sample:digits", "sample:digits-train"):
+        x_train, y_train, x_test, y_test = samples.digits_split()
+        x, y = (x_test, y_test) if spec == "sample:digits" else (x_train, y_train)
+        data = EvalData(x, y, spec, [str(i) for i in range(10)])
+    elif spec.startswith("random:"):
+        shape = _parse_chw(spec.removeprefix("random:"))
+        gen = torch.Generator().manual_seed(seed)
+        return EvalData(torch.randn((count or 256, *shape), generator=gen), None, f"{spec}@{count or 256}")
+    elif spec.startswith("sample:"):
+        raise SpecError(f"no bundled data {spec!r}; use sample:digits or sample:digits-train")
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise SpecError(f"data {spec} does not exist (a tensor file, an image folder, sample:digits or random:CxHxW)")
+        if path.is_dir():
+            return _from_image_folder(path, input_size, normalize, count)
+        x, y = _from_tensor_file(path)
+        data = EvalData(x, y, spec)
+    if count is not None:
+        data = EvalData(data.x[:count], None if data.y is None else data.y[:count], data.spec, data.class_names)
+    return data
+
+
+# --------------------------------------------------------------------------------------------------- workload
+
+
+def check_fit(model: nn.Module, data: EvalData, model_spec: str = "the model") -> int:
+    """Run one small batch through the model; return its class count or raise a ``SpecError`` naming both sides."""
+    if len(data) == 0:
+        raise SpecError(f"the data {data.spec} holds no samples")
+    if not torch.isfinite(data.x).all():
+        raise SpecError(f"the data {data.spec} contains NaN or infinite values")
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise SpecError(f"{model_spec} has NaN or infinite values in {name}")
+    from analysis.metrics import _logits
+
+    batch = data.x[:2]
+    try:
+        with torch.inference_mode():
+            out = _logits(model(batch))
+    except Exception as exc:  # noqa: BLE001 - any failure here is a mismatch between the two sides
+        raise SpecError(f"{model_spec} cannot run on {data.spec}: inputs of shape {list(data.x.shape[1:])} "
+                        f"({data.x.dtype}) failed with {type(exc).__name__}: {_short(exc)}") from None
+    if out.dim() != 2 or out.shape[0] != batch.shape[0]:
+        raise SpecError(f"{model_spec} returned outputs of shape {list(out.shape)} for {len(batch)} inputs; "
+                        "expected (batch, classes) class scores")
+    num_classes = int(out.shape[1])
+    if data.y is not None and len(data.y):
+        low, high = int(data.y.min()), int(data.y.max())
+        if low < 0 or high >= num_classes:
+            raise SpecError(f"the labels of {data.spec} run from {low} to {high}, but {model_spec} has "
+                            f"{num_classes} classes (0 to {num_classes - 1})")
+    return num_classes
+
+
+def load_workload(model_spec: str, data_spec: str, count: int | None = None, input_size: int = 224,
+                  normalize: str = "imagenet", trust_pickle: bool = False) -> Workload:
+    """Load a model and its eval set and check that they fit before any work is done."""
+    model = load_model(model_spec, trust_pickle=trust_pickle)
+    data = load_data(data_spec, count=count, input_size=input_size, normalize=normalize)
+    num_classes = check_fit(model, data, model_spec)
+    return Workload(model, data, model_spec, num_classes, tuple(data.x.shape[1:]))

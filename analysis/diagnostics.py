@@ -377,8 +377,9 @@ class _Shift:
         dm = self.pruned.mean - self.dense.mean
         mean_shift = dm.abs() / sd
         std_shift = (var_p.sqrt() - var_d.sqrt()).abs() / sd
-        hellinger = (1.0 - (2.0 * vd.sqrt() * vp.sqrt() / (vd + vp)).sqrt()
-                     * torch.exp(-dm * dm / (4.0 * (vd + vp)))).clamp(min=0.0).sqrt()
+        # 2 s_d s_p / (s_d^2 + s_p^2) written as 1 - (s_d - s_p)^2 / (...): exactly 1 when nothing moved.
+        spread = 1.0 - (vd.sqrt() - vp.sqrt()) ** 2 / (vd + vp)
+        hellinger = (1.0 - spread.sqrt() * torch.exp(-dm * dm / (4.0 * (vd + vp)))).clamp(min=0.0).sqrt()
         if self.sq_dense > 0:
             rel_l2 = math.sqrt(self.sq_diff / self.sq_dense)
         else:

@@ -216,12 +216,48 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------- compare
+
+
+def _compare_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("compare", help="scans with different criteria side by side, cell by cell",
+                       description="Read two or more scan folders (e.g. the same model scanned with magnitude, taylor "
+                                   "and random) and write one row per (layer, sparsity) with each criterion's drop, "
+                                   "the best criterion and the spread.")
+    p.add_argument("--scan", action="append", required=True, type=Path, metavar="DIR",
+                   help="a scan folder (give --scan two or more times)")
+    p.add_argument("--metric", default=None, help="accuracy, loss, agreement, kl (default: accuracy if labelled)")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE.csv", help="write the comparison as CSV")
+    p.add_argument("--plot", type=Path, default=None, metavar="FILE.html", help="write the comparison figure as HTML")
+    return p
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from analysis.diagnostics import compare_criteria
+    from analysis.plots import criterion_comparison_figure
+    from analysis.sensitivity import METRICS, SensitivityProfile
+
+    if args.metric is not None and args.metric not in METRICS:
+        raise UsageError(f"unknown metric {args.metric!r}; choose one of {', '.join(METRICS)}")
+    comparison = compare_criteria([SensitivityProfile.load(d) for d in args.scan], args.metric)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        comparison.to_csv(args.out, index=False)
+    if args.plot:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        criterion_comparison_figure(comparison).write_html(args.plot, include_plotlyjs="cdn")
+    print(f"drop in {comparison.attrs['metric']} (positive = worse than dense)")
+    print(comparison.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------- main
 
 
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "scan": (_scan_parser, _cmd_scan),
     "diagnose": (_diagnose_parser, _cmd_diagnose),
+    "compare": (_compare_parser, _cmd_compare),
 }
 
 

@@ -150,9 +150,10 @@ def _calibration(model: nn.Module, layers: list[Layer], schedule: Schedule, data
 
 def _bake(model: nn.Module, keep: dict[str, torch.Tensor]) -> None:
     """Zero the masked weights of ``model`` for good (export needs a permanently pruned copy)."""
+    params = dict(model.named_parameters())
     with torch.no_grad():
         for name, mask in keep.items():
-            weight = model.get_parameter(name)
+            weight = params[name]
             weight.masked_fill_(~mask.to(weight.device), 0)
 
 
@@ -404,7 +405,8 @@ def export(
         exported = plan.effective_sparsities()
         kept_schedule = Schedule(exported, schedule.criterion, "channel",
                                  {**schedule.meta, "export": {"mode": "shrunk", "requested": dict(schedule.sparsities),
-                                                              "coupled_groups": [g.to_dict() for g in groups],
+                                                              "coupled_groups": [g.to_dict() for g in groups
+                                                                                 if g.note],
                                                               "removed_channels": plan.removed_channels}})
         for g in groups:
             if g.note and g.removed != round(max(g.requested.values()) * g.channels):
@@ -489,7 +491,8 @@ def _quality(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, y: torch.Tens
 def _layer_table(path: Path, layers: list[Layer], requested: Schedule, exported: Schedule, pruned: nn.Module,
                  shrunk: bool, out_channels: dict[str, tuple[int, int]]) -> pd.DataFrame:
     """One row per layer: asked and exported sparsity, and what the ONNX initializers hold."""
-    weights = {l.name: pruned.get_parameter(l.param_name).detach() for l in layers}
+    params = dict(pruned.named_parameters())
+    weights = {l.name: params[l.param_name].detach() for l in layers}
     shapes = {name: tuple(w.shape) for name, w in weights.items()}
     stored = onnx_weights(path, layers, shapes)
     gran = masks.parse_granularity(requested.granularity)
@@ -498,8 +501,8 @@ def _layer_table(path: Path, layers: list[Layer], requested: Schedule, exported:
         w = stored.get(layer.name)
         row = {"layer": layer.name, "type": layer.kind, "requested": requested.sparsities.get(layer.name, 0.0),
                "exported": exported.sparsities.get(layer.name, 0.0),
-               "torch_zero_fraction": float((weights[layer.name] == 0).float().mean()), "found_in_onnx": w is not None,
-               "onnx_zero_fraction": float((w == 0).mean()) if w is not None else None}
+               "torch_zero_fraction": int((weights[layer.name] == 0).sum()) / max(weights[layer.name].numel(), 1), "found_in_onnx": w is not None,
+               "onnx_zero_fraction": int(np.count_nonzero(w == 0)) / max(w.size, 1) if w is not None else None}
         if shrunk:
             before, after = out_channels.get(layer.name, (layer.shape[0], layer.shape[0]))
             row.update(out_channels=before, out_channels_kept=after,
@@ -584,6 +587,8 @@ def _markdown(r: ExportReport) -> str:
     if r.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
     pruned_rows = r.layers[(r.layers["requested"] > 0) | (r.layers["exported"] > 0)]
+    if r.mode == "shrunk":
+        pruned_rows = pruned_rows.drop(columns=["torch_zero_fraction", "onnx_zero_fraction"])
     if len(pruned_rows):
         lines += ["", "## Layers", "", _md_table(pruned_rows)]
     return "\n".join(lines) + "\n"

@@ -110,7 +110,7 @@ def _module_of(model: nn.Module, layer: Layer) -> nn.Module | None:
         return None
     try:
         module = model.get_submodule(layer.name)
-    except AttributeError:
+    except (AttributeError, RuntimeError):
         return None
     return module if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) else None
 
@@ -148,6 +148,9 @@ def plan(model: nn.Module, layers: list[Layer], schedule: Schedule, example: tor
         raise ShrinkError(f"only channel granularity can be shrunk, the schedule has {schedule.granularity}; "
                           "export it masked (without --shrink)")
     schedule.validate(layers)
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ShrinkError("a TorchScript model cannot be shrunk: Torch-Pruning's dependency graph rewrites Python "
+                          "modules; export it without --shrink, or load the model from its Python code")
     work = copy.deepcopy(model).cpu().eval()
     example = example.cpu()
     graph = _build_graph(work, example)

@@ -193,6 +193,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if data is None:
             raise UsageError("give --data: the export needs example inputs to trace, calibrate and verify")
     schedule = Schedule.load(args.schedule)
+    if args.shrink and schedule.granularity != "channel":
+        raise UsageError(f"--shrink removes whole channels and needs channel granularity; {args.schedule} has "
+                         f"{schedule.granularity}. Export it masked (without --shrink)")
     workload = load_workload(args.model, data, count=args.count, input_size=args.input_size,
                              normalize=args.normalize, trust_pickle=args.trust_pickle)
     try:

@@ -294,10 +294,15 @@ def test_cli_export_writes_verified_files(tmp_path):
     assert {r["batch"] for r in report["latency"]} == {1, 32}
 
 
-def test_cli_export_usage_errors(tmp_path):
+def test_cli_export_usage_errors(tmp_path, capsys):
+    from analysis.cli import main
+
     sched = Schedule({"fc1": 0.5}).save(tmp_path / "s.json")
-    res = run_cli("export", "--model", "sample:digits-mlp", "--schedule", sched, "--shrink", "--out", tmp_path / "a.onnx")
-    assert res.returncode == 2 and "channel granularity" in res.stderr and "Traceback" not in res.stderr
-    res = run_cli("export", "--model", "sample:digits-mlp", "--schedule", tmp_path / "missing.json",
-                  "--out", tmp_path / "a.onnx")
-    assert res.returncode == 2 and "does not exist" in res.stderr
+    assert main(["export", "--model", "sample:digits-mlp", "--schedule", str(sched), "--shrink",
+                 "--out", str(tmp_path / "a.onnx")]) == 2
+    assert "channel granularity" in capsys.readouterr().err
+    assert main(["export", "--model", "sample:digits-mlp", "--schedule", str(tmp_path / "missing.json"),
+                 "--out", str(tmp_path / "a.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["export", "--model", "model.py:make", "--schedule", str(sched), "--out", str(tmp_path / "a.onnx")]) == 2
+    assert "give --data" in capsys.readouterr().err

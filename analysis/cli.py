@@ -251,6 +251,86 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------------- export
+
+EXIT_VERIFY = 1
+_DEFAULT_EXPORT_DATA = {"sample:": "sample:digits", "torchvision:": "random:3x224x224"}
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from analysis.export import EXPORTERS
+
+    p = sub.add_parser("export", help="export the pruned model to ONNX, verified in ONNX Runtime",
+                       description="Apply a schedule, export the pruned model to one ONNX file (masked, or with "
+                                   "--shrink the pruned channels removed), verify it in ONNX Runtime against "
+                                   "PyTorch, and report size and latency against the dense model. Writes "
+                                   "FILE.onnx, FILE.schedule.json (the schedule exported) and FILE.md.")
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", required=True, metavar="M", help="the model spec, as for scan")
+    g.add_argument("--data", default=None, metavar="D",
+                   help="example, calibration and verification inputs (default: sample:digits for samples, "
+                        "random:3x224x224 for torchvision models)")
+    g.add_argument("--count", type=int, default=None, metavar="N", help="use the first N samples")
+    g.add_argument("--input-size", type=int, default=224, metavar="PX", help="image folders: resize and crop to PX")
+    g.add_argument("--normalize", choices=("imagenet", "none"), default="imagenet", help="image folders: normalisation")
+    g.add_argument("--trust-pickle", action="store_true", help="allow a fully pickled nn.Module")
+    g = p.add_argument_group("export")
+    g.add_argument("--schedule", required=True, type=Path, metavar="FILE.json", help="the schedule to apply (JSON/YAML)")
+    g.add_argument("--shrink", action="store_true",
+                   help="channel granularity: remove the pruned channels (and what depends on them) for real")
+    g.add_argument("--bn-recalibrate", action="store_true", help="re-estimate BatchNorm statistics after pruning")
+    g.add_argument("--exporter", choices=EXPORTERS, default="auto",
+                   help="torch.onnx exporter: dynamo, torchscript, or auto (dynamo, then torchscript; default)")
+    g.add_argument("--tolerance", type=float, default=1e-3, metavar="T",
+                   help="largest accepted output difference relative to the largest output (default 1e-3)")
+    g.add_argument("--verify-samples", type=int, default=256, metavar="N", help="samples compared (default 256)")
+    g.add_argument("--calib-samples", type=int, default=256, metavar="N",
+                   help="samples for the taylor/activation criteria and BatchNorm recalibration (default 256)")
+    g.add_argument("--no-latency", action="store_true", help="skip the ONNX Runtime latency measurement")
+    g.add_argument("--repeats", type=int, default=20, metavar="R", help="latency repeats per model (default 20)")
+    g.add_argument("--ort-threads", type=int, default=1, metavar="T", help="ONNX Runtime threads (default 1)")
+    g.add_argument("--json", action="store_true", help="print the report as one JSON object instead of the summary")
+    g.add_argument("--out", required=True, type=Path, metavar="FILE.onnx", help="the ONNX file to write")
+    _add_run_args(p)
+    return p
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from analysis.export import VerificationError, export
+    from analysis.schedule import Schedule
+    from analysis.sources import load_workload
+
+    for name in ("verify_samples", "calib_samples", "repeats", "ort_threads"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    data = args.data
+    if data is None:
+        data = next((d for prefix, d in _DEFAULT_EXPORT_DATA.items() if args.model.startswith(prefix)), None)
+        if data is None:
+            raise UsageError("give --data: the export needs example inputs to trace, calibrate and verify")
+    schedule = Schedule.load(args.schedule)
+    if args.shrink and schedule.granularity != "channel":
+        raise UsageError(f"--shrink removes whole channels and needs channel granularity; {args.schedule} has "
+                         f"{schedule.granularity}. Export it masked (without --shrink)")
+    workload = load_workload(args.model, data, count=args.count, input_size=args.input_size,
+                             normalize=args.normalize, trust_pickle=args.trust_pickle)
+    try:
+        report = export(workload.model, schedule, workload.data, args.out, shrink_channels=args.shrink,
+                        bn_recalibrate=args.bn_recalibrate, model_spec=args.model, exporter=args.exporter,
+                        tolerance=args.tolerance, verify_samples=args.verify_samples,
+                        measure_latency=not args.no_latency, threads=args.ort_threads, repeats=args.repeats,
+                        calib_samples=args.calib_samples, seed=args.seed, device=args.device)
+    except VerificationError as exc:
+        print(f"prunescope: error: {exc}", file=sys.stderr)
+        return EXIT_VERIFY
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print(report.to_markdown())
+        print(f"wrote {report.onnx_path}, {report.schedule_path} and {report.summary_path}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------- main
 
 
@@ -258,6 +338,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "scan": (_scan_parser, _cmd_scan),
     "diagnose": (_diagnose_parser, _cmd_diagnose),
     "compare": (_compare_parser, _cmd_compare),
+    "export": (_export_parser, _cmd_export),
 }
 
 

@@ -332,3 +332,101 @@ def allocate(method: str, layers: list[Layer], target: Target, *, granularity: s
         meta["metric"] = metric or profile.default_metric
     ordered = {l.name: float(sparsities[l.name]) for l in layers if sparsities.get(l.name, 0.0) > 0}
     return Schedule(ordered, criterion, str(gran), meta)
+
+
+# ------------------------------------------------------------------------------------------ from a scan
+
+
+_SUFFIXES = {"k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def parse_target(kind: str, text: str | float, total: int) -> Target:
+    """A target from what a user types: a sparsity in [0, 1); a count (``120000``, ``1.5M``) or a percentage
+    of the total (``30%``) of parameters or FLOPs to keep."""
+    if kind == "sparsity":
+        try:
+            return Target(kind, float(text))
+        except (TypeError, ValueError):
+            raise ValueError(f"target sparsity {text!r} is not a number in [0, 1)") from None
+    raw = str(text).strip().lower()
+    scale = 1.0
+    try:
+        if raw.endswith("%"):
+            value = float(raw[:-1]) / 100.0 * total
+        else:
+            if raw and raw[-1] in _SUFFIXES:
+                raw, scale = raw[:-1], _SUFFIXES[raw[-1]]
+            value = float(raw) * scale
+    except ValueError:
+        raise ValueError(f"target {kind} {text!r} is not a count (such as 120000 or 1.5M) or a percentage "
+                         "(such as 30%)") from None
+    if not math.isfinite(value) or value < 0 or value > total:
+        raise ValueError(f"target {kind} {text!r} is outside 0 to {total} (the model's prunable {kind})")
+    return Target(kind, value)
+
+
+@dataclass
+class ScanSetting:
+    """What allocation needs from a scan folder: the profile, the layers, weights and an accountant."""
+
+    profile: SensitivityProfile
+    layers: list[Layer]
+    accountant: Accountant
+    weights: dict[str, torch.Tensor] | None
+    model_spec: str | None
+
+
+def scan_setting(scan_dir: str, need_weights: bool = False, model_spec: str | None = None) -> ScanSetting:
+    """Load a scan folder; load its model too (from ``scan.json``, or ``model_spec``) when weights are needed
+    (``global``, ``lamp``) or the granularity is ``channel`` (the channel graph)."""
+    from analysis import criteria
+    from analysis.layers import find_layers
+    from analysis.sources import load_data, load_model
+
+    profile = SensitivityProfile.load(scan_dir)
+    meta = profile.meta
+    gran = masks.parse_granularity(meta.get("granularity", "unstructured"))
+    spec = model_spec or meta.get("model")
+    if not (need_weights or gran.kind == "channel"):
+        layers = [Layer(d["name"], d.get("param_name", d["name"] + ".weight"), d.get("type", ""), tuple(d["shape"]),
+                        int(d["params"]), int(d["flops"])) for d in meta.get("layers", [])]
+        if not layers:
+            raise ScheduleError(f"{scan_dir}/scan.json lists no layers")
+        return ScanSetting(profile, layers, Accountant(layers), None, spec)
+    if not spec:
+        raise ScheduleError(f"{scan_dir}/scan.json does not name its model; pass --model")
+    model = load_model(spec)
+    shape = meta.get("input_shape")
+    if not shape:
+        raise ScheduleError(f"{scan_dir}/scan.json lacks input_shape; it cannot trace the model")
+    example = torch.zeros(1, *shape)
+    layers = find_layers(model, example)
+    stats = None
+    criterion = meta.get("criterion", "magnitude")
+    if gran.kind == "channel" and criterion in criteria.CALIBRATED:
+        data = load_data(meta["data"], count=meta.get("samples"))
+        calib = min(len(data), meta.get("config", {}).get("calib_samples", 256))
+        stats = criteria.collect_stats(model, layers, data.x[:calib], None if data.y is None else data.y[:calib],
+                                       criterion)
+    accountant = Accountant.from_model(model, example, layers, criterion, str(gran), stats,
+                                       meta.get("config", {}).get("seed", 0))
+    weights = {l.name: l.weight(model).detach() for l in layers}
+    return ScanSetting(profile, layers, accountant, weights, spec)
+
+
+def schedule_from_scan(scan_dir: str, method: str, target_kind: str, target_value: str | float,
+                       bounds: Bounds | None = None, metric: str | None = None,
+                       model_spec: str | None = None) -> Schedule:
+    """The schedule ``method`` makes for a scan folder; it inherits the scan's criterion and granularity."""
+    if method not in METHODS:
+        raise ScheduleError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    setting = scan_setting(scan_dir, need_weights=method in ("global", "lamp"), model_spec=model_spec)
+    total = setting.accountant.flops if target_kind == "flops" else setting.accountant.weights
+    target = parse_target(target_kind, target_value, total)
+    meta = setting.profile.meta
+    schedule = allocate(method, setting.layers, target, granularity=meta.get("granularity", "unstructured"),
+                        criterion=meta.get("criterion", "magnitude"), bounds=bounds, accountant=setting.accountant,
+                        weights=setting.weights, profile=setting.profile, metric=metric,
+                        allocatable=setting.profile.layers if method == "sensitivity" else None)
+    schedule.meta.update({"scan": str(scan_dir), "model": setting.model_spec, "data": meta.get("data")})
+    return schedule

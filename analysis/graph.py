@@ -41,7 +41,7 @@ _CHANNELWISE = {
 }
 _ELEMENTWISE = {"aten.add", "aten.add_", "aten.sub", "aten.sub_", "aten.mul", "aten.mul_", "aten.div", "aten.div_"}
 _VIEWS = {"aten.view", "aten._unsafe_view", "aten.reshape", "aten.flatten", "aten._reshape_alias"}
-_MATMULS = {"aten.addmm", "aten.mm"}
+_MATMULS = {"aten.addmm", "aten.mm", "aten.linear"}
 
 Sources = tuple  # of (producer layer name, output channel) pairs; None marks an input of unknown origin
 
@@ -154,9 +154,9 @@ class _ChannelTracer(TorchDispatchMode):
         elif op in _MATMULS:
             a, b = (args[1], args[2]) if op == "aten.addmm" else (args[0], args[1])
             layer = self.watched.get(_storage_key(b))
-            if layer is not None and a.dim() == 2:
-                self._consume(layer, a, 1)
-                self._set(first, 1, [((layer, c),) for c in range(first.shape[1])])
+            if layer is not None and a.dim() >= 2:
+                self._consume(layer, a, a.dim() - 1)
+                self._set(first, first.dim() - 1, [((layer, c),) for c in range(first.shape[-1])])
             else:
                 self._forget(first)
         elif op in _CHANNELWISE:

@@ -174,9 +174,9 @@ class Predictor:
             return min(max(value, 0.0), 1.0) if self.metric in ("accuracy", "agreement") else value
         span = max(self.baseline - self.floor, _TINY)
         u = [-math.log(max((span - d) / span, _TINY)) for d in drops]
-        s = sum(math.copysign(abs(x) ** power, x) for x in u)
-        total_u = math.copysign(abs(s) ** (1.0 / power), s)
-        return self.floor + span * math.exp(-total_u)
+        # Losses combine with the power; the rare gains (a layer that measured better than dense) just add.
+        total_u = sum(x ** power for x in u if x > 0) ** (1.0 / power) + sum(x for x in u if x < 0)
+        return min(self.floor + span * math.exp(-max(total_u, -50.0)), 1.0)
 
     def fit(self, measured: list[tuple[object, float]]) -> "Predictor":
         """A ``calibrated`` copy whose power best fits ``measured`` ``(schedule, metric)`` pairs (least squares)."""

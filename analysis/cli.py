@@ -295,6 +295,100 @@ def _export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+# --------------------------------------------------------------------------------------------------- schedule
+
+
+def _max_sparsity(text: str) -> tuple[float | None, dict[str, float]]:
+    """``0.9`` (every layer), ``fc=0.5,conv1=0.7`` (per layer) or both: ``0.9,fc=0.5``."""
+    from analysis.masks import check_sparsity
+
+    default, per_layer = None, {}
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            if "=" in part:
+                name, _, value = part.partition("=")
+                per_layer[name.strip()] = check_sparsity(value.strip(), f"maximum sparsity of layer {name.strip()}")
+            else:
+                default = check_sparsity(part, "maximum sparsity")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return default, per_layer
+
+
+def _schedule_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from analysis.allocate import METHODS
+
+    p = sub.add_parser("schedule", help="allocate per-layer sparsities from a scan to reach a global target",
+                       description="Choose per-layer sparsities that reach a target global sparsity, parameter "
+                                   "count or FLOP count, and write a schedule file. The schedule inherits the "
+                                   "scan's criterion and granularity.")
+    p.add_argument("--scan", required=True, type=Path, metavar="DIR", help="a scan folder (sensitivity.csv, scan.json)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--target-sparsity", metavar="T", help="fraction of prunable weights to remove, in [0, 1)")
+    g.add_argument("--target-params", metavar="N", help="prunable weights to keep: a count (1.5M) or a percentage (30%%)")
+    g.add_argument("--target-flops", metavar="N", help="FLOPs to keep: a count (20M) or a percentage (40%%)")
+    p.add_argument("--method", choices=METHODS, default="sensitivity", help="allocation method (default sensitivity)")
+    p.add_argument("--metric", choices=("accuracy", "agreement", "loss", "kl"), default=None,
+                   help="sensitivity method: the metric whose predicted drop is minimised (default accuracy, or "
+                        "agreement without labels)")
+    p.add_argument("--max-sparsity", type=_max_sparsity, default=(None, {}), metavar="S|NAME=S,...",
+                   help="upper bound for every layer (0.9), for named layers (fc=0.5) or both (0.9,fc=0.5)")
+    p.add_argument("--keep-dense", type=_name_list, default=(), metavar="NAME,...", help="layers never pruned")
+    p.add_argument("--model", default=None, metavar="M",
+                   help="the scanned model, where scan.json's model spec no longer loads (global, lamp, channel)")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE", help="schedule file (.json, or .yaml/.yml)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return p
+
+
+def _cmd_schedule(args: argparse.Namespace) -> int:
+    from analysis.allocate import Bounds, schedule_from_scan
+    from analysis.predict import Predictor
+
+    if not args.scan.is_dir():
+        raise UsageError(f"scan folder {args.scan} does not exist")
+    kind, value = next((k, v) for k, v in (("sparsity", args.target_sparsity), ("params", args.target_params),
+                                           ("flops", args.target_flops)) if v is not None)
+    default, per_layer = args.max_sparsity
+    bounds = Bounds(default, per_layer, tuple(args.keep_dense))
+    schedule = schedule_from_scan(str(args.scan), args.method, kind, value, bounds, args.metric, args.model)
+    predictor = Predictor.from_scan(args.scan, args.metric if args.metric in ("accuracy", "agreement") else None)
+    schedule.meta["predicted"] = {predictor.metric: predictor.predict(schedule), "model": predictor.model}
+    schedule.save(args.out)
+    if not args.quiet:
+        totals = schedule.meta["totals"]
+        for name, s in schedule.sparsities.items():
+            print(f"{name:40s} {s:.4f}")
+        print(f"{args.method}: global sparsity {totals['global_sparsity']:.4f}, params kept "
+              f"{totals['params_kept']:.4f}, FLOPs kept {totals['flops_kept']:.4f}; predicted {predictor.metric} "
+              f"{schedule.meta['predicted'][predictor.metric]:.4f} ({predictor.model})")
+        print(f"wrote {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- evaluate
+
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("evaluate", help="apply a whole schedule and measure it (prints one JSON object)",
+                       description="Prune the model by a schedule file and measure accuracy, loss, agreement and "
+                                   "the totals; with BatchNorm recalibration and optional sparse fine-tuning.")
+    _add_workload_args(p)
+    g = p.add_argument_group("schedule")
+    g.add_argument("--schedule", required=True, type=Path, metavar="FILE", help="a schedule file (.json or .yaml)")
+    g.add_argument("--bn-recalibrate", action="store_true",
+                   help="report (and fine-tune from) the model after BatchNorm recalibration")
+    g.add_argument("--train-data", default=None, metavar="D",
+                   help="training data for fine-tuning and BatchNorm recalibration (e.g. sample:digits-train)")
+    g.add_argument("--finetune-steps", type=int, default=0, metavar="N", help="sparse fine-tuning steps (default 0)")
+    g.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)")
+    g.add_argument("--calib-samples", type=int, default=256, metavar="N",
+                   help="samples used by the taylor and activation criteria (default 256)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_args(p)
+    return p
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from analysis.export import VerificationError, export
     from analysis.schedule import Schedule
@@ -331,6 +425,41 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from analysis.measure import measure_schedule
+    from analysis.schedule import Schedule
+    from analysis.sources import load_data
+
+    schedule = Schedule.load(args.schedule)
+    if args.finetune_steps < 0:
+        raise UsageError(f"--finetune-steps must be zero or more, got {args.finetune_steps}")
+    if args.finetune_steps and not args.train_data:
+        raise UsageError("--finetune-steps needs --train-data (fine-tuning on the eval set would measure nothing)")
+    if not args.lr > 0:
+        raise UsageError(f"--lr must be positive, got {args.lr}")
+    workload = _load_workload(args)
+    train = None
+    if args.train_data:
+        train = load_data(args.train_data, input_size=args.input_size, normalize=args.normalize)
+    bar = tqdm(total=args.finetune_steps, unit="step", disable=args.quiet or not sys.stderr.isatty() or
+               not args.finetune_steps, file=sys.stderr)
+
+    def on_step(p) -> None:  # noqa: ANN001
+        bar.set_postfix(loss=f"{p.loss:.4f}")
+        bar.update(1)
+
+    result = measure_schedule(workload, schedule, bn_recalibrate=args.bn_recalibrate, train=train,
+                              finetune_steps=args.finetune_steps, lr=args.lr, batch_size=args.batch_size,
+                              calib_samples=args.calib_samples, device=args.device, seed=args.seed,
+                              progress=on_step)
+    bar.close()
+    print_json({"model": workload.model_spec, "data": workload.data.spec, "schedule": str(args.schedule),
+                **result.to_dict()})
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------- main
 
 
@@ -338,6 +467,8 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "scan": (_scan_parser, _cmd_scan),
     "diagnose": (_diagnose_parser, _cmd_diagnose),
     "compare": (_compare_parser, _cmd_compare),
+    "schedule": (_schedule_parser, _cmd_schedule),
+    "evaluate": (_evaluate_parser, _cmd_evaluate),
     "export": (_export_parser, _cmd_export),
 }
 

@@ -73,8 +73,8 @@ if st.button("Use this model and data", type="primary", disabled=not (model_spec
     chosen = common.WorkloadSpec(model_spec, data_spec, int(count) or None, int(input_size))
     try:
         common.try_workload(chosen)
-    except (SpecError, ValueError) as exc:
-        st.error(f"Cannot use {chosen.label}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a user's file may fail in any way; the page says how and stays up
+        st.error(f"Cannot use {chosen.label}: {common.load_error(exc)}")
     else:
         common.set_spec(chosen)
         spec = chosen

@@ -75,13 +75,19 @@ def try_workload(spec: WorkloadSpec) -> tuple[Workload, list[Layer]]:
     return cached_workload(spec), cached_layers(spec)
 
 
+def load_error(exc: Exception) -> str:
+    """A readable one-line reason: the engine's own message for input errors, the type too for anything else."""
+    text = " ".join(str(exc).split())[:400]
+    return text if isinstance(exc, (SpecError, ValueError)) else f"{type(exc).__name__}: {text}"
+
+
 def workload_or_stop() -> tuple[WorkloadSpec, Workload, list[Layer]]:
     """The current workload, or a readable error and the end of the page when it cannot be loaded."""
     spec = current_spec()
     try:
         w, layers = try_workload(spec)
-    except (SpecError, ValueError) as exc:
-        st.error(f"Cannot load {spec.label}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - whatever a user's file does, the page says it and stays up
+        st.error(f"Cannot load {spec.label}: {load_error(exc)}")
         st.page_link("pages/1_Model_and_data.py", label="Pick another model or data set")
         st.stop()
     return spec, w, layers

@@ -124,7 +124,8 @@ def profile_overlay(first: SensitivityProfile, second: SensitivityProfile, metri
     _check_metric(second, metric)
     a, b = labels or (_profile_label(first), _profile_label(second))
     if a == b:
-        a, b = f"{a} #1", f"{b} #2"
+        when = first.meta.get("created"), second.meta.get("created")
+        a, b = (f"{a} {when[0]}", f"{b} {when[1]}") if all(when) and when[0] != when[1] else (f"{a} #1", f"{b} #2")
     shared = [l for l in first.layers if l in set(second.layers)]
     if layers:
         shared = [l for l in shared if l in set(layers)]

@@ -20,5 +20,5 @@ def arrives_with(what: str) -> None:
     """Say what this page will show and which engine work brings it, then end the page."""
     st.info(f"This page arrives with {what}. Until then the Sensitivity page has the scan, heatmap, curves "
             "and tolerance ranking.")
-    st.page_link("pages/2_Sensitivity.py", label="Go to Sensitivity", icon="🌡️")
+    st.page_link("pages/2_Sensitivity.py", label="Go to Sensitivity", icon=":material/thermostat:")
     st.stop()

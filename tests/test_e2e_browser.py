@@ -90,7 +90,7 @@ def browser():  # noqa: ANN201
 
 @pytest.fixture
 def page(browser, server):  # noqa: ANN001, ANN201
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1300}, accept_downloads=True)
     pg = context.new_page()
     pg.set_default_timeout(60_000)
     pg.base_url = server

@@ -90,9 +90,11 @@ with rank_tab:
 with table_tab:
     st.dataframe(profile.drop(metric), hide_index=True, width="stretch")
     c1, c2 = st.columns(2)
-    c1.download_button("Download CSV", profile.table.to_csv(index=False), "sensitivity.csv", "text/csv")
+    c1.download_button("Download CSV", profile.table.to_csv(index=False), "sensitivity.csv", "text/csv",
+                        on_click="ignore")
     c2.download_button("Download JSON", json.dumps({"meta": profile.meta, "rows": profile.table.to_dict("records")},
-                                                   default=str, indent=1), "sensitivity.json", "application/json")
+                                                   default=str, indent=1), "sensitivity.json", "application/json",
+                        on_click="ignore")
 with compare_tab:
     others = [i for i in ids if i != run_id]
     if not others:

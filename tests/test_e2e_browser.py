@@ -167,6 +167,7 @@ def test_the_whole_story_in_a_browser(page):  # noqa: ANN001
     page.get_by_role("tab", name="Table").click()
     with page.expect_download() as download:
         page.get_by_role("button", name="Download CSV").click()
+    settle(page)
     rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
     assert {r["layer"] for r in rows} == {"block1.0", "block2.0", "block3.0", "fc"}
     assert sorted({float(r["sparsity"]) for r in rows}) == [0.0, 0.5, 0.9]

@@ -9,7 +9,7 @@ from ui import pending
 
 
 @pytest.mark.parametrize("page,engine,issue", [
-    ("diagnostics", ("diagnostics",), "issue 3"),
+    ("diagnostics", ("diagnostics", "diagnose"), "issue 3"),
     ("schedule", ("schedule", "predict"), "issue 4"),
     ("export", ("export",), "issue 5"),
 ])

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from ui import pending
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 SCREENSHOTS = ROOT / "docs" / "screenshots"
@@ -175,7 +177,19 @@ def test_the_whole_story_in_a_browser(page):  # noqa: ANN001
     page.get_by_role("tab", name="Compare two runs").click()
     expect(page.get_by_role("tabpanel", name="Compare two runs").get_by_text("(solid) vs")).to_be_visible()
 
-    for name, path in [("diagnostics", "Diagnostics"), ("schedule", "Schedule"), ("export", "Export")]:
+    # Diagnostics: the most fragile layer of the run on show, diagnosed at 0.5.
+    open_page(page, "Diagnostics")
+    if pending.available("diagnostics", "diagnose"):
+        page.get_by_role("button", name="Diagnose").click()
+        settle(page)
+        expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(3)
+        expect(page.get_by_text("Activation shift downstream (rel_l2)")).to_be_visible()
+    else:
+        expect(page.get_by_text("This page arrives with")).to_be_visible()
+    no_exception(page)
+    shot(page, "diagnostics")
+
+    for name, path in [("schedule", "Schedule"), ("export", "Export")]:
         open_page(page, path)
         no_exception(page)
         shot(page, name)

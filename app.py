@@ -32,7 +32,7 @@ def home() -> None:
     if profile is None:
         quick = spec.model.startswith("sample:") or st.button("Quick scan (magnitude, unstructured)", type="primary")
         if quick:
-            run_id, _ = scanning.run_scan(spec, workload, ScanConfig())
+            run_id, _ = scanning.run_scan(spec, workload, ScanConfig(engine=common.best_engine()))
             st.session_state["run_id"] = run_id
             profile = common.load_run(run_id)
     if profile is not None:

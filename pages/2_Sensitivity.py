@@ -26,7 +26,8 @@ with st.sidebar:
 config, config_error = None, None
 try:
     sparsities = tuple(check_sparsity(p.strip()) for p in grid_text.split(",") if p.strip())
-    config = ScanConfig(criterion, granularity, sparsities, tuple(chosen) or None).validated()
+    config = ScanConfig(criterion, granularity, sparsities, tuple(chosen) or None,
+                        engine=common.best_engine()).validated()
 except ValueError as exc:
     config_error = str(exc)
 

@@ -93,6 +93,13 @@ def workload_or_stop() -> tuple[WorkloadSpec, Workload, list[Layer]]:
     return spec, w, layers
 
 
+def best_engine() -> str:
+    """The fastest scan engine this checkout has (they all give the same numbers)."""
+    from analysis.engine import ENGINES
+
+    return "fast" if "fast" in ENGINES else "naive"
+
+
 @st.cache_data(show_spinner=False)
 def torchvision_archs() -> list[str]:
     """torchvision's image classification architectures (the ones a class-score workload fits)."""

@@ -95,6 +95,10 @@ def _scan_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--engine", choices=tuple(ENGINES), default="naive", help="scan engine (default naive)")
     g.add_argument("--calib-samples", type=int, default=256, metavar="N",
                    help="samples used by the taylor and activation criteria (default 256)")
+    g.add_argument("--bn-recalibrate", action="store_true",
+                   help="re-estimate BatchNorm statistics after pruning each cell, before measuring")
+    g.add_argument("--bn-batches", type=int, default=8, metavar="N",
+                   help="batches of the eval inputs that --bn-recalibrate uses (default 8)")
     g.add_argument("--max-drop", type=float, default=0.01, metavar="D",
                    help="for the printed summary: the largest sparsity per layer within this drop (default 0.01)")
     g.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for sensitivity.csv and scan.json")
@@ -112,7 +116,11 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     workload = _load_workload(args)
     config = ScanConfig(criterion=args.criterion, granularity=args.granularity, sparsities=args.sparsities,
                         layers=args.layers, batch_size=args.batch_size, device=args.device, engine=args.engine,
-                        seed=args.seed, calib_samples=args.calib_samples).validated()
+                        seed=args.seed, calib_samples=args.calib_samples, bn_recalibrate=args.bn_recalibrate,
+                        bn_batches=args.bn_batches).validated()
+    if config.bn_recalibrate and not _has_batchnorm(workload.model):
+        print(f"prunescope: note: {workload.model_spec} has no BatchNorm layers; --bn-recalibrate does not apply",
+              file=sys.stderr)
     bar = tqdm(total=None, unit="layer", disable=args.quiet or not sys.stderr.isatty(), file=sys.stderr)
 
     def on_progress(p) -> None:  # noqa: ANN001
@@ -135,11 +143,121 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _has_batchnorm(model) -> bool:  # noqa: ANN001
+    from analysis.batchnorm import has_batchnorm
+
+    return has_batchnorm(model)
+
+
+# --------------------------------------------------------------------------------------------------- diagnose
+
+
+def _diagnose_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("diagnose", help="why a layer is fragile: activation shift, dead neurons, BatchNorm recalibration",
+                       description="Prune one layer (or each layer) at the given sparsity and explain the drop: how "
+                                   "far the outputs downstream move, which units die, and how much BatchNorm "
+                                   "recalibration gives back. Writes activation_shift.csv, dead_neurons.csv, "
+                                   "bn_recalibration.csv and diagnose.json into DIR.")
+    _add_workload_args(p)
+    _add_pruning_args(p)
+    g = p.add_argument_group("diagnosis")
+    g.add_argument("--layer", required=True, metavar="NAME|all",
+                   help="the layer to prune (several: comma-separated; all: every layer, one at a time)")
+    g.add_argument("--sparsity", required=True, type=_sparsity_list, metavar="S[,S,...]",
+                   help="fraction to remove, in [0, 1)")
+    g.add_argument("--bn-batches", type=int, default=8, metavar="N",
+                   help="batches used to re-estimate BatchNorm statistics (default 8)")
+    g.add_argument("--calib-data", default=None, metavar="D",
+                   help="inputs for BatchNorm recalibration, e.g. sample:digits-train (default: the eval inputs)")
+    g.add_argument("--calib-samples", type=int, default=256, metavar="N",
+                   help="samples used by the taylor and activation criteria (default 256)")
+    g.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the tables and diagnose.json")
+    g.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_run_args(p)
+    return p
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from analysis.diagnostics import diagnose
+    from analysis.engine import ScanConfig
+    from analysis.sources import load_data
+
+    if not args.sparsity:
+        raise UsageError("--sparsity needs at least one value")
+    workload = _load_workload(args)
+    layers = None if args.layer.strip() == "all" else _name_list(args.layer)
+    if layers is not None and not layers:
+        raise UsageError("--layer needs a layer name or 'all'")
+    calib_x = None
+    if args.calib_data:
+        calib = load_data(args.calib_data, input_size=args.input_size, normalize=args.normalize)
+        if tuple(calib.x.shape[1:]) != tuple(workload.data.x.shape[1:]):
+            raise UsageError(f"--calib-data {args.calib_data} has inputs of shape {list(calib.x.shape[1:])}, "
+                             f"the eval data {list(workload.data.x.shape[1:])}")
+        calib_x = calib.x
+    config = ScanConfig(criterion=args.criterion, granularity=args.granularity, sparsities=args.sparsity,
+                        layers=layers, batch_size=args.batch_size, device=args.device, seed=args.seed,
+                        calib_samples=args.calib_samples, bn_batches=args.bn_batches)
+    result = diagnose(workload, config, calib_x=calib_x)
+    result.save(args.out)
+    if not args.quiet:
+        recal = result.summary["recalibration"]
+        print(f"{workload.model_spec} on {workload.data.spec}: {len(result.summary['cells'])} cells, "
+              f"{result.summary['timings']['total_s']:.1f} s; BatchNorm recalibration: {recal['reason']}")
+        for cell in result.summary["cells"]:
+            line = (f"{cell['layer']} @ {cell['sparsity']:g}: logits cosine {cell.get('logits_cosine', float('nan')):.4f}, "
+                    f"rel L2 {cell.get('logits_rel_l2', float('nan')):.4f}; dead units created: "
+                    f"{cell.get('structural_dead_created', 0)} structural, {cell.get('functional_dead_created', 0)} functional")
+            if "recalibrated" in cell:
+                line += f"; {cell['pruned']:.4f} -> {cell['recalibrated']:.4f} with recalibration"
+            print(line)
+        print(f"wrote {args.out / 'activation_shift.csv'}, {args.out / 'dead_neurons.csv'}, "
+              f"{args.out / 'bn_recalibration.csv'} and {args.out / 'diagnose.json'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- compare
+
+
+def _compare_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("compare", help="scans with different criteria side by side, cell by cell",
+                       description="Read two or more scan folders (e.g. the same model scanned with magnitude, taylor "
+                                   "and random) and write one row per (layer, sparsity) with each criterion's drop, "
+                                   "the best criterion and the spread.")
+    p.add_argument("--scan", action="append", required=True, type=Path, metavar="DIR",
+                   help="a scan folder (give --scan two or more times)")
+    p.add_argument("--metric", default=None, help="accuracy, loss, agreement, kl (default: accuracy if labelled)")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE.csv", help="write the comparison as CSV")
+    p.add_argument("--plot", type=Path, default=None, metavar="FILE.html", help="write the comparison figure as HTML")
+    return p
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from analysis.diagnostics import compare_criteria
+    from analysis.plots import criterion_comparison_figure
+    from analysis.sensitivity import METRICS, SensitivityProfile
+
+    if args.metric is not None and args.metric not in METRICS:
+        raise UsageError(f"unknown metric {args.metric!r}; choose one of {', '.join(METRICS)}")
+    comparison = compare_criteria([SensitivityProfile.load(d) for d in args.scan], args.metric)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        comparison.to_csv(args.out, index=False)
+    if args.plot:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        criterion_comparison_figure(comparison).write_html(args.plot, include_plotlyjs="cdn")
+    print(f"drop in {comparison.attrs['metric']} (positive = worse than dense)")
+    print(comparison.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------- main
 
 
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "scan": (_scan_parser, _cmd_scan),
+    "diagnose": (_diagnose_parser, _cmd_diagnose),
+    "compare": (_compare_parser, _cmd_compare),
 }
 
 

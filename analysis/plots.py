@@ -84,6 +84,7 @@ def criterion_comparison_figure(comparison: pd.DataFrame) -> go.Figure:
     fig.update_layout(title=f"Criteria side by side: {metric} drop per layer")
     return fig
 
+
 # ------------------------------------------------------------------------------------------- sensitivity
 
 PERCENT_METRICS = {"accuracy", "agreement"}

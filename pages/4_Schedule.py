@@ -34,7 +34,7 @@ metrics = [m for m in ("accuracy", "agreement", "loss", "kl")
 metric = st.selectbox("Predicted metric", metrics)
 predictor = schedules.predictor(run_id, metric)
 accountant = schedules.accountant(spec, criterion, granularity)
-current = schedules.state(run_id)
+current = schedules.state(run_id, spec.key)
 by_name = {l.name: l for l in layers}
 names = [n for n in profile.layers if n in by_name]
 st.caption(f"{criterion} criterion · {granularity} granularity (from the run) · prediction: {predictor.model} model "
@@ -95,6 +95,7 @@ for group, members in grouped.items():
                 values[name] = col.slider(label, 0.0, limit, step=0.001, format="%.3f", key=key)
 
 source = schedules.source(current)
+schedules.keep(current)
 schedule = schedules.to_schedule(values, profile, {"source": source})
 totals = accountant.totals(schedule)
 predicted = predictor.predict(schedule)

@@ -237,3 +237,12 @@ def test_the_schedule_downloads_as_json(stored_run, downloads):  # noqa: F811
     schedule = Schedule.from_dict(json.loads(downloads(button)))
     assert schedule.sparsities == {k: v for k, v in _sliders(at).items() if v > 0}
     assert (schedule.criterion, schedule.granularity) == ("magnitude", "unstructured")
+
+
+def test_a_reload_finds_the_schedule_being_tuned(stored_run):  # noqa: F811
+    at = _preset(app("schedule"), "erk", value="0.5")
+    tuned = _sliders(at)
+    again = app("schedule")
+    assert_clean(again)
+    assert _sliders(again) == tuned
+    assert "erk to sparsity 0.5" in "\n".join(c.value for c in again.caption)

@@ -4,12 +4,15 @@ Session state key:
     ``schedule``   ``{"run_id", "values": {layer: sparsity}, "source", "measured"}``: the sliders' schedule for
                    the run on show (reset when another run is picked) and its last measurement
 
+The sliders' schedule is also kept on disk per workload (``schedules/.current/``), so a reload finds it.
 Saved schedules are ``Schedule.save`` JSON files under ``$PRUNESCOPE_HOME/schedules/<name>.json``; their
 ``meta`` names the workload and run they were tuned on, the totals, the prediction and any measurement.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 from pathlib import Path
@@ -71,14 +74,42 @@ def weights(spec: WorkloadSpec) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------------ the slider state
 
 
-def state(run_id: str) -> dict:
-    """The schedule being tuned for ``run_id`` (all layers dense when the run changes)."""
+def state(run_id: str, workload_key: str) -> dict:
+    """The schedule being tuned for ``run_id``: this session's, else the one kept on disk for the workload (so a
+    reload or a new tab finds it), else all layers dense."""
     current = st.session_state.get(STATE)
     if current is None or current["run_id"] != run_id:
+        kept = _kept(workload_key)
         current = st.session_state[STATE] = {"run_id": run_id, "values": {}, "source": "hand-tuned",
-                                             "measured": None}
-        set_values(current, {}, "hand-tuned")
+                                             "measured": None, "workload": workload_key}
+        if kept and kept["run_id"] == run_id:
+            set_values(current, kept["values"], kept["source"])
+            current["preset"] = kept.get("preset", {})
+        else:
+            set_values(current, {}, "hand-tuned")
     return current
+
+
+def keep(current: dict) -> None:
+    """Write the sliders' schedule to disk when it changed, so it outlives the browser session."""
+    record = {k: current.get(k) for k in ("run_id", "values", "source", "preset")}
+    if current.get("kept") != record:
+        path = _kept_path(current["workload"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+        current["kept"] = record
+
+
+def _kept_path(workload_key: str) -> Path:
+    return schedules_dir() / ".current" / f"{hashlib.sha256(workload_key.encode()).hexdigest()[:16]}.json"
+
+
+def _kept(workload_key: str) -> dict | None:
+    try:
+        record = json.loads(_kept_path(workload_key).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("values"), dict) else None
 
 
 def set_values(current: dict, values: dict[str, float], source: str) -> None:
@@ -130,8 +161,10 @@ def fingerprint(schedule: Schedule) -> tuple:
 def current_schedule(spec: WorkloadSpec) -> tuple[Schedule, SensitivityProfile] | None:
     """The Schedule page's schedule and its run, if one is being tuned for this workload."""
     current = st.session_state.get(STATE)
-    if not current:
-        return None
+    if not current or current.get("workload") != spec.key:
+        current = _kept(spec.key)
+        if current is None:
+            return None
     try:
         profile = runs.load_run(current["run_id"])
     except (OSError, ValueError):

@@ -116,3 +116,13 @@ def test_an_export_that_fails_is_a_readable_error(prunescope_home, stored_run): 
     assert_clean(at)
     assert "The export failed" in texts(at.error) and "no_such_layer" in texts(at.error)
     assert not at.get("download_button")
+
+
+def test_the_export_page_finds_the_schedule_after_a_reload(stored_run):  # noqa: F811
+    at = app("schedule")
+    next(s for s in at.slider if s.label.startswith("fc")).set_value(0.4)
+    at = at.run()
+    again = app("export")
+    assert_clean(again)
+    assert again.selectbox[0].value == "current (from the Schedule page)"
+    assert "1 layers pruned" in "\n".join(c.value for c in again.caption)

@@ -119,7 +119,14 @@ def open_page(page, path: str) -> None:  # noqa: ANN001
 def shot(page, name: str) -> None:  # noqa: ANN001
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
+    # The app scrolls inside its main block, so a full-page shot is a viewport as tall as that block.
+    height = page.evaluate("() => document.querySelector('[data-testid=\"stMainBlockContainer\"]')?.scrollHeight ?? 0")
+    size = page.viewport_size
+    page.mouse.move(0, 0)
+    page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(int(height) + 80, 5000))})
+    page.wait_for_timeout(500)
     page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(size)
     if os.environ.get("PRUNESCOPE_UPDATE_SCREENSHOTS") == "1":
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, SCREENSHOTS / path.name)
@@ -209,11 +216,16 @@ def test_the_whole_story_in_a_browser(page):  # noqa: ANN001
     page.get_by_role("button", name="Measure", exact=True).click()
     settle(page)
     expect(page.locator('[data-testid="stMetric"]', has_text="measured accuracy")).to_be_visible()
+    page.get_by_role("button", name="Save", exact=True).click()
+    settle(page)
+    expect(page.get_by_text("Saved hand-tuned.json")).to_be_visible()
+    expect(page.locator(".js-plotly-plot .barlayer")).to_have_count(2)
     no_exception(page)
     shot(page, "schedule")
 
     # Export: the tuned schedule, verified in ONNX Runtime; the downloaded file runs.
     open_page(page, "Export")
+    expect(page.get_by_text("4 layers pruned", exact=False)).to_contain_text("hand-tuned from sensitivity")
     page.get_by_role("button", name="Export", exact=True).click()
     settle(page)
     expect(page.get_by_text("Verification passed")).to_be_visible()

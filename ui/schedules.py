@@ -92,12 +92,12 @@ def state(run_id: str, workload_key: str) -> dict:
 
 def keep(current: dict) -> None:
     """Write the sliders' schedule to disk when it changed, so it outlives the browser session."""
-    record = {k: current.get(k) for k in ("run_id", "values", "source", "preset")}
-    if current.get("kept") != record:
+    text = json.dumps({k: current.get(k) for k in ("run_id", "values", "source", "preset")}, sort_keys=True)
+    if current.get("kept") != text:
         path = _kept_path(current["workload"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record))
-        current["kept"] = record
+        path.write_text(text)
+        current["kept"] = text
 
 
 def _kept_path(workload_key: str) -> Path:

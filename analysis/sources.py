@@ -6,6 +6,7 @@ Model specs
     ``file.py:factory[=weights]``        your own code builds the model; weights are a state dict
     ``model.pt`` / ``model.ts``          TorchScript
     ``model.pt2``                        a ``torch.export`` program
+    ``model.onnx``                       an ONNX graph, run in ONNX Runtime (``analysis.onnx_model``)
     ``model.pt`` (pickled nn.Module)     only with ``trust_pickle=True``: unpickling runs code
 
 State dicts (``.pt``/``.pth``/``.bin``) are read with ``torch.load(weights_only=True)``; ``.safetensors`` too.
@@ -206,7 +207,12 @@ def _from_model_file(path: Path, trust_pickle: bool) -> nn.Module:
         except Exception as exc:  # noqa: BLE001
             raise SpecError(f"{path} is a damaged torch.export program: {_short(exc)}") from None
     if kind == "onnx":
-        raise SpecError(f"{path} is an ONNX model; ONNX models are analysed with ONNX Runtime (see the README)")
+        from analysis.onnx_model import OnnxError, load_onnx
+
+        try:
+            return load_onnx(path)
+        except OnnxError as exc:
+            raise SpecError(str(exc)) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - not loadable as plain data: a pickled object

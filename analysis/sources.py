@@ -15,6 +15,7 @@ Data specs
     ``sample:digits``                    the held-out split of the samples (``sample:digits-train``: training)
     ``data.pt`` / ``data.npz``           tensors ``x`` and optionally ``y`` (a bare tensor is ``x``)
     ``folder/``                          an ``ImageFolder`` tree, resized to ``input_size``
+    ``images.zip``                       a zip archive of such a tree (extracted safely to a temporary folder)
     ``random:CxHxW``                     ``count`` seeded Gaussian inputs, no labels
 
 Every way a spec or a file can be wrong raises ``SpecError`` with a message that names the file and the fix.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import re
+import types
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,7 +205,7 @@ def _from_model_file(path: Path, trust_pickle: bool) -> nn.Module:
             raise SpecError(f"{path} is a damaged TorchScript file: {_short(exc)}") from None
     if kind == "export":
         try:
-            return torch.export.load(str(path)).module()
+            return _fixed_mode(torch.export.load(str(path)).module())
         except Exception as exc:  # noqa: BLE001
             raise SpecError(f"{path} is a damaged torch.export program: {_short(exc)}") from None
     if kind == "onnx":
@@ -252,6 +254,13 @@ def load_model(spec: str, trust_pickle: bool = False) -> nn.Module:
     else:
         model = _from_model_file(Path(spec), trust_pickle)
     return model.eval()
+
+
+def _fixed_mode(module: nn.Module) -> nn.Module:
+    """A ``torch.export`` program runs in the mode it was exported in and raises on ``eval()``: make that a no-op."""
+    module.train = types.MethodType(lambda self, mode=True: self, module)
+    module.eval = types.MethodType(lambda self: self, module)
+    return module
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -320,6 +329,32 @@ def _from_image_folder(path: Path, input_size: int, normalize: str, count: int |
     return EvalData(torch.stack(xs), torch.tensor(ys), str(path), ds.classes)
 
 
+def _is_zip_of_images(path: Path) -> bool:
+    from analysis.uploads import UploadError, sniff
+
+    if path.stat().st_size == 0:
+        return False
+    try:
+        return sniff(path) == "images-zip"
+    except UploadError as exc:
+        raise SpecError(f"data {path}: {exc}") from None
+
+
+def _from_image_zip(path: Path, input_size: int, normalize: str, count: int | None) -> EvalData:
+    """Extract the archive safely into a temporary folder, read the images into memory, remove the folder."""
+    import tempfile
+
+    from analysis.uploads import UploadError, safe_extract
+
+    with tempfile.TemporaryDirectory(prefix="prunescope-images-") as tmp:
+        try:
+            root = safe_extract(path, Path(tmp))
+        except UploadError as exc:
+            raise SpecError(f"data {path}: {exc}") from None
+        data = _from_image_folder(root, input_size, normalize, count)
+    return EvalData(data.x, data.y, str(path), data.class_names)
+
+
 def load_data(spec: str, count: int | None = None, input_size: int = 224, normalize: str = "imagenet",
               seed: int = 0) -> EvalData:
     """The eval set a spec names; ``count`` keeps the first ``count`` samples (random data: how many)."""
@@ -342,6 +377,8 @@ def load_data(spec: str, count: int | None = None, input_size: int = 224, normal
             raise SpecError(f"data {spec} does not exist (a tensor file, an image folder, sample:digits or random:CxHxW)")
         if path.is_dir():
             return _from_image_folder(path, input_size, normalize, count)
+        if _is_zip_of_images(path):
+            return _from_image_zip(path, input_size, normalize, count)
         x, y = _from_tensor_file(path)
         data = EvalData(x, y, spec)
     if count is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import re
 import types
 import zipfile
@@ -239,6 +240,8 @@ def load_model(spec: str, trust_pickle: bool = False) -> nn.Module:
     spec = spec.strip()
     if not spec:
         raise SpecError("empty model spec; try sample:digits-cnn")
+    if "\x00" in spec:
+        raise SpecError(f"the model spec {spec!r} contains a NUL character")
     if spec.startswith("sample:"):
         name = spec.removeprefix("sample:")
         if name not in samples.sample_names():
@@ -266,11 +269,18 @@ def _fixed_mode(module: nn.Module) -> nn.Module:
 # ------------------------------------------------------------------------------------------------------- data
 
 
-def _parse_chw(text: str) -> tuple[int, ...]:
+MAX_RANDOM_VALUES = 1 << 28  # 1 GiB of float32: a typo such as random:3x2240x2240 must not exhaust memory
+
+
+def _parse_chw(text: str, count: int) -> tuple[int, ...]:
     parts = text.lower().split("x")
-    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+    if not parts or not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
         raise SpecError(f"random data needs a shape like random:3x32x32, got random:{text}")
-    return tuple(int(p) for p in parts)
+    shape = tuple(int(p) for p in parts)
+    if count * math.prod(shape) > MAX_RANDOM_VALUES:
+        raise SpecError(f"random:{text} with {count} samples is {count * math.prod(shape):,} values, more than the "
+                        f"limit of {MAX_RANDOM_VALUES:,}; use a smaller shape or --count")
+    return shape
 
 
 def _from_tensor_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -359,6 +369,8 @@ def load_data(spec: str, count: int | None = None, input_size: int = 224, normal
               seed: int = 0) -> EvalData:
     """The eval set a spec names; ``count`` keeps the first ``count`` samples (random data: how many)."""
     spec = spec.strip()
+    if "\x00" in spec:
+        raise SpecError(f"the data spec {spec!r} contains a NUL character")
     if count is not None and count <= 0:
         raise SpecError(f"count must be positive, got {count}")
     if spec in ("sample:digits", "sample:digits-train"):
@@ -366,7 +378,7 @@ def load_data(spec: str, count: int | None = None, input_size: int = 224, normal
         x, y = (x_test, y_test) if spec == "sample:digits" else (x_train, y_train)
         data = EvalData(x, y, spec, [str(i) for i in range(10)])
     elif spec.startswith("random:"):
-        shape = _parse_chw(spec.removeprefix("random:"))
+        shape = _parse_chw(spec.removeprefix("random:"), count or 256)
         gen = torch.Generator().manual_seed(seed)
         return EvalData(torch.randn((count or 256, *shape), generator=gen), None, f"{spec}@{count or 256}")
     elif spec.startswith("sample:"):

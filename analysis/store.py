@@ -214,8 +214,6 @@ class RunStore:
 
     def open_scan(self, workload: Workload, ctx: ScanContext, fresh: bool = False) -> ScanRun:
         """The run of this scan: the latest with the same identity (resumed), or a new one when none or ``fresh``."""
-        from analysis.sensitivity import build_profile
-
         identity = scan_identity(workload, ctx.config)
         key = identity_key(identity)
         row = None if fresh else self.conn.execute(
@@ -225,7 +223,7 @@ class RunStore:
             done = self.done(run_id)
             known = {l.name for l in ctx.layers}
             return ScanRun(run_id, {k: v for k, v in done.items() if k in known}, len(ctx.layers), True)
-        meta = build_profile(ctx, workload, {}).meta
+        meta = _run_meta(workload, ctx)
         now = time.time()
         with self._write() as c:
             cur = c.execute(
@@ -303,16 +301,16 @@ class RunStore:
         results = self.done(run_id)
         layers = [SimpleNamespace(name=l["name"], kind=l["type"], shape=l["shape"], params=l["params"], flops=l["flops"])
                   for l in meta["layers"]]
-        base = meta["baseline"]
         n = int(meta["samples"])
         labelled = bool(meta["labelled"])
-        baseline = Sums(n, round((base["accuracy"] or 0) * n), round(base["agreement"] * n), base["loss"] * n,
-                        base["kl"] * n, labelled)
+        dense = [row for r in results.values() for row in r.rows if row["sparsity"] == 0.0]
+        baseline = Sums(**{k: dense[0][k] for k in Sums.__dataclass_fields__}) if dense else Sums(labelled=labelled)
         ctx = SimpleNamespace(layers=layers, baseline=lambda: baseline, config=ScanConfig(**_config_args(meta)),
                               x=range(n), y=True if labelled else None, skipped=meta.get("skipped_layers", {}))
         workload = SimpleNamespace(model_spec=meta["model"], data=SimpleNamespace(spec=meta["data"]),
                                    num_classes=meta["num_classes"], input_shape=tuple(meta["input_shape"]))
         rebuilt = build_profile(ctx, workload, results)
+        base = meta.get("baseline") or (rebuilt.meta["baseline"] if dense else None)
         merged = {**meta, "complete": rebuilt.meta["complete"], "baseline": base, "run_id": int(run_id)}
         return SensitivityProfile(rebuilt.table, merged)
 
@@ -381,6 +379,33 @@ class RunStore:
         self.get_artifact(artifact_id)
         with self._write() as c:
             c.execute("DELETE FROM artifacts WHERE id = ?", (int(artifact_id),))
+
+
+def _run_meta(workload: Workload, ctx: ScanContext) -> dict:
+    """What a run records when it starts (the finished profile's ``scan.json`` replaces it at the end).
+
+    The dense baseline is not computed here: every finished layer carries it as its sparsity-0 row.
+    """
+    from analysis.engine import environment
+
+    config = ctx.config
+    return {
+        "model": workload.model_spec,
+        "data": workload.data.spec,
+        "samples": len(ctx.x),
+        "labelled": ctx.y is not None,
+        "num_classes": workload.num_classes,
+        "input_shape": list(workload.input_shape),
+        "config": asdict(config),
+        "criterion": config.criterion,
+        "granularity": config.granularity,
+        "sparsities": list(config.sparsities),
+        "layers": [{"name": l.name, "type": l.kind, "shape": list(l.shape), "params": l.params, "flops": l.flops}
+                   for l in ctx.layers],
+        "skipped_layers": ctx.skipped,
+        "complete": False,
+        "versions": environment(),
+    }
 
 
 def _merge(a: LayerResult, b: LayerResult) -> LayerResult:

@@ -105,7 +105,7 @@ def test_pickled_module_needs_trust(files, workloads) -> None:
         load_model(str(files["sd"]))
 
 
-def test_cli_refuses_a_pickle_without_trust_and_runs_with_it(files, tmp_path: Path) -> None:
+def test_cli_refuses_a_pickle_without_trust_and_runs_with_it(files, tmp_path: Path, prunescope_home: Path) -> None:
     args = ["scan", "--model", files["pickle"], "--data", "sample:digits", "--count", "32", "--sparsities", "0.5",
             "--layers", "fc", "--no-store", "--quiet", "--out", tmp_path / "out"]
     refused = run_cli(*args)
@@ -113,6 +113,7 @@ def test_cli_refuses_a_pickle_without_trust_and_runs_with_it(files, tmp_path: Pa
     trusted = run_cli(*args, "--trust-pickle")
     assert trusted.returncode == 0, trusted.stderr
     assert (tmp_path / "out" / "sensitivity.csv").is_file()
+    assert not (prunescope_home / "runs.sqlite").exists()  # --no-store: the store is never touched
 
 
 # ----------------------------------------------------------------------------------------------------- data
@@ -254,17 +255,22 @@ def test_nan_and_inf_weights_are_named(workloads, digits) -> None:
         check_fit(model, digits, "m")
 
 
-@pytest.mark.parametrize("case", ["no-layers", "labels", "nan-data"])
+def test_nan_data_is_named(workloads) -> None:
+    from analysis.sources import EvalData
+
+    data = EvalData(torch.full((4, 1, 8, 8), float("nan")), None, "nan.pt")
+    with pytest.raises(SpecError, match="the data nan.pt contains NaN or infinite values"):
+        check_fit(workloads["digits-mlp"].model, data, "m")
+
+
+@pytest.mark.parametrize("case", ["no-layers", "labels"])
 def test_cli_reports_hostile_inputs_in_one_line(case: str, files, tmp_path: Path) -> None:
     model, data = "sample:digits-mlp", "sample:digits"
     if case == "no-layers":
         model, match = f"{files['py']}:no_layers", "has no prunable layers"
-    elif case == "labels":
+    else:
         torch.save({"x": torch.rand(4, 1, 8, 8), "y": torch.tensor([0, 1, 2, 12])}, tmp_path / "d.pt")
         data, match = str(tmp_path / "d.pt"), "labels .* run from 0 to 12, but .* has 10 classes"
-    else:
-        torch.save({"x": torch.full((4, 1, 8, 8), float("nan"))}, tmp_path / "d.pt")
-        data, match = str(tmp_path / "d.pt"), "contains NaN or infinite values"
     res = run_cli("scan", "--model", model, "--data", data, "--sparsities", "0.5", "--quiet", "--out", tmp_path / "o")
     assert res.returncode == 2, res.stderr
     assert res.stderr.startswith("prunescope: error:") and res.stderr.count("\n") == 1

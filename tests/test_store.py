@@ -188,7 +188,7 @@ def test_concurrent_writers_from_several_processes_lose_nothing(store: RunStore,
     wl = workloads["digits-mlp"]
     run = store.open_scan(wl, prepare(wl, CONFIG))
     assert run.id == 1
-    n, writers = 40, 3
+    n, writers = 40, 2
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(store.path), str(w), str(n)], cwd=ROOT,
                               env=cli_env(), stderr=subprocess.PIPE, text=True) for w in range(writers)]
     for i in range(n):
@@ -252,34 +252,41 @@ def test_cli_scan_killed_midway_resumes_and_equals_an_uninterrupted_scan(tmp_pat
     assert meta["resumed_layers"] == kept and meta["complete"] and meta["run_id"] == 1
     assert set(meta["timings"]["per_layer_s"]) >= {l["name"] for l in meta["layers"]}
 
-    plain = run_cli(*args, "--no-store", "--out", tmp_path / "plain", PRUNESCOPE_HOME=str(tmp_path / "unused"))
-    assert plain.returncode == 0, plain.stderr
-    assert not (tmp_path / "unused").exists()
+    from analysis.sources import load_workload
+
+    workload = load_workload(f"{tmp_path / 'deep.py'}:deep", "random:1x8x8", count=3000)
+    scan(workload, ScanConfig(sparsities=(0.3, 0.6, 0.9))).save(tmp_path / "plain")
     a = pd.read_csv(tmp_path / "resumed" / "sensitivity.csv")
     b = pd.read_csv(tmp_path / "plain" / "sensitivity.csv")
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_cli_runs_list_show_delete_and_fresh(tmp_path: Path) -> None:
-    home = str(tmp_path / "home")
-    args = ["scan", "--model", "sample:digits-mlp", "--data", "sample:digits", "--sparsities", "0.5", "--quiet"]
-    first = run_cli(*args, "--out", tmp_path / "a", PRUNESCOPE_HOME=home)
-    assert first.returncode == 0, first.stderr
-    again = run_cli(*args, "--out", tmp_path / "b", PRUNESCOPE_HOME=home)
-    assert "resuming run 1: 3 of 3 layers already done" in again.stderr
-    fresh = run_cli(*args, "--fresh", "--out", tmp_path / "c", PRUNESCOPE_HOME=home)
-    assert "resuming" not in fresh.stderr
-    listing = run_cli("runs", "list", "--json", PRUNESCOPE_HOME=home)
+def test_cli_runs_list_show_delete_get_and_fresh(tmp_path: Path, workloads) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    wl = workloads["digits-mlp"]
+    config = ScanConfig(sparsities=(0.5,))
+    with RunStore(home / "runs.sqlite") as s:
+        ctx = prepare(wl, config)
+        run = s.open_scan(wl, ctx)
+        reference = scan(wl, config, on_result=lambda r: s.add_layer(run.id, r, ctx.config), context=ctx)
+        s.finish(run.id, reference.meta)
+        aid = s.save_artifact("schedule", "s.json", {"sparsities": {"fc1": 0.5}}, run_id=run.id)
+    fresh = run_cli("scan", "--model", "sample:digits-mlp", "--data", "sample:digits", "--sparsities", "0.5",
+                    "--fresh", "--quiet", "--out", tmp_path / "c", PRUNESCOPE_HOME=str(home))
+    assert fresh.returncode == 0 and "resuming" not in fresh.stderr, fresh.stderr
+    listing = run_cli("runs", "list", "--json", PRUNESCOPE_HOME=str(home))
     rows = [json.loads(line) for line in listing.stdout.splitlines()]
     assert [r["id"] for r in rows] == [2, 1] and all(r["status"] == "complete" for r in rows)
-    shown = run_cli("runs", "show", "1", "--out", tmp_path / "shown", PRUNESCOPE_HOME=home)
+    assert all(r["layers_done"] == r["layers"] == 3 for r in rows)
+    shown = run_cli("runs", "show", "1", "--out", tmp_path / "shown", PRUNESCOPE_HOME=str(home))
     assert shown.returncode == 0 and "3 of 3 layers done" in shown.stdout
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "shown" / "sensitivity.csv")[["layer", "sparsity", "accuracy"]],
-                                  pd.read_csv(tmp_path / "a" / "sensitivity.csv")[["layer", "sparsity", "accuracy"]])
-    deleted = run_cli("runs", "delete", "1", "7", PRUNESCOPE_HOME=home)
-    assert deleted.returncode == 2 and "deleted run 1" in deleted.stdout and "no run 7" in deleted.stderr
-    with RunStore(Path(home) / "runs.sqlite") as s:
-        aid = s.save_artifact("schedule", "s.json", {"sparsities": {"fc1": 0.5}}, run_id=2)
-        assert list(s.runs()["id"]) == [2]
-    got = run_cli("runs", "get", str(aid), "--out", tmp_path / "s.json", PRUNESCOPE_HOME=home)
+    cols = ["layer", "sparsity", "accuracy", "loss", "agreement"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "shown" / "sensitivity.csv")[cols],
+                                  pd.read_csv(tmp_path / "c" / "sensitivity.csv")[cols])
+    got = run_cli("runs", "get", str(aid), "--out", tmp_path / "s.json", PRUNESCOPE_HOME=str(home))
     assert got.returncode == 0 and json.loads((tmp_path / "s.json").read_text()) == {"sparsities": {"fc1": 0.5}}
+    deleted = run_cli("runs", "delete", "1", "7", PRUNESCOPE_HOME=str(home))
+    assert deleted.returncode == 2 and "deleted run 1" in deleted.stdout and "no run 7" in deleted.stderr
+    with RunStore(home / "runs.sqlite") as s:
+        assert list(s.runs()["id"]) == [2]

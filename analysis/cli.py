@@ -40,10 +40,10 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and data")
     g.add_argument("--model", required=True, metavar="M",
                    help="sample:NAME, torchvision:ARCH[=weights.pth], model.py:factory[=weights], a TorchScript "
-                        ".pt/.ts file or a torch.export .pt2 file")
+                        ".pt/.ts file, a torch.export .pt2 file or an ONNX .onnx file")
     g.add_argument("--data", required=True, metavar="D",
-                   help="sample:digits, a tensor file (.pt/.npz with x and optional y), an image folder, "
-                        "or random:CxHxW (label-free)")
+                   help="sample:digits, a tensor file (.pt/.npz with x and optional y), an image folder or a .zip "
+                        "of one, or random:CxHxW (label-free)")
     g.add_argument("--count", type=int, default=None, metavar="N",
                    help="use the first N samples (random data: how many to draw; default 256)")
     g.add_argument("--input-size", type=int, default=224, metavar="PX", help="image folders: resize and crop to PX")

@@ -299,8 +299,8 @@ class RunStore:
         info = self.run(run_id)
         meta = info["meta"]
         results = self.done(run_id)
-        layers = [SimpleNamespace(name=l["name"], kind=l["type"], shape=l["shape"], params=l["params"], flops=l["flops"])
-                  for l in meta["layers"]]
+        layers = [SimpleNamespace(name=l["name"], kind=l["type"], shape=l["shape"], params=l["params"],
+                                  flops=l["flops"]) for l in meta["layers"]]
         n = int(meta["samples"])
         labelled = bool(meta["labelled"])
         dense = [row for r in results.values() for row in r.rows if row["sparsity"] == 0.0]

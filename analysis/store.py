@@ -6,7 +6,8 @@ again finds the run by its identity and resumes it; the scan is pure (``sensitiv
 already done and a sink for each new one), so the store is only a source and a sink of ``LayerResult`` units.
 
 A run's identity is what decides its numbers: the model's weights (a hash), the eval data (a hash), the
-criterion, granularity, sparsities, selected layers, seed and calibration size. How the numbers are computed
+criterion, granularity, sparsities, selected layers, seed, calibration size, BatchNorm recalibration, and any
+setting added later. How the numbers are computed
 is *not* part of it: the engine, device and batch size must not change a result (the engines are tested to
 agree), so a scan started with one engine resumes with another. Each layer row records which engine, device
 and batch size produced it, and the run records the versions it started under.
@@ -42,7 +43,7 @@ APPLICATION_ID = 0x50525343  # "PRSC": marks the file as a Prunescope store
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0
 SQLITE_HEADER = b"SQLite format 3\x00"
-IDENTITY_FIELDS = ("criterion", "granularity", "sparsities", "layers", "seed", "calib_samples")
+EXECUTION_FIELDS = ("engine", "device", "batch_size")  # how numbers are computed, not which: not in the identity
 
 _SCHEMA = """
 CREATE TABLE runs (
@@ -110,9 +111,13 @@ class ScanRun:
 
 
 def scan_identity(workload: Workload, config: ScanConfig) -> dict:
-    """What decides a scan's numbers: weights, data, and the pruning settings (not engine, device or batch)."""
+    """What decides a scan's numbers: weights, data, and every setting but the engine, device and batch size.
+
+    A setting added to ``ScanConfig`` later is part of the identity unless named in ``EXECUTION_FIELDS``: at
+    worst a scan then starts a new run instead of resuming, never resumes a run whose numbers differ.
+    """
     config = config.validated()
-    settings = {k: v for k, v in asdict(config).items() if k in IDENTITY_FIELDS}
+    settings = {k: v for k, v in asdict(config).items() if k not in EXECUTION_FIELDS}
     settings["sparsities"] = list(settings["sparsities"])
     settings["layers"] = list(settings["layers"]) if settings["layers"] else None
     return {"model_fp": workload.fingerprint(), "data_fp": workload.data.fingerprint(), **settings}

@@ -63,7 +63,7 @@ def test_engine_device_and_batch_size_are_not_part_of_the_identity(workloads) ->
     key = identity_key(scan_identity(wl, CONFIG))
     assert identity_key(scan_identity(wl, replace(CONFIG, batch_size=7, engine="naive", device="cpu"))) == key
     for change in ({"criterion": "l2"}, {"granularity": "channel"}, {"sparsities": (0.5,)}, {"seed": 3},
-                   {"layers": ("fc1",)}):
+                   {"layers": ("fc1",)}, {"bn_recalibrate": True}):
         assert identity_key(scan_identity(wl, replace(CONFIG, **change))) != key, change
     other_model = identity_key(scan_identity(workloads["digits-cnn"], CONFIG))
     assert other_model != key

@@ -153,3 +153,17 @@ def test_scan_table_columns_are_the_same_for_onnx(onnx_files) -> None:
     profile = scan(load_workload(str(onnx_files["digits-mlp"]), "sample:digits", count=64), CONFIG)
     assert isinstance(profile.table, pd.DataFrame) and profile.meta["complete"]
     assert set(profile.table["type"]) == {"Linear"}
+
+
+def test_export_engine_writes_an_onnx_input_back_as_its_own_graph(onnx_files, tmp_path: Path) -> None:
+    from analysis.export import export
+    from analysis.schedule import Schedule
+
+    wl = load_workload(str(onnx_files["digits-cnn"]), "sample:digits", count=64)
+    report = export(wl.model, Schedule({"block2.0": 0.5, "fc": 0.5}), wl.data, tmp_path / "p.onnx",
+                    measure_latency=False)
+    assert report.exporter == "onnx-graph" and all(v.passed for v in report.verifications)
+    source, written = onnx.load(str(onnx_files["digits-cnn"])), onnx.load(str(tmp_path / "p.onnx"))
+    assert [n.op_type for n in written.graph.node] == [n.op_type for n in source.graph.node]
+    zeros = {i.name: float((numpy_helper.to_array(i) == 0).mean()) for i in written.graph.initializer}
+    assert zeros["block2.0.weight"] == 0.5 and zeros["fc.weight"] == 0.5 and zeros["block1.0.weight"] == 0.0

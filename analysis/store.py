@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -132,14 +133,19 @@ class RunStore:
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_path()
+        self._lock = threading.RLock()
         self._check_file()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        except sqlite3.Error as exc:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                        check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the run store {self.path}: {exc}") from None
         try:
             self._open()
+        except sqlite3.OperationalError as exc:
+            self.conn.close()
+            raise StoreError(f"cannot open the run store {self.path}: {exc}") from None
         except sqlite3.DatabaseError as exc:
             self.conn.close()
             raise StoreError(f"the run store {self.path} is damaged ({exc}); move it away (nothing was written "
@@ -193,21 +199,30 @@ class RunStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taking the write lock at once (no deadlock between readers that upgrade)."""
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StoreError(f"the run store {self.path} stayed locked for {BUSY_TIMEOUT_S:.0f} s: {exc}") from None
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
+        """One write transaction, taking the write lock at once (no deadlock between readers that upgrade).
+
+        One ``RunStore`` may be shared by threads (a dashboard's sessions): a lock keeps their transactions apart.
+        """
+        with self._lock:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"the run store {self.path} stayed locked for {BUSY_TIMEOUT_S:.0f} s: {exc}") from None
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            else:
+                self.conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+        with self._lock:
+            return self.conn.execute(sql, params).fetchall()
 
     def close(self) -> None:
-        self.conn.close()
+        with self._lock:
+            self.conn.close()
 
     def __enter__(self) -> "RunStore":
         return self
@@ -221,10 +236,9 @@ class RunStore:
         """The run of this scan: the latest with the same identity (resumed), or a new one when none or ``fresh``."""
         identity = scan_identity(workload, ctx.config)
         key = identity_key(identity)
-        row = None if fresh else self.conn.execute(
-            "SELECT id FROM runs WHERE key = ? ORDER BY id DESC LIMIT 1", (key,)).fetchone()
-        if row is not None:
-            run_id = row[0]
+        rows = [] if fresh else self._query("SELECT id FROM runs WHERE key = ? ORDER BY id DESC LIMIT 1", (key,))
+        if rows:
+            run_id = rows[0][0]
             done = self.done(run_id)
             known = {l.name for l in ctx.layers}
             return ScanRun(run_id, {k: v for k, v in done.items() if k in known}, len(ctx.layers), True)
@@ -252,7 +266,7 @@ class RunStore:
         """The finished units of a run, by layer name (shards of one layer summed into one result)."""
         self._run_row(run_id)
         results: dict[str, LayerResult] = {}
-        for (text,) in self.conn.execute("SELECT result FROM layers WHERE run_id = ? ORDER BY rowid", (run_id,)):
+        for (text,) in self._query("SELECT result FROM layers WHERE run_id = ? ORDER BY rowid", (run_id,)):
             r = LayerResult.from_dict(json.loads(text))
             results[r.layer] = _merge(results[r.layer], r) if r.layer in results else r
         return results
@@ -264,28 +278,27 @@ class RunStore:
             c.execute("UPDATE runs SET status = ?, updated = ?, meta = ? WHERE id = ?",
                       (status, time.time(), json.dumps(meta, default=str), run_id))
 
-    def _run_row(self, run_id: int) -> sqlite3.Row:
-        self.conn.row_factory = sqlite3.Row
-        try:
-            row = self.conn.execute("SELECT * FROM runs WHERE id = ?", (int(run_id),)).fetchone()
-        finally:
-            self.conn.row_factory = None
+    def _run_row(self, run_id: int) -> dict:
+        with self._lock:
+            cur = self.conn.execute("SELECT * FROM runs WHERE id = ?", (int(run_id),))
+            row = cur.fetchone()
+            names = [d[0] for d in cur.description]
         if row is None:
             raise StoreError(f"there is no run {run_id} in {self.path}; `prunescope runs list` shows the runs")
-        return row
+        return dict(zip(names, row))
 
     def run(self, run_id: int) -> dict:
         """One run: its configuration, status, progress and the metadata of its profile."""
         row = self._run_row(run_id)
-        n_done = self.conn.execute("SELECT COUNT(DISTINCT layer) FROM layers WHERE run_id = ?", (run_id,)).fetchone()[0]
-        return {**{k: row[k] for k in row.keys() if k not in ("identity", "meta")},
+        n_done = self._query("SELECT COUNT(DISTINCT layer) FROM layers WHERE run_id = ?", (int(run_id),))[0][0]
+        return {**{k: v for k, v in row.items() if k not in ("identity", "meta")},
                 "identity": json.loads(row["identity"]), "meta": json.loads(row["meta"]), "done_layers": n_done}
 
     def runs(self) -> pd.DataFrame:
         """Every run, newest first: id, status, layers done of total, model, data and pruning settings."""
-        rows = self.conn.execute(
+        rows = self._query(
             "SELECT r.id, r.status, (SELECT COUNT(DISTINCT layer) FROM layers l WHERE l.run_id = r.id), "
-            "r.total_layers, r.model, r.data, r.identity, r.created FROM runs r ORDER BY r.id DESC").fetchall()
+            "r.total_layers, r.model, r.data, r.identity, r.created FROM runs r ORDER BY r.id DESC")
         records = []
         for run_id, status, n_done, total, model, data, identity, created in rows:
             ident = json.loads(identity)
@@ -362,7 +375,7 @@ class RunStore:
             params.append(int(run_id))
         if where:
             query += " WHERE " + " AND ".join(where)
-        rows = self.conn.execute(query + " ORDER BY id DESC", params).fetchall()
+        rows = self._query(query + " ORDER BY id DESC", params)
         df = pd.DataFrame(rows, columns=["id", "kind", "name", "run_id", "encoding", "size", "created"])
         df["run_id"] = df["run_id"].astype("Int64")
         df["created"] = [time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) for t in df["created"]]
@@ -370,12 +383,12 @@ class RunStore:
 
     def get_artifact(self, artifact_id: int) -> tuple[dict, object]:
         """``(info, payload)`` of one artifact: the payload as saved (JSON data or bytes)."""
-        row = self.conn.execute("SELECT id, kind, name, run_id, encoding, payload, created FROM artifacts "
-                                "WHERE id = ?", (int(artifact_id),)).fetchone()
-        if row is None:
+        rows = self._query("SELECT id, kind, name, run_id, encoding, payload, created FROM artifacts WHERE id = ?",
+                           (int(artifact_id),))
+        if not rows:
             raise StoreError(f"there is no artifact {artifact_id} in {self.path}; `prunescope runs artifacts` "
                              "lists them")
-        art_id, kind, name, run_id, encoding, blob, created = row
+        art_id, kind, name, run_id, encoding, blob, created = rows[0]
         payload = bytes(blob) if encoding == "bytes" else json.loads(bytes(blob).decode())
         return {"id": art_id, "kind": kind, "name": name, "run_id": run_id, "encoding": encoding,
                 "created": created}, payload

@@ -200,6 +200,27 @@ def test_concurrent_writers_from_several_processes_lose_nothing(store: RunStore,
     assert len(store.done(run.id)) == writers * n
 
 
+def test_one_store_shared_by_threads(store: RunStore) -> None:
+    """A dashboard caches one store for all its sessions: their transactions must not interleave."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(who: int) -> list[int]:
+        ids = [store.save_artifact("thread", f"t{who}-{i}", {"i": i}) for i in range(30)]
+        assert len(store.artifacts(kind="thread")) >= len(ids)
+        return ids
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = [i for batch in pool.map(work, range(4)) for i in batch]
+    assert len(set(ids)) == 120 and len(store.artifacts(kind="thread")) == 120
+    assert store.get_artifact(ids[-1])[1] == {"i": 29}
+
+
+def test_a_folder_in_place_of_the_store_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "runs.sqlite").mkdir()
+    with pytest.raises(StoreError, match="is a folder"):
+        RunStore(tmp_path / "runs.sqlite")
+
+
 SLOW_MODEL = '''
 import torch
 from torch import nn

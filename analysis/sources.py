@@ -314,6 +314,7 @@ def _from_tensor_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+NORMALIZATIONS = ("imagenet", "none")
 
 
 def _from_image_folder(path: Path, input_size: int, normalize: str, count: int | None) -> EvalData:
@@ -371,6 +372,10 @@ def load_data(spec: str, count: int | None = None, input_size: int = 224, normal
     spec = spec.strip()
     if "\x00" in spec:
         raise SpecError(f"the data spec {spec!r} contains a NUL character")
+    if normalize not in NORMALIZATIONS:
+        raise SpecError(f"unknown normalisation {normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
+    if not isinstance(input_size, int) or input_size <= 0:
+        raise SpecError(f"input size must be a positive number of pixels, got {input_size!r}")
     if count is not None and count <= 0:
         raise SpecError(f"count must be positive, got {count}")
     if spec in ("sample:digits", "sample:digits-train"):

@@ -139,6 +139,10 @@ def test_image_folder_size_normalisation_and_labels(tmp_path: Path) -> None:
     assert raw.x.shape == (6, 3, 6, 6) and raw.class_names == ["cat", "dog"]
     assert raw.y.tolist() == [0, 0, 0, 1, 1, 1]
     assert raw.x[0].max() == 0 and raw.x[-1].min() == 1
+    with pytest.raises(SpecError, match="unknown normalisation 'zscore'"):
+        load_data(str(root), normalize="zscore")
+    with pytest.raises(SpecError, match="input size must be a positive"):
+        load_data(str(root), input_size=0)
     norm = load_data(str(root), input_size=6, normalize="imagenet")
     torch.testing.assert_close(norm.x[0, :, 0, 0], -torch.tensor([0.485, 0.456, 0.406]) / torch.tensor(
         [0.229, 0.224, 0.225]))

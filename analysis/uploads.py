@@ -177,3 +177,10 @@ def received(data: bytes, filename: str, role: str, max_bytes: int | None = None
         yield Upload(path, kind, len(data), name)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def check(data: bytes, filename: str, role: str, max_bytes: int | None = None) -> tuple[str, str]:
+    """``(kind, suffix)`` of uploaded bytes after every check of ``received`` (archives are test-extracted), for
+    callers that keep the file themselves: save it under ``suffix``, which comes from the content, not the name."""
+    with received(data, filename, role, max_bytes) as up:
+        return up.kind, (MODEL_KINDS if role == "model" else DATA_KINDS)[up.kind]

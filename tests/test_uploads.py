@@ -143,3 +143,12 @@ def test_too_many_files_are_refused(tmp_path: Path) -> None:
     archive = _zip({f"a/{i}.png": b"x" for i in range(12)}, tmp_path / "x.zip")
     with pytest.raises(UploadError, match="12 files; the limit is 10"):
         safe_extract(archive, tmp_path / "out", max_files=10)
+
+
+def test_check_names_the_kind_and_the_suffix_from_content(model_bytes) -> None:
+    from analysis.uploads import check
+
+    assert check(model_bytes["onnx"], "weights.pth", "model") == ("onnx", ".onnx")
+    assert check(model_bytes["safetensors"], "x.onnx", "model") == ("safetensors", ".safetensors")
+    with pytest.raises(UploadError, match="pickle"):
+        check(b"\x80\x04K\x01.", "model.onnx", "model")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from pathlib import Path
 
@@ -278,6 +279,4 @@ def test_cli_reports_hostile_inputs_in_one_line(case: str, files, tmp_path: Path
     res = run_cli("scan", "--model", model, "--data", data, "--sparsities", "0.5", "--quiet", "--out", tmp_path / "o")
     assert res.returncode == 2, res.stderr
     assert res.stderr.startswith("prunescope: error:") and res.stderr.count("\n") == 1
-    import re
-
     assert re.search(match, res.stderr), res.stderr

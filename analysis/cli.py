@@ -465,7 +465,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     mae = info["mae"]
     print(f"mean absolute error: additive {mae['additive']:.4f}, multiplicative {mae['multiplicative']:.4f}, "
           f"calibrated {mae['calibrated']:.4f} (leave-one-out; {mae['calibrated_fitted']:.4f} fitted on all)")
-    edge = " (at the edge of the range searched: the fit is poor)" if not 0.06 < predictor.power < 8.0 else ""
+    edge = " (at the edge of the range searched)" if not 0.06 < predictor.power < 8.0 else ""
     print(f"calibrated power {predictor.power:.3f}{edge} from {len(result.table)} schedules; `prunescope schedule "
           f"--scan {args.scan}` now predicts with it")
     print(f"wrote {json_path} and {csv_path}")

@@ -137,11 +137,13 @@ if measured and measured["fingerprint"] == fp:
            "measured (pruned)": result["pruned"][metric]}
     if result.get("bn_recalibrated"):
         row["measured (BatchNorm recalibrated)"] = result["bn_recalibrated"][metric]
+    stage = schedules.compared_stage(result, predictor)
+    value = result[stage][metric]
     cols = st.columns(3)
     cols[0].metric(f"predicted {metric}", f"{predicted:.4f}")
-    cols[1].metric(f"measured {metric}", f"{result[metric]:.4f}", f"{result[metric] - predicted:+.4f} vs predicted",
-                   delta_color="off")
-    cols[2].metric("stage", result["stage"].replace("_", " "))
+    cols[1].metric(f"measured {metric}", f"{value:.4f}", f"{value - predicted:+.4f} vs predicted", delta_color="off")
+    cols[2].metric("stage", stage.replace("_", " "), help="the stage the prediction stands for: right after pruning, "
+                   "or after BatchNorm recalibration when the scan or its calibration recalibrated")
     st.dataframe(pd.DataFrame([row]), hide_index=True, width="stretch")
 elif measured:
     st.caption("The last measurement was of another schedule; press Measure for this one.")
@@ -151,7 +153,7 @@ c1, c2, c3 = st.columns([2, 1, 1])
 name = c1.text_input("Schedule name", source.split(" ")[0] if schedule.sparsities else "")
 if c2.button("Save", disabled=not schedule.sparsities):
     meta = {"run_id": run_id, "method": source, "totals": totals.fractions(),
-            "predicted": {metric: predicted, "model": predictor.model}}
+            "predicted": {metric: predicted, "model": predictor.model, "stage": predictor.stage}}
     if measured and measured["fingerprint"] == fp:
         meta["measured"] = measured["result"]
     try:
@@ -193,7 +195,7 @@ for label, sch in [("current", schedule), *[(n, saved[n]) for n in compared]]:
                  "global_sparsity": t.get("global_sparsity"), "params_kept": t.get("params_kept"),
                  "flops_kept": t.get("flops_kept"),
                  "predicted": predictor.predict(sch) if same else sch.meta.get("predicted", {}).get(metric),
-                 "measured": result.get(metric) if result else None})
+                 "measured": result[schedules.compared_stage(result, predictor)].get(metric) if result else None})
     bars[label] = sch.sparsities
 table = pd.DataFrame(rows)
 st.dataframe(table, hide_index=True, width="stretch")

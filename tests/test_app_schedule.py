@@ -144,8 +144,8 @@ def test_measure_shows_the_measurement_next_to_the_prediction(stored_run, sample
     schedule = Schedule({k: v for k, v in sliders.items() if v > 0})
     expected = measure_schedule(cached_workload(SPEC), schedule, bn_recalibrate=True).to_dict()
     m = _metrics(at)
-    assert m["measured accuracy"] == f"{expected['accuracy']:.4f}"
-    assert m["stage"] == "bn recalibrated"
+    assert m["measured accuracy"] == f"{expected['pruned']['accuracy']:.4f}", "the profile predicts the pruned stage"
+    assert m["stage"] == "pruned"
     row = at.dataframe[0].value.iloc[0]
     assert row["predicted"] == pytest.approx(Predictor(sample_profile).predict(schedule))
     assert row["measured (pruned)"] == pytest.approx(expected["pruned"]["accuracy"])
@@ -177,14 +177,14 @@ def test_save_compare_and_load_schedules(stored_run, sample_profile, prunescope_
     assert on_disk.sparsities == {k: v for k, v in _sliders(at).items() if v > 0}
     assert on_disk.meta["workload_key"] == SPEC.key and on_disk.meta["run_id"] == stored_run
     assert on_disk.meta["predicted"]["accuracy"] == pytest.approx(Predictor(sample_profile).predict(on_disk))
-    assert "accuracy" in on_disk.meta["measured"]
+    assert "accuracy" in on_disk.meta["measured"] and on_disk.meta["predicted"]["stage"] == "pruned"
 
     table = at.dataframe[-1].value.set_index("name")
     assert list(table.index) == ["current", "sens", "uni"]
     assert table.loc["uni", "predicted"] == pytest.approx(Predictor(sample_profile).predict(
         {k: v for k, v in uniform.items() if v > 0}))
     assert table.loc["uni", "global_sparsity"] == pytest.approx(0.4, abs=0.005)
-    assert table.loc["sens", "measured"] == pytest.approx(on_disk.meta["measured"]["accuracy"])
+    assert table.loc["sens", "measured"] == pytest.approx(on_disk.meta["measured"]["pruned"]["accuracy"])
     bars, tradeoff = plotly_specs(at)[1:]
     assert [t["name"] for t in bars["data"]] == ["current", "sens", "uni"]
     assert tradeoff["data"][0]["text"] == ["current", "sens", "uni"]

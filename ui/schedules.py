@@ -153,6 +153,11 @@ def to_schedule(values: dict[str, float], profile: SensitivityProfile, meta: dic
                     dict(meta or {}))
 
 
+def compared_stage(measured: dict, predictor: Predictor) -> str:
+    """The stage of a measurement (``Measurement.to_dict()``) that the prediction stands for, if measured."""
+    return predictor.stage if measured.get(predictor.stage) else measured["stage"]
+
+
 def fingerprint(schedule: Schedule) -> tuple:
     """What decides a measurement: the sparsities, criterion and granularity."""
     return (schedule.criterion, schedule.granularity, tuple(sorted(schedule.sparsities.items())))

@@ -8,7 +8,7 @@ import streamlit as st
 
 from analysis import plots
 from analysis.engine import ScanConfig
-from ui import common, scanning
+from ui import common, runs, scanning
 
 
 def home() -> None:
@@ -28,16 +28,16 @@ def home() -> None:
     st.dataframe(table, hide_index=True, width="stretch")
 
     st.subheader("Sensitivity at a glance")
-    profile = common.current_profile(spec)
+    profile = runs.current_profile(spec)
     if profile is None:
         quick = spec.model.startswith("sample:") or st.button("Quick scan (magnitude, unstructured)", type="primary")
         if quick:
             run_id, _ = scanning.run_scan(spec, workload, ScanConfig(engine=common.best_engine()))
-            st.session_state["run_id"] = run_id
-            profile = common.load_run(run_id)
+            st.session_state[runs.RUN_ID] = run_id
+            profile = runs.load_run(run_id)
     if profile is not None:
         st.plotly_chart(plots.sensitivity_heatmap(profile), key="home-heatmap")
-        st.caption(f"Run {profile.meta.get('run_id', '')}: {profile.meta['criterion']} criterion, "
+        st.caption(f"Run {profile.meta.get('run_id', '')} of the run store: {profile.meta['criterion']} criterion, "
                    f"{profile.meta['granularity']} pruning, {len(profile.layers)} layers. Details and other settings "
                    "on the Sensitivity page.")
 

@@ -252,6 +252,13 @@ class RunStore:
                  json.dumps(identity), len(ctx.layers), json.dumps(meta, default=str)))
         return ScanRun(cur.lastrowid, {}, len(ctx.layers), False)
 
+    def latest_scan(self, workload: Workload, config: ScanConfig) -> int | None:
+        """The newest run with this scan's identity (whatever its status), or ``None``: what ``open_scan`` resumes,
+        found without preparing the scan (so a finished run reopens without touching the model)."""
+        rows = self._query("SELECT id FROM runs WHERE key = ? ORDER BY id DESC LIMIT 1",
+                           (identity_key(scan_identity(workload, config)),))
+        return rows[0][0] if rows else None
+
     def add_layer(self, run_id: int, result: LayerResult, config: ScanConfig | None = None) -> None:
         """Commit one finished unit (its own transaction): after this returns, a crash cannot lose it."""
         config = config or ScanConfig()
@@ -294,11 +301,21 @@ class RunStore:
         return {**{k: v for k, v in row.items() if k not in ("identity", "meta")},
                 "identity": json.loads(row["identity"]), "meta": json.loads(row["meta"]), "done_layers": n_done}
 
-    def runs(self) -> pd.DataFrame:
-        """Every run, newest first: id, status, layers done of total, model, data and pruning settings."""
+    def runs(self, model_fp: str | None = None, data_fp: str | None = None) -> pd.DataFrame:
+        """Every run, newest first: id, status, layers done of total, model, data and pruning settings.
+
+        ``model_fp`` and ``data_fp`` keep only the runs of those weights and that eval data (``Workload.fingerprint``,
+        ``EvalData.fingerprint``), whatever file or spec they were loaded from.
+        """
+        where, params = [], []
+        for column, value in (("model_fp", model_fp), ("data_fp", data_fp)):
+            if value is not None:
+                where.append(f"r.{column} = ?")
+                params.append(value)
         rows = self._query(
             "SELECT r.id, r.status, (SELECT COUNT(DISTINCT layer) FROM layers l WHERE l.run_id = r.id), "
-            "r.total_layers, r.model, r.data, r.identity, r.created FROM runs r ORDER BY r.id DESC")
+            "r.total_layers, r.model, r.data, r.identity, r.created FROM runs r"
+            + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY r.id DESC", params)
         records = []
         for run_id, status, n_done, total, model, data, identity, created in rows:
             ident = json.loads(identity)

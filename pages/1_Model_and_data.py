@@ -1,6 +1,7 @@
 """Model & data: pick a bundled sample, a torchvision architecture or an uploaded file, and an eval set.
 
-Uploads are data, never code: they are written to a file and read by ``analysis.sources`` with pickling off.
+Uploads are data, never code: ``analysis.uploads`` types them by content and limits their size, then they are
+written to a file and read by ``analysis.sources`` with pickling off.
 """
 
 import streamlit as st
@@ -8,6 +9,7 @@ import streamlit as st
 from analysis import plots, samples
 from analysis.layers import layer_table
 from analysis.sources import SpecError
+from analysis.uploads import UploadError
 from ui import common, uploads
 
 spec = common.header("Model & data")
@@ -28,16 +30,16 @@ with left:
             archs = common.torchvision_archs()
             arch = st.selectbox("Architecture", archs, index=archs.index("resnet18") if "resnet18" in archs else 0)
             weights = st.file_uploader("Weights (optional): a state dict (.pth, .pt, .bin, .safetensors); "
-                                       "without it the weights are random", type=["pth", "pt", "bin", "safetensors"])
+                                       "without it the weights are random. The content decides, not the name")
             model_spec = f"torchvision:{arch}"
             if weights is not None:
-                model_spec += f"={uploads.save_upload(weights.name, weights.getvalue())}"
+                model_spec += f"={uploads.save_upload(weights.name, weights.getvalue(), 'weights')}"
         else:
             upload = st.file_uploader("TorchScript (.pt, .ts), torch.export (.pt2) or ONNX (.onnx). Pickled "
-                                      "models are refused: unpickling runs code.", type=["pt", "ts", "pt2", "onnx"])
+                                      "models are refused: unpickling runs code. The content decides, not the name")
             if upload is not None:
-                model_spec = str(uploads.save_upload(upload.name, upload.getvalue()))
-    except SpecError as exc:
+                model_spec = str(uploads.save_upload(upload.name, upload.getvalue(), "model"))
+    except (SpecError, UploadError) as exc:
         model_error = str(exc)
 
 with right:
@@ -53,15 +55,15 @@ with right:
             shape = st.text_input("Input shape (CxHxW)", "3x32x32")
             data_spec = f"random:{shape.strip()}"
         elif data_kind == "Upload tensors (.pt, .npz)":
-            upload = st.file_uploader("A tensor x (N, ...) or a dict with x and optional labels y", type=["pt", "npz"])
+            upload = st.file_uploader("A tensor x (N, ...) or a dict with x and optional labels y (.pt, .npz)")
             if upload is not None:
-                data_spec = str(uploads.save_upload(upload.name, upload.getvalue()))
+                data_spec = str(uploads.save_upload(upload.name, upload.getvalue(), "tensors"))
         else:
-            upload = st.file_uploader("A zip of an image folder: one sub-folder per class", type=["zip"])
+            upload = st.file_uploader("A zip of an image folder: one sub-folder per class")
             input_size = st.number_input("Resize and crop to (pixels)", 8, 1024, 224, step=8)
             if upload is not None:
-                data_spec = str(uploads.extract_image_zip(uploads.save_upload(upload.name, upload.getvalue())))
-    except SpecError as exc:
+                data_spec = str(uploads.save_image_zip(upload.name, upload.getvalue()))
+    except (SpecError, UploadError) as exc:
         data_error = str(exc)
     count = st.number_input("Samples to use (0 = all; random inputs: how many)", 0, 1_000_000,
                             spec.count or 0, step=64)

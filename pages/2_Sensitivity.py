@@ -37,36 +37,44 @@ cancel = cancel_col.button("Cancel", help="stop a running scan; its finished lay
 if config_error:
     st.error(f"Scan settings: {config_error}")
 if cancel:
-    saved = scanning.save_cancelled(spec, workload)
-    st.warning("Scan cancelled; its finished layers are kept as a cancelled run. Run resumes it." if saved
-               else "No scan was running.")
-    if saved:
-        st.session_state["run_id"] = saved[-1]
+    stopped = scanning.stop(spec)
+    if stopped:
+        run_id, done, total = stopped
+        st.warning(f"Scan cancelled: run {run_id} keeps its {done} of {total} finished layers. Run resumes it.")
+        st.session_state[runs.RUN_ID] = run_id
+    else:
+        st.warning("No scan was running.")
 if run and config is not None:
     try:
         run_id, reopened = scanning.run_scan(spec, workload, config)
     except ValueError as exc:
         st.error(f"The scan cannot run: {exc}")
     else:
-        st.session_state["run_id"] = run_id
+        st.session_state[runs.RUN_ID] = run_id
         if reopened:
-            st.info("This exact scan was run before: reopened it without recomputing.")
+            st.info(f"This exact scan was run before (run {run_id}): reopened it without recomputing.")
 
-known = runs.list_runs(spec.key)
-profile = common.current_profile(spec)
+known = runs.list_runs(spec)
+profile = runs.current_profile(spec)
 if profile is None:
     st.info("No scan of this workload yet: choose the settings in the sidebar and press Run scan.")
     st.stop()
 
 labels = {r.run_id: r.label for r in known}
 ids = list(labels)
-run_id = st.selectbox("Run on show (earlier runs reopen without recomputing)", ids,
-                      index=ids.index(profile.meta["run_id"]), format_func=labels.get)
+pick_col, delete_col = st.columns([5, 1], vertical_alignment="bottom")
+run_id = pick_col.selectbox("Run on show (earlier runs, also `prunescope scan` runs of this model and data, reopen "
+                            "without recomputing)", ids, index=ids.index(profile.meta["run_id"]), format_func=labels.get)
 if run_id != profile.meta["run_id"]:
-    st.session_state["run_id"] = run_id
-    profile = common.load_run(run_id)
+    st.session_state[runs.RUN_ID] = run_id
+    profile = runs.load_run(run_id)
+if delete_col.button("Delete this run", help="remove the run and its results from the run store"):
+    runs.delete(run_id)
+    st.toast(f"Deleted run {run_id}.")
+    st.rerun()
 if not profile.meta.get("complete", True):
-    st.warning(f"This run was cancelled: {len(profile.layers)} of the chosen layers were measured.")
+    st.warning(f"This run is unfinished: {len(profile.layers)} of its {len(profile.meta.get('layers', []))} layers "
+               "were measured. Run the same settings again to resume it.")
 
 metrics = [m for m in METRICS if m != "accuracy" or profile.labelled]
 metric = st.selectbox("Metric", metrics, help="accuracy needs labels; agreement and KL compare with the dense model")
@@ -102,7 +110,7 @@ with compare_tab:
         st.info("Run a second scan (e.g. another criterion) to overlay the two.")
     else:
         other_id = st.selectbox("Overlay with", others, format_func=labels.get)
-        other = common.load_run(other_id)
+        other = runs.load_run(other_id)
         try:
             st.plotly_chart(plots.profile_overlay(profile, other, metric), key="overlay")
         except ValueError as exc:

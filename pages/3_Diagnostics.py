@@ -6,7 +6,7 @@ from analysis import plots
 from analysis.criteria import CRITERIA
 from analysis.engine import ScanConfig
 from analysis.sensitivity import tolerance_table
-from ui import common, pending
+from ui import common, pending, runs
 
 spec = common.header("Diagnostics")
 if not pending.available("diagnostics", "diagnose"):
@@ -14,9 +14,10 @@ if not pending.available("diagnostics", "diagnose"):
                          "and see the activation shift of every downstream layer, the dead neurons it creates, "
                          "and how much BatchNorm recalibration recovers")
 from analysis.diagnostics import diagnose  # noqa: E402 - only once the engine exists
+from ui import artifacts  # noqa: E402 - it reads analysis.diagnostics
 
 spec, workload, layers = common.workload_or_stop()
-profile = common.current_profile(spec)
+profile = runs.current_profile(spec)
 names = [l.name for l in layers]
 fragile = tolerance_table(profile)["layer"].iloc[0] if profile is not None else names[0]
 settings = profile.meta if profile is not None else {"criterion": "magnitude", "granularity": "unstructured"}
@@ -33,14 +34,42 @@ cell = (spec.key, layer, float(sparsity), criterion, granularity)
 
 if st.button("Diagnose", type="primary"):
     try:
-        with st.spinner(f"Pruning {layer} to {sparsity:g} and watching every layer after it ..."):
+        with st.spinner(f"Pruning {layer} to {sparsity:g} and watching every layer after it ..."), \
+                common.holding(spec):
             result = diagnose(workload, ScanConfig(criterion, granularity, (float(sparsity),), (layer,)))
     except ValueError as exc:
         st.error(f"Cannot diagnose {layer} at {sparsity:g}: {exc}")
     else:
-        st.session_state["diagnosis"] = {"cell": cell, "result": result}
+        artifact_id = artifacts.save(artifacts.DIAGNOSIS, artifacts.diagnosis_name(cell[1:]),
+                                     artifacts.diagnosis_payload(spec, cell, result), st.session_state.get(runs.RUN_ID))
+        st.session_state["diagnosis"] = {"cell": cell, "result": result, "artifact": artifact_id}
 
+kept = artifacts.listed(artifacts.DIAGNOSIS, spec)
 stored = st.session_state.get("diagnosis")
+
+
+def reopen(a: artifacts.Stored) -> dict:
+    diag_cell, diag = artifacts.diagnosis_from(a.payload)
+    st.session_state["diagnosis"] = {"cell": (spec.key, *diag_cell), "result": diag, "artifact": a.id}
+    return st.session_state["diagnosis"]
+
+
+if (not stored or stored["cell"][0] != spec.key) and kept:
+    stored = reopen(kept[0])
+if kept:
+    with st.expander(f"Stored diagnoses of this workload ({len(kept)})"):
+        by_id = {a.id: a for a in kept}
+        c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
+        picked = c1.selectbox("Stored diagnosis", list(by_id), format_func=lambda i: f"{by_id[i].created} · "
+                              f"{by_id[i].name}", index=list(by_id).index(stored["artifact"])
+                              if stored.get("artifact") in by_id else 0)
+        if c2.button("Open", help="show this diagnosis again (nothing is recomputed)"):
+            stored = reopen(by_id[picked])
+        if c3.button("Delete", help="remove this diagnosis from the run store"):
+            artifacts.delete(picked)
+            if stored.get("artifact") == picked:
+                st.session_state.pop("diagnosis", None)
+            st.rerun()
 if not stored or stored["cell"][0] != spec.key:
     st.info("Pick a layer and a sparsity and press Diagnose (a second or two on the sample).")
     st.stop()

@@ -8,13 +8,14 @@ import streamlit as st
 from analysis import plots
 from analysis.allocate import METHODS, TARGET_KINDS, Bounds, allocate, parse_target
 from analysis.batchnorm import has_batchnorm
+from analysis.calibrate import DEFAULT_METHODS, calibrate, parse_targets, read_calibration
 from analysis.measure import measure_schedule
 from analysis.sensitivity import HIGHER_IS_BETTER
 from ui import common, runs, schedules
 
 spec = common.header("Schedule")
 spec, workload, layers = common.workload_or_stop()
-profile = common.current_profile(spec)
+profile = runs.current_profile(spec)
 if profile is None:
     st.info("No scan of this workload yet: a schedule is predicted from a sensitivity scan. Run one on the "
             "Sensitivity page (a few seconds on the sample).")
@@ -22,19 +23,54 @@ if profile is None:
     st.stop()
 
 run_id = profile.meta["run_id"]
-known = {r.run_id: r.label for r in runs.list_runs(spec.key) if r.complete or r.run_id == run_id}
+known = {r.run_id: r.label for r in runs.list_runs(spec) if r.complete or r.run_id == run_id}
 picked = st.selectbox("Sensitivity run the prediction comes from", list(known), index=list(known).index(run_id),
                       format_func=known.get)
 if picked != run_id:
-    st.session_state["run_id"] = run_id = picked
-    profile = common.load_run(run_id)
+    st.session_state[runs.RUN_ID] = run_id = picked
+    profile = runs.load_run(run_id)
 criterion, granularity = profile.meta["criterion"], profile.meta["granularity"]
 metrics = [m for m in ("accuracy", "agreement", "loss", "kl")
            if m in profile.meta.get("baseline", {}) and (m != "accuracy" or profile.labelled)]
 metric = st.selectbox("Predicted metric", metrics)
+with st.expander("Calibrate the prediction: measure a few real schedules and fit how the drops combine"):
+    st.caption(f"Builds {' and '.join(DEFAULT_METHODS)} schedules from this run at each target, measures each on the "
+               "model and fits the calibrated prediction model; the prediction on this page then uses it.")
+    targets_text = st.text_input("Target sparsities", "0.3, 0.5, 0.7", key="calibration-targets")
+    if st.button("Calibrate", help="a few evaluations of the model; seconds on the sample"):
+        try:
+            targets = parse_targets(targets_text)
+            bar = st.progress(0.0, text="Measuring schedules ...")
+            total, measured = len(targets) * len(DEFAULT_METHODS), []
+
+            def on_sample(sample) -> None:  # noqa: ANN001 - an analysis.calibrate.Sample
+                measured.append(sample)
+                bar.progress(len(measured) / total, text=f"{len(measured)}/{total} schedules measured · last: "
+                             f"{sample.method} at {sample.target:g}: {sample.measured:.4f}")
+
+            with common.holding(spec):
+                result = calibrate(runs.scan_folder(run_id), workload, targets=targets, model_spec=spec.model,
+                                   metric=metric if metric in ("accuracy", "agreement") else None, progress=on_sample)
+            runs.save_calibration(run_id, result)
+            schedules.forget_predictors()
+            bar.empty()
+        except ValueError as exc:
+            st.error(f"Cannot calibrate: {exc}")
+        else:
+            st.success(f"Calibrated on {len(result.samples)} measured schedules: power {result.predictor.power:.3f}.")
+    calibrated = read_calibration(runs.scan_folder(run_id))
+    if calibrated is None:
+        st.info("Not calibrated yet: the prediction adds the per-layer drops of the profile.")
+    else:
+        info, table = calibrated
+        mae = info.get("mae", {})
+        st.caption(f"Calibrated {info['metric']} ({info.get('stage', 'pruned')}) from {info.get('schedules')} "
+                   f"schedules: power {info['power']:.3f}; mean absolute error additive {mae.get('additive', 0):.4f}, "
+                   f"calibrated {mae.get('calibrated', 0):.4f} (leave-one-out)")
+        st.dataframe(table, hide_index=True, width="stretch")
 predictor = schedules.predictor(run_id, metric)
 accountant = schedules.accountant(spec, criterion, granularity)
-current = schedules.state(run_id, spec.key)
+current = schedules.state(run_id, spec)
 by_name = {l.name: l for l in layers}
 names = [n for n in profile.layers if n in by_name]
 st.caption(f"{criterion} criterion · {granularity} granularity (from the run) · prediction: {predictor.model} model "
@@ -95,7 +131,7 @@ for group, members in grouped.items():
                 values[name] = col.slider(label, 0.0, limit, step=0.001, format="%.3f", key=key)
 
 source = schedules.source(current)
-schedules.keep(current)
+schedules.keep(current, spec)
 schedule = schedules.to_schedule(values, profile, {"source": source})
 totals = accountant.totals(schedule)
 predicted = predictor.predict(schedule)
@@ -124,7 +160,8 @@ if st.button("Measure", disabled=not schedule.sparsities, help="prune a copy of 
     try:
         with st.status(f"Pruning {len(schedule.sparsities)} layers and evaluating on {len(workload.data)} samples ...",
                        expanded=False) as status:
-            result = measure_schedule(workload, schedule, bn_recalibrate=bn)
+            with common.holding(spec):
+                result = measure_schedule(workload, schedule, bn_recalibrate=bn)
             status.update(label="Measured", state="complete")
     except ValueError as exc:
         st.error(f"Cannot measure this schedule: {exc}")
@@ -157,11 +194,12 @@ if c2.button("Save", disabled=not schedule.sparsities):
     if measured and measured["fingerprint"] == fp:
         meta["measured"] = measured["result"]
     try:
-        path, replaced = schedules.save(name, schedules.to_schedule(values, profile, meta), spec.key)
+        artifact_id, replaced = schedules.save(name, schedules.to_schedule(values, profile, meta), spec)
     except ValueError as exc:
         st.error(f"Cannot save: {exc}")
     else:
-        st.success(f"{'Replaced' if replaced else 'Saved'} {path.name} in {path.parent}.")
+        st.success(f"{'Replaced' if replaced else 'Saved'} schedule {name.strip()!r} in the run store (artifact "
+                   f"{artifact_id}; `prunescope runs get {artifact_id} --out schedule.json` writes it as a file).")
 c3.download_button("Download schedule JSON", json.dumps(schedule.to_dict(), indent=2), "schedule.json",
                    "application/json",
                    disabled=not schedule.sparsities, on_click="ignore")
@@ -170,8 +208,11 @@ saved = schedules.list_saved(spec.key)
 if not saved:
     st.info("Saved schedules appear here, side by side with the current one.")
     st.stop()
-c1, c2 = st.columns([3, 1])
+c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
 to_load = c1.selectbox("Load a saved schedule into the sliders", list(saved))
+if c3.button("Delete", help="remove this saved schedule from the run store"):
+    schedules.delete_saved(to_load, spec)
+    st.rerun()
 if c2.button("Load"):
     chosen = saved[to_load]
     if (chosen.criterion, chosen.granularity) != (criterion, granularity):

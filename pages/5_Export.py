@@ -9,8 +9,8 @@ import streamlit as st
 from analysis.batchnorm import has_batchnorm
 from analysis.export import EXPORTERS, VerificationError, export
 from analysis.report import build_report
-from ui import common, runs, schedules
-from ui.uploads import prunescope_home
+from ui import artifacts, common, runs, schedules
+from ui.common import prunescope_home
 
 spec = common.header("Export")
 spec, workload, layers = common.workload_or_stop()
@@ -19,10 +19,10 @@ choices = {}
 tuned = schedules.current_schedule(spec)
 if tuned is not None and tuned[0].sparsities:
     choices["current (from the Schedule page)"] = tuned
-for name, saved in schedules.list_saved(spec.key).items():
+known = {r.run_id for r in runs.list_runs(spec)}
+for name, saved in schedules.list_saved(spec).items():
     run_id = saved.meta.get("run_id")
-    profile = runs.load_run(run_id) if run_id and (runs.profiles_dir() / run_id).is_dir() else None
-    choices[f"saved: {name}"] = (saved, profile)
+    choices[f"saved: {name}"] = (saved, runs.load_run(run_id) if run_id in known else None)
 if not choices:
     if tuned is not None:
         st.info("The schedule on the Schedule page prunes nothing, so there is nothing to export: apply a preset "
@@ -50,7 +50,7 @@ if st.button("Export", type="primary"):
     folder = prunescope_home() / "exports" / time.strftime("%Y%m%d-%H%M%S")
     try:
         with st.status("Exporting: prune, write ONNX, verify in ONNX Runtime, measure size and latency ...",
-                       expanded=False) as status:
+                       expanded=False) as status, common.holding(spec):
             report = export(workload.model, schedule, workload.data, folder / "model.onnx", shrink_channels=shrink and channel,
                             bn_recalibrate=bn, model_spec=spec.model, exporter=exporter, measure_latency=timing,
                             repeats=10)
@@ -61,9 +61,32 @@ if st.button("Export", type="primary"):
     except Exception as exc:  # noqa: BLE001 - an exporter can fail in many ways; the page says how and stays up
         st.error(f"The export failed: {common.load_error(exc)}")
     else:
-        st.session_state["export"] = {"workload": spec.key, "label": label, "report": report, "html": None}
+        artifact_id = artifacts.save(artifacts.EXPORT, f"{label} ({report.mode})",
+                                     artifacts.export_payload(spec, label, report), run_id=schedule.meta.get("run_id"))
+        st.session_state["export"] = {"workload": spec.key, "label": label, "report": report, "html": None,
+                                      "artifact": artifact_id}
 
+stored = artifacts.listed(artifacts.EXPORT, spec)
 done = st.session_state.get("export")
+if (not done or done["workload"] != spec.key) and stored:
+    done = st.session_state["export"] = {"workload": spec.key, "label": stored[0].payload["label"], "html": None,
+                                         "report": artifacts.export_from(stored[0].payload), "artifact": stored[0].id}
+if stored:
+    with st.expander(f"Stored exports of this workload ({len(stored)})"):
+        by_id = {a.id: a for a in stored}
+        c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
+        picked = c1.selectbox("Stored export", list(by_id), format_func=lambda i: f"{by_id[i].created} · "
+                              f"{by_id[i].name}", index=list(by_id).index(done["artifact"]) if done.get("artifact")
+                              in by_id else 0)
+        if c2.button("Open", help="show this export again (nothing is recomputed)"):
+            chosen = by_id[picked]
+            done = st.session_state["export"] = {"workload": spec.key, "label": chosen.payload["label"], "html": None,
+                                                 "report": artifacts.export_from(chosen.payload), "artifact": picked}
+        if c3.button("Delete", help="remove the stored export (the files on disk stay)"):
+            artifacts.delete(picked)
+            if done and done.get("artifact") == picked:
+                st.session_state.pop("export", None)
+            st.rerun()
 if not done or done["workload"] != spec.key:
     st.info("Pick the options and press Export (a few seconds on the sample).")
     st.stop()
@@ -112,10 +135,14 @@ if done["html"] is None and profile is not None:
     done["html"] = build_report(profile, diagnosis=diagnosis, schedule=report.schedule, export=report,
                                 title=f"Prunescope report: {spec.label}")
 c1, c2, c3 = st.columns(3)
-c1.download_button("Download the ONNX model", report.onnx_path.read_bytes(), "model.onnx", "application/octet-stream",
-                   on_click="ignore", type="primary")
-c2.download_button("Download the schedule", report.schedule_path.read_text(), "schedule.json", "application/json",
-                   on_click="ignore")
+if report.onnx_path.is_file():
+    c1.download_button("Download the ONNX model", report.onnx_path.read_bytes(), "model.onnx",
+                       "application/octet-stream", on_click="ignore", type="primary")
+else:
+    c1.caption(f"{report.onnx_path} is gone; press Export to write it again.")
+schedule_text = report.schedule_path.read_text() if report.schedule_path.is_file() else \
+    json.dumps(report.schedule.to_dict(), indent=2)
+c2.download_button("Download the schedule", schedule_text, "schedule.json", "application/json", on_click="ignore")
 if done["html"] is not None:
     c3.download_button("Download the HTML report", done["html"], "prunescope-report.html", "text/html",
                        on_click="ignore")

@@ -59,24 +59,42 @@ def assert_clean(at: AppTest) -> None:
 
 
 @pytest.fixture(scope="session")
-def sample_profile():
-    """The default scan (magnitude, unstructured, 0.1..0.9) of the CNN sample, computed once."""
+def sample_scan():
+    """The default scan (magnitude, unstructured, 0.1..0.9) of the CNN sample, computed once: its context, its
+    finished units and its profile."""
+    from analysis import engine
     from analysis.engine import ScanConfig
     from analysis.sensitivity import scan
     from analysis.sources import load_workload
 
-    return scan(load_workload("sample:digits-cnn", "sample:digits"), ScanConfig())
+    workload = load_workload("sample:digits-cnn", "sample:digits")
+    ctx = engine.prepare(workload, ScanConfig())
+    results = []
+    profile = scan(workload, ScanConfig(), on_result=results.append, context=ctx)
+    return workload, ctx, results, profile
+
+
+@pytest.fixture(scope="session")
+def sample_profile(sample_scan):  # noqa: ANN001
+    return sample_scan[3]
+
+
+def store_scan(workload, ctx, results, profile) -> int:  # noqa: ANN001
+    """Commit finished units to this test's run store as a scan would, and return the run id."""
+    from ui import runs
+
+    store = runs.store()
+    run = store.open_scan(workload, ctx)
+    for result in results:
+        store.add_layer(run.id, result, ctx.config)
+    store.finish(run.id, {**copy.deepcopy(profile.meta), "run_id": run.id})
+    return run.id
 
 
 @pytest.fixture
-def stored_run(prunescope_home, sample_profile) -> str:  # noqa: ANN001
-    """The default scan saved in this test's run folder, as the home page's quick scan would save it."""
-    from analysis.engine import ScanConfig
-    from ui import runs
-    from ui.common import WorkloadSpec
-
-    key = WorkloadSpec().key
-    return runs.save_run(copy.deepcopy(sample_profile), key, runs.config_key(key, ScanConfig()))
+def stored_run(prunescope_home, sample_scan) -> int:  # noqa: ANN001
+    """The default scan of the sample in this test's run store, as the home page's quick scan would keep it."""
+    return store_scan(*sample_scan)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-from app_support import app, assert_clean, downloads, sample_profile, stored_run, texts  # noqa: F401
+from app_support import app, assert_clean, downloads, sample_profile, sample_scan, stored_run, texts  # noqa: F401
 
 from analysis.engine import ScanConfig
 from analysis.metrics import predict

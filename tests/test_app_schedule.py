@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from app_support import app, assert_clean, plotly_specs, downloads, sample_profile, stored_run, texts  # noqa: F401
+from app_support import app, assert_clean, plotly_specs, downloads, sample_profile, sample_scan, stored_run, texts  # noqa: F401
 
 from analysis.allocate import Bounds, Target, allocate
 from analysis.measure import measure_schedule

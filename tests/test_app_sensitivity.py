@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from app_support import app, assert_clean, plotly_specs, sample_profile, stored_run, texts  # noqa: F401
+from app_support import app, assert_clean, plotly_specs, sample_profile, sample_scan, stored_run, texts  # noqa: F401
 
 from analysis import engine
 from analysis.engine import ScanConfig

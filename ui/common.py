@@ -1,21 +1,26 @@
-"""The state every page shares (which workload, which profile) and the cached loaders behind it.
+"""The state every page shares (which workload), the cached loaders behind it, and the lock on each cached model.
 
 Session state keys (few, well named):
     ``workload``   the ``WorkloadSpec`` picked on the Model & data page (default: the bundled CNN sample)
-    ``run_id``     the sensitivity run on show (a folder under ``$PRUNESCOPE_HOME/profiles``)
+    ``run_id``     the run store's id of the sensitivity run on show (see ``ui/runs.py``)
+
+A cached model is shared by every browser session, and scans, measurements, diagnoses and exports prune its
+weights in place (and restore them) while they run. ``holding(spec)`` is the lock around all of them: one at a
+time per model, so no session ever sees another's pruned weights.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import streamlit as st
 
 from analysis.layers import Layer, find_layers, layer_table
-from analysis.sensitivity import SensitivityProfile
 from analysis.sources import SpecError, Workload, load_workload
-from ui import runs
-from ui.uploads import prunescope_home
+from analysis.store import home as prunescope_home
 
 DEFAULT_MODEL = "sample:digits-cnn"
 DEFAULT_DATA = "sample:digits"
@@ -67,7 +72,38 @@ def cached_workload(spec: WorkloadSpec) -> Workload:
 @st.cache_resource(show_spinner=False, max_entries=8)
 def cached_layers(spec: WorkloadSpec) -> list[Layer]:
     w = cached_workload(spec)
-    return find_layers(w.model, w.data.x[:1])
+    with model_lock(spec):
+        return find_layers(w.model, w.data.x[:1])
+
+
+@st.cache_resource(show_spinner=False)
+def model_lock(spec: WorkloadSpec) -> threading.RLock:
+    """The lock of the cached model of ``spec``, shared by all sessions (see ``holding``)."""
+    return threading.RLock()
+
+
+@contextmanager
+def holding(spec: WorkloadSpec) -> Iterator[None]:
+    """Hold the model's lock for a scan, measurement, diagnosis or export; say so while another session has it."""
+    lock = model_lock(spec)
+    if not lock.acquire(blocking=False):
+        note = st.empty()
+        note.info("Another session is scanning or measuring this model; this starts when it is done ...")
+        lock.acquire()
+        note.empty()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def fingerprints(spec: WorkloadSpec) -> tuple[str, str]:
+    """``(weights hash, data hash)`` of the workload: the run store finds its runs by them (a CLI scan of the same
+    model and data is one of them). Taken under the lock, so never of weights a scan has pruned for the moment."""
+    w = cached_workload(spec)
+    with model_lock(spec):
+        return w.fingerprint(), w.data.fingerprint()
 
 
 def try_workload(spec: WorkloadSpec) -> tuple[Workload, list[Layer]]:
@@ -113,27 +149,6 @@ def summary_table(layers: list[Layer]):  # noqa: ANN201 - a pandas Styler-free D
     df["params_share"] = (df["params_share"] * 100).round(2)
     df["flops_share"] = (df["flops_share"] * 100).round(2)
     return df.rename(columns={"params_share": "params %", "flops_share": "FLOPs %"})
-
-
-@st.cache_resource(show_spinner=False, max_entries=32)
-def _load_run(home: str, run_id: str) -> SensitivityProfile:
-    return runs.load_run(run_id)
-
-
-def load_run(run_id: str) -> SensitivityProfile:
-    return _load_run(str(prunescope_home()), run_id)
-
-
-def current_profile(spec: WorkloadSpec) -> SensitivityProfile | None:
-    """The run on show for this workload: the one picked, else the newest complete one, else ``None``."""
-    run_id = st.session_state.get("run_id")
-    known = {r.run_id: r for r in runs.list_runs(spec.key)}
-    if run_id not in known:
-        run_id = next((r.run_id for r in known.values() if r.complete), None)
-    if run_id is None:
-        return None
-    st.session_state["run_id"] = run_id
-    return load_run(run_id)
 
 
 def header(title: str) -> WorkloadSpec:

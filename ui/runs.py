@@ -1,92 +1,136 @@
-"""Finished and cancelled sensitivity profiles on disk, so earlier runs reopen without recomputing.
+"""The dashboard's view of the run store (``analysis/store.py``): the runs of the workload on show, their profiles,
+and the scan folder each run gets for the engine functions that read folders.
 
-A stopgap until the run store (``analysis/store.py``) lands: each run is a profile folder written with
-``SensitivityProfile.save`` under ``$PRUNESCOPE_HOME/profiles/<run id>/``, and ``scan.json`` carries the
-workload key and the config key that find it again.
+Every scan is a run in ``$PRUNESCOPE_HOME/runs.sqlite``, whether the dashboard or ``prunescope scan`` made it. A
+workload's runs are those of the same weights and the same eval data (by hash, not by file name), so a CLI
+scan of the model on show is listed too. ``Predictor.from_scan`` and ``calibrate`` read a scan folder; each
+run gets one under ``$PRUNESCOPE_HOME/scans/run-<id>/``, written from the store (and its calibration, which
+the store keeps as an artifact, put back) whenever it is missing or out of date.
+
+One ``RunStore`` per store file is shared by every session: its connection is safe across threads (a lock
+keeps their transactions apart), and other processes (a CLI scan) write beside it through SQLite's WAL.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.engine import ScanConfig
+import pandas as pd
+import streamlit as st
+
+from analysis.calibrate import CALIBRATION_CSV, CALIBRATION_JSON
 from analysis.sensitivity import SensitivityProfile
-from ui.uploads import prunescope_home
+from analysis.store import RunStore, StoreError, default_path, home
+from ui.common import WorkloadSpec, fingerprints
+
+RUN_ID = "run_id"
+CALIBRATION = "calibration"
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _shared(path: str) -> RunStore:
+    return RunStore(path)
+
+
+def store() -> RunStore:
+    """The run store of ``$PRUNESCOPE_HOME``, one instance per file shared by all sessions."""
+    return _shared(str(default_path()))
 
 
 @dataclass(frozen=True)
 class RunInfo:
-    """One stored run, as listed in the dashboard."""
+    """One run, as the pages list it."""
 
-    run_id: str
-    workload: str
-    config_key: str
+    run_id: int
+    status: str
     criterion: str
     granularity: str
+    layers_done: int
     layers: int
     sparsities: int
-    complete: bool
     created: str
+    model: str
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
 
     @property
     def label(self) -> str:
-        state = "" if self.complete else ", cancelled"
-        return (f"{self.created} · {self.criterion} · {self.granularity} · {self.layers} layers x "
+        state = "" if self.complete else f", {self.layers_done} of {self.layers} layers ({self.status})"
+        return (f"run {self.run_id} · {self.created} · {self.criterion} · {self.granularity} · {self.layers} layers x "
                 f"{self.sparsities} sparsities{state}")
 
 
-def profiles_dir() -> Path:
-    return prunescope_home() / "profiles"
+def list_runs(spec: WorkloadSpec) -> list[RunInfo]:
+    """Runs of this workload's weights on its eval data, newest first (scans started from the CLI included)."""
+    model_fp, data_fp = fingerprints(spec)
+    df = store().runs(model_fp=model_fp, data_fp=data_fp)
+    return [RunInfo(int(r.id), r.status, r.criterion, r.granularity, int(r.layers_done), int(r.layers),
+                    int(r.sparsities), r.created, r.model) for r in df.itertuples()]
 
 
-def config_key(workload_key: str, config: ScanConfig) -> str:
-    """A short hash of everything that decides a scan's numbers (device and engine excluded)."""
-    cfg = asdict(config.validated())
-    cfg.pop("device"), cfg.pop("engine")
-    text = json.dumps({"workload": workload_key, "config": cfg}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _profile(path: str, run_id: int, updated: float) -> SensitivityProfile:
+    return store().profile(run_id)
 
 
-def save_run(profile: SensitivityProfile, workload_key: str, key: str) -> str:
-    """Write ``profile`` as a new run and return its id."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_id = f"{stamp}-{key}"
-    n = 1
-    while (profiles_dir() / run_id).exists():
-        n += 1
-        run_id = f"{stamp}-{key}-{n}"
-    profile.meta.update({"workload_key": workload_key, "config_key": key, "run_id": run_id,
-                         "created": time.strftime("%Y-%m-%d %H:%M:%S")})
-    profile.save(profiles_dir() / run_id)
-    return run_id
+def load_run(run_id: int) -> SensitivityProfile:
+    """A run's profile from the store, built once per run and change (a resumed run is rebuilt)."""
+    return _profile(str(default_path()), int(run_id), store().run(run_id)["updated"])
 
 
-def load_run(run_id: str) -> SensitivityProfile:
-    return SensitivityProfile.load(profiles_dir() / run_id)
+def current_profile(spec: WorkloadSpec) -> SensitivityProfile | None:
+    """The run on show for this workload: the one picked, else the newest complete one, else ``None``."""
+    run_id = st.session_state.get(RUN_ID)
+    known = list_runs(spec)
+    if run_id not in {r.run_id for r in known}:
+        run_id = next((r.run_id for r in known if r.complete), None)
+    if run_id is None:
+        return None
+    st.session_state[RUN_ID] = run_id
+    return load_run(run_id)
 
 
-def list_runs(workload_key: str) -> list[RunInfo]:
-    """Runs of one workload, newest first; folders that cannot be read are skipped."""
-    runs = []
-    if not profiles_dir().is_dir():
-        return runs
-    for folder in profiles_dir().iterdir():
-        try:
-            meta = json.loads((folder / "scan.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if meta.get("workload_key") != workload_key:
-            continue
-        runs.append(RunInfo(folder.name, workload_key, meta.get("config_key", ""), meta.get("criterion", "?"),
-                            meta.get("granularity", "?"), len(meta.get("layers", [])),
-                            len(meta.get("sparsities", [])), bool(meta.get("complete")), meta.get("created", "")))
-    return sorted(runs, key=lambda r: r.run_id, reverse=True)
+def delete(run_id: int) -> None:
+    """Delete a run (its artifacts stay, unlinked) and forget it in this session."""
+    store().delete_run(run_id)
+    if st.session_state.get(RUN_ID) == run_id:
+        st.session_state.pop(RUN_ID)
 
 
-def find_complete(workload_key: str, key: str) -> str | None:
-    """The newest complete run with this config key, if any."""
-    return next((r.run_id for r in list_runs(workload_key) if r.config_key == key and r.complete), None)
+# ------------------------------------------------------------------------------------------- scan folders
+
+
+def scan_folder(run_id: int) -> Path:
+    """``$PRUNESCOPE_HOME/scans/run-<id>/`` with the run's ``sensitivity.csv`` and ``scan.json`` as stored now,
+    and its latest stored calibration when the folder has none."""
+    profile = load_run(run_id)
+    folder = home() / "scans" / f"run-{int(run_id)}"
+    csv = folder / "sensitivity.csv"
+    if not csv.is_file() or csv.read_text() != profile.table.to_csv(index=False):
+        profile.save(folder)
+    if not (folder / CALIBRATION_JSON).is_file():
+        stored = store().artifacts(kind=CALIBRATION, run_id=run_id)
+        if len(stored):
+            _, payload = store().get_artifact(int(stored["id"].iloc[0]))
+            (folder / CALIBRATION_JSON).write_text(json.dumps(payload["calibration"], indent=2) + "\n")
+            pd.DataFrame.from_records(payload["table"]).to_csv(folder / CALIBRATION_CSV, index=False)
+    return folder
+
+
+def save_calibration(run_id: int, calibration) -> Path:  # noqa: ANN001 - an analysis.calibrate.Calibration
+    """Write a calibration into the run's scan folder (where ``Predictor.from_scan`` reads it) and keep it in the
+    store as a ``calibration`` artifact of the run."""
+    folder = scan_folder(run_id)
+    calibration.save(folder)
+    payload = {"calibration": calibration.to_dict(), "table": calibration.table.to_dict(orient="records")}
+    store().save_artifact(CALIBRATION, f"run {int(run_id)}", json.loads(json.dumps(payload, default=float)),
+                          run_id=run_id)
+    return folder
+
+
+__all__ = ["RunInfo", "StoreError", "current_profile", "delete", "list_runs", "load_run", "save_calibration",
+           "scan_folder", "store"]

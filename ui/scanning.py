@@ -1,12 +1,18 @@
-"""Run a sensitivity scan on a page: a progress bar with time left, the heatmap growing layer by layer.
+"""Run a sensitivity scan on a page as a run of the run store: progress with time left, the heatmap growing.
 
-A finished scan is saved as a run and reopened, never recomputed, when the same config is asked for again.
-A scan interrupted by the Cancel button (Streamlit stops the script at its next call) leaves its finished
-layers in ``st.session_state['partial_scans']``: the next Run resumes from them, and ``save_cancelled``
-keeps them on disk as a cancelled run.
+The scan takes the path ``prunescope scan`` takes: the store finds the run of this exact scan (same weights,
+data and settings) and resumes it, each finished layer is committed the moment it finishes, and the finished
+profile closes the run. So a reload, a closed tab, a server restart or the Cancel button (Streamlit stops the
+script at its next call) loses at most the layer in flight, and the next Run resumes. A complete run of the same
+scan is reopened, never recomputed.
+
+The cached model is shared by all sessions and the scan prunes it in place, so the scan holds the model's lock.
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Callable
 
 import streamlit as st
 
@@ -14,55 +20,83 @@ from analysis import engine, plots
 from analysis.engine import LayerResult, ScanConfig
 from analysis.sensitivity import Progress, build_profile, scan
 from analysis.sources import Workload
-from ui import runs
+from analysis.store import RunStore, ScanRun
+from ui import common, runs
 from ui.common import WorkloadSpec
 
-PARTIAL = "partial_scans"
+SCANNING = "scanning"  # session key: the run id of the scan this session has in flight
 
 
-def _partial(key: str) -> dict | None:
-    return st.session_state.setdefault(PARTIAL, {}).get(key)
+def scan_into_store(store: RunStore, workload: Workload, config: ScanConfig, lock: threading.RLock,
+                    on_open: Callable[[ScanRun], None] | None = None,
+                    on_progress: Callable[[Progress, dict[str, LayerResult]], None] | None = None,
+                    ) -> tuple[int, bool]:
+    """Scan into ``store`` holding ``lock``; returns ``(run id, reopened)``. No Streamlit here: the page's
+    ``run_scan`` draws through the callbacks, and tests call it from threads."""
+    with lock:
+        existing = store.latest_scan(workload, config)
+        if existing is not None and store.run(existing)["status"] == "complete":
+            return existing, True
+        ctx = engine.prepare(workload, config)
+        run = store.open_scan(workload, ctx)
+        if on_open:
+            on_open(run)
+        done = dict(run.done)
+
+        def on_result(result: LayerResult) -> None:
+            store.add_layer(run.id, result, ctx.config)
+            done[result.layer] = result
+
+        report = (lambda p: on_progress(p, done)) if on_progress else None
+        profile = scan(workload, config, done=dict(run.done), on_result=on_result, progress=report, context=ctx)
+        profile.meta["run_id"] = run.id
+        store.finish(run.id, profile.meta)
+    return run.id, False
 
 
-def run_scan(spec: WorkloadSpec, workload: Workload, config: ScanConfig, metric: str | None = None) -> tuple[str, bool]:
+def run_scan(spec: WorkloadSpec, workload: Workload, config: ScanConfig, metric: str | None = None) -> tuple[int, bool]:
     """Scan (or reopen) and return ``(run_id, reopened)``; draws progress and the live heatmap meanwhile."""
-    key = runs.config_key(spec.key, config)
-    existing = runs.find_complete(spec.key, key)
-    if existing:
-        return existing, True
-    state = _partial(key)
-    if state is None:
-        with st.spinner("Preparing: dense outputs and importance scores ..."):
-            ctx = engine.prepare(workload, config)
-        state = st.session_state[PARTIAL][key] = {"ctx": ctx, "done": {}, "workload": spec.key}
-    ctx, done = state["ctx"], state["done"]
-    total = len(ctx.layers)
-    bar = st.progress(len(done) / total, text=f"Scanning {total} layers x {len(ctx.config.sparsities)} sparsities")
-    live = st.empty()
+    bar, live = st.empty(), st.empty()
+    bar.progress(0.0, text="Preparing: dense outputs and importance scores ...")
 
-    def on_result(result: LayerResult) -> None:
-        done[result.layer] = result
+    def on_open(run: ScanRun) -> None:
+        st.session_state[SCANNING] = run.id
+        if run.resumed:
+            st.info(f"resuming: {len(run.done)} of {run.total_layers} layers already done (run {run.id})")
+        bar.progress(len(run.done) / run.total_layers,
+                     text=f"Scanning {run.total_layers} layers x {len(config.validated().sparsities)} sparsities")
 
-    def on_progress(p: Progress) -> None:
+    def on_progress(p: Progress, done: dict[str, LayerResult]) -> None:
         eta = "" if p.eta is None else f" · about {p.eta:.0f} s left"
         bar.progress(p.done / p.total, text=f"{p.done}/{p.total} layers · last: {p.layer}{eta}")
-        partial = build_profile(ctx, workload, done)
+        partial = runs.load_run(st.session_state[SCANNING])
         live.plotly_chart(plots.sensitivity_heatmap(partial, metric), key=f"live-heatmap-{p.done}")
 
-    profile = scan(workload, config, done=dict(done), on_result=on_result, progress=on_progress, context=ctx)
-    bar.empty()
-    live.empty()
-    run_id = runs.save_run(profile, spec.key, key)
-    st.session_state[PARTIAL].pop(key, None)
-    return run_id, False
+    try:
+        with common.holding(spec):
+            run_id, reopened = scan_into_store(runs.store(), workload, config, common.model_lock(spec), on_open,
+                                               on_progress)
+    except Exception:
+        st.session_state.pop(SCANNING, None)
+        raise
+    finally:
+        bar.empty()
+        live.empty()
+    st.session_state.pop(SCANNING, None)
+    return run_id, reopened
 
 
-def save_cancelled(spec: WorkloadSpec, workload: Workload) -> list[str]:
-    """Keep the finished layers of interrupted scans as cancelled runs; return their ids."""
-    saved = []
-    for key, state in list(st.session_state.get(PARTIAL, {}).items()):
-        if state["workload"] == spec.key and state["done"] and not state.get("saved"):
-            profile = build_profile(state["ctx"], workload, state["done"])
-            saved.append(runs.save_run(profile, spec.key, key))
-            state["saved"] = True
-    return saved
+def stop(spec: WorkloadSpec) -> tuple[int, int, int] | None:
+    """After Cancel: mark this session's interrupted scan as stopped; ``(run id, layers done, layers)`` or ``None``
+    when no scan was in flight. Its finished layers are already in the store; Run resumes it."""
+    run_id = st.session_state.pop(SCANNING, None)
+    if run_id is None:
+        return None
+    store = runs.store()
+    try:
+        info = store.run(run_id)
+    except runs.StoreError:
+        return None
+    if info["status"] != "complete":
+        store.finish(run_id, {**store.profile(run_id).meta, "complete": False})
+    return run_id, info["done_layers"], info["total_layers"]

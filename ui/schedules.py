@@ -4,18 +4,17 @@ Session state key:
     ``schedule``   ``{"run_id", "values": {layer: sparsity}, "source", "measured"}``: the sliders' schedule for
                    the run on show (reset when another run is picked) and its last measurement
 
-The sliders' schedule is also kept on disk per workload (``schedules/.current/``), so a reload finds it.
-Saved schedules are ``Schedule.save`` JSON files under ``$PRUNESCOPE_HOME/schedules/<name>.json``; their
-``meta`` names the workload and run they were tuned on, the totals, the prediction and any measurement.
+The sliders' schedule is also kept in the run store per workload (a ``tuning`` artifact, replaced when it
+changes), so a reload, a new tab or a server restart finds it. Saved schedules are ``schedule`` artifacts
+(``Schedule.to_dict()``), named, linked to the run they were tuned on; their ``meta`` names the workload, the
+totals, the prediction and any measurement.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
-from pathlib import Path
 
 import streamlit as st
 import torch
@@ -27,9 +26,8 @@ from analysis.predict import Predictor
 from analysis.schedule import Schedule, ScheduleError
 from analysis.sensitivity import SensitivityProfile
 from analysis.totals import Accountant
-from ui import runs
-from ui.common import WorkloadSpec, cached_layers, cached_workload
-from ui.uploads import prunescope_home
+from ui import artifacts, runs
+from ui.common import WorkloadSpec, cached_layers, cached_workload, model_lock
 
 STATE = "schedule"
 SLIDER = "sparsity::"
@@ -40,9 +38,10 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}")
 # -------------------------------------------------------------------------------------------- cached engines
 
 
-def predictor(run_id: str, metric: str) -> Predictor:
-    """The run's predictor (calibrated when its folder has ``calibration.json``), built once per run and metric."""
-    folder = runs.profiles_dir() / run_id
+def predictor(run_id: int, metric: str) -> Predictor:
+    """The run's predictor (calibrated when its scan folder has ``calibration.json``), built once per run, metric
+    and calibration."""
+    folder = runs.scan_folder(run_id)
     cal = folder / "calibration.json"
     return _predictor(str(folder), metric, cal.stat().st_mtime if cal.is_file() else 0.0)
 
@@ -52,36 +51,43 @@ def _predictor(folder: str, metric: str, calibrated_at: float) -> Predictor:
     return Predictor.from_scan(folder, metric)
 
 
+def forget_predictors() -> None:
+    """Drop the cached predictors (after a calibration, so every page predicts with it at once)."""
+    _predictor.clear()
+
+
 @st.cache_resource(show_spinner="Tracing the channel graph ...", max_entries=8)
 def accountant(spec: WorkloadSpec, criterion: str, granularity: str) -> Accountant:
     """Totals of any schedule on this workload's model, in well under a millisecond once built."""
     w, layers = cached_workload(spec), cached_layers(spec)
     stats = None
-    if masks.parse_granularity(granularity).kind == "channel" and criterion in criteria.CALIBRATED:
-        n = min(len(w.data), 256)
-        stats = criteria.collect_stats(w.model, layers, w.data.x[:n], None if w.data.y is None else w.data.y[:n],
-                                       criterion)
-    return Accountant.from_model(w.model, w.data.x[:1], layers, criterion, granularity, stats)
+    with model_lock(spec):
+        if masks.parse_granularity(granularity).kind == "channel" and criterion in criteria.CALIBRATED:
+            n = min(len(w.data), 256)
+            stats = criteria.collect_stats(w.model, layers, w.data.x[:n], None if w.data.y is None else w.data.y[:n],
+                                           criterion)
+        return Accountant.from_model(w.model, w.data.x[:1], layers, criterion, granularity, stats)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def weights(spec: WorkloadSpec) -> dict[str, torch.Tensor]:
     """Each layer's weight (the global magnitude and LAMP presets rank them)."""
     model = cached_workload(spec).model
-    return {l.name: l.weight(model).detach() for l in cached_layers(spec)}
+    with model_lock(spec):
+        return {l.name: l.weight(model).detach().clone() for l in cached_layers(spec)}
 
 
 # ------------------------------------------------------------------------------------------ the slider state
 
 
-def state(run_id: str, workload_key: str) -> dict:
-    """The schedule being tuned for ``run_id``: this session's, else the one kept on disk for the workload (so a
-    reload or a new tab finds it), else all layers dense."""
+def state(run_id: int, spec: WorkloadSpec) -> dict:
+    """The schedule being tuned for ``run_id``: this session's, else the one kept in the store for the workload
+    (so a reload or a new tab finds it), else all layers dense."""
     current = st.session_state.get(STATE)
     if current is None or current["run_id"] != run_id:
-        kept = _kept(workload_key)
+        kept = _kept(spec)
         current = st.session_state[STATE] = {"run_id": run_id, "values": {}, "source": "hand-tuned",
-                                             "measured": None, "workload": workload_key}
+                                             "measured": None, "workload": spec.key}
         if kept and kept["run_id"] == run_id:
             set_values(current, kept["values"], kept["source"])
             current["preset"] = kept.get("preset", {})
@@ -90,25 +96,21 @@ def state(run_id: str, workload_key: str) -> dict:
     return current
 
 
-def keep(current: dict) -> None:
-    """Write the sliders' schedule to disk when it changed, so it outlives the browser session."""
-    text = json.dumps({k: current.get(k) for k in ("run_id", "values", "source", "preset")}, sort_keys=True)
+def keep(current: dict, spec: WorkloadSpec) -> None:
+    """Keep the sliders' schedule in the store when it changed, so it outlives the browser session."""
+    record = {k: current.get(k) for k in ("run_id", "values", "source", "preset")}
+    text = json.dumps(record, sort_keys=True)
     if current.get("kept") != text:
-        path = _kept_path(current["workload"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        stale = artifacts.listed(artifacts.TUNING, spec)
+        artifacts.save(artifacts.TUNING, "sliders", {**record, "workload": artifacts.workload_id(spec)})
+        for old in stale:
+            artifacts.delete(old.id)
         current["kept"] = text
 
 
-def _kept_path(workload_key: str) -> Path:
-    return schedules_dir() / ".current" / f"{hashlib.sha256(workload_key.encode()).hexdigest()[:16]}.json"
-
-
-def _kept(workload_key: str) -> dict | None:
-    try:
-        record = json.loads(_kept_path(workload_key).read_text())
-    except (OSError, ValueError):
-        return None
+def _kept(spec: WorkloadSpec) -> dict | None:
+    stored = artifacts.listed(artifacts.TUNING, spec)
+    record = stored[0].payload if stored else None
     return record if isinstance(record, dict) and isinstance(record.get("values"), dict) else None
 
 
@@ -167,15 +169,12 @@ def current_schedule(spec: WorkloadSpec) -> tuple[Schedule, SensitivityProfile] 
     """The Schedule page's schedule and its run, if one is being tuned for this workload."""
     current = st.session_state.get(STATE)
     if not current or current.get("workload") != spec.key:
-        current = _kept(spec.key)
+        current = _kept(spec)
         if current is None:
             return None
-    try:
-        profile = runs.load_run(current["run_id"])
-    except (OSError, ValueError):
+    if current["run_id"] not in {r.run_id for r in runs.list_runs(spec)}:
         return None
-    if profile.meta.get("workload_key") != spec.key:
-        return None
+    profile = runs.load_run(current["run_id"])
     schedule = to_schedule(current["values"], profile, {"method": source(current), "run_id": current["run_id"]})
     measured = current.get("measured")
     if measured and measured["fingerprint"] == fingerprint(schedule):
@@ -186,12 +185,8 @@ def current_schedule(spec: WorkloadSpec) -> tuple[Schedule, SensitivityProfile] 
 # ------------------------------------------------------------------------------------------ saved schedules
 
 
-def schedules_dir() -> Path:
-    return prunescope_home() / "schedules"
-
-
 def check_name(name: str) -> str:
-    """A schedule name that is also a safe file name, or a ``ValueError`` that names the bad value."""
+    """A schedule name (letters, digits, spaces, '_', '.', '-'), or a ``ValueError`` that names the bad value."""
     name = name.strip()
     if not _NAME.fullmatch(name):
         raise ValueError(f"schedule name {name!r} must start with a letter or digit and use only letters, digits, "
@@ -199,27 +194,32 @@ def check_name(name: str) -> str:
     return name
 
 
-def save(name: str, schedule: Schedule, workload_key: str) -> tuple[Path, bool]:
-    """Write ``schedule`` as ``<name>.json``; returns the path and whether an older one was replaced."""
+def save(name: str, schedule: Schedule, spec: WorkloadSpec) -> tuple[int, bool]:
+    """Store ``schedule`` under ``name`` for this workload; returns its artifact id and whether an older schedule
+    of that name was replaced."""
     name = check_name(name)
-    path = schedules_dir() / f"{name}.json"
-    replaced = path.is_file()
-    schedule.meta.update({"name": name, "workload_key": workload_key, "saved": time.strftime("%Y-%m-%d %H:%M:%S")})
-    schedule.save(path)
-    return path, replaced
+    older = [a for a in artifacts.listed(artifacts.SCHEDULE, spec) if a.name == name]
+    schedule.meta.update({"name": name, "workload_key": spec.key, "workload": artifacts.workload_id(spec),
+                          "saved": time.strftime("%Y-%m-%d %H:%M:%S")})
+    artifact_id = artifacts.save(artifacts.SCHEDULE, name, schedule.to_dict(), run_id=schedule.meta.get("run_id"))
+    for a in older:
+        artifacts.delete(a.id)
+    return artifact_id, bool(older)
 
 
-def list_saved(workload_key: str) -> dict[str, Schedule]:
-    """Saved schedules of one workload by name; files that cannot be read are skipped."""
+def list_saved(spec: WorkloadSpec) -> dict[str, Schedule]:
+    """Saved schedules of this workload by name, newest first; payloads that are not schedules are skipped."""
     out = {}
-    folder = schedules_dir()
-    if not folder.is_dir():
-        return out
-    for path in sorted(folder.glob("*.json")):
+    for a in artifacts.listed(artifacts.SCHEDULE, spec):
         try:
-            schedule = Schedule.load(path)
-        except ScheduleError:
+            out.setdefault(a.name, Schedule.from_dict(a.payload))
+        except (ScheduleError, ValueError, KeyError, TypeError):
             continue
-        if schedule.meta.get("workload_key") == workload_key:
-            out[schedule.meta.get("name", path.stem)] = schedule
     return out
+
+
+def delete_saved(name: str, spec: WorkloadSpec) -> None:
+    for a in artifacts.listed(artifacts.SCHEDULE, spec):
+        if a.name == name:
+            artifacts.delete(a.id)
+

@@ -1,37 +1,57 @@
-"""Uploaded files become files on disk, named by their content, so the engine's spec loaders read them.
+"""Uploaded files become files on disk, checked by ``analysis.uploads`` first, so the engine's spec loaders read them.
 
-Uploads are data, never code: a model upload is read by ``analysis.sources`` with pickling off (TorchScript,
-``torch.export``, ONNX, state dicts with ``weights_only=True``), and a zip of images is unpacked member by
-member with every path checked to stay inside its folder.
+Uploads are data, never code. ``analysis.uploads.check`` types the bytes by their content (never by the file
+name), enforces the size limit (``PRUNESCOPE_MAX_UPLOAD_MB``) and test-extracts archives without trusting their
+declared sizes; nothing is unpickled. What passes is kept under ``$PRUNESCOPE_HOME/uploads/<hash>/`` with the
+suffix its content deserves, so the spec loaders (pickling off) read it, and a workload spec that names it
+stays valid after a restart. Every refusal is an ``UploadError`` (a ``ValueError``) whose message a page shows.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import zipfile
 from pathlib import Path
 
-from analysis.sources import SpecError
+from analysis.store import home
+from analysis.uploads import UploadError, check, safe_extract
 
-MAX_ZIP_MEMBERS = 100_000
-MAX_ZIP_BYTES = 2 * 1024**3
+WHAT = {"onnx": "an ONNX model", "torchscript": "a TorchScript model", "export": "a torch.export program",
+        "torch-save": "a torch.save archive (a state dict, or a pickled model)", "safetensors": "a safetensors state dict",
+        "npz": "a NumPy .npz file", "images-zip": "a zip of images"}
+
+# What each upload box takes, by content, and what to do instead when the content is of another kind.
+MODEL_FILE = {"onnx", "torchscript", "export"}
+WEIGHTS_FILE = {"torch-save", "safetensors"}
+TENSOR_FILE = {"torch-save", "npz"}
+IMAGES_FILE = {"images-zip"}
+ADVICE = {
+    "model": "a state dict goes with a torchvision architecture (upload it there as its weights); a whole model "
+             "must be exported as TorchScript, torch.export (.pt2) or ONNX. Uploads are never unpickled: a pickled "
+             "nn.Module loads only from the CLI with --trust-pickle",
+    "weights": "upload a state dict (torch.save of model.state_dict(), or safetensors); whole models go under "
+               "'Upload a model file'",
+    "tensors": "upload a .pt (torch.save of a tensor or of a dict with x and y) or a .npz with x and y; a zip of "
+               "images goes under 'Upload images'",
+    "images": "upload a zip of an image folder: one sub-folder per class",
+}
 
 
-def prunescope_home() -> Path:
-    """Where results and uploads live: ``$PRUNESCOPE_HOME`` or ``~/.prunescope``."""
-    return Path(os.environ.get("PRUNESCOPE_HOME") or Path.home() / ".prunescope")
+def _folder(content: bytes) -> Path:
+    return home() / "uploads" / hashlib.sha256(content).hexdigest()[:16]
 
 
-def save_upload(name: str, content: bytes) -> Path:
-    """Write an upload under ``$PRUNESCOPE_HOME/uploads/<hash>/`` keeping only its file name's suffix."""
-    if not content:
-        raise SpecError(f"the uploaded file {name} is empty")
-    digest = hashlib.sha256(content).hexdigest()[:16]
-    suffix = "".join(Path(name).suffixes[-1:]).lower()
-    if not suffix.replace(".", "").isalnum():
-        suffix = ""
-    folder = prunescope_home() / "uploads" / digest
+def _checked(name: str, content: bytes, role: str, allowed: set[str], advice: str) -> tuple[str, str]:
+    kind, suffix = check(content, name, "model" if role in ("model", "weights") else "data")
+    if kind not in allowed:
+        raise UploadError(f"{name} holds {WHAT.get(kind, kind)}, which this box does not take: {ADVICE[advice]}")
+    return kind, suffix
+
+
+def save_upload(name: str, content: bytes, role: str) -> Path:
+    """Check an upload for ``role`` (``model``, ``weights`` or ``tensors``) and keep it; return its path."""
+    allowed = {"model": MODEL_FILE, "weights": WEIGHTS_FILE, "tensors": TENSOR_FILE}[role]
+    _, suffix = _checked(name, content, role, allowed, role)
+    folder = _folder(content)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"upload{suffix}"
     if not path.is_file() or path.stat().st_size != len(content):
@@ -39,40 +59,14 @@ def save_upload(name: str, content: bytes) -> Path:
     return path
 
 
-def extract_image_zip(path: Path) -> Path:
-    """Unpack a zip of an ImageFolder tree next to it and return the folder that holds the class folders."""
-    target = path.parent / "images"
+def save_image_zip(name: str, content: bytes) -> Path:
+    """Check a zip of an image folder, unpack it safely and return the folder that holds the class folders."""
+    _checked(name, content, "data", IMAGES_FILE, "images")
+    folder = _folder(content)
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = folder / "upload.zip"
+    archive.write_bytes(content)
     try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        raise SpecError(f"{path.name} is not a zip archive (zip a folder with one sub-folder per class)") from None
-    with archive:
-        members = [m for m in archive.infolist() if not m.is_dir()]
-        if len(members) > MAX_ZIP_MEMBERS:
-            raise SpecError(f"the zip holds {len(members)} files; the limit is {MAX_ZIP_MEMBERS}")
-        if sum(m.file_size for m in members) > MAX_ZIP_BYTES:
-            raise SpecError(f"the zip unpacks to more than {MAX_ZIP_BYTES // 1024**3} GiB")
-        root = target.resolve()
-        for m in members:
-            dest = (target / m.filename).resolve()
-            if root not in dest.parents:
-                raise SpecError(f"the zip member {m.filename!r} points outside the archive's folder")
-            if m.external_attr >> 16 & 0o170000 == 0o120000:
-                raise SpecError(f"the zip member {m.filename!r} is a symbolic link")
-        if not target.is_dir():
-            for m in members:
-                dest = target / m.filename
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(m) as src, open(dest, "wb") as out:
-                    out.write(src.read())
-    return _class_root(target)
-
-
-def _class_root(folder: Path) -> Path:
-    """The folder whose sub-folders are the classes: skip single wrapping folders (``data/train/...``)."""
-    while True:
-        children = [c for c in folder.iterdir() if not c.name.startswith((".", "__MACOSX"))]
-        if len(children) == 1 and children[0].is_dir() and any(g.is_dir() for g in children[0].iterdir()):
-            folder = children[0]
-            continue
-        return folder
+        return safe_extract(archive, folder / "images")
+    finally:
+        archive.unlink(missing_ok=True)

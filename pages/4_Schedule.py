@@ -204,7 +204,7 @@ c3.download_button("Download schedule JSON", json.dumps(schedule.to_dict(), inde
                    "application/json",
                    disabled=not schedule.sparsities, on_click="ignore")
 
-saved = schedules.list_saved(spec.key)
+saved = schedules.list_saved(spec)
 if not saved:
     st.info("Saved schedules appear here, side by side with the current one.")
     st.stop()

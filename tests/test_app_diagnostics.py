@@ -63,3 +63,31 @@ def test_a_cell_the_granularity_cannot_take_is_a_readable_error():
     at = at.run()
     assert_clean(at)
     assert "cannot take granularity 2:4" in texts(at.error)
+
+
+def test_a_diagnosis_is_stored_reopened_after_a_reload_and_deleted(stored_run, monkeypatch):  # noqa: F811
+    import analysis.diagnostics
+    from ui import runs
+
+    at = app("diagnostics")
+    at.select_slider[0].set_value(0.6)
+    at.button[0].click()
+    at = at.run()
+    assert_clean(at)
+    shift = plotly_specs(at)[0]
+    [stored] = runs.store().artifacts(kind="diagnostics").itertuples()
+    assert stored.run_id == stored_run and "at 0.6" in stored.name
+
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a stored diagnosis must reopen without diagnosing again")
+
+    monkeypatch.setattr(analysis.diagnostics, "diagnose", refuse)
+    again = app("diagnostics")
+    assert_clean(again)
+    assert plotly_specs(again)[0]["data"] == shift["data"]
+    assert f"pruned to **0.6**" in texts(again.markdown)
+    next(b for b in again.button if b.label == "Delete").click()
+    again = again.run()
+    assert_clean(again)
+    assert runs.store().artifacts(kind="diagnostics").empty
+    assert "press Diagnose" in texts(again.info)

@@ -12,9 +12,8 @@ from app_support import app, assert_clean, downloads, sample_profile, sample_sca
 from analysis.engine import ScanConfig
 from analysis.metrics import predict
 from analysis.schedule import Schedule
-from analysis.sensitivity import scan
-from ui import runs, schedules
-from ui.common import WorkloadSpec, cached_workload
+from ui import runs, scanning, schedules
+from ui.common import WorkloadSpec, cached_workload, model_lock
 
 SPEC = WorkloadSpec()
 
@@ -85,13 +84,26 @@ def test_export_the_tuned_schedule_verified_with_downloads(stored_run, sample_pr
     assert "Verification passed" in html and html.count('class="plotly-graph-div"') == 3
     assert (report.onnx_path.parent / "model.export.json").is_file()
 
+    [stored] = runs.store().artifacts(kind="export").itertuples()
+    assert stored.run_id == stored_run
+    again = app("export")  # a reload: a new session shows the stored export without exporting again
+    assert_clean(again)
+    assert "Verification passed" in texts(again.success)
+    assert again.session_state["export"]["report"].verifications == report.verifications
+    assert list(again.dataframe[1].value["non-zero"]) == list(sizes["non-zero"])
+    next(b for b in again.button if b.label == "Delete").click()
+    again = again.run()
+    assert_clean(again)
+    assert runs.store().artifacts(kind="export").empty
+    assert "press Export" in texts(again.info)
+
 
 def test_a_saved_channel_schedule_exports_shrunk(prunescope_home):
     workload = cached_workload(SPEC)
-    profile = scan(workload, ScanConfig(granularity="channel", sparsities=(0.25, 0.5)))
-    run_id = runs.save_run(profile, SPEC.key, runs.config_key(SPEC.key, ScanConfig(granularity="channel")))
+    config = ScanConfig(granularity="channel", sparsities=(0.25, 0.5))
+    run_id, _ = scanning.scan_into_store(runs.store(), workload, config, model_lock(SPEC))
     schedule = Schedule({"block1.0": 0.5, "block2.0": 0.25}, granularity="channel", meta={"run_id": run_id})
-    schedules.save("channels", schedule, SPEC.key)
+    schedules.save("channels", schedule, SPEC)
     at = app("export")
     assert_clean(at)
     assert at.selectbox[0].value == "saved: channels"
@@ -109,7 +121,7 @@ def test_a_saved_channel_schedule_exports_shrunk(prunescope_home):
 
 
 def test_an_export_that_fails_is_a_readable_error(prunescope_home, stored_run):  # noqa: F811
-    schedules.save("broken", Schedule({"no_such_layer": 0.5}, meta={"run_id": stored_run}), SPEC.key)
+    schedules.save("broken", Schedule({"no_such_layer": 0.5}, meta={"run_id": stored_run}), SPEC)
     at = app("export")
     _button(at, "Export").click()
     at = at.run()

@@ -111,21 +111,53 @@ class _Hostile:
         return (open, (self.target, "w"))
 
 
-@pytest.mark.parametrize("content", ["pickle", "junk", "empty"])
+@pytest.mark.parametrize("content", ["pickle", "junk", "empty", "numpy"])
 def test_bad_model_uploads_are_refused_without_running_them(tmp_path, content):
     marker = tmp_path / "was-unpickled"
     _Hostile.target = str(marker)
-    data = {"pickle": _torch_bytes(_Hostile()), "junk": b"not a model at all" * 10, "empty": b""}[content]
+    numpy = io.BytesIO()
+    np.savez(numpy, x=np.zeros(3))
+    data = {"pickle": _torch_bytes(_Hostile()), "junk": b"not a model at all" * 10, "empty": b"",
+            "numpy": numpy.getvalue()}[content]
     at = _pick(app("model"), "Upload a model file")
     at.file_uploader[0].upload("model.pt", data)
     at = at.run()
-    if content != "empty":
-        at = _use(at)
     assert_clean(at)
     message = texts(at.error)
-    assert {"pickle": "pickled", "junk": "not a model file", "empty": "is empty"}[content] in message
+    assert {"pickle": "never unpickled", "junk": "is not a model", "empty": "is empty",
+            "numpy": "its content reads as npz"}[content] in message
+    assert at.button[0].disabled, "a refused upload cannot be used"
     assert not marker.exists(), "the upload was unpickled"
     assert at.session_state["workload"] == WorkloadSpec()
+
+
+def test_uploads_are_typed_by_content_not_by_name():
+    model = samples.load_sample("digits-cnn").eval()
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(model), buf)
+    at = _pick(app("model"), "Upload a model file")
+    at.file_uploader[0].upload("model.onnx", buf.getvalue())  # a TorchScript file with the wrong name
+    at = _use(at.run())
+    assert_clean(at)
+    assert at.session_state["workload"].model.endswith("upload.pt")
+    assert list(at.dataframe[0].value["params"]) == [144, 4608, 18432, 640]
+
+    at = _pick(app("model"), "torchvision architecture", "Random inputs (no labels)")
+    at.file_uploader[0].upload("weights.pth", buf.getvalue())  # a whole model is not a state dict
+    at = at.run()
+    assert_clean(at)
+    assert "holds a TorchScript model, which this box does not take" in texts(at.error)
+
+
+def test_the_upload_size_limit_is_a_readable_error(monkeypatch):
+    from analysis import uploads
+
+    monkeypatch.setattr(uploads, "DEFAULT_MAX_BYTES", 1000)
+    at = _pick(app("model"), data_kind="Upload tensors (.pt, .npz)")
+    at.file_uploader[0].upload("big.pt", _torch_bytes({"x": torch.zeros(100, 8)}))
+    at = at.run()
+    assert_clean(at)
+    assert "the upload limit is" in texts(at.error)
 
 
 def test_no_upload_yet_keeps_the_button_off_and_says_what_is_missing():
@@ -184,7 +216,7 @@ def test_image_zip_upload_becomes_an_image_folder():
 
 @pytest.mark.parametrize("archive,message", [
     (_zip({"../escape.png": b"x"}), "points outside"),
-    (b"PK\x03\x04 broken", "not a zip archive"),
+    (b"PK\x03\x04 broken", "damaged or truncated"),
 ])
 def test_hostile_or_broken_zip_is_refused(archive, message):
     at = _pick(app("model"), data_kind="Upload images (.zip of class folders)")

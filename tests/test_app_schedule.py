@@ -12,7 +12,7 @@ from analysis.measure import measure_schedule
 from analysis.predict import Predictor
 from analysis.schedule import Schedule
 from analysis.totals import Accountant
-from ui import schedules
+from ui import runs, schedules
 from ui.common import WorkloadSpec, cached_layers, cached_workload
 
 SPEC = WorkloadSpec()
@@ -162,7 +162,7 @@ def test_save_compare_and_load_schedules(stored_run, sample_profile, prunescope_
     at = at.run()
     _button(at, "Save").click()
     at = at.run()
-    assert "Saved uni.json" in texts(at.success)
+    assert "Saved schedule 'uni' in the run store" in texts(at.success)
     uniform = _sliders(at)
     at = _preset(at, "sensitivity", value="0.6")
     _button(at, "Measure").click()
@@ -173,7 +173,10 @@ def test_save_compare_and_load_schedules(stored_run, sample_profile, prunescope_
     at = at.run()
     assert_clean(at)
 
-    on_disk = Schedule.load(prunescope_home / "schedules" / "sens.json")
+    stored = runs.store().artifacts(kind="schedule")
+    assert sorted(stored["name"]) == ["sens", "uni"] and set(stored["run_id"]) == {stored_run}
+    _, payload = runs.store().get_artifact(int(stored.set_index("name").loc["sens", "id"]))
+    on_disk = Schedule.from_dict(payload)
     assert on_disk.sparsities == {k: v for k, v in _sliders(at).items() if v > 0}
     assert on_disk.meta["workload_key"] == SPEC.key and on_disk.meta["run_id"] == stored_run
     assert on_disk.meta["predicted"]["accuracy"] == pytest.approx(Predictor(sample_profile).predict(on_disk))
@@ -201,7 +204,13 @@ def test_save_compare_and_load_schedules(stored_run, sample_profile, prunescope_
     _button(at, "Save").click()
     at = at.run()
     assert "'../evil'" in texts(at.error)
-    assert not (prunescope_home / "evil.json").exists()
+    assert sorted(runs.store().artifacts(kind="schedule")["name"]) == ["sens", "uni"]
+
+    _button(at, "Delete").click()  # the schedule picked in "Load a saved schedule": uni
+    at = at.run()
+    assert_clean(at)
+    assert list(runs.store().artifacts(kind="schedule")["name"]) == ["sens"]
+    assert list(at.dataframe[-1].value["name"]) == ["current", "sens"]
 
 
 def test_the_search_box_filters_sliders_and_keeps_hidden_values(stored_run):  # noqa: F811
@@ -224,7 +233,7 @@ def test_large_models_group_sliders_by_block(stored_run, monkeypatch):  # noqa: 
     monkeypatch.setattr(schedules, "GROUP_ABOVE", 2)
     at = app("schedule")
     assert_clean(at)
-    labels = [e.label for e in at.expander]
+    labels = [e.label for e in at.expander if not e.label.startswith("Calibrate")]
     assert labels == ["block1 (1 layers)", "block2 (1 layers)", "block3 (1 layers)", "fc (1 layers)"]
     assert len(at.slider) == 4
 
@@ -246,3 +255,36 @@ def test_a_reload_finds_the_schedule_being_tuned(stored_run):  # noqa: F811
     assert_clean(again)
     assert _sliders(again) == tuned
     assert "erk to sparsity 0.5" in "\n".join(c.value for c in again.caption)
+
+
+def test_calibrate_the_prediction_from_the_page(stored_run, sample_profile, prunescope_home, tmp_path):  # noqa: F811
+    import shutil
+
+    from analysis.calibrate import calibrate
+
+    at = app("schedule")
+    assert "Not calibrated yet" in texts(at.info)
+    assert "prediction: additive model" in "\n".join(c.value for c in at.caption)
+    _text(at, "Target sparsities").set_value("0.5, 0.8")
+    _button(at, "Calibrate").click()
+    at = at.run()
+    assert_clean(at)
+    assert "Calibrated on 4 measured schedules" in texts(at.success)
+    assert "prediction: calibrated model" in "\n".join(c.value for c in at.caption), "the cached predictor was kept"
+    sample_profile.save(tmp_path / "scan")
+    expected = calibrate(tmp_path / "scan", cached_workload(SPEC), targets=(0.5, 0.8))
+    table = at.dataframe[0].value
+    assert list(table["method"]) == list(expected.table["method"])
+    assert list(table["measured"]) == pytest.approx(list(expected.table["measured"]))
+    at = _preset(at, "uniform", value="0.6")
+    sliders = {k: v for k, v in _sliders(at).items() if v > 0}
+    assert _metrics(at)["predicted accuracy"] == f"{expected.predictor.predict(sliders):.4f}"
+    assert expected.predictor.predict(sliders) != pytest.approx(Predictor(sample_profile).predict(sliders))
+    stored = runs.store().artifacts(kind="calibration")
+    assert list(stored["run_id"]) == [stored_run]
+
+    shutil.rmtree(prunescope_home / "scans")  # the scan folder is derived: the store puts it back, calibration too
+    again = app("schedule")
+    assert_clean(again)
+    assert "prediction: calibrated model" in "\n".join(c.value for c in again.caption)
+    assert list(again.dataframe[0].value["measured"]) == pytest.approx(list(expected.table["measured"]))

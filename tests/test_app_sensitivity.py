@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 from app_support import app, assert_clean, plotly_specs, sample_profile, sample_scan, stored_run, texts  # noqa: F401
 
+from conftest import run_cli
+
 from analysis import engine
 from analysis.engine import ScanConfig
-from analysis.sensitivity import tolerance_table
-from ui import runs
-from ui.common import WorkloadSpec
-from ui.common import cached_workload
+from analysis.sensitivity import scan, tolerance_table
+from ui import runs, scanning
+from ui.common import WorkloadSpec, cached_workload
 
-KEY = WorkloadSpec().key
+SPEC = WorkloadSpec()
 
 
 def _figure(at, title_word: str) -> dict:  # noqa: ANN001
@@ -69,10 +70,11 @@ def test_run_a_scan_then_reopen_it_and_overlay_two_runs(stored_run):  # noqa: F8
     at.button[0].click()
     at = at.run()
     assert_clean(at)
-    stored = runs.list_runs(KEY)
+    stored = runs.list_runs(SPEC)
     assert len(stored) == 2
     new = stored[0]
     assert (new.criterion, new.layers, new.sparsities, new.complete) == ("l1", 1, 3, True)
+    assert new.run_id > stored_run
     heat = _figure(at, "drop when one layer is pruned")["data"][0]
     assert heat["y"] == ["fc"] and heat["x"] == ["0", "0.5", "0.9"]
     overlay = _figure(at, "(solid) vs")["data"]
@@ -83,7 +85,7 @@ def test_run_a_scan_then_reopen_it_and_overlay_two_runs(stored_run):  # noqa: F8
     at = at.run()
     assert_clean(at)
     assert "reopened it without recomputing" in texts(at.info)
-    assert len(runs.list_runs(KEY)) == 2
+    assert len(runs.list_runs(SPEC)) == 2
 
 
 def test_picking_an_earlier_run_reopens_it(stored_run):  # noqa: F811
@@ -116,33 +118,100 @@ def test_bad_settings_are_named_and_the_run_button_is_off(grid, granularity, mes
     assert at.button[0].disabled
 
 
-def test_cancel_keeps_finished_layers_and_run_resumes(prunescope_home):
-    """A Cancel click stops the script mid-scan; what the scan finished is kept, and Run picks up from there."""
-    config = ScanConfig(sparsities=(0.5, 0.9))
-    workload = cached_workload(WorkloadSpec())
-    ctx = engine.prepare(workload, config)
-    first = engine.ENGINES["naive"](ctx, ctx.layers[0], None)
-    key = runs.config_key(KEY, config)
+def _engine_must_not_run(monkeypatch) -> None:  # noqa: ANN001
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the scan engine ran: a stored run must reopen without recomputing")
+
+    monkeypatch.setattr(scanning, "scan", refuse)
+    monkeypatch.setattr(engine, "prepare", refuse)
+
+
+def test_a_scan_survives_a_reload_and_reopens_without_recomputing(monkeypatch):
     at = app("sensitivity")
-    at.session_state["partial_scans"] = {key: {"ctx": ctx, "done": {first.layer: first}, "workload": KEY}}
+    at.sidebar.text_input[0].set_value("0.5")
+    at = at.run()
+    at.button[0].click()
+    at = at.run()
+    assert_clean(at)
+    [scanned] = runs.list_runs(SPEC)
+    heat = _figure(at, "drop when one layer is pruned")["data"][0]
+
+    _engine_must_not_run(monkeypatch)
+    again = app("sensitivity")  # a reload: a new session, nothing in its state
+    assert_clean(again)
+    assert _figure(again, "drop when one layer is pruned")["data"][0]["z"] == heat["z"]
+    again.sidebar.text_input[0].set_value("0.5")
+    again = again.run()
+    again.button[0].click()
+    again = again.run()
+    assert_clean(again)
+    assert f"(run {scanned.run_id}): reopened it without recomputing" in texts(again.info)
+    assert runs.list_runs(SPEC) == [scanned]
+
+
+def test_delete_a_run_from_the_page(stored_run):  # noqa: F811
+    at = app("sensitivity")
+    next(b for b in at.button if b.label == "Delete this run").click()
+    at = at.run()
+    assert_clean(at)
+    assert runs.list_runs(SPEC) == []
+    assert "No scan of this workload yet" in texts(at.info)
+
+
+def test_cancel_keeps_finished_layers_and_run_resumes(prunescope_home):
+    """A Cancel click stops the script mid-scan: the layers it finished are in the store, and Run resumes there."""
+    config = ScanConfig(sparsities=(0.5, 0.9))
+    workload = cached_workload(SPEC)
+    ctx = engine.prepare(workload, config)
+    store = runs.store()
+    interrupted = store.open_scan(workload, ctx)
+    store.add_layer(interrupted.id, engine.ENGINES["naive"](ctx, ctx.layers[0], None), ctx.config)
+    at = app("sensitivity")
+    at.session_state[scanning.SCANNING] = interrupted.id  # what run_scan leaves when Cancel interrupts it
     at.button[1].click()
     at = at.run()
     assert_clean(at)
-    assert "Scan cancelled" in texts(at.warning)
-    [cancelled] = runs.list_runs(KEY)
-    assert not cancelled.complete and cancelled.layers == 4
-    assert "cancelled" in texts(at.warning) and _figure(at, "drop when")["data"][0]["y"] == ["block1.0"]
+    assert f"Scan cancelled: run {interrupted.id} keeps its 1 of 4 finished layers" in texts(at.warning)
+    [cancelled] = runs.list_runs(SPEC)
+    assert (cancelled.status, cancelled.layers_done, cancelled.layers) == ("stopped", 1, 4)
+    assert "unfinished: 1 of its 4 layers" in texts(at.warning)
+    assert _figure(at, "drop when")["data"][0]["y"] == ["block1.0"]
 
     at.sidebar.text_input[0].set_value("0.5, 0.9")
     at = at.run()
     at.button[0].click()
     at = at.run()
     assert_clean(at)
-    complete = [r for r in runs.list_runs(KEY) if r.complete]
-    assert len(complete) == 1
-    profile = runs.load_run(complete[0].run_id)
+    assert "resuming: 1 of 4 layers already done" in texts(at.info)
+    [complete] = runs.list_runs(SPEC)
+    assert complete.run_id == interrupted.id and complete.complete
+    profile = runs.load_run(complete.run_id)
     assert profile.meta["resumed_layers"] == 1
-    assert profile.layers == ["block1.0", "block2.0", "block3.0", "fc"]
+    uninterrupted = scan(workload, config)
+    cols = ["layer", "sparsity", "accuracy", "loss", "agreement", "kl"]
+    assert profile.table[cols].equals(uninterrupted.table[cols])
+
+
+def test_a_cli_scan_shows_up_in_the_dashboard(tmp_path, monkeypatch):
+    done = run_cli("scan", "--model", "sample:digits-cnn", "--data", "sample:digits", "--sparsities", "0.5",
+                   "--layers", "fc", "--out", tmp_path / "scan", "--quiet")
+    assert done.returncode == 0, done.stderr
+    _engine_must_not_run(monkeypatch)
+    at = app("sensitivity")
+    assert_clean(at)
+    [cli_run] = runs.list_runs(SPEC)
+    assert cli_run.complete and cli_run.layers == 1
+    picker = next(s for s in at.selectbox if s.label.startswith("Run on show"))
+    assert picker.options == [cli_run.label]
+    heat = _figure(at, "drop when one layer is pruned")["data"][0]
+    assert heat["y"] == ["fc"] and heat["x"] == ["0", "0.5"]
+    at.sidebar.text_input[0].set_value("0.5")
+    at.sidebar.multiselect[0].set_value(["fc"])
+    at = at.run()
+    at.button[0].click()
+    at = at.run()
+    assert_clean(at)
+    assert "reopened it without recomputing" in texts(at.info), "the dashboard must reuse the CLI's run"
 
 
 def test_cancel_with_nothing_running_says_so():

@@ -218,7 +218,7 @@ def test_the_whole_story_in_a_browser(page):  # noqa: ANN001
     expect(page.locator('[data-testid="stMetric"]', has_text="measured accuracy")).to_be_visible()
     page.get_by_role("button", name="Save", exact=True).click()
     settle(page)
-    expect(page.get_by_text("Saved hand-tuned.json")).to_be_visible()
+    expect(page.get_by_text("Saved schedule 'hand-tuned' in the run store")).to_be_visible()
     expect(page.locator(".js-plotly-plot .barlayer")).to_have_count(2)
     no_exception(page)
     shot(page, "schedule")

@@ -1,0 +1,102 @@
+"""Where a scan runs: in this process (``local``) or over a Ray cluster (``ray``); the numbers are the same.
+
+Both backends take the same sources and sinks of units as ``sensitivity.scan`` (``done``, ``on_result``,
+``progress``, ``should_stop``), so the run store, the CLI's progress bar and the dashboard work with either.
+The local backend imports nothing from Ray; Ray is an optional extra (``pip install prunescope[ray]``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+from analysis.engine import LayerResult, ScanConfig
+from analysis.sensitivity import Progress, SensitivityProfile, scan
+from analysis.sources import Workload
+
+BACKENDS = ("local", "ray")
+SPLITS = ("data", "layer")
+_HOST_PORT = re.compile(r"^(ray://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Which backend runs a scan and, for Ray, where the cluster is and how many workers to use.
+
+    ``address`` is ``None`` (start a Ray instance on this machine), ``"auto"`` (the cluster this machine
+    belongs to) or ``HOST:PORT`` / ``ray://HOST:PORT``. ``workers`` defaults to one per GPU when the scan
+    runs on CUDA, else one per CPU of the cluster. ``split`` is how the work is cut: ``data`` (each worker
+    holds one shard of the eval set and runs every layer on it; the default, see BENCHMARKS.md) or
+    ``layer`` (each worker holds the whole eval set and takes layers as they come).
+    """
+
+    kind: str = "local"
+    address: str | None = None
+    workers: int | None = None
+    split: str = "data"
+    max_retries: int = 3
+
+    def validated(self) -> "Backend":
+        if self.kind not in BACKENDS:
+            raise ValueError(f"unknown backend {self.kind!r}; choose one of {', '.join(BACKENDS)}")
+        if self.kind == "local" and (self.address is not None or self.workers is not None):
+            raise ValueError("an address and a worker count only apply to the ray backend (--backend ray)")
+        if self.address is not None and self.address != "auto" and not _HOST_PORT.match(self.address):
+            raise ValueError(f"bad Ray address {self.address!r}; use auto or HOST:PORT (e.g. 10.0.0.5:6379)")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 1):
+            raise ValueError(f"the worker count must be a positive integer, got {self.workers!r}")
+        if self.split not in SPLITS:
+            raise ValueError(f"unknown split {self.split!r}; choose one of {', '.join(SPLITS)}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be 0 or more, got {self.max_retries}")
+        return self
+
+
+def ray_available() -> bool:
+    """Whether the optional Ray extra is installed (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+def validated_config(config: ScanConfig, backend: Backend) -> ScanConfig:
+    """``config.validated()``, except that a Ray scan may ask for CUDA that only the cluster's workers have."""
+    gpu_elsewhere = backend.kind == "ray" and config.device.startswith("cuda") and not torch.cuda.is_available()
+    if not gpu_elsewhere:
+        return config.validated()
+    try:
+        torch.device(config.device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {config.device!r}; use cpu or cuda") from None
+    return replace(replace(config, device="cpu").validated(), device=config.device)
+
+
+def run_scan(
+    workload: Workload,
+    config: ScanConfig,
+    backend: Backend | str = "local",
+    done: dict[str, LayerResult] | None = None,
+    on_result: Callable[[LayerResult], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SensitivityProfile:
+    """Run a scan on ``backend`` (a ``Backend`` or just its kind) and return its profile.
+
+    ``on_result`` receives one ``LayerResult`` per finished layer, over the whole eval set, on either
+    backend; ``done`` holds layers finished earlier, which are not run again.
+    """
+    backend = (Backend(backend) if isinstance(backend, str) else backend).validated()
+    if backend.kind == "local":
+        profile = scan(workload, config, done=done, on_result=on_result, progress=progress, should_stop=should_stop)
+        profile.meta["backend"] = {"kind": "local"}
+        return profile
+    if not ray_available():
+        raise ValueError("the ray backend needs Ray: pip install 'prunescope[ray]'")
+    from analysis import ray_backend
+
+    return ray_backend.scan(workload, config, backend, done=done, on_result=on_result, progress=progress,
+                            should_stop=should_stop)

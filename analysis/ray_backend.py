@@ -1,0 +1,276 @@
+"""The Ray backend: the scan's units of work as tasks on long-lived Ray actors, with the local numbers.
+
+The driver prepares the scan as the local backend does (layers, calibration statistics, dense outputs),
+then puts the model and each piece of the eval set into Ray's object store once. Each worker actor is
+built from those references, keeps its own caches for the whole scan, and runs one layer per task:
+
+- ``data`` split (default): worker i holds eval shard i, and every layer is a task on every worker; a
+  layer is finished when all its shards are in, and its sums are the sums of the shards. Shards start at
+  multiples of the batch size, so every worker evaluates exactly the batches the local scan evaluates.
+- ``layer`` split: every worker holds the whole eval set and takes the next layer when it is free.
+
+A worker that dies is restarted by Ray and its unfinished tasks run again (``max_restarts`` and
+``max_task_retries``); tasks are pure, so a retry gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import ray
+import torch
+from torch import nn
+
+import analysis
+from analysis import engine
+from analysis.backends import Backend
+from analysis.criteria import CalibrationStats
+from analysis.engine import LayerResult, ScanConfig, ScanContext, combine_shards
+from analysis.layers import Layer
+from analysis.sensitivity import Progress, SensitivityProfile, build_profile
+from analysis.sources import Workload
+
+POLL_S = 0.5
+
+
+@dataclass
+class _Shared:
+    """What every worker needs, sent once: the model (on the CPU), the layers and the scan's settings."""
+
+    model: nn.Module | bytes
+    layers: list[Layer]
+    skipped: dict[str, str]
+    config: ScanConfig
+    stats: CalibrationStats
+
+
+@dataclass
+class _Shard:
+    """One piece of the eval set with the dense model's outputs for it."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None
+    dense_logits: torch.Tensor
+    span: tuple[int, int]
+
+
+def data_shards(n: int, batch_size: int, workers: int) -> list[tuple[int, int]]:
+    """Cut ``n`` samples into at most ``workers`` contiguous shards that start at multiples of ``batch_size``.
+
+    Whole batches are dealt out as evenly as possible, so each shard's batches are the local scan's batches.
+    """
+    batches = math.ceil(n / batch_size)
+    count = max(1, min(workers, batches))
+    bounds = [round(i * batches / count) * batch_size for i in range(count)] + [n]
+    return [(lo, min(hi, n)) for lo, hi in zip(bounds, bounds[1:])]
+
+
+class ScanWorker:
+    """A Ray actor that holds the model and one shard of the eval set and measures layers on it."""
+
+    def __init__(self, shared: _Shared, shard: _Shard, threads: int) -> None:
+        torch.set_num_threads(threads)
+        config = shared.config
+        device = engine.check_device("cuda" if config.device.startswith("cuda") else config.device)
+        self.span = shard.span
+        self.ctx = ScanContext(model=_unpack_model(shared.model).to(device).eval(), x=shard.x, y=shard.y,
+                               dense_logits=shard.dense_logits, layers=shared.layers, skipped=shared.skipped,
+                               config=config, stats=shared.stats, device=device)
+        self.layers = {layer.name: layer for layer in shared.layers}
+        self.run_layer = engine.ENGINES[config.engine]
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, name: str) -> tuple[LayerResult, int]:
+        """Measure layer ``name`` on this worker's shard; the result carries the shard's global position."""
+        result = self.run_layer(self.ctx, self.layers[name], (0, len(self.ctx.x)))
+        return replace(result, shard=self.span), os.getpid()
+
+
+def scan(
+    workload: Workload,
+    config: ScanConfig,
+    backend: Backend,
+    done: dict[str, LayerResult] | None = None,
+    on_result: Callable[[LayerResult], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SensitivityProfile:
+    """``sensitivity.scan`` over a Ray cluster: the same profile, built from units that ran on the workers."""
+    t0 = time.perf_counter()
+    ctx = _prepare(workload, config)
+    config = ctx.config
+    prepare_s = time.perf_counter() - t0
+    results = dict(done or {})
+    todo = [layer.name for layer in ctx.layers if layer.name not in results]
+    resumed = len(ctx.layers) - len(todo)
+    started = _connect(backend)
+    actors: list = []
+    info: dict = {"kind": "ray", "address": backend.address, "split": backend.split}
+    try:
+        workers = _worker_count(backend, config)
+        shared = ray.put(_shared(ctx))
+        if backend.split == "data":
+            spans = data_shards(len(ctx.x), config.batch_size, workers)
+            shard_refs = [ray.put(_shard(ctx, span)) for span in spans]
+        else:
+            spans = [(0, len(ctx.x))]
+            shard_refs = [ray.put(_shard(ctx, spans[0]))] * max(1, min(workers, len(todo)))
+        options = _actor_options(config, backend)
+        actors = [ray.remote(ScanWorker).options(**options).remote(shared, ref, 1) for ref in shard_refs]
+        pids = ray.get([a.pid.remote() for a in actors])
+        info.update(workers=len(actors), shards=[list(s) for s in spans], startup_s=round(time.perf_counter() - t0
+                                                                                          - prepare_s, 4))
+        runner = _Runner(actors, backend.split, todo, len(spans))
+        restarts, t_run = 0, time.perf_counter()
+        finished = 0
+        while runner.pending:
+            if should_stop and should_stop():
+                break
+            completed, seen = runner.collect()
+            for index, pid in seen:
+                if pid != pids[index]:
+                    restarts, pids[index] = restarts + 1, pid
+            for layer_result in completed:
+                results[layer_result.layer] = layer_result
+                finished += 1
+                if on_result:
+                    on_result(layer_result)
+                if progress:
+                    elapsed = time.perf_counter() - t_run
+                    progress(Progress(resumed + finished, len(ctx.layers), layer_result.layer, elapsed,
+                                      elapsed / finished * (len(todo) - finished)))
+        info["restarts"] = restarts
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        if started:
+            ray.shutdown()
+    profile = build_profile(ctx, workload, results, resumed, prepare_s, time.perf_counter() - t0)
+    profile.meta["backend"] = info
+    return profile
+
+
+class _Runner:
+    """Hands out the tasks (all at once for the data split, one per free worker for the layer split) and
+    yields each layer once all its shards are in."""
+
+    def __init__(self, actors: list, split: str, todo: list[str], shards: int) -> None:
+        self.actors, self.split, self.queue, self.shards = actors, split, list(todo), shards
+        self.pending: dict = {}
+        self.parts: dict[str, list[LayerResult]] = {}
+        if split == "data":
+            for name in self.queue:
+                for index, actor in enumerate(actors):
+                    self.pending[actor.run.remote(name)] = index
+            self.queue = []
+        else:
+            for index in range(len(actors)):
+                self._next(index)
+
+    def _next(self, index: int) -> None:
+        if self.queue:
+            self.pending[self.actors[index].run.remote(self.queue.pop(0))] = index
+
+    def collect(self) -> tuple[list[LayerResult], list[tuple[int, int]]]:
+        """Wait briefly for finished tasks: the layers they completed, and (worker index, pid) of each task."""
+        ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=POLL_S)
+        if ready:
+            ready, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)
+        completed, seen = [], []
+        for ref in ready:
+            index = self.pending.pop(ref)
+            part, pid = ray.get(ref)
+            seen.append((index, pid))
+            if self.split == "layer":
+                self._next(index)
+            parts = self.parts.setdefault(part.layer, [])
+            parts.append(part)
+            if len(parts) == self.shards:
+                completed.append(combine_shards(self.parts.pop(part.layer)))
+        return completed, seen
+
+
+def _prepare(workload: Workload, config: ScanConfig) -> ScanContext:
+    """The local ``prepare``; a CUDA scan whose driver has no GPU is prepared on the driver's CPU."""
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        ctx = engine.prepare(workload, replace(config, device="cpu"))
+        return replace(ctx, config=replace(ctx.config, device=config.device))
+    return engine.prepare(workload, config)
+
+
+def _connect(backend: Backend) -> bool:
+    """Join the cluster (or start Ray here); true when this call started Ray and so must shut it down."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if backend.address is None:
+        kwargs["include_dashboard"] = False
+    else:
+        kwargs["runtime_env"] = {"py_modules": [str(Path(analysis.__file__).parent)]}
+    try:
+        ray.init(address=backend.address, **kwargs)
+    except ConnectionError as exc:
+        raise ValueError(f"cannot reach a Ray cluster at {backend.address!r}: {exc}") from None
+    return True
+
+
+def _worker_count(backend: Backend, config: ScanConfig) -> int:
+    """The asked-for count, or one per GPU (CUDA scans) or per CPU; never more than the cluster has."""
+    resources = ray.cluster_resources()
+    unit = "GPU" if config.device.startswith("cuda") else "CPU"
+    have = int(resources.get(unit, 0))
+    if have == 0:
+        raise ValueError(f"the Ray cluster has no {unit}s; a {config.device} scan needs at least one")
+    if backend.workers is not None and backend.workers > have:
+        raise ValueError(f"{backend.workers} workers were asked for, but the Ray cluster has only {have} {unit}s")
+    return backend.workers or have
+
+
+def _actor_options(config: ScanConfig, backend: Backend) -> dict:
+    gpu = config.device.startswith("cuda")
+    return {"num_cpus": 0 if gpu else 1, "num_gpus": 1 if gpu else 0, "max_restarts": backend.max_retries,
+            "max_task_retries": backend.max_retries}
+
+
+def _shared(ctx: ScanContext) -> _Shared:
+    model = ctx.model if ctx.device.type == "cpu" else copy.deepcopy(ctx.model).cpu()
+    return _Shared(_pack_model(model), ctx.layers, ctx.skipped, ctx.config, ctx.stats)
+
+
+def _shard(ctx: ScanContext, span: tuple[int, int]) -> _Shard:
+    """A copy of one shard (a slice would pickle the whole tensor it views)."""
+    lo, hi = span
+    y = None if ctx.y is None else ctx.y[lo:hi].clone()
+    return _Shard(ctx.x[lo:hi].clone(), y, ctx.dense_logits[lo:hi].clone(), span)
+
+
+def _pack_model(model: nn.Module) -> nn.Module | bytes:
+    """TorchScript modules cannot be pickled: they travel as the bytes ``torch.jit.save`` writes."""
+    if isinstance(model, torch.jit.ScriptModule):
+        buf = io.BytesIO()
+        torch.jit.save(model, buf)
+        return buf.getvalue()
+    return model
+
+
+def _unpack_model(packed: nn.Module | bytes) -> nn.Module:
+    if isinstance(packed, bytes):
+        return torch.jit.load(io.BytesIO(packed), map_location="cpu")
+    return packed
+
+
+def describe(info: dict) -> str:
+    """One line about a finished Ray scan for the CLI: workers, split and restarts."""
+    return (f"ray: {info.get('workers', 0)} workers, {info.get('split')} split, "
+            f"{info.get('restarts', 0)} worker restarts")
+

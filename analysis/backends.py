@@ -7,6 +7,7 @@ The local backend imports nothing from Ray; Ray is an optional extra (``pip inst
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -54,6 +55,17 @@ class Backend:
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be 0 or more, got {self.max_retries}")
         return self
+
+
+def data_shards(n: int, batch_size: int, workers: int) -> list[tuple[int, int]]:
+    """Cut ``n`` samples into at most ``workers`` contiguous shards that start at multiples of ``batch_size``.
+
+    Whole batches are dealt out as evenly as possible, so each shard's batches are the local scan's batches.
+    """
+    batches = math.ceil(n / batch_size)
+    count = max(1, min(workers, batches))
+    bounds = [round(i * batches / count) * batch_size for i in range(count)] + [n]
+    return [(lo, min(hi, n)) for lo, hi in zip(bounds, bounds[1:])]
 
 
 def ray_available() -> bool:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import io
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from torch import nn
 
 import analysis
 from analysis import engine
-from analysis.backends import Backend
+from analysis.backends import Backend, data_shards
 from analysis.criteria import CalibrationStats
 from analysis.engine import LayerResult, ScanConfig, ScanContext, combine_shards
 from analysis.layers import Layer
@@ -60,17 +59,6 @@ class _Shard:
     y: torch.Tensor | None
     dense_logits: torch.Tensor
     span: tuple[int, int]
-
-
-def data_shards(n: int, batch_size: int, workers: int) -> list[tuple[int, int]]:
-    """Cut ``n`` samples into at most ``workers`` contiguous shards that start at multiples of ``batch_size``.
-
-    Whole batches are dealt out as evenly as possible, so each shard's batches are the local scan's batches.
-    """
-    batches = math.ceil(n / batch_size)
-    count = max(1, min(workers, batches))
-    bounds = [round(i * batches / count) * batch_size for i in range(count)] + [n]
-    return [(lo, min(hi, n)) for lo, hi in zip(bounds, bounds[1:])]
 
 
 class ScanWorker:

@@ -8,6 +8,7 @@ The local backend imports nothing from Ray; Ray is an optional extra (``pip inst
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -27,8 +28,9 @@ _HOST_PORT = re.compile(r"^(ray://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 class Backend:
     """Which backend runs a scan and, for Ray, where the cluster is and how many workers to use.
 
-    ``address`` is ``None`` (start a Ray instance on this machine), ``"auto"`` (the cluster this machine
-    belongs to) or ``HOST:PORT`` / ``ray://HOST:PORT``. ``workers`` defaults to one per GPU when the scan
+    ``address`` is ``"auto"`` (the cluster this machine belongs to), ``HOST:PORT`` / ``ray://HOST:PORT``,
+    or ``None``: the configured cluster (``PRUNESCOPE_RAY_ADDRESS``, then ``RAY_ADDRESS``) if there is one,
+    else a Ray instance started on this machine for the scan. ``workers`` defaults to one per GPU when the scan
     runs on CUDA, else one per CPU of the cluster. ``split`` is how the work is cut: ``data`` (each worker
     holds one shard of the eval set and runs every layer on it; the default, see BENCHMARKS.md) or
     ``layer`` (each worker holds the whole eval set and takes layers as they come).
@@ -66,6 +68,24 @@ def data_shards(n: int, batch_size: int, workers: int) -> list[tuple[int, int]]:
     count = max(1, min(workers, batches))
     bounds = [round(i * batches / count) * batch_size for i in range(count)] + [n]
     return [(lo, min(hi, n)) for lo, hi in zip(bounds, bounds[1:])]
+
+
+ADDRESS_VARIABLES = ("PRUNESCOPE_RAY_ADDRESS", "RAY_ADDRESS")
+
+
+def configured_address(environ: dict[str, str] | None = None) -> str | None:
+    """The Ray address this installation is pointed at by its environment, or ``None``."""
+    environ = os.environ if environ is None else environ
+    return next((environ[name].strip() for name in ADDRESS_VARIABLES if environ.get(name, "").strip()), None)
+
+
+def cluster_backend(workers: int | None = None, environ: dict[str, str] | None = None) -> Backend | None:
+    """The Ray backend for the configured cluster, or ``None`` when no address is configured or Ray is not
+    installed: the dashboard offers "run on cluster" only when this is not ``None``."""
+    address = configured_address(environ)
+    if address is None or not ray_available():
+        return None
+    return Backend("ray", address=address, workers=workers).validated()
 
 
 def ray_available() -> bool:

@@ -30,7 +30,7 @@ from torch import nn
 
 import analysis
 from analysis import engine
-from analysis.backends import Backend, data_shards
+from analysis.backends import Backend, configured_address, data_shards, validated_config
 from analysis.criteria import CalibrationStats
 from analysis.engine import LayerResult, ScanConfig, ScanContext, combine_shards
 from analysis.layers import Layer
@@ -62,10 +62,31 @@ class _Shard:
 
 
 class ScanWorker:
-    """A Ray actor that holds the model and one shard of the eval set and measures layers on it."""
+    """A Ray actor that holds the model and one shard of the eval set and measures layers on it.
 
-    def __init__(self, shared: _Shared, shard: _Shard, threads: int) -> None:
+    It loads the model and its shard from the object store on its first task (and again after a restart),
+    so its process starts while the driver is still preparing the scan.
+    """
+
+    def __init__(self, threads: int) -> None:
         torch.set_num_threads(threads)
+        self.ctx: ScanContext | None = None
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, name: str, refs: list) -> tuple[LayerResult, int]:
+        """Measure layer ``name`` on this worker's shard; the result carries the shard's global position.
+
+        ``refs`` holds the object references of the shared part and the shard (in a list, so that Ray
+        does not fetch them for every task).
+        """
+        if self.ctx is None:
+            self._load(*ray.get(refs))
+        result = self.run_layer(self.ctx, self.layers[name], (0, len(self.ctx.x)))
+        return replace(result, shard=self.span), os.getpid()
+
+    def _load(self, shared: _Shared, shard: _Shard) -> None:
         config = shared.config
         device = engine.check_device("cuda" if config.device.startswith("cuda") else config.device)
         self.span = shard.span
@@ -74,14 +95,6 @@ class ScanWorker:
                                config=config, stats=shared.stats, device=device)
         self.layers = {layer.name: layer for layer in shared.layers}
         self.run_layer = engine.ENGINES[config.engine]
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def run(self, name: str) -> tuple[LayerResult, int]:
-        """Measure layer ``name`` on this worker's shard; the result carries the shard's global position."""
-        result = self.run_layer(self.ctx, self.layers[name], (0, len(self.ctx.x)))
-        return replace(result, shard=self.span), os.getpid()
 
 
 def scan(
@@ -94,31 +107,33 @@ def scan(
     should_stop: Callable[[], bool] | None = None,
 ) -> SensitivityProfile:
     """``sensitivity.scan`` over a Ray cluster: the same profile, built from units that ran on the workers."""
+    config = validated_config(config, backend)
     t0 = time.perf_counter()
-    ctx = _prepare(workload, config)
-    config = ctx.config
-    prepare_s = time.perf_counter() - t0
-    results = dict(done or {})
-    todo = [layer.name for layer in ctx.layers if layer.name not in results]
-    resumed = len(ctx.layers) - len(todo)
     started = _connect(backend)
     actors: list = []
-    info: dict = {"kind": "ray", "address": backend.address, "split": backend.split}
+    info: dict = {"kind": "ray", "address": backend.address, "split": backend.split,
+                  "connect_s": round(time.perf_counter() - t0, 4)}
     try:
         workers = _worker_count(backend, config)
-        shared = ray.put(_shared(ctx))
-        if backend.split == "data":
-            spans = data_shards(len(ctx.x), config.batch_size, workers)
-            shard_refs = [ray.put(_shard(ctx, span)) for span in spans]
-        else:
-            spans = [(0, len(ctx.x))]
-            shard_refs = [ray.put(_shard(ctx, spans[0]))] * max(1, min(workers, len(todo)))
+        n = len(workload.data)
+        spans = data_shards(n, config.batch_size, workers) if backend.split == "data" else [(0, n)]
         options = _actor_options(config, backend)
-        actors = [ray.remote(ScanWorker).options(**options).remote(shared, ref, 1) for ref in shard_refs]
-        pids = ray.get([a.pid.remote() for a in actors])
-        info.update(workers=len(actors), shards=[list(s) for s in spans], startup_s=round(time.perf_counter() - t0
-                                                                                          - prepare_s, 4))
-        runner = _Runner(actors, backend.split, todo, len(spans))
+        actors = [ray.remote(ScanWorker).options(**options).remote(1)
+                  for _ in range(len(spans) if backend.split == "data" else workers)]
+        pid_refs = [actor.pid.remote() for actor in actors]
+        t_prepare = time.perf_counter()
+        ctx = _prepare(workload, config)
+        prepare_s = time.perf_counter() - t_prepare
+        results = dict(done or {})
+        todo = [layer.name for layer in ctx.layers if layer.name not in results]
+        resumed = len(ctx.layers) - len(todo)
+        shared = ray.put(_shared(ctx))
+        shard_refs = [ray.put(_shard(ctx, span)) for span in spans]
+        refs = [[shared, shard_refs[i if backend.split == "data" else 0]] for i in range(len(actors))]
+        pids = ray.get(pid_refs)
+        info.update(workers=len(actors), shards=[list(s) for s in spans],
+                    workers_ready_s=round(time.perf_counter() - t0, 4))
+        runner = _Runner(actors, refs, backend.split, todo, len(spans))
         restarts, t_run = 0, time.perf_counter()
         finished = 0
         while runner.pending:
@@ -152,14 +167,14 @@ class _Runner:
     """Hands out the tasks (all at once for the data split, one per free worker for the layer split) and
     yields each layer once all its shards are in."""
 
-    def __init__(self, actors: list, split: str, todo: list[str], shards: int) -> None:
-        self.actors, self.split, self.queue, self.shards = actors, split, list(todo), shards
+    def __init__(self, actors: list, refs: list[list], split: str, todo: list[str], shards: int) -> None:
+        self.actors, self.refs, self.split, self.queue, self.shards = actors, refs, split, list(todo), shards
         self.pending: dict = {}
         self.parts: dict[str, list[LayerResult]] = {}
         if split == "data":
             for name in self.queue:
                 for index, actor in enumerate(actors):
-                    self.pending[actor.run.remote(name)] = index
+                    self.pending[actor.run.remote(name, self.refs[index])] = index
             self.queue = []
         else:
             for index in range(len(actors)):
@@ -167,7 +182,7 @@ class _Runner:
 
     def _next(self, index: int) -> None:
         if self.queue:
-            self.pending[self.actors[index].run.remote(self.queue.pop(0))] = index
+            self.pending[self.actors[index].run.remote(self.queue.pop(0), self.refs[index])] = index
 
     def collect(self) -> tuple[list[LayerResult], list[tuple[int, int]]]:
         """Wait briefly for finished tasks: the layers they completed, and (worker index, pid) of each task."""
@@ -200,15 +215,16 @@ def _connect(backend: Backend) -> bool:
     """Join the cluster (or start Ray here); true when this call started Ray and so must shut it down."""
     if ray.is_initialized():
         return False
-    kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if backend.address is None:
+    address = backend.address or configured_address()
+    kwargs: dict = {"logging_level": logging.WARNING}
+    if address is None:
         kwargs["include_dashboard"] = False
     else:
         kwargs["runtime_env"] = {"py_modules": [str(Path(analysis.__file__).parent)]}
     try:
-        ray.init(address=backend.address, **kwargs)
+        ray.init(address=address, **kwargs)
     except ConnectionError as exc:
-        raise ValueError(f"cannot reach a Ray cluster at {backend.address!r}: {exc}") from None
+        raise ValueError(f"cannot reach a Ray cluster at {address!r}: {exc}") from None
     return True
 
 

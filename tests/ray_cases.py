@@ -69,13 +69,14 @@ def test_torchvision_model_equals_the_local_scan():
 
 
 def _worker_pids() -> list[int]:
-    """Pids of this driver's ScanWorker actors (descendants of this process, named by Ray's process title)."""
+    """Pids of this driver's ScanWorker actors that are running a task (descendants of this process, named
+    by Ray's process title)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            if not Path(f"/proc/{entry}/cmdline").read_bytes().startswith(b"ray::ScanWorker"):
+            if not Path(f"/proc/{entry}/cmdline").read_bytes().startswith(b"ray::ScanWorker.run"):
                 continue
             pid = int(entry)
             while pid > 1 and pid != os.getpid():
@@ -95,7 +96,7 @@ def test_a_killed_worker_is_retried_and_the_table_is_the_same(workloads):
     def kill_one(result) -> None:  # noqa: ANN001
         if not killed:
             pids = _worker_pids()
-            assert len(pids) == 2, pids
+            assert pids, "no busy worker to kill"
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
 
@@ -111,11 +112,10 @@ def test_cli_joins_a_running_cluster(cluster, tmp_path):
                    "--backend", "ray", "--address", cluster, "--workers", "2", "--out", tmp_path / "ray")
     assert done.returncode == 0, done.stderr
     assert "ray: 2 workers, data split, 0 worker restarts" in done.stdout
-    local = run_cli("scan", "--model", "sample:digits-mlp", "--data", "sample:digits", "--sparsities", "0.5,0.9",
-                    "--quiet", "--out", tmp_path / "local")
-    assert local.returncode == 0, local.stderr
-    assert_same_profile(SensitivityProfile.load(tmp_path / "ray"), SensitivityProfile.load(tmp_path / "local"))
-    assert SensitivityProfile.load(tmp_path / "ray").meta["backend"]["address"] == cluster
+    saved = SensitivityProfile.load(tmp_path / "ray")
+    assert saved.meta["backend"]["address"] == cluster
+    local = run_scan(load_workload("sample:digits-mlp", "sample:digits"), ScanConfig(sparsities=(0.5, 0.9)), "local")
+    assert_same_profile(saved, SensitivityProfile(local.table.astype(saved.table.dtypes.to_dict()), local.meta))
 
 
 def test_too_many_workers_is_a_clear_error(workloads):

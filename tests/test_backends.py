@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from analysis.backends import Backend, data_shards, run_scan
+from analysis.backends import Backend, cluster_backend, configured_address, data_shards, run_scan
 from analysis.engine import ENGINES, LayerResult, ScanConfig, combine_shards, prepare
 from analysis.sensitivity import scan
 from conftest import ROOT, cli_env, run_cli
@@ -102,3 +102,13 @@ def test_cli_rejects_bad_backend_options(tmp_path, args, match):
     done = run_cli("scan", "--model", "sample:digits-mlp", "--data", "sample:digits", "--out", tmp_path / "o", *args)
     assert done.returncode == 2
     assert done.stderr.startswith("prunescope: error:") and match in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_configured_cluster_is_what_the_dashboard_offers():
+    assert configured_address({}) is None and cluster_backend(environ={}) is None
+    assert configured_address({"RAY_ADDRESS": "10.0.0.5:6379"}) == "10.0.0.5:6379"
+    env = {"PRUNESCOPE_RAY_ADDRESS": " head:6379 ", "RAY_ADDRESS": "10.0.0.5:6379"}
+    backend = cluster_backend(workers=4, environ=env)
+    assert backend == Backend("ray", address="head:6379", workers=4)
+    with pytest.raises(ValueError, match="bad Ray address 'head'"):
+        cluster_backend(environ={"RAY_ADDRESS": "head"})

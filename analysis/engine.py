@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from analysis import criteria, masks
+from analysis import batchnorm, criteria, masks
 from analysis.layers import Layer, find_layers, select_layers
 from analysis.metrics import Sums, evaluate, predict, sums_from_logits
 from analysis.sources import Workload
@@ -40,6 +40,8 @@ class ScanConfig:
     engine: str = "naive"
     seed: int = 0
     calib_samples: int = 256
+    bn_recalibrate: bool = False
+    bn_batches: int = 8
 
     def validated(self) -> "ScanConfig":
         """A checked copy: known criterion, granularity and engine, sparsities in [0, 1), sorted, 0 first."""
@@ -49,6 +51,8 @@ class ScanConfig:
             raise ValueError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
         if self.batch_size <= 0:
             raise ValueError(f"batch size must be positive, got {self.batch_size}")
+        if self.bn_batches <= 0:
+            raise ValueError(f"BatchNorm recalibration needs at least one batch, got bn_batches={self.bn_batches}")
         if not self.sparsities:
             raise ValueError("no sparsities to scan")
         values = sorted({masks.check_sparsity(s) for s in self.sparsities})
@@ -94,15 +98,12 @@ class LayerResult:
         return cls(d["layer"], tuple(d["shard"]), d["rows"], d["seconds"])
 
 
-SUMMED = ("n", "correct", "agree", "loss_sum", "kl_sum")
-
-
 def combine_shards(parts: list[LayerResult]) -> LayerResult:
     """One layer's results over adjacent shards of the eval set, summed into the result over their union.
 
-    Counts add exactly; loss and KL sums are float64 and may differ from a one-shard run in the last bits
-    only (another order of addition). The shards must belong to one layer, share the sparsities, and
-    tile a range without gaps or overlaps; ``seconds`` is the total compute time.
+    Counts add exactly; the float64 sums may differ from a one-shard run in the last bits only (another
+    order of addition). The shards must belong to one layer, share the sparsities, and tile a range
+    without gaps or overlaps; ``seconds`` is the total compute time.
     """
     if not parts:
         raise ValueError("no shard results to combine")
@@ -121,9 +122,7 @@ def combine_shards(parts: list[LayerResult]) -> LayerResult:
             raise ValueError(f"shard {list(part.shard)} of layer {layer} has other sparsities than "
                              f"shard {list(parts[0].shard)}")
         for total, row in zip(rows, part.rows):
-            for key in SUMMED:
-                total[key] += row[key]
-            total["labelled"] = total["labelled"] and row["labelled"]
+            total.update((Sums.from_dict(total) + Sums.from_dict(row)).to_dict())
     return LayerResult(layer, (parts[0].shard[0], parts[-1].shard[1]), rows, sum(p.seconds for p in parts))
 
 
@@ -183,7 +182,11 @@ def kept_fraction(mask: torch.Tensor) -> float:
 
 
 def run_layer_naive(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None = None) -> LayerResult:
-    """Prune ``layer`` alone at each sparsity, run the whole model over the shard, restore."""
+    """Prune ``layer`` alone at each sparsity, run the whole model over the shard, restore.
+
+    With ``bn_recalibrate`` the BatchNorm statistics are re-estimated on the first ``bn_batches`` batches of
+    the eval inputs (the whole set, not the shard, so shards add up) before measuring, and put back after.
+    """
     start_t = time.perf_counter()
     lo, hi = shard or (0, len(ctx.x))
     x, y, dense = ctx.x[lo:hi], None if ctx.y is None else ctx.y[lo:hi], ctx.dense_logits[lo:hi]
@@ -192,7 +195,9 @@ def run_layer_naive(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | Non
         if sparsity == 0.0:
             sums = sums_from_logits(dense, dense, y)
         else:
-            with masks.applied(ctx.model, {layer.param_name: mask}):
+            with masks.applied(ctx.model, {layer.param_name: mask}), batchnorm.preserved(ctx.model):
+                if ctx.config.bn_recalibrate:
+                    batchnorm.recalibrate(ctx.model, ctx.x, ctx.config.bn_batches, ctx.config.batch_size, ctx.device)
                 sums = evaluate(ctx.model, x, y, dense, ctx.config.batch_size, ctx.device)
         rows.append({"sparsity": sparsity, "actual_sparsity": 1.0 - kept_fraction(mask), **sums.to_dict()})
     return LayerResult(layer.name, (lo, hi), rows, time.perf_counter() - start_t)

@@ -40,7 +40,9 @@ class Layer:
         return self.shape[0]
 
     def weight(self, model: nn.Module) -> torch.Tensor:
-        """The live weight tensor of this layer inside ``model``."""
+        """The live weight tensor of this layer inside ``model`` (TorchScript modules lack ``get_parameter``)."""
+        if isinstance(model, torch.jit.ScriptModule):
+            return dict(model.named_parameters())[self.param_name]
         return model.get_parameter(self.param_name)
 
 

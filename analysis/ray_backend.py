@@ -1,13 +1,14 @@
 """The Ray backend: the scan's units of work as tasks on long-lived Ray actors, with the local numbers.
 
 The driver prepares the scan as the local backend does (layers, calibration statistics, dense outputs),
-then puts the model and each piece of the eval set into Ray's object store once. Each worker actor is
-built from those references, keeps its own caches for the whole scan, and runs one layer per task:
+then puts the model and the eval set into Ray's object store once; the workers of a node map the eval set
+from the node's shared store rather than copying it. Each worker actor keeps its own caches for the whole
+scan and runs one layer per task:
 
-- ``data`` split (default): worker i holds eval shard i, and every layer is a task on every worker; a
+- ``data`` split (default): worker i measures eval shard i, and every layer is a task on every worker; a
   layer is finished when all its shards are in, and its sums are the sums of the shards. Shards start at
   multiples of the batch size, so every worker evaluates exactly the batches the local scan evaluates.
-- ``layer`` split: every worker holds the whole eval set and takes the next layer when it is free.
+- ``layer`` split: every worker measures the whole eval set and takes the next layer when it is free.
 
 A worker that dies is restarted by Ray and its unfinished tasks run again (``max_restarts`` and
 ``max_task_retries``); tasks are pure, so a retry gives the same numbers.
@@ -20,10 +21,12 @@ import io
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import ray
 import torch
 from torch import nn
@@ -52,20 +55,21 @@ class _Shared:
 
 
 @dataclass
-class _Shard:
-    """One piece of the eval set with the dense model's outputs for it."""
+class _EvalSet:
+    """The eval set and the dense model's outputs for it, as NumPy arrays where the dtype allows: Ray maps
+    those read-only from the node's shared object store, so the workers of a node share one copy."""
 
-    x: torch.Tensor
-    y: torch.Tensor | None
-    dense_logits: torch.Tensor
-    span: tuple[int, int]
+    x: np.ndarray | torch.Tensor
+    y: np.ndarray | torch.Tensor | None
+    dense_logits: np.ndarray | torch.Tensor
 
 
 class ScanWorker:
-    """A Ray actor that holds the model and one shard of the eval set and measures layers on it.
+    """A Ray actor that holds the model and the eval set and measures layers on a shard of it.
 
-    It loads the model and its shard from the object store on its first task (and again after a restart),
-    so its process starts while the driver is still preparing the scan.
+    It loads both from the object store on its first task (and again after a restart), so its process
+    starts while the driver is still preparing the scan. Shards are given in the eval set's own
+    coordinates, so an engine sees exactly what it sees in a local scan.
     """
 
     def __init__(self, threads: int) -> None:
@@ -75,24 +79,19 @@ class ScanWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, name: str, refs: list) -> tuple[LayerResult, int]:
-        """Measure layer ``name`` on this worker's shard; the result carries the shard's global position.
-
-        ``refs`` holds the object references of the shared part and the shard (in a list, so that Ray
-        does not fetch them for every task).
-        """
+    def run(self, name: str, shard: tuple[int, int], refs: list) -> tuple[LayerResult, int]:
+        """Measure layer ``name`` on ``shard``. ``refs`` holds the object references of the shared part and
+        the eval set (in a list, so that Ray does not fetch them for every task)."""
         if self.ctx is None:
             self._load(*ray.get(refs))
-        result = self.run_layer(self.ctx, self.layers[name], (0, len(self.ctx.x)))
-        return replace(result, shard=self.span), os.getpid()
+        return self.run_layer(self.ctx, self.layers[name], shard), os.getpid()
 
-    def _load(self, shared: _Shared, shard: _Shard) -> None:
+    def _load(self, shared: _Shared, data: _EvalSet) -> None:
         config = shared.config
         device = engine.check_device("cuda" if config.device.startswith("cuda") else config.device)
-        self.span = shard.span
-        self.ctx = ScanContext(model=_unpack_model(shared.model).to(device).eval(), x=shard.x, y=shard.y,
-                               dense_logits=shard.dense_logits, layers=shared.layers, skipped=shared.skipped,
-                               config=config, stats=shared.stats, device=device)
+        self.ctx = ScanContext(model=_unpack_model(shared.model).to(device).eval(), x=_tensor(data.x),
+                               y=_tensor(data.y), dense_logits=_tensor(data.dense_logits), layers=shared.layers,
+                               skipped=shared.skipped, config=config, stats=shared.stats, device=device)
         self.layers = {layer.name: layer for layer in shared.layers}
         self.run_layer = engine.ENGINES[config.engine]
 
@@ -127,13 +126,11 @@ def scan(
         results = dict(done or {})
         todo = [layer.name for layer in ctx.layers if layer.name not in results]
         resumed = len(ctx.layers) - len(todo)
-        shared = ray.put(_shared(ctx))
-        shard_refs = [ray.put(_shard(ctx, span)) for span in spans]
-        refs = [[shared, shard_refs[i if backend.split == "data" else 0]] for i in range(len(actors))]
+        refs = [ray.put(_shared(ctx)), ray.put(_EvalSet(_array(ctx.x), _array(ctx.y), _array(ctx.dense_logits)))]
         pids = ray.get(pid_refs)
         info.update(workers=len(actors), shards=[list(s) for s in spans],
                     workers_ready_s=round(time.perf_counter() - t0, 4))
-        runner = _Runner(actors, refs, backend.split, todo, len(spans))
+        runner = _Runner(actors, refs, spans, backend.split, todo)
         restarts, t_run = 0, time.perf_counter()
         finished = 0
         while runner.pending:
@@ -167,14 +164,14 @@ class _Runner:
     """Hands out the tasks (all at once for the data split, one per free worker for the layer split) and
     yields each layer once all its shards are in."""
 
-    def __init__(self, actors: list, refs: list[list], split: str, todo: list[str], shards: int) -> None:
-        self.actors, self.refs, self.split, self.queue, self.shards = actors, refs, split, list(todo), shards
+    def __init__(self, actors: list, refs: list, spans: list[tuple[int, int]], split: str, todo: list[str]) -> None:
+        self.actors, self.refs, self.spans, self.split, self.queue = actors, refs, spans, split, list(todo)
         self.pending: dict = {}
         self.parts: dict[str, list[LayerResult]] = {}
         if split == "data":
             for name in self.queue:
-                for index, actor in enumerate(actors):
-                    self.pending[actor.run.remote(name, self.refs[index])] = index
+                for index, (actor, span) in enumerate(zip(actors, spans)):
+                    self.pending[actor.run.remote(name, span, refs)] = index
             self.queue = []
         else:
             for index in range(len(actors)):
@@ -182,7 +179,7 @@ class _Runner:
 
     def _next(self, index: int) -> None:
         if self.queue:
-            self.pending[self.actors[index].run.remote(self.queue.pop(0), self.refs[index])] = index
+            self.pending[self.actors[index].run.remote(self.queue.pop(0), self.spans[0], self.refs)] = index
 
     def collect(self) -> tuple[list[LayerResult], list[tuple[int, int]]]:
         """Wait briefly for finished tasks: the layers they completed, and (worker index, pid) of each task."""
@@ -198,7 +195,7 @@ class _Runner:
                 self._next(index)
             parts = self.parts.setdefault(part.layer, [])
             parts.append(part)
-            if len(parts) == self.shards:
+            if len(parts) == len(self.spans):
                 completed.append(combine_shards(self.parts.pop(part.layer)))
         return completed, seen
 
@@ -251,11 +248,24 @@ def _shared(ctx: ScanContext) -> _Shared:
     return _Shared(_pack_model(model), ctx.layers, ctx.skipped, ctx.config, ctx.stats)
 
 
-def _shard(ctx: ScanContext, span: tuple[int, int]) -> _Shard:
-    """A copy of one shard (a slice would pickle the whole tensor it views)."""
-    lo, hi = span
-    y = None if ctx.y is None else ctx.y[lo:hi].clone()
-    return _Shard(ctx.x[lo:hi].clone(), y, ctx.dense_logits[lo:hi].clone(), span)
+def _array(t: torch.Tensor | None) -> np.ndarray | torch.Tensor | None:
+    """A CPU tensor as a NumPy array (shared, not copied, by the workers of a node) where NumPy has its dtype."""
+    if t is None:
+        return None
+    t = t.detach().cpu().contiguous()
+    try:
+        return t.numpy()
+    except TypeError:
+        return t
+
+
+def _tensor(a: np.ndarray | torch.Tensor | None) -> torch.Tensor | None:
+    """A tensor over an array from the object store; the array is read-only and the scan never writes it."""
+    if not isinstance(a, np.ndarray):
+        return a
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
 
 
 def _pack_model(model: nn.Module) -> nn.Module | bytes:

@@ -38,14 +38,14 @@ def assert_same_profile(got: SensitivityProfile, want: SensitivityProfile) -> No
     """Counts equal; loss and KL sums within 1e-9 relative (sums of shards are added in another order)."""
     assert got.meta["complete"] and want.meta["complete"]
     pd.testing.assert_frame_equal(got.table[COUNTS], want.table[COUNTS])
-    for col in ("loss_sum", "kl_sum", "loss", "kl"):
+    for col in ("loss_sum", "kl_sum", "loss", "kl", "logit_cosine", "logit_rel_l2"):
         pd.testing.assert_series_equal(got.table[col], want.table[col], rtol=1e-9, atol=1e-12)
     assert got.meta["baseline"] == want.meta["baseline"]
 
 
 @pytest.mark.parametrize("name,config,split", [
     ("digits-cnn", ScanConfig(sparsities=(0.5, 0.9), criterion="taylor", granularity="channel", batch_size=64), "data"),
-    ("digits-resnet", ScanConfig(sparsities=(0.3, 0.7), batch_size=128), "data"),
+    ("digits-resnet", ScanConfig(sparsities=(0.3, 0.7), batch_size=128, bn_recalibrate=True, bn_batches=2), "data"),
     ("digits-mlp", ScanConfig(sparsities=(0.5, 0.9), criterion="activation", batch_size=64), "layer"),
 ])
 def test_samples_equal_the_local_scan(workloads, name, config, split):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from analysis.engine import LayerResult, ScanConfig
+from analysis.engine import LayerResult, ScanConfig, ScanContext
 from analysis.sensitivity import Progress, SensitivityProfile, scan
 from analysis.sources import Workload
 
@@ -115,15 +115,18 @@ def run_scan(
     on_result: Callable[[LayerResult], None] | None = None,
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    context: ScanContext | None = None,
 ) -> SensitivityProfile:
     """Run a scan on ``backend`` (a ``Backend`` or just its kind) and return its profile.
 
     ``on_result`` receives one ``LayerResult`` per finished layer, over the whole eval set, on either
-    backend; ``done`` holds layers finished earlier, which are not run again.
+    backend; ``done`` holds layers finished earlier, which are not run again; ``context`` is a scan
+    already prepared by ``engine.prepare`` for this workload and config (the dashboard keeps one).
     """
     backend = (Backend(backend) if isinstance(backend, str) else backend).validated()
     if backend.kind == "local":
-        profile = scan(workload, config, done=done, on_result=on_result, progress=progress, should_stop=should_stop)
+        profile = scan(workload, config, done=done, on_result=on_result, progress=progress, should_stop=should_stop,
+                       context=context)
         profile.meta["backend"] = {"kind": "local"}
         return profile
     if not ray_available():
@@ -131,4 +134,4 @@ def run_scan(
     from analysis import ray_backend
 
     return ray_backend.scan(workload, config, backend, done=done, on_result=on_result, progress=progress,
-                            should_stop=should_stop)
+                            should_stop=should_stop, context=context)

@@ -104,8 +104,12 @@ def scan(
     on_result: Callable[[LayerResult], None] | None = None,
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    context: ScanContext | None = None,
 ) -> SensitivityProfile:
-    """``sensitivity.scan`` over a Ray cluster: the same profile, built from units that ran on the workers."""
+    """``sensitivity.scan`` over a Ray cluster: the same profile, built from units that ran on the workers.
+
+    ``context``, when given, is the scan already prepared on this process (it is not prepared again).
+    """
     config = validated_config(config, backend)
     t0 = time.perf_counter()
     started = _connect(backend)
@@ -121,7 +125,7 @@ def scan(
                   for _ in range(len(spans) if backend.split == "data" else workers)]
         pid_refs = [actor.pid.remote() for actor in actors]
         t_prepare = time.perf_counter()
-        ctx = _prepare(workload, config)
+        ctx = context or _prepare(workload, config)
         prepare_s = time.perf_counter() - t_prepare
         results = dict(done or {})
         todo = [layer.name for layer in ctx.layers if layer.name not in results]

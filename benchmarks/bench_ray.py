@@ -7,7 +7,8 @@ Ray starts inside a private network namespace that has only loopback (the script
 and one torch thread; the local backend runs with one thread too, so "1 worker" compares like with like.
 Prints a Markdown table: median seconds of the whole ``run_scan`` call (worker start, driver preparation,
 the scan), the seconds until every worker answered (their start overlaps the driver's preparation), and the
-speed-up over the local backend.
+compute seconds of all units added up (over all workers), and the speed-up over the local backend. The
+runs are interleaved, so a change in the machine's load hits every backend alike.
 """
 
 from __future__ import annotations
@@ -64,27 +65,30 @@ def main() -> None:
           f"ray.init {init_s:.1f} s (not in the times below)\n")
     cases = [("torchvision:resnet18", "random:3x32x32", args.count), ("sample:digits-resnet", "sample:digits", None)]
     runs = [("local", None, None), ("ray", 1, "data"), ("ray", 2, "data"), ("ray", 2, "layer")]
-    print("| model | N | L x S | backend | workers | split | total s | workers ready s | speed-up vs local |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | N | L x S | backend | workers | split | total s | workers ready s | unit compute s | "
+          "speed-up vs local |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for model_spec, data_spec, count in cases:
         workload = load_workload(model_spec, data_spec, count=count)
         if model_spec.startswith("torchvision:"):
             recalibrate(workload.model, workload.data.x)
         config = ScanConfig(sparsities=(0.5, 0.9), batch_size=args.batch_size)
-        local_s = None
-        for kind, workers, split in runs:
-            backend = Backend(kind) if kind == "local" else Backend(kind, workers=workers, split=split)
-            times, starts = [], []
-            for _ in range(args.repeats):
+        seen: dict[int, list[tuple[float, dict]]] = {i: [] for i in range(len(runs))}
+        for _ in range(args.repeats):  # interleaved, so a change in the machine's load hits every backend
+            for i, (kind, workers, split) in enumerate(runs):
+                backend = Backend(kind) if kind == "local" else Backend(kind, workers=workers, split=split)
                 t = time.perf_counter()
                 profile = run_scan(workload, config, backend)
-                times.append(time.perf_counter() - t)
-                starts.append(profile.meta["backend"].get("workers_ready_s", 0.0))
-            med = statistics.median(times)
-            local_s = local_s or med
-            cells = f"{len(profile.layers)} x {len(profile.meta['sparsities']) - 1}"
+                seen[i].append((time.perf_counter() - t, profile.meta))
+        local_s = statistics.median(t for t, _ in seen[0])
+        for i, (kind, workers, split) in enumerate(runs):
+            med = statistics.median(t for t, _ in seen[i])
+            ready = statistics.median(m["backend"].get("workers_ready_s", 0.0) for _, m in seen[i])
+            compute = statistics.median(sum(m["timings"]["per_layer_s"].values()) for _, m in seen[i])
+            meta = seen[i][0][1]
+            cells = f"{len(meta['layers'])} x {len(meta['sparsities']) - 1}"
             print(f"| {model_spec} | {len(workload.data)} | {cells} | {kind} | {workers or '-'} | {split or '-'} | "
-                  f"{med:.2f} | {statistics.median(starts):.2f} | {local_s / med:.2f}x |", flush=True)
+                  f"{med:.2f} | {ready:.2f} | {compute:.2f} | {local_s / med:.2f}x |", flush=True)
     ray.shutdown()
 
 

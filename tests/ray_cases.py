@@ -17,7 +17,7 @@ import ray
 
 from analysis.backends import Backend, run_scan
 from analysis.batchnorm import recalibrate
-from analysis.engine import ScanConfig
+from analysis.engine import ScanConfig, prepare
 from analysis.sensitivity import SensitivityProfile
 from analysis.sources import load_workload
 from conftest import run_cli
@@ -121,3 +121,16 @@ def test_cli_joins_a_running_cluster(cluster, tmp_path):
 def test_too_many_workers_is_a_clear_error(workloads):
     with pytest.raises(ValueError, match="3 workers were asked for, but the Ray cluster has only 2 CPUs"):
         run_scan(workloads["digits-mlp"], ScanConfig(sparsities=(0.5,)), Backend("ray", workers=3))
+
+
+def test_a_stopped_cluster_scan_resumes_from_its_finished_layers(workloads):
+    w = workloads["digits-cnn"]
+    config = ScanConfig(sparsities=(0.5,), batch_size=128)
+    finished = []
+    partial = run_scan(w, config, Backend("ray", workers=2), on_result=finished.append,
+                       should_stop=lambda: len(finished) >= 1)
+    assert not partial.meta["complete"] and len(finished) >= 1 and len(partial.layers) == len(finished)
+    ctx = prepare(w, config)
+    resumed = run_scan(w, config, Backend("ray", workers=2), done={r.layer: r for r in finished}, context=ctx)
+    assert resumed.meta["resumed_layers"] == len(finished)
+    assert_same_profile(resumed, run_scan(w, config, "local", context=ctx))

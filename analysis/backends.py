@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from analysis import engine
 from analysis.engine import LayerResult, ScanConfig, ScanContext
 from analysis.sensitivity import Progress, SensitivityProfile, scan
 from analysis.sources import Workload
@@ -105,6 +106,17 @@ def validated_config(config: ScanConfig, backend: Backend) -> ScanConfig:
     except RuntimeError:
         raise ValueError(f"unknown device {config.device!r}; use cpu or cuda") from None
     return replace(replace(config, device="cpu").validated(), device=config.device)
+
+
+def prepare_for(workload: Workload, config: ScanConfig, backend: Backend | str = "local") -> ScanContext:
+    """``engine.prepare`` for a scan on ``backend``: a Ray scan on CUDA whose driver has no GPU is prepared
+    on the driver's CPU (its workers measure on their GPUs)."""
+    backend = Backend(backend) if isinstance(backend, str) else backend
+    config = validated_config(config, backend)
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        ctx = engine.prepare(workload, replace(config, device="cpu"))
+        return replace(ctx, config=replace(ctx.config, device=config.device))
+    return engine.prepare(workload, config)
 
 
 def run_scan(

@@ -40,10 +40,10 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and data")
     g.add_argument("--model", required=True, metavar="M",
                    help="sample:NAME, torchvision:ARCH[=weights.pth], model.py:factory[=weights], a TorchScript "
-                        ".pt/.ts file or a torch.export .pt2 file")
+                        ".pt/.ts file, a torch.export .pt2 file or an ONNX .onnx file")
     g.add_argument("--data", required=True, metavar="D",
-                   help="sample:digits, a tensor file (.pt/.npz with x and optional y), an image folder, "
-                        "or random:CxHxW (label-free)")
+                   help="sample:digits, a tensor file (.pt/.npz with x and optional y), an image folder or a .zip "
+                        "of one, or random:CxHxW (label-free)")
     g.add_argument("--count", type=int, default=None, metavar="N",
                    help="use the first N samples (random data: how many to draw; default 256)")
     g.add_argument("--input-size", type=int, default=224, metavar="PX", help="image folders: resize and crop to PX")
@@ -113,6 +113,11 @@ def _scan_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="for the printed summary: the largest sparsity per layer within this drop (default 0.01)")
     g.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for sensitivity.csv and scan.json")
     g.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    g = p.add_argument_group("run store")
+    g.add_argument("--fresh", action="store_true",
+                   help="start a new run even if the store holds an unfinished run of this scan")
+    g.add_argument("--no-store", action="store_true",
+                   help="do not read or write the run store ($PRUNESCOPE_HOME/runs.sqlite)")
     _add_run_args(p)
     _add_backend_args(p)
     return p
@@ -121,7 +126,7 @@ def _scan_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _cmd_scan(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from analysis.backends import Backend, run_scan, validated_config
+    from analysis.backends import Backend, prepare_for, run_scan, validated_config
     from analysis.engine import ScanConfig
     from analysis.sensitivity import tolerance_table
 
@@ -135,6 +140,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     if config.bn_recalibrate and not _has_batchnorm(workload.model):
         print(f"prunescope: note: {workload.model_spec} has no BatchNorm layers; --bn-recalibrate does not apply",
               file=sys.stderr)
+    ctx = prepare_for(workload, config, backend)
+    store, run = _open_scan_run(args, workload, ctx)
     bar = tqdm(total=None, unit="layer", disable=args.quiet or not sys.stderr.isatty(), file=sys.stderr)
 
     def on_progress(p) -> None:  # noqa: ANN001
@@ -142,8 +149,14 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         bar.set_postfix_str(p.layer)
         bar.update(p.done - bar.n)
 
-    profile = run_scan(workload, config, backend, progress=on_progress)
+    sink = (lambda result: store.add_layer(run.id, result, ctx.config)) if store else None
+    profile = run_scan(workload, config, backend, done=run.done if run else None, on_result=sink,
+                       progress=on_progress, context=ctx)
     bar.close()
+    if store:
+        profile.meta["run_id"] = run.id
+        store.finish(run.id, profile.meta)
+        store.close()
     profile.save(args.out)
     if not args.quiet:
         metric = profile.default_metric
@@ -158,6 +171,92 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             print(f"skipped {name}: {reason}")
         print(tolerance_table(profile, max_drop=args.max_drop).to_string(index=False))
         print(f"wrote {args.out / 'sensitivity.csv'} and {args.out / 'scan.json'}")
+    return 0
+
+
+def _open_scan_run(args: argparse.Namespace, workload, ctx):  # noqa: ANN001, ANN202
+    """The store and the run this scan writes to (resumed when the store has it), or ``(None, None)``."""
+    if args.no_store:
+        return None, None
+    from analysis.store import RunStore
+
+    store = RunStore()
+    run = store.open_scan(workload, ctx, fresh=args.fresh)
+    if run.resumed:
+        print(f"resuming run {run.id}: {len(run.done)} of {run.total_layers} layers already done", file=sys.stderr)
+    elif not args.quiet:
+        print(f"run {run.id} in {store.path}", file=sys.stderr)
+    return store, run
+
+
+# ------------------------------------------------------------------------------------------------------- runs
+
+
+def _runs_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("runs", help="list, show and delete the runs and artifacts in the run store",
+                       description="The run store ($PRUNESCOPE_HOME/runs.sqlite) keeps every scan as a run, one "
+                                   "row per finished layer, and the schedules, diagnostics and exports made from "
+                                   "them as artifacts.")
+    rs = p.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
+    q = rs.add_parser("list", help="every run, newest first")
+    q.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    q = rs.add_parser("show", help="one run's configuration and progress; --out writes its profile")
+    q.add_argument("run_id", type=int, metavar="RUN")
+    q.add_argument("--out", type=Path, metavar="DIR", help="write sensitivity.csv and scan.json of the run here")
+    q = rs.add_parser("delete", help="delete runs and their finished layers")
+    q.add_argument("run_ids", type=int, nargs="+", metavar="RUN")
+    q = rs.add_parser("artifacts", help="stored schedules, diagnostics and exports")
+    q.add_argument("--kind", default=None, help="only this kind (schedule, diagnostics, export, ...)")
+    q.add_argument("--run", type=int, default=None, metavar="RUN", help="only those made from this run")
+    q = rs.add_parser("get", help="write one artifact's payload to a file")
+    q.add_argument("artifact_id", type=int, metavar="ID")
+    q.add_argument("--out", type=Path, required=True, metavar="FILE")
+    q = rs.add_parser("delete-artifact", help="delete stored artifacts")
+    q.add_argument("artifact_ids", type=int, nargs="+", metavar="ID")
+    return p
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from analysis.store import RunStore
+
+    with RunStore() as store:
+        action = args.runs_command
+        if action == "list":
+            df = store.runs()
+            if args.json:
+                for record in df.to_dict(orient="records"):
+                    print_json(record)
+            else:
+                print(df.to_string(index=False) if len(df) else f"no runs in {store.path}")
+        elif action == "show":
+            info = store.run(args.run_id)
+            print(f"run {info['id']}: {info['status']}, {info['done_layers']} of {info['total_layers']} layers done")
+            print(f"model {info['model']} (weights {info['model_fp']}), data {info['data']} (hash {info['data_fp']})")
+            ident = info["identity"]
+            print(f"criterion {ident['criterion']}, granularity {ident['granularity']}, sparsities "
+                  f"{','.join(f'{s:g}' for s in ident['sparsities'])}")
+            if args.out:
+                store.profile(args.run_id).save(args.out)
+                print(f"wrote {args.out / 'sensitivity.csv'} and {args.out / 'scan.json'}")
+        elif action == "delete":
+            for run_id in args.run_ids:
+                store.delete_run(run_id)
+                print(f"deleted run {run_id}")
+        elif action == "artifacts":
+            df = store.artifacts(kind=args.kind, run_id=args.run)
+            print(df.to_string(index=False) if len(df) else f"no artifacts in {store.path}")
+        elif action == "get":
+            info, payload = store.get_artifact(args.artifact_id)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(payload, bytes):
+                args.out.write_bytes(payload)
+            else:
+                args.out.write_text(json.dumps(payload, indent=2) + "\n")
+            print(f"wrote {info['kind']} {info['name']} to {args.out}")
+        elif action == "delete-artifact":
+            for artifact_id in args.artifact_ids:
+                store.delete_artifact(artifact_id)
+                print(f"deleted artifact {artifact_id}")
     return 0
 
 
@@ -371,16 +470,122 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
     bounds = Bounds(default, per_layer, tuple(args.keep_dense))
     schedule = schedule_from_scan(str(args.scan), args.method, kind, value, bounds, args.metric, args.model)
     predictor = Predictor.from_scan(args.scan, args.metric if args.metric in ("accuracy", "agreement") else None)
-    schedule.meta["predicted"] = {predictor.metric: predictor.predict(schedule), "model": predictor.model}
+    unmeasured = predictor.unmeasured(schedule)
+    if unmeasured:
+        prediction = f"no prediction: the scan did not measure {', '.join(unmeasured)}"
+    else:
+        schedule.meta["predicted"] = {predictor.metric: predictor.predict(schedule), "model": predictor.model,
+                                      "stage": predictor.stage}
+        power = f", power {predictor.power:.2f}" if predictor.model == "calibrated" else ""
+        prediction = (f"predicted {predictor.metric} {schedule.meta['predicted'][predictor.metric]:.4f} "
+                      f"({predictor.model}{power}, {predictor.stage})")
     schedule.save(args.out)
     if not args.quiet:
         totals = schedule.meta["totals"]
         for name, s in schedule.sparsities.items():
             print(f"{name:40s} {s:.4f}")
         print(f"{args.method}: global sparsity {totals['global_sparsity']:.4f}, params kept "
-              f"{totals['params_kept']:.4f}, FLOPs kept {totals['flops_kept']:.4f}; predicted {predictor.metric} "
-              f"{schedule.meta['predicted'][predictor.metric]:.4f} ({predictor.model})")
+              f"{totals['params_kept']:.4f}, FLOPs kept {totals['flops_kept']:.4f}; {prediction}")
         print(f"wrote {args.out}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------- calibrate
+
+
+def _calibrate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from analysis.calibrate import DEFAULT_METHODS, DEFAULT_TARGETS
+
+    p = sub.add_parser("calibrate", help="measure real schedules of a scan and fit how its drops combine",
+                       description="Build schedules from a scan (each method at each target global sparsity), "
+                                   "measure each one for real, fit the calibrated prediction model and write "
+                                   "DIR/calibration.json (used by `prunescope schedule` from then on) and "
+                                   "DIR/calibration.csv (each schedule's measurement, each model's prediction "
+                                   "and error).")
+    p.add_argument("--scan", required=True, type=Path, metavar="DIR", help="a scan folder (sensitivity.csv, scan.json)")
+    g = p.add_argument_group("model and data (default: the ones scan.json names)")
+    g.add_argument("--model", default=None, metavar="M", help="the scanned model, as for scan")
+    g.add_argument("--data", default=None, metavar="D", help="the eval data the scan measured")
+    g.add_argument("--count", type=int, default=None, metavar="N",
+                   help="use the first N samples (default: as many as the scan used)")
+    g.add_argument("--input-size", type=int, default=224, metavar="PX", help="image folders: resize and crop to PX")
+    g.add_argument("--normalize", choices=("imagenet", "none"), default="imagenet", help="image folders: normalisation")
+    g.add_argument("--trust-pickle", action="store_true", help="allow a fully pickled nn.Module")
+    g = p.add_argument_group("calibration")
+    targets = ",".join(f"{t:g}" for t in DEFAULT_TARGETS)
+    g.add_argument("--targets", default=targets, metavar="T,T,...",
+                   help=f"target global sparsities, each in (0, 1) (default {targets})")
+    g.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="M,M,...",
+                   help=f"allocation methods (default {','.join(DEFAULT_METHODS)})")
+    g.add_argument("--metric", default=None, metavar="accuracy|agreement",
+                   help="the metric to predict (default accuracy, or agreement without labels)")
+    g.add_argument("--bn-recalibrate", action="store_true",
+                   help="calibrate the metric after BatchNorm recalibration instead of right after pruning")
+    g.add_argument("--train-data", default=None, metavar="D",
+                   help="inputs for BatchNorm recalibration, e.g. sample:digits-train (default: the eval inputs)")
+    g.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_run_args(p)
+    return p
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from analysis.calibrate import calibrate, parse_methods, parse_targets
+    from analysis.sensitivity import SensitivityProfile
+    from analysis.sources import load_data, load_workload
+
+    if not args.scan.is_dir():
+        raise UsageError(f"scan folder {args.scan} does not exist")
+    targets, methods = parse_targets(args.targets), parse_methods(args.methods)
+    if args.metric not in (None, "accuracy", "agreement"):
+        raise UsageError(f"--metric must be accuracy or agreement, got {args.metric!r}")
+    if args.count is not None and args.count < 1:
+        raise UsageError(f"--count must be at least 1, got {args.count}")
+    meta = SensitivityProfile.load(args.scan).meta
+    model, data = args.model or meta.get("model"), args.data or meta.get("data")
+    if not model or not data:
+        raise UsageError(f"{args.scan}/scan.json does not name its {'model' if not model else 'data'}; pass "
+                         f"--{'model' if not model else 'data'}")
+    count = args.count if args.count is not None else (meta.get("samples") if data == meta.get("data") else None)
+    workload = load_workload(model, data, count=count, input_size=args.input_size, normalize=args.normalize,
+                             trust_pickle=args.trust_pickle)
+    train = None
+    if args.train_data:
+        train = load_data(args.train_data, input_size=args.input_size, normalize=args.normalize)
+    if args.bn_recalibrate and not _has_batchnorm(workload.model):
+        print(f"prunescope: note: {workload.model_spec} has no BatchNorm layers; --bn-recalibrate does not apply",
+              file=sys.stderr)
+    elif bool((meta.get("config") or {}).get("bn_recalibrate")) != args.bn_recalibrate and not args.quiet:
+        scanned, now = ("with", "without") if not args.bn_recalibrate else ("without", "with")
+        print(f"prunescope: note: the scan measured each layer {scanned} BatchNorm recalibration; this calibration "
+              f"measures schedules {now} it", file=sys.stderr)
+
+    def on_sample(s) -> None:  # noqa: ANN001
+        if not args.quiet:
+            print(f"measured {s.method} at {s.target:g}: {s.measured:.4f}", file=sys.stderr)
+
+    result = calibrate(args.scan, workload, targets=targets, methods=methods, bn_recalibrate=args.bn_recalibrate,
+                       train=train, metric=args.metric, model_spec=args.model, batch_size=args.batch_size,
+                       device=args.device, seed=args.seed, progress=on_sample)
+    json_path, csv_path = result.save(args.scan)
+    if args.quiet:
+        return 0
+    info, predictor = result.to_dict(), result.predictor
+    if abs(info["dense_measured"] - info["dense_scan"]) > 1e-6:
+        print(f"prunescope: note: dense {predictor.metric} is {info['dense_measured']:.4f} on {workload.data.spec}, "
+              f"the scan measured {info['dense_scan']:.4f}; predictions start from the scan's", file=sys.stderr)
+    cols = ["method", "target", "global_sparsity", "measured", "predicted_additive", "predicted_multiplicative",
+            "predicted_calibrated"]
+    table = result.table[cols].rename(columns=lambda c: c.replace("predicted_", ""))
+    print(f"{workload.model_spec} on {workload.data.spec}: {predictor.metric} ({info['stage']}), measured and "
+          f"predicted (calibrated: leave-one-out)")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    mae = info["mae"]
+    print(f"mean absolute error: additive {mae['additive']:.4f}, multiplicative {mae['multiplicative']:.4f}, "
+          f"calibrated {mae['calibrated']:.4f} (leave-one-out; {mae['calibrated_fitted']:.4f} fitted on all)")
+    edge = " (at the edge of the range searched)" if not 0.06 < predictor.power < 8.0 else ""
+    print(f"calibrated power {predictor.power:.3f}{edge} from {len(result.table)} schedules; `prunescope schedule "
+          f"--scan {args.scan}` now predicts with it")
+    print(f"wrote {json_path} and {csv_path}")
     return 0
 
 
@@ -474,8 +679,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                               progress=on_step)
     bar.close()
     print_json({"model": workload.model_spec, "data": workload.data.spec, "schedule": str(args.schedule),
-                **result.to_dict()})
+                **result.to_dict(), **_prediction_fields(schedule.meta.get("predicted"), result.to_dict())})
     return 0
+
+
+def _prediction_fields(predicted: object, measured: dict) -> dict:
+    """``predicted``, ``prediction_model`` and the measurement it stands for, when the schedule carries one."""
+    if not isinstance(predicted, dict):
+        return {}
+    metric = next((m for m in ("accuracy", "agreement", "loss", "kl")
+                   if isinstance(predicted.get(m), (int, float)) and not isinstance(predicted.get(m), bool)), None)
+    if metric is None:
+        return {}
+    value = float(predicted[metric])
+    stage = predicted.get("stage")
+    if not isinstance(stage, str) or not measured.get(stage):
+        stage = "pruned"
+    actual = (measured.get(stage) or {}).get(metric)
+    detail = {"metric": metric, "stage": stage, "measured": actual,
+              "error": None if actual is None else value - actual}
+    return {"predicted": value, "prediction_model": predicted.get("model"), "prediction": detail}
 
 
 # ------------------------------------------------------------------------------------------------------- main
@@ -487,7 +710,9 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "compare": (_compare_parser, _cmd_compare),
     "schedule": (_schedule_parser, _cmd_schedule),
     "evaluate": (_evaluate_parser, _cmd_evaluate),
+    "calibrate": (_calibrate_parser, _cmd_calibrate),
     "export": (_export_parser, _cmd_export),
+    "runs": (_runs_parser, _cmd_runs),
 }
 
 

@@ -14,10 +14,19 @@ sparsities; past the last one, linear towards chance level at ``s = 1``). Then:
 
 Every model gives back the profile exactly when one layer alone is pruned at a measured sparsity.
 ``Curve.monotone`` is the curve made non-decreasing (isotonic regression), which allocation needs.
+
+Without a calibration the default is ``additive``. On the bundled samples (BENCHMARKS.md, schedules section:
+12 uniform and sensitivity schedules per model) ``multiplicative`` had the lower mean error on two samples of
+three and the higher on the third, and the higher worst-case error on all three: not clearly better, so the
+default stays. ``prunescope calibrate`` measures schedules of a scan and writes ``calibration.json``;
+``Predictor.from_scan`` then predicts with the fitted ``calibrated`` model. ``stage`` says what a prediction
+is of: the metric right after pruning (``pruned``), or after BatchNorm recalibration (``bn_recalibrated``)
+when the scan or the calibration recalibrated.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -29,6 +38,7 @@ import numpy as np
 from analysis.sensitivity import HIGHER_IS_BETTER, SensitivityProfile
 
 MODELS = ("additive", "multiplicative", "calibrated")
+STAGES = ("pruned", "bn_recalibrated")
 _TINY = 1e-12
 
 
@@ -121,11 +131,12 @@ def _full_drop(profile: SensitivityProfile, metric: str) -> float:
 class Predictor:
     """Built once from a profile; ``predict(schedule)`` is then a handful of table look-ups.
 
-    ``model`` is one of ``additive``, ``multiplicative``, ``calibrated`` (with ``power``, see ``fit``).
+    ``model`` is one of ``additive`` (default), ``multiplicative``, ``calibrated`` (with ``power``, see
+    ``fit``). ``stage`` names the stage of a measurement the prediction stands for (see the module docstring).
     """
 
     def __init__(self, profile: SensitivityProfile, metric: str | None = None, model: str = "additive",
-                 power: float = 1.0) -> None:
+                 power: float = 1.0, stage: str | None = None) -> None:
         self.metric = metric or profile.default_metric
         if model not in MODELS:
             raise ValueError(f"unknown prediction model {model!r}; choose one of {', '.join(MODELS)}")
@@ -139,6 +150,10 @@ class Predictor:
         self.floor = _floor(profile, self.metric) if self.metric in ("accuracy", "agreement") else 0.0
         self.model = model
         self.power = float(power)
+        if stage is not None and stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+        recalibrated = bool((profile.meta.get("config") or {}).get("bn_recalibrate"))
+        self.stage = stage or ("bn_recalibrated" if recalibrated else "pruned")
 
     def with_model(self, model: str, power: float | None = None) -> "Predictor":
         """The same curves under another combination model."""
@@ -162,6 +177,11 @@ class Predictor:
                 raise ValueError(f"the profile has no measurements for layer {name!r}")
             out[name] = curve.at(s)
         return out
+
+    def unmeasured(self, schedule: object) -> list[str]:
+        """The layers ``schedule`` prunes that the profile did not measure (``predict`` cannot use them)."""
+        sparsities = getattr(schedule, "sparsities", schedule)
+        return [name for name, s in sparsities.items() if float(s) > 0.0 and name not in self.curves]
 
     def predict(self, schedule: object) -> float:
         """The predicted metric of a ``Schedule`` or a plain ``{layer: sparsity}`` mapping."""
@@ -205,7 +225,7 @@ class Predictor:
     # -------------------------------------------------------------------------------------------- files
 
     def calibration(self) -> dict:
-        return {"metric": self.metric, "model": self.model, "power": self.power}
+        return {"metric": self.metric, "model": self.model, "power": self.power, "stage": self.stage}
 
     def save_calibration(self, path: str | Path) -> Path:
         path = Path(path)
@@ -214,17 +234,26 @@ class Predictor:
 
     @classmethod
     def from_scan(cls, scan_dir: str | Path, metric: str | None = None) -> "Predictor":
-        """The predictor of a scan folder: calibrated if ``calibration.json`` is there, else additive."""
+        """The predictor of a scan folder: calibrated if ``calibration.json`` is there, else additive.
+
+        A calibration fitted on another profile (the folder was scanned again since) or for another metric
+        is ignored.
+        """
         profile = SensitivityProfile.load(scan_dir)
         cal_path = Path(scan_dir) / "calibration.json"
         if cal_path.is_file():
             try:
                 cal = json.loads(cal_path.read_text())
-                if metric in (None, cal["metric"]):
-                    return cls(profile, cal["metric"], cal["model"], float(cal["power"]))
+                if metric in (None, cal["metric"]) and cal.get("scan") in (None, scan_fingerprint(scan_dir)):
+                    return cls(profile, cal["metric"], cal["model"], float(cal["power"]), cal.get("stage"))
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"{cal_path} is not a calibration file: {exc}") from None
         return cls(profile, metric)
+
+
+def scan_fingerprint(scan_dir: str | Path) -> str:
+    """A digest of a scan folder's ``sensitivity.csv``: a calibration holds for the profile it was fitted on."""
+    return hashlib.sha256((Path(scan_dir) / "sensitivity.csv").read_bytes()).hexdigest()[:16]
 
 
 def predict(profile: SensitivityProfile, schedule: object, metric: str | None = None, model: str = "additive",
@@ -239,4 +268,5 @@ def curve_table(curves: Mapping[str, Curve]) -> list[dict]:
             for name, c in curves.items() for s, d, m in zip(c.sparsity, c.drop, c.monotone)]
 
 
-__all__ = ["MODELS", "Curve", "Predictor", "curve_table", "isotonic", "layer_curves", "predict"]
+__all__ = ["MODELS", "STAGES", "Curve", "Predictor", "curve_table", "isotonic", "layer_curves", "predict",
+           "scan_fingerprint"]

@@ -23,7 +23,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from torch import nn
 
 import analysis
 from analysis import engine
-from analysis.backends import Backend, configured_address, data_shards, validated_config
+from analysis.backends import Backend, configured_address, data_shards, prepare_for, validated_config
 from analysis.criteria import CalibrationStats
 from analysis.engine import LayerResult, ScanConfig, ScanContext, combine_shards
 from analysis.layers import Layer
@@ -125,7 +125,7 @@ def scan(
                   for _ in range(len(spans) if backend.split == "data" else workers)]
         pid_refs = [actor.pid.remote() for actor in actors]
         t_prepare = time.perf_counter()
-        ctx = context or _prepare(workload, config)
+        ctx = context or prepare_for(workload, config, backend)
         prepare_s = time.perf_counter() - t_prepare
         results = dict(done or {})
         todo = [layer.name for layer in ctx.layers if layer.name not in results]
@@ -202,14 +202,6 @@ class _Runner:
             if len(parts) == len(self.spans):
                 completed.append(combine_shards(self.parts.pop(part.layer)))
         return completed, seen
-
-
-def _prepare(workload: Workload, config: ScanConfig) -> ScanContext:
-    """The local ``prepare``; a CUDA scan whose driver has no GPU is prepared on the driver's CPU."""
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        ctx = engine.prepare(workload, replace(config, device="cpu"))
-        return replace(ctx, config=replace(ctx.config, device=config.device))
-    return engine.prepare(workload, config)
 
 
 def _connect(backend: Backend) -> bool:

@@ -83,9 +83,7 @@ def test_torchvision_weights_upload_that_does_not_fit_is_a_readable_error():
     assert at.session_state["workload"] == WorkloadSpec(), "a failed load must keep the previous workload"
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", pytest.param("export", marks=pytest.mark.xfail(
-    strict=True, reason="analysis.sources.load_model calls .eval() on an unlifted torch.export module, which "
-    "raises NotImplementedError (issue 7 owns model formats)"))])
+@pytest.mark.parametrize("fmt", ["torchscript", "export"])
 def test_model_uploads_in_data_formats_load(fmt):
     model = samples.load_sample("digits-cnn").eval()
     buf = io.BytesIO()
@@ -93,7 +91,8 @@ def test_model_uploads_in_data_formats_load(fmt):
         torch.jit.save(torch.jit.script(model), buf)
         name = "cnn.pt"
     else:
-        torch.export.save(torch.export.export(model, (torch.zeros(2, 1, 8, 8),)), buf)
+        batch = {"x": {0: torch.export.Dim("batch")}}
+        torch.export.save(torch.export.export(model, (torch.zeros(2, 1, 8, 8),), dynamic_shapes=batch), buf)
         name = "cnn.pt2"
     at = _pick(app("model"), "Upload a model file")
     at.file_uploader[0].upload(name, buf.getvalue())

@@ -70,6 +70,16 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None, metavar="T", help="torch CPU threads (default: torch's choice)")
 
 
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster")
+    g.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local (default: this process) or ray (a Ray cluster; pip install 'prunescope[ray]')")
+    g.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="ray: the cluster to join (default: start Ray on this machine)")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="ray: worker actors (default: one per GPU for --device cuda, else one per CPU)")
+
+
 def _load_workload(args: argparse.Namespace):  # noqa: ANN202
     from analysis.sources import load_workload
 
@@ -109,24 +119,28 @@ def _scan_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--no-store", action="store_true",
                    help="do not read or write the run store ($PRUNESCOPE_HOME/runs.sqlite)")
     _add_run_args(p)
+    _add_backend_args(p)
     return p
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from analysis.engine import ScanConfig, prepare
-    from analysis.sensitivity import scan, tolerance_table
+    from analysis.backends import Backend, prepare_for, run_scan, validated_config
+    from analysis.engine import ScanConfig
+    from analysis.sensitivity import tolerance_table
 
+    backend = Backend(args.backend, address=args.address, workers=args.workers).validated()
     workload = _load_workload(args)
     config = ScanConfig(criterion=args.criterion, granularity=args.granularity, sparsities=args.sparsities,
                         layers=args.layers, batch_size=args.batch_size, device=args.device, engine=args.engine,
                         seed=args.seed, calib_samples=args.calib_samples, bn_recalibrate=args.bn_recalibrate,
-                        bn_batches=args.bn_batches).validated()
+                        bn_batches=args.bn_batches)
+    config = validated_config(config, backend)
     if config.bn_recalibrate and not _has_batchnorm(workload.model):
         print(f"prunescope: note: {workload.model_spec} has no BatchNorm layers; --bn-recalibrate does not apply",
               file=sys.stderr)
-    ctx = prepare(workload, config)
+    ctx = prepare_for(workload, config, backend)
     store, run = _open_scan_run(args, workload, ctx)
     bar = tqdm(total=None, unit="layer", disable=args.quiet or not sys.stderr.isatty(), file=sys.stderr)
 
@@ -136,8 +150,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         bar.update(p.done - bar.n)
 
     sink = (lambda result: store.add_layer(run.id, result, ctx.config)) if store else None
-    profile = scan(workload, config, done=run.done if run else None, on_result=sink, progress=on_progress,
-                   context=ctx)
+    profile = run_scan(workload, config, backend, done=run.done if run else None, on_result=sink,
+                       progress=on_progress, context=ctx)
     bar.close()
     if store:
         profile.meta["run_id"] = run.id
@@ -149,6 +163,10 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         print(f"{workload.model_spec} on {workload.data.spec}: {len(profile.layers)} layers x "
               f"{len(config.sparsities)} sparsities, dense {metric} {profile.baseline(metric):.4f}, "
               f"{profile.meta['timings']['total_s']:.1f} s ({config.engine} engine)")
+        if backend.kind == "ray":
+            from analysis.ray_backend import describe
+
+            print(describe(profile.meta["backend"]))
         for name, reason in profile.meta["skipped_layers"].items():
             print(f"skipped {name}: {reason}")
         print(tolerance_table(profile, max_drop=args.max_drop).to_string(index=False))

@@ -5,6 +5,7 @@ import json
 import streamlit as st
 
 from analysis import plots
+from analysis.backends import cluster_backend
 from analysis.criteria import CRITERIA
 from analysis.engine import DEFAULT_SPARSITIES, ScanConfig
 from analysis.masks import check_sparsity
@@ -22,6 +23,10 @@ with st.sidebar:
     grid_text = st.text_input("Sparsities", ", ".join(f"{s:g}" for s in DEFAULT_SPARSITIES),
                               help="fractions of each layer to remove, comma separated (0 is the dense baseline)")
     chosen = st.multiselect("Layers (none picked: all)", [l.name for l in layers])
+    cluster = cluster_backend()
+    on_cluster = cluster is not None and st.checkbox(f"Run on the Ray cluster at {cluster.address}",
+                                                     help="PRUNESCOPE_RAY_ADDRESS or RAY_ADDRESS names it; the "
+                                                          "numbers are those of a local scan")
 
 config, config_error = None, None
 try:
@@ -46,7 +51,7 @@ if cancel:
         st.warning("No scan was running.")
 if run and config is not None:
     try:
-        run_id, reopened = scanning.run_scan(spec, workload, config)
+        run_id, reopened = scanning.run_scan(spec, workload, config, backend=cluster if on_cluster else None)
     except ValueError as exc:
         st.error(f"The scan cannot run: {exc}")
     else:

@@ -122,7 +122,8 @@ def _engine_must_not_run(monkeypatch) -> None:  # noqa: ANN001
     def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("the scan engine ran: a stored run must reopen without recomputing")
 
-    monkeypatch.setattr(scanning, "scan", refuse)
+    monkeypatch.setattr(scanning, "run_on_backend", refuse)
+    monkeypatch.setattr(scanning, "prepare_for", refuse)
     monkeypatch.setattr(engine, "prepare", refuse)
 
 
@@ -220,3 +221,29 @@ def test_cancel_with_nothing_running_says_so():
     at = at.run()
     assert_clean(at)
     assert "No scan was running" in texts(at.warning)
+
+
+def test_a_configured_ray_cluster_is_offered_and_used(monkeypatch):
+    import analysis.backends
+    from analysis.backends import Backend
+
+    cluster = Backend("ray", address="10.0.0.5:6379")
+    monkeypatch.setattr(analysis.backends, "cluster_backend", lambda: cluster)
+    used = []
+
+    def local_instead(workload, config, backend, **kwargs):  # noqa: ANN001, ANN003, ANN202 - no cluster in tests
+        used.append(backend)
+        return analysis.backends.run_scan(workload, config, "local", **kwargs)
+
+    monkeypatch.setattr(scanning, "run_on_backend", local_instead)
+    at = app("sensitivity")
+    box = next(c for c in at.sidebar.checkbox if c.label.startswith("Run on the Ray cluster"))
+    assert "10.0.0.5:6379" in box.label
+    at.sidebar.text_input[0].set_value("0.5")
+    box.check()
+    at = at.run()
+    at.button[0].click()
+    at = at.run()
+    assert_clean(at)
+    assert used == [cluster]
+    assert runs.list_runs(SPEC)[0].complete

@@ -16,9 +16,10 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from analysis import engine, plots
+from analysis import plots
+from analysis.backends import Backend, prepare_for, run_scan as run_on_backend
 from analysis.engine import LayerResult, ScanConfig
-from analysis.sensitivity import Progress, build_profile, scan
+from analysis.sensitivity import Progress
 from analysis.sources import Workload
 from analysis.store import RunStore, ScanRun
 from ui import common, runs
@@ -30,14 +31,16 @@ SCANNING = "scanning"  # session key: the run id of the scan this session has in
 def scan_into_store(store: RunStore, workload: Workload, config: ScanConfig, lock: threading.RLock,
                     on_open: Callable[[ScanRun], None] | None = None,
                     on_progress: Callable[[Progress, dict[str, LayerResult]], None] | None = None,
-                    ) -> tuple[int, bool]:
-    """Scan into ``store`` holding ``lock``; returns ``(run id, reopened)``. No Streamlit here: the page's
-    ``run_scan`` draws through the callbacks, and tests call it from threads."""
+                    backend: Backend | None = None) -> tuple[int, bool]:
+    """Scan into ``store`` holding ``lock`` (here, or on ``backend``: a Ray cluster); returns ``(run id,
+    reopened)``. No Streamlit here: the page's ``run_scan`` draws through the callbacks, and tests call it from
+    threads."""
+    backend = backend or Backend()
     with lock:
         existing = store.latest_scan(workload, config)
         if existing is not None and store.run(existing)["status"] == "complete":
             return existing, True
-        ctx = engine.prepare(workload, config)
+        ctx = prepare_for(workload, config, backend)
         run = store.open_scan(workload, ctx)
         if on_open:
             on_open(run)
@@ -48,13 +51,15 @@ def scan_into_store(store: RunStore, workload: Workload, config: ScanConfig, loc
             done[result.layer] = result
 
         report = (lambda p: on_progress(p, done)) if on_progress else None
-        profile = scan(workload, config, done=dict(run.done), on_result=on_result, progress=report, context=ctx)
+        profile = run_on_backend(workload, config, backend, done=dict(run.done), on_result=on_result,
+                                 progress=report, context=ctx)
         profile.meta["run_id"] = run.id
         store.finish(run.id, profile.meta)
     return run.id, False
 
 
-def run_scan(spec: WorkloadSpec, workload: Workload, config: ScanConfig, metric: str | None = None) -> tuple[int, bool]:
+def run_scan(spec: WorkloadSpec, workload: Workload, config: ScanConfig, metric: str | None = None,
+             backend: Backend | None = None) -> tuple[int, bool]:
     """Scan (or reopen) and return ``(run_id, reopened)``; draws progress and the live heatmap meanwhile."""
     bar, live = st.empty(), st.empty()
     bar.progress(0.0, text="Preparing: dense outputs and importance scores ...")
@@ -75,7 +80,7 @@ def run_scan(spec: WorkloadSpec, workload: Workload, config: ScanConfig, metric:
     try:
         with common.holding(spec):
             run_id, reopened = scan_into_store(runs.store(), workload, config, common.model_lock(spec), on_open,
-                                               on_progress)
+                                               on_progress, backend)
     except Exception:
         st.session_state.pop(SCANNING, None)
         raise

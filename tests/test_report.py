@@ -10,7 +10,7 @@ import time
 import urllib.request
 
 import pytest
-from app_support import sample_profile  # noqa: F401
+from app_support import sample_profile, sample_scan  # noqa: F401
 from conftest import cli_env, run_cli
 
 from analysis.cli import main

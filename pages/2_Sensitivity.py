@@ -69,7 +69,8 @@ labels = {r.run_id: r.label for r in known}
 ids = list(labels)
 pick_col, delete_col = st.columns([5, 1], vertical_alignment="bottom")
 run_id = pick_col.selectbox("Run on show (earlier runs, also `prunescope scan` runs of this model and data, reopen "
-                            "without recomputing)", ids, index=ids.index(profile.meta["run_id"]), format_func=labels.get)
+                            "without recomputing)", ids, index=ids.index(profile.meta["run_id"]),
+                            format_func=labels.get)
 if run_id != profile.meta["run_id"]:
     st.session_state[runs.RUN_ID] = run_id
     profile = runs.load_run(run_id)

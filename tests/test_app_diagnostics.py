@@ -85,7 +85,7 @@ def test_a_diagnosis_is_stored_reopened_after_a_reload_and_deleted(stored_run, m
     again = app("diagnostics")
     assert_clean(again)
     assert plotly_specs(again)[0]["data"] == shift["data"]
-    assert f"pruned to **0.6**" in texts(again.markdown)
+    assert "pruned to **0.6**" in texts(again.markdown)
     next(b for b in again.button if b.label == "Delete").click()
     again = again.run()
     assert_clean(again)

@@ -47,7 +47,7 @@ def test_a_schedule_that_prunes_nothing_is_not_exported(stored_run):  # noqa: F8
     assert not [b for b in at.button if b.label == "Export"]
 
 
-def test_export_the_tuned_schedule_verified_with_downloads(stored_run, sample_profile, downloads, tmp_path):  # noqa: F811
+def test_export_the_tuned_schedule_verified_with_downloads(stored_run, downloads, tmp_path):  # noqa: F811
     at = _tuned(app("schedule"))
     assert_clean(at)
     assert "press Export" in texts(at.info)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from app_support import app, assert_clean, plotly_specs, downloads, sample_profile, sample_scan, stored_run, texts  # noqa: F401
+from app_support import (app, assert_clean, downloads, plotly_specs, sample_profile, sample_scan,  # noqa: F401
+                         stored_run, texts)
 
 from analysis.allocate import Bounds, Target, allocate
 from analysis.measure import measure_schedule

@@ -60,8 +60,8 @@ class RunInfo:
     @property
     def label(self) -> str:
         state = "" if self.complete else f", {self.layers_done} of {self.layers} layers ({self.status})"
-        return (f"run {self.run_id} · {self.created} · {self.criterion} · {self.granularity} · {self.layers} layers x "
-                f"{self.sparsities} sparsities{state}")
+        return (f"run {self.run_id} · {self.created} · {self.criterion} · {self.granularity} · "
+                f"{self.layers} layers x {self.sparsities} sparsities{state}")
 
 
 def list_runs(spec: WorkloadSpec) -> list[RunInfo]:

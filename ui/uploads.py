@@ -16,7 +16,8 @@ from analysis.store import home
 from analysis.uploads import UploadError, check, safe_extract
 
 WHAT = {"onnx": "an ONNX model", "torchscript": "a TorchScript model", "export": "a torch.export program",
-        "torch-save": "a torch.save archive (a state dict, or a pickled model)", "safetensors": "a safetensors state dict",
+        "torch-save": "a torch.save archive (a state dict, or a pickled model)",
+        "safetensors": "a safetensors state dict",
         "npz": "a NumPy .npz file", "images-zip": "a zip of images"}
 
 # What each upload box takes, by content, and what to do instead when the content is of another kind.

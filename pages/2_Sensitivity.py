@@ -74,7 +74,9 @@ run_id = pick_col.selectbox("Run on show (earlier runs, also `prunescope scan` r
 if run_id != profile.meta["run_id"]:
     st.session_state[runs.RUN_ID] = run_id
     profile = runs.load_run(run_id)
-if delete_col.button("Delete this run", help="remove the run and its results from the run store"):
+confirm = delete_col.popover("Delete this run")
+if confirm.button(f"Delete run {run_id} from the run store", type="primary",
+                  help="its finished layers go; schedules and other artifacts made from it stay"):
     runs.delete(run_id)
     st.toast(f"Deleted run {run_id}.")
     st.rerun()

@@ -152,7 +152,7 @@ def test_a_scan_survives_a_reload_and_reopens_without_recomputing(monkeypatch):
 
 def test_delete_a_run_from_the_page(stored_run):  # noqa: F811
     at = app("sensitivity")
-    next(b for b in at.button if b.label == "Delete this run").click()
+    next(b for b in at.button if b.label == f"Delete run {stored_run} from the run store").click()
     at = at.run()
     assert_clean(at)
     assert runs.list_runs(SPEC) == []

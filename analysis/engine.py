@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 import platform
+import resource
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -41,7 +43,7 @@ class ScanConfig:
     layers: tuple[str, ...] | None = None
     batch_size: int = 128
     device: str = "cpu"
-    engine: str = "naive"
+    engine: str = "fast"
     seed: int = 0
     calib_samples: int = 256
     precision: str = "exact"
@@ -297,7 +299,8 @@ def _variant_logits(ctx: ScanContext, gm: fx.GraphModule, cut: graph.Split, fron
                     variants: list[torch.Tensor]) -> torch.Tensor:
     """Logits (variants, chunk, classes) of the pruned models, from the dense frontier of one chunk."""
     output = cut.downstream[-1]
-    if not cut.roots_read_dense:
+    if not cut.roots_read_dense or ctx.config.precision == "bf16":
+        # bf16 autocast and vmap do not mix (batch-norm batching rules reject the mixed dtypes): one run per mask.
         return torch.stack([_logits_one(ctx, gm, cut.downstream, front, layer, m) for m in variants])
     per_variant = [_logits_one(ctx, gm, cut.roots, front, layer, m, keep=cut.roots) for m in variants]
     flat = [tree_flatten(outs) for outs in per_variant]
@@ -312,7 +315,10 @@ def _variant_logits(ctx: ScanContext, gm: fx.GraphModule, cut: graph.Split, fron
         graph.run(gm, rest, env, keep={output})
         return _logits(env[output])
 
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        # Ops without a batching rule (e.g. the fused attention of nn.MultiheadAttention) run once per variant:
+        # slower, still exact; the warning says nothing the user can act on.
+        warnings.filterwarnings("ignore", message="There is a performance drop")
         return torch.func.vmap(run_rest, in_dims=(in_dims,))(stacked)
 
 
@@ -338,6 +344,20 @@ def _cache_bytes(state: FastState) -> int:
 
 EngineFn = Callable[[ScanContext, Layer, "tuple[int, int] | None"], LayerResult]
 ENGINES: dict[str, EngineFn] = {"fast": run_layer_fast, "naive": run_layer_naive}
+
+
+def engine_report(ctx: ScanContext) -> dict:
+    """How the scan ran: the engine asked for and the one used, notices, and peak memory."""
+    state = ctx._fast
+    used = "naive" if ctx.config.engine == "naive" or (state is not None and state.gm is None) else ctx.config.engine
+    report = {"engine": ctx.config.engine, "used": used, "precision": ctx.config.precision, "notices": ctx.notices}
+    if state is not None and state.gm is not None:
+        report["chunk_size"] = state.chunk
+        report["peak_cache_mb"] = round(state.peak_cache_bytes / 2**20, 2)
+    if ctx.device.type == "cuda":
+        report["peak_device_mb"] = round(torch.cuda.max_memory_allocated(ctx.device) / 2**20, 1)
+    report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return report
 
 
 def environment() -> dict[str, str]:

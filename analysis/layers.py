@@ -41,7 +41,9 @@ class Layer:
 
     def weight(self, model: nn.Module) -> torch.Tensor:
         """The live weight tensor of this layer inside ``model``."""
-        return model.get_parameter(self.param_name)
+        from analysis.masks import parameter
+
+        return parameter(model, self.param_name)
 
 
 def _layer_name(param_name: str) -> str:

@@ -62,11 +62,11 @@ class _InputNormRecorder(TorchDispatchMode):
                 x = args[0].detach().double()
                 dims = [d for d in range(x.dim()) if d != 1]
                 self._add(name, (x * x).sum(dim=dims))
-        elif op in ("aten.addmm", "aten.mm"):
+        elif op in ("aten.addmm", "aten.mm", "aten.linear"):
             a, b = (args[1], args[2]) if op == "aten.addmm" else (args[0], args[1])
             name = self.watched.get(_storage_key(b))
             if name is not None:
-                x = a.detach().double()
+                x = a.detach().double().reshape(-1, a.shape[-1])
                 self._add(name, (x * x).sum(dim=0))
         return out
 

@@ -1,0 +1,61 @@
+"""The prunescope command, through a subprocess: the scan contract and one-line errors for bad input."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import run_cli
+
+
+def test_scan_writes_the_contract_files(tmp_path):
+    out = tmp_path / "scan"
+    r = run_cli("scan", "--model", "sample:digits-mlp", "--data", "sample:digits", "--sparsities", "0.3,0.6",
+                "--out", out)
+    assert r.returncode == 0, r.stderr
+    table = pd.read_csv(out / "sensitivity.csv")
+    assert {"layer", "sparsity", "accuracy", "loss", "agreement"} <= set(table.columns)
+    assert len(table) == 3 * 3
+    assert table[["accuracy", "agreement"]].stack().between(0, 1).all()
+    meta = json.loads((out / "scan.json").read_text())
+    assert meta["model"] == "sample:digits-mlp" and meta["criterion"] == "magnitude"
+    assert meta["baseline"]["accuracy"] == pytest.approx(table[table.sparsity == 0].accuracy.iloc[0])
+    assert "fc1" in r.stdout and "max_sparsity" in r.stdout
+
+
+def test_label_free_scan_leaves_accuracy_empty(tmp_path):
+    out = tmp_path / "scan"
+    r = run_cli("scan", "--model", "sample:digits-cnn", "--data", "random:1x8x8", "--count", "32",
+                "--sparsities", "0.5", "--layers", "fc,block3.0", "--out", out)
+    assert r.returncode == 0, r.stderr
+    table = pd.read_csv(out / "sensitivity.csv")
+    assert table.accuracy.isna().all() and set(table.layer) == {"fc", "block3.0"}
+
+
+def test_help_lists_every_option():
+    r = run_cli("scan", "--help")
+    for option in ("--model", "--data", "--criterion", "--granularity", "--sparsities", "--layers", "--device",
+                   "--engine", "--out"):
+        assert option in r.stdout
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--model", "missing.pt", "--data", "sample:digits"], "does not exist"),
+    (["--model", "sample:digits-cnn", "--data", "random:3x32x32"], "cannot run on"),
+    (["--model", "sample:digits-cnn", "--data", "LABELS"], "10 classes"),
+    (["--model", "sample:digits-cnn", "--data", "sample:digits", "--sparsities", "0.5,1.0"], "outside"),
+    (["--model", "sample:digits-cnn", "--data", "sample:digits", "--criterion", "entropy"], "invalid choice"),
+    (["--model", "sample:digits-cnn", "--data", "sample:digits", "--layers", "conv9"], "unknown layer"),
+    (["--model", "sample:digits-cnn", "--data", "sample:digits", "--granularity", "rows"], "unknown granularity"),
+    (["--model", "sample:digits-cnn", "--data", "sample:digits", "--device", "cuda:7"], "cuda"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, match):
+    if "LABELS" in args:
+        torch.save({"x": torch.rand(4, 1, 8, 8), "y": torch.tensor([0, 1, 2, 11])}, tmp_path / "l.pt")
+        args = [str(tmp_path / "l.pt") if a == "LABELS" else a for a in args]
+    r = run_cli("scan", *args, "--out", tmp_path / "out")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert match in r.stderr
+    assert len([line for line in r.stderr.splitlines() if "error" in line]) == 1

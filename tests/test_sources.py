@@ -1,0 +1,116 @@
+"""Workloads from specs: samples, torchvision, files the tests make, and every way a spec can be wrong."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from analysis.sources import SpecError, check_fit, load_data, load_model, load_workload
+
+
+def test_samples_load_in_eval_mode_and_reach_their_recorded_accuracy(workloads):
+    from analysis.samples import sample_info
+
+    for name, w in workloads.items():
+        assert not w.model.training
+        acc = (w.model(w.data.x).argmax(1) == w.data.y).float().mean().item()
+        assert acc == pytest.approx(sample_info(name).test_accuracy, abs=1e-3)
+        assert w.num_classes == 10 and w.input_shape == (1, 8, 8)
+    assert sample_info("digits-cnn").test_accuracy >= 0.97
+
+
+def test_digits_split_is_fixed_and_disjoint():
+    a, b = load_data("sample:digits"), load_data("sample:digits")
+    assert torch.equal(a.x, b.x) and len(a) == 449
+    train = load_data("sample:digits-train")
+    assert len(train) + len(a) == 1797
+
+
+def test_random_data_is_seeded_and_label_free():
+    d = load_data("random:3x16x16", count=10)
+    assert d.x.shape == (10, 3, 16, 16) and d.y is None
+    assert torch.equal(d.x, load_data("random:3x16x16", count=10).x)
+    with pytest.raises(SpecError, match="random:3x32x32"):
+        load_data("random:3xbig")
+
+
+def test_tensor_files_pt_and_npz(tmp_path):
+    x, y = torch.rand(6, 1, 8, 8), torch.arange(6) % 10
+    torch.save({"x": x, "y": y}, tmp_path / "d.pt")
+    np.savez(tmp_path / "d.npz", x=x.numpy(), y=y.numpy())
+    torch.save(x, tmp_path / "bare.pt")
+    for name in ("d.pt", "d.npz"):
+        d = load_data(str(tmp_path / name))
+        assert torch.equal(d.x, x) and torch.equal(d.y, y)
+    assert load_data(str(tmp_path / "bare.pt")).y is None
+    assert len(load_data(str(tmp_path / "d.pt"), count=2)) == 2
+
+
+def test_image_folder(tmp_path):
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.fromarray((np.random.rand(20, 30, 3) * 255).astype("uint8")).save(tmp_path / cls / f"{i}.png")
+    d = load_data(str(tmp_path), input_size=16)
+    assert d.x.shape == (4, 3, 16, 16) and d.y.tolist() == [0, 0, 1, 1] and d.class_names == ["cat", "dog"]
+
+
+def test_torchvision_random_init_and_state_dict(tmp_path):
+    import torchvision
+
+    model = torchvision.models.get_model("resnet18", num_classes=7)
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    loaded = load_model(f"torchvision:resnet18={tmp_path / 'w.pth'}")
+    assert torch.equal(loaded.fc.weight, model.fc.weight) and not loaded.training
+    with pytest.raises(SpecError, match="no architecture"):
+        load_model("torchvision:resnet19000")
+
+
+def test_python_factory_with_state_dict(tmp_path):
+    (tmp_path / "net.py").write_text(
+        "import torch.nn as nn\n"
+        "def build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n")
+    ref = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    torch.save(ref.state_dict(), tmp_path / "net.pth")
+    m = load_model(f"{tmp_path / 'net.py'}:build={tmp_path / 'net.pth'}")
+    assert torch.equal(m[1].weight, ref[1].weight)
+
+
+def test_model_and_data_that_do_not_fit_name_both_sides(tmp_path):
+    torch.save({"x": torch.rand(4, 3, 8, 8)}, tmp_path / "rgb.pt")
+    with pytest.raises(SpecError) as err:
+        load_workload("sample:digits-cnn", str(tmp_path / "rgb.pt"))
+    assert "sample:digits-cnn" in str(err.value) and "[3, 8, 8]" in str(err.value)
+    torch.save({"x": torch.rand(4, 1, 8, 8), "y": torch.tensor([0, 1, 2, 12])}, tmp_path / "labels.pt")
+    with pytest.raises(SpecError, match="labels .* run from 0 to 12.* 10 classes"):
+        load_workload("sample:digits-cnn", str(tmp_path / "labels.pt"))
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("missing.pt", "does not exist"),
+    ("sample:nope", "no bundled sample"),
+    ("", "empty model spec"),
+])
+def test_bad_model_specs(spec, match):
+    with pytest.raises(SpecError, match=match):
+        load_model(spec)
+
+
+def test_state_dict_without_architecture_and_pickled_module(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 2))
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(SpecError, match="state dict"):
+        load_model(str(tmp_path / "sd.pt"))
+    torch.save(model, tmp_path / "full.pt")
+    with pytest.raises(SpecError, match="--trust-pickle"):
+        load_model(str(tmp_path / "full.pt"))
+    assert isinstance(load_model(str(tmp_path / "full.pt"), trust_pickle=True), nn.Sequential)
+
+
+def test_nan_weights_are_refused(digits):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("nan")
+    with pytest.raises(SpecError, match="NaN"):
+        check_fit(model, digits, "m")

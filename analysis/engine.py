@@ -5,7 +5,8 @@ it can be run by any process from the model, the data and the configuration alon
 up exactly over shards. An engine is a function ``(context, layer, shard) -> LayerResult``.
 
 ``naive`` is the reference: for every sparsity it prunes the layer in place, runs the whole model over the
-shard, and restores the weight. Faster engines must give the same numbers.
+shard, and restores the weight. ``fast`` gives the same numbers while running, per sparsity, only the part of
+the model downstream of the layer (see ``run_layer_fast``; the graph analysis lives in ``graph.py``).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ browser:
 
 bench: install ## the benchmarks that BENCHMARKS.md records
 	$(PY) benchmarks/bench_scan.py
+	$(PY) benchmarks/bench_engine.py --threads 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -27,6 +27,9 @@ browser:
 
 bench: install ## the benchmarks that BENCHMARKS.md records
 	$(PY) benchmarks/bench_scan.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_schedules.py
+	$(PY) benchmarks/bench_diagnostics.py
+	$(PY) benchmarks/bench_export.py
 	$(PY) benchmarks/bench_engine.py --threads 2
 
 clean:

@@ -100,6 +100,10 @@ def _scan_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="fast engine: eval samples per chunk (default: batch size / number of sparsities)")
     g.add_argument("--calib-samples", type=int, default=256, metavar="N",
                    help="samples used by the taylor and activation criteria (default 256)")
+    g.add_argument("--bn-recalibrate", action="store_true",
+                   help="re-estimate BatchNorm statistics after pruning each cell, before measuring")
+    g.add_argument("--bn-batches", type=int, default=8, metavar="N",
+                   help="batches of the eval inputs that --bn-recalibrate uses (default 8)")
     g.add_argument("--max-drop", type=float, default=0.01, metavar="D",
                    help="for the printed summary: the largest sparsity per layer within this drop (default 0.01)")
     g.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for sensitivity.csv and scan.json")
@@ -118,7 +122,11 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     config = ScanConfig(criterion=args.criterion, granularity=args.granularity, sparsities=args.sparsities,
                         layers=args.layers, batch_size=args.batch_size, device=args.device, engine=args.engine,
                         seed=args.seed, calib_samples=args.calib_samples, precision=args.precision,
-                        chunk_size=args.chunk_size).validated()
+                        chunk_size=args.chunk_size, bn_recalibrate=args.bn_recalibrate,
+                        bn_batches=args.bn_batches).validated()
+    if config.bn_recalibrate and not _has_batchnorm(workload.model):
+        print(f"prunescope: note: {workload.model_spec} has no BatchNorm layers; --bn-recalibrate does not apply",
+              file=sys.stderr)
     bar = tqdm(total=None, unit="layer", disable=args.quiet or not sys.stderr.isatty(), file=sys.stderr)
 
     def on_progress(p) -> None:  # noqa: ANN001
@@ -143,11 +151,458 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _has_batchnorm(model) -> bool:  # noqa: ANN001
+    from analysis.batchnorm import has_batchnorm
+
+    return has_batchnorm(model)
+
+
+# --------------------------------------------------------------------------------------------------- diagnose
+
+
+def _diagnose_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("diagnose", help="why a layer is fragile: activation shift, dead neurons, BatchNorm recalibration",
+                       description="Prune one layer (or each layer) at the given sparsity and explain the drop: how "
+                                   "far the outputs downstream move, which units die, and how much BatchNorm "
+                                   "recalibration gives back. Writes activation_shift.csv, dead_neurons.csv, "
+                                   "bn_recalibration.csv and diagnose.json into DIR.")
+    _add_workload_args(p)
+    _add_pruning_args(p)
+    g = p.add_argument_group("diagnosis")
+    g.add_argument("--layer", required=True, metavar="NAME|all",
+                   help="the layer to prune (several: comma-separated; all: every layer, one at a time)")
+    g.add_argument("--sparsity", required=True, type=_sparsity_list, metavar="S[,S,...]",
+                   help="fraction to remove, in [0, 1)")
+    g.add_argument("--bn-batches", type=int, default=8, metavar="N",
+                   help="batches used to re-estimate BatchNorm statistics (default 8)")
+    g.add_argument("--calib-data", default=None, metavar="D",
+                   help="inputs for BatchNorm recalibration, e.g. sample:digits-train (default: the eval inputs)")
+    g.add_argument("--calib-samples", type=int, default=256, metavar="N",
+                   help="samples used by the taylor and activation criteria (default 256)")
+    g.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the tables and diagnose.json")
+    g.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_run_args(p)
+    return p
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from analysis.diagnostics import diagnose
+    from analysis.engine import ScanConfig
+    from analysis.sources import load_data
+
+    if not args.sparsity:
+        raise UsageError("--sparsity needs at least one value")
+    workload = _load_workload(args)
+    layers = None if args.layer.strip() == "all" else _name_list(args.layer)
+    if layers is not None and not layers:
+        raise UsageError("--layer needs a layer name or 'all'")
+    calib_x = None
+    if args.calib_data:
+        calib = load_data(args.calib_data, input_size=args.input_size, normalize=args.normalize)
+        if tuple(calib.x.shape[1:]) != tuple(workload.data.x.shape[1:]):
+            raise UsageError(f"--calib-data {args.calib_data} has inputs of shape {list(calib.x.shape[1:])}, "
+                             f"the eval data {list(workload.data.x.shape[1:])}")
+        calib_x = calib.x
+    config = ScanConfig(criterion=args.criterion, granularity=args.granularity, sparsities=args.sparsity,
+                        layers=layers, batch_size=args.batch_size, device=args.device, seed=args.seed,
+                        calib_samples=args.calib_samples, bn_batches=args.bn_batches)
+    result = diagnose(workload, config, calib_x=calib_x)
+    result.save(args.out)
+    if not args.quiet:
+        recal = result.summary["recalibration"]
+        print(f"{workload.model_spec} on {workload.data.spec}: {len(result.summary['cells'])} cells, "
+              f"{result.summary['timings']['total_s']:.1f} s; BatchNorm recalibration: {recal['reason']}")
+        for cell in result.summary["cells"]:
+            line = (f"{cell['layer']} @ {cell['sparsity']:g}: logits cosine {cell.get('logits_cosine', float('nan')):.4f}, "
+                    f"rel L2 {cell.get('logits_rel_l2', float('nan')):.4f}; dead units created: "
+                    f"{cell.get('structural_dead_created', 0)} structural, {cell.get('functional_dead_created', 0)} functional")
+            if "recalibrated" in cell:
+                line += f"; {cell['pruned']:.4f} -> {cell['recalibrated']:.4f} with recalibration"
+            print(line)
+        print(f"wrote {args.out / 'activation_shift.csv'}, {args.out / 'dead_neurons.csv'}, "
+              f"{args.out / 'bn_recalibration.csv'} and {args.out / 'diagnose.json'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- compare
+
+
+def _compare_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("compare", help="scans with different criteria side by side, cell by cell",
+                       description="Read two or more scan folders (e.g. the same model scanned with magnitude, taylor "
+                                   "and random) and write one row per (layer, sparsity) with each criterion's drop, "
+                                   "the best criterion and the spread.")
+    p.add_argument("--scan", action="append", required=True, type=Path, metavar="DIR",
+                   help="a scan folder (give --scan two or more times)")
+    p.add_argument("--metric", default=None, help="accuracy, loss, agreement, kl (default: accuracy if labelled)")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE.csv", help="write the comparison as CSV")
+    p.add_argument("--plot", type=Path, default=None, metavar="FILE.html", help="write the comparison figure as HTML")
+    return p
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from analysis.diagnostics import compare_criteria
+    from analysis.plots import criterion_comparison_figure
+    from analysis.sensitivity import METRICS, SensitivityProfile
+
+    if args.metric is not None and args.metric not in METRICS:
+        raise UsageError(f"unknown metric {args.metric!r}; choose one of {', '.join(METRICS)}")
+    comparison = compare_criteria([SensitivityProfile.load(d) for d in args.scan], args.metric)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        comparison.to_csv(args.out, index=False)
+    if args.plot:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        criterion_comparison_figure(comparison).write_html(args.plot, include_plotlyjs="cdn")
+    print(f"drop in {comparison.attrs['metric']} (positive = worse than dense)")
+    print(comparison.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------- export
+
+EXIT_VERIFY = 1
+_DEFAULT_EXPORT_DATA = {"sample:": "sample:digits", "torchvision:": "random:3x224x224"}
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from analysis.export import EXPORTERS
+
+    p = sub.add_parser("export", help="export the pruned model to ONNX, verified in ONNX Runtime",
+                       description="Apply a schedule, export the pruned model to one ONNX file (masked, or with "
+                                   "--shrink the pruned channels removed), verify it in ONNX Runtime against "
+                                   "PyTorch, and report size and latency against the dense model. Writes "
+                                   "FILE.onnx, FILE.schedule.json (the schedule exported) and FILE.md.")
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", required=True, metavar="M", help="the model spec, as for scan")
+    g.add_argument("--data", default=None, metavar="D",
+                   help="example, calibration and verification inputs (default: sample:digits for samples, "
+                        "random:3x224x224 for torchvision models)")
+    g.add_argument("--count", type=int, default=None, metavar="N", help="use the first N samples")
+    g.add_argument("--input-size", type=int, default=224, metavar="PX", help="image folders: resize and crop to PX")
+    g.add_argument("--normalize", choices=("imagenet", "none"), default="imagenet", help="image folders: normalisation")
+    g.add_argument("--trust-pickle", action="store_true", help="allow a fully pickled nn.Module")
+    g = p.add_argument_group("export")
+    g.add_argument("--schedule", required=True, type=Path, metavar="FILE.json", help="the schedule to apply (JSON/YAML)")
+    g.add_argument("--shrink", action="store_true",
+                   help="channel granularity: remove the pruned channels (and what depends on them) for real")
+    g.add_argument("--bn-recalibrate", action="store_true", help="re-estimate BatchNorm statistics after pruning")
+    g.add_argument("--exporter", choices=EXPORTERS, default="auto",
+                   help="torch.onnx exporter: dynamo, torchscript, or auto (dynamo, then torchscript; default)")
+    g.add_argument("--tolerance", type=float, default=1e-3, metavar="T",
+                   help="largest accepted output difference relative to the largest output (default 1e-3)")
+    g.add_argument("--verify-samples", type=int, default=256, metavar="N", help="samples compared (default 256)")
+    g.add_argument("--calib-samples", type=int, default=256, metavar="N",
+                   help="samples for the taylor/activation criteria and BatchNorm recalibration (default 256)")
+    g.add_argument("--no-latency", action="store_true", help="skip the ONNX Runtime latency measurement")
+    g.add_argument("--repeats", type=int, default=20, metavar="R", help="latency repeats per model (default 20)")
+    g.add_argument("--ort-threads", type=int, default=1, metavar="T", help="ONNX Runtime threads (default 1)")
+    g.add_argument("--json", action="store_true", help="print the report as one JSON object instead of the summary")
+    g.add_argument("--out", required=True, type=Path, metavar="FILE.onnx", help="the ONNX file to write")
+    _add_run_args(p)
+    return p
+
+
+# --------------------------------------------------------------------------------------------------- schedule
+
+
+def _max_sparsity(text: str) -> tuple[float | None, dict[str, float]]:
+    """``0.9`` (every layer), ``fc=0.5,conv1=0.7`` (per layer) or both: ``0.9,fc=0.5``."""
+    from analysis.masks import check_sparsity
+
+    default, per_layer = None, {}
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            if "=" in part:
+                name, _, value = part.partition("=")
+                per_layer[name.strip()] = check_sparsity(value.strip(), f"maximum sparsity of layer {name.strip()}")
+            else:
+                default = check_sparsity(part, "maximum sparsity")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return default, per_layer
+
+
+def _schedule_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from analysis.allocate import METHODS
+
+    p = sub.add_parser("schedule", help="allocate per-layer sparsities from a scan to reach a global target",
+                       description="Choose per-layer sparsities that reach a target global sparsity, parameter "
+                                   "count or FLOP count, and write a schedule file. The schedule inherits the "
+                                   "scan's criterion and granularity.")
+    p.add_argument("--scan", required=True, type=Path, metavar="DIR", help="a scan folder (sensitivity.csv, scan.json)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--target-sparsity", metavar="T", help="fraction of prunable weights to remove, in [0, 1)")
+    g.add_argument("--target-params", metavar="N", help="prunable weights to keep: a count (1.5M) or a percentage (30%%)")
+    g.add_argument("--target-flops", metavar="N", help="FLOPs to keep: a count (20M) or a percentage (40%%)")
+    p.add_argument("--method", choices=METHODS, default="sensitivity", help="allocation method (default sensitivity)")
+    p.add_argument("--metric", choices=("accuracy", "agreement", "loss", "kl"), default=None,
+                   help="sensitivity method: the metric whose predicted drop is minimised (default accuracy, or "
+                        "agreement without labels)")
+    p.add_argument("--max-sparsity", type=_max_sparsity, default=(None, {}), metavar="S|NAME=S,...",
+                   help="upper bound for every layer (0.9), for named layers (fc=0.5) or both (0.9,fc=0.5)")
+    p.add_argument("--keep-dense", type=_name_list, default=(), metavar="NAME,...", help="layers never pruned")
+    p.add_argument("--model", default=None, metavar="M",
+                   help="the scanned model, where scan.json's model spec no longer loads (global, lamp, channel)")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE", help="schedule file (.json, or .yaml/.yml)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return p
+
+
+def _cmd_schedule(args: argparse.Namespace) -> int:
+    from analysis.allocate import Bounds, schedule_from_scan
+    from analysis.predict import Predictor
+
+    if not args.scan.is_dir():
+        raise UsageError(f"scan folder {args.scan} does not exist")
+    kind, value = next((k, v) for k, v in (("sparsity", args.target_sparsity), ("params", args.target_params),
+                                           ("flops", args.target_flops)) if v is not None)
+    default, per_layer = args.max_sparsity
+    bounds = Bounds(default, per_layer, tuple(args.keep_dense))
+    schedule = schedule_from_scan(str(args.scan), args.method, kind, value, bounds, args.metric, args.model)
+    predictor = Predictor.from_scan(args.scan, args.metric if args.metric in ("accuracy", "agreement") else None)
+    unmeasured = predictor.unmeasured(schedule)
+    if unmeasured:
+        prediction = f"no prediction: the scan did not measure {', '.join(unmeasured)}"
+    else:
+        schedule.meta["predicted"] = {predictor.metric: predictor.predict(schedule), "model": predictor.model,
+                                      "stage": predictor.stage}
+        power = f", power {predictor.power:.2f}" if predictor.model == "calibrated" else ""
+        prediction = (f"predicted {predictor.metric} {schedule.meta['predicted'][predictor.metric]:.4f} "
+                      f"({predictor.model}{power}, {predictor.stage})")
+    schedule.save(args.out)
+    if not args.quiet:
+        totals = schedule.meta["totals"]
+        for name, s in schedule.sparsities.items():
+            print(f"{name:40s} {s:.4f}")
+        print(f"{args.method}: global sparsity {totals['global_sparsity']:.4f}, params kept "
+              f"{totals['params_kept']:.4f}, FLOPs kept {totals['flops_kept']:.4f}; {prediction}")
+        print(f"wrote {args.out}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------- calibrate
+
+
+def _calibrate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from analysis.calibrate import DEFAULT_METHODS, DEFAULT_TARGETS
+
+    p = sub.add_parser("calibrate", help="measure real schedules of a scan and fit how its drops combine",
+                       description="Build schedules from a scan (each method at each target global sparsity), "
+                                   "measure each one for real, fit the calibrated prediction model and write "
+                                   "DIR/calibration.json (used by `prunescope schedule` from then on) and "
+                                   "DIR/calibration.csv (each schedule's measurement, each model's prediction "
+                                   "and error).")
+    p.add_argument("--scan", required=True, type=Path, metavar="DIR", help="a scan folder (sensitivity.csv, scan.json)")
+    g = p.add_argument_group("model and data (default: the ones scan.json names)")
+    g.add_argument("--model", default=None, metavar="M", help="the scanned model, as for scan")
+    g.add_argument("--data", default=None, metavar="D", help="the eval data the scan measured")
+    g.add_argument("--count", type=int, default=None, metavar="N",
+                   help="use the first N samples (default: as many as the scan used)")
+    g.add_argument("--input-size", type=int, default=224, metavar="PX", help="image folders: resize and crop to PX")
+    g.add_argument("--normalize", choices=("imagenet", "none"), default="imagenet", help="image folders: normalisation")
+    g.add_argument("--trust-pickle", action="store_true", help="allow a fully pickled nn.Module")
+    g = p.add_argument_group("calibration")
+    targets = ",".join(f"{t:g}" for t in DEFAULT_TARGETS)
+    g.add_argument("--targets", default=targets, metavar="T,T,...",
+                   help=f"target global sparsities, each in (0, 1) (default {targets})")
+    g.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="M,M,...",
+                   help=f"allocation methods (default {','.join(DEFAULT_METHODS)})")
+    g.add_argument("--metric", default=None, metavar="accuracy|agreement",
+                   help="the metric to predict (default accuracy, or agreement without labels)")
+    g.add_argument("--bn-recalibrate", action="store_true",
+                   help="calibrate the metric after BatchNorm recalibration instead of right after pruning")
+    g.add_argument("--train-data", default=None, metavar="D",
+                   help="inputs for BatchNorm recalibration, e.g. sample:digits-train (default: the eval inputs)")
+    g.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_run_args(p)
+    return p
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from analysis.calibrate import calibrate, parse_methods, parse_targets
+    from analysis.sensitivity import SensitivityProfile
+    from analysis.sources import load_data, load_workload
+
+    if not args.scan.is_dir():
+        raise UsageError(f"scan folder {args.scan} does not exist")
+    targets, methods = parse_targets(args.targets), parse_methods(args.methods)
+    if args.metric not in (None, "accuracy", "agreement"):
+        raise UsageError(f"--metric must be accuracy or agreement, got {args.metric!r}")
+    if args.count is not None and args.count < 1:
+        raise UsageError(f"--count must be at least 1, got {args.count}")
+    meta = SensitivityProfile.load(args.scan).meta
+    model, data = args.model or meta.get("model"), args.data or meta.get("data")
+    if not model or not data:
+        raise UsageError(f"{args.scan}/scan.json does not name its {'model' if not model else 'data'}; pass "
+                         f"--{'model' if not model else 'data'}")
+    count = args.count if args.count is not None else (meta.get("samples") if data == meta.get("data") else None)
+    workload = load_workload(model, data, count=count, input_size=args.input_size, normalize=args.normalize,
+                             trust_pickle=args.trust_pickle)
+    train = None
+    if args.train_data:
+        train = load_data(args.train_data, input_size=args.input_size, normalize=args.normalize)
+    if args.bn_recalibrate and not _has_batchnorm(workload.model):
+        print(f"prunescope: note: {workload.model_spec} has no BatchNorm layers; --bn-recalibrate does not apply",
+              file=sys.stderr)
+    elif bool((meta.get("config") or {}).get("bn_recalibrate")) != args.bn_recalibrate and not args.quiet:
+        scanned, now = ("with", "without") if not args.bn_recalibrate else ("without", "with")
+        print(f"prunescope: note: the scan measured each layer {scanned} BatchNorm recalibration; this calibration "
+              f"measures schedules {now} it", file=sys.stderr)
+
+    def on_sample(s) -> None:  # noqa: ANN001
+        if not args.quiet:
+            print(f"measured {s.method} at {s.target:g}: {s.measured:.4f}", file=sys.stderr)
+
+    result = calibrate(args.scan, workload, targets=targets, methods=methods, bn_recalibrate=args.bn_recalibrate,
+                       train=train, metric=args.metric, model_spec=args.model, batch_size=args.batch_size,
+                       device=args.device, seed=args.seed, progress=on_sample)
+    json_path, csv_path = result.save(args.scan)
+    if args.quiet:
+        return 0
+    info, predictor = result.to_dict(), result.predictor
+    if abs(info["dense_measured"] - info["dense_scan"]) > 1e-6:
+        print(f"prunescope: note: dense {predictor.metric} is {info['dense_measured']:.4f} on {workload.data.spec}, "
+              f"the scan measured {info['dense_scan']:.4f}; predictions start from the scan's", file=sys.stderr)
+    cols = ["method", "target", "global_sparsity", "measured", "predicted_additive", "predicted_multiplicative",
+            "predicted_calibrated"]
+    table = result.table[cols].rename(columns=lambda c: c.replace("predicted_", ""))
+    print(f"{workload.model_spec} on {workload.data.spec}: {predictor.metric} ({info['stage']}), measured and "
+          f"predicted (calibrated: leave-one-out)")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    mae = info["mae"]
+    print(f"mean absolute error: additive {mae['additive']:.4f}, multiplicative {mae['multiplicative']:.4f}, "
+          f"calibrated {mae['calibrated']:.4f} (leave-one-out; {mae['calibrated_fitted']:.4f} fitted on all)")
+    edge = " (at the edge of the range searched)" if not 0.06 < predictor.power < 8.0 else ""
+    print(f"calibrated power {predictor.power:.3f}{edge} from {len(result.table)} schedules; `prunescope schedule "
+          f"--scan {args.scan}` now predicts with it")
+    print(f"wrote {json_path} and {csv_path}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- evaluate
+
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("evaluate", help="apply a whole schedule and measure it (prints one JSON object)",
+                       description="Prune the model by a schedule file and measure accuracy, loss, agreement and "
+                                   "the totals; with BatchNorm recalibration and optional sparse fine-tuning.")
+    _add_workload_args(p)
+    g = p.add_argument_group("schedule")
+    g.add_argument("--schedule", required=True, type=Path, metavar="FILE", help="a schedule file (.json or .yaml)")
+    g.add_argument("--bn-recalibrate", action="store_true",
+                   help="report (and fine-tune from) the model after BatchNorm recalibration")
+    g.add_argument("--train-data", default=None, metavar="D",
+                   help="training data for fine-tuning and BatchNorm recalibration (e.g. sample:digits-train)")
+    g.add_argument("--finetune-steps", type=int, default=0, metavar="N", help="sparse fine-tuning steps (default 0)")
+    g.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)")
+    g.add_argument("--calib-samples", type=int, default=256, metavar="N",
+                   help="samples used by the taylor and activation criteria (default 256)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_args(p)
+    return p
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from analysis.export import VerificationError, export
+    from analysis.schedule import Schedule
+    from analysis.sources import load_workload
+
+    for name in ("verify_samples", "calib_samples", "repeats", "ort_threads"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    data = args.data
+    if data is None:
+        data = next((d for prefix, d in _DEFAULT_EXPORT_DATA.items() if args.model.startswith(prefix)), None)
+        if data is None:
+            raise UsageError("give --data: the export needs example inputs to trace, calibrate and verify")
+    schedule = Schedule.load(args.schedule)
+    if args.shrink and schedule.granularity != "channel":
+        raise UsageError(f"--shrink removes whole channels and needs channel granularity; {args.schedule} has "
+                         f"{schedule.granularity}. Export it masked (without --shrink)")
+    workload = load_workload(args.model, data, count=args.count, input_size=args.input_size,
+                             normalize=args.normalize, trust_pickle=args.trust_pickle)
+    try:
+        report = export(workload.model, schedule, workload.data, args.out, shrink_channels=args.shrink,
+                        bn_recalibrate=args.bn_recalibrate, model_spec=args.model, exporter=args.exporter,
+                        tolerance=args.tolerance, verify_samples=args.verify_samples,
+                        measure_latency=not args.no_latency, threads=args.ort_threads, repeats=args.repeats,
+                        calib_samples=args.calib_samples, seed=args.seed, device=args.device)
+    except VerificationError as exc:
+        print(f"prunescope: error: {exc}", file=sys.stderr)
+        return EXIT_VERIFY
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print(report.to_markdown())
+        print(f"wrote {report.onnx_path}, {report.schedule_path} and {report.summary_path}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from analysis.measure import measure_schedule
+    from analysis.schedule import Schedule
+    from analysis.sources import load_data
+
+    schedule = Schedule.load(args.schedule)
+    if args.finetune_steps < 0:
+        raise UsageError(f"--finetune-steps must be zero or more, got {args.finetune_steps}")
+    if args.finetune_steps and not args.train_data:
+        raise UsageError("--finetune-steps needs --train-data (fine-tuning on the eval set would measure nothing)")
+    if not args.lr > 0:
+        raise UsageError(f"--lr must be positive, got {args.lr}")
+    workload = _load_workload(args)
+    train = None
+    if args.train_data:
+        train = load_data(args.train_data, input_size=args.input_size, normalize=args.normalize)
+    bar = tqdm(total=args.finetune_steps, unit="step", disable=args.quiet or not sys.stderr.isatty() or
+               not args.finetune_steps, file=sys.stderr)
+
+    def on_step(p) -> None:  # noqa: ANN001
+        bar.set_postfix(loss=f"{p.loss:.4f}")
+        bar.update(1)
+
+    result = measure_schedule(workload, schedule, bn_recalibrate=args.bn_recalibrate, train=train,
+                              finetune_steps=args.finetune_steps, lr=args.lr, batch_size=args.batch_size,
+                              calib_samples=args.calib_samples, device=args.device, seed=args.seed,
+                              progress=on_step)
+    bar.close()
+    print_json({"model": workload.model_spec, "data": workload.data.spec, "schedule": str(args.schedule),
+                **result.to_dict(), **_prediction_fields(schedule.meta.get("predicted"), result.to_dict())})
+    return 0
+
+
+def _prediction_fields(predicted: object, measured: dict) -> dict:
+    """``predicted``, ``prediction_model`` and the measurement it stands for, when the schedule carries one."""
+    if not isinstance(predicted, dict):
+        return {}
+    metric = next((m for m in ("accuracy", "agreement", "loss", "kl")
+                   if isinstance(predicted.get(m), (int, float)) and not isinstance(predicted.get(m), bool)), None)
+    if metric is None:
+        return {}
+    value = float(predicted[metric])
+    stage = predicted.get("stage")
+    if not isinstance(stage, str) or not measured.get(stage):
+        stage = "pruned"
+    actual = (measured.get(stage) or {}).get(metric)
+    detail = {"metric": metric, "stage": stage, "measured": actual,
+              "error": None if actual is None else value - actual}
+    return {"predicted": value, "prediction_model": predicted.get("model"), "prediction": detail}
+
+
 # ------------------------------------------------------------------------------------------------------- main
 
 
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "scan": (_scan_parser, _cmd_scan),
+    "diagnose": (_diagnose_parser, _cmd_diagnose),
+    "compare": (_compare_parser, _cmd_compare),
+    "schedule": (_schedule_parser, _cmd_schedule),
+    "evaluate": (_evaluate_parser, _cmd_evaluate),
+    "calibrate": (_calibrate_parser, _cmd_calibrate),
+    "export": (_export_parser, _cmd_export),
 }
 
 

@@ -6,7 +6,7 @@ up exactly over shards. An engine is a function ``(context, layer, shard) -> Lay
 
 ``naive`` is the reference: for every sparsity it prunes the layer in place, runs the whole model over the
 shard, and restores the weight. ``fast`` gives the same numbers while running, per sparsity, only the part of
-the model downstream of the layer (see ``run_layer_fast``; the graph analysis lives in ``graph.py``).
+the model downstream of the layer (see ``run_layer_fast``; the graph analysis lives in ``fxgraph.py``).
 """
 
 from __future__ import annotations
@@ -21,12 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
-from torch import nn
-
-from torch import fx
+from torch import fx, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from analysis import criteria, graph, masks
+from analysis import batchnorm, criteria, fxgraph, masks
 from analysis.layers import Layer, find_layers, select_layers
 from analysis.metrics import Sums, _logits, evaluate, predict, sums_from_logits
 from analysis.sources import Workload
@@ -49,6 +47,8 @@ class ScanConfig:
     calib_samples: int = 256
     precision: str = "exact"
     chunk_size: int | None = None
+    bn_recalibrate: bool = False
+    bn_batches: int = 8
 
     def validated(self) -> "ScanConfig":
         """A checked copy: known criterion, granularity and engine, sparsities in [0, 1), sorted, 0 first."""
@@ -62,6 +62,8 @@ class ScanConfig:
             raise ValueError(f"chunk size must be positive, got {self.chunk_size}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.bn_batches <= 0:
+            raise ValueError(f"BatchNorm recalibration needs at least one batch, got bn_batches={self.bn_batches}")
         if not self.sparsities:
             raise ValueError("no sparsities to scan")
         values = sorted({masks.check_sparsity(s) for s in self.sparsities})
@@ -190,7 +192,11 @@ def kept_fraction(mask: torch.Tensor) -> float:
 
 
 def run_layer_naive(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None = None) -> LayerResult:
-    """Prune ``layer`` alone at each sparsity, run the whole model over the shard, restore."""
+    """Prune ``layer`` alone at each sparsity, run the whole model over the shard, restore.
+
+    With ``bn_recalibrate`` the BatchNorm statistics are re-estimated on the first ``bn_batches`` batches of
+    the eval inputs (the whole set, not the shard, so shards add up) before measuring, and put back after.
+    """
     start_t = time.perf_counter()
     lo, hi = shard or (0, len(ctx.x))
     x, y, dense = ctx.x[lo:hi], None if ctx.y is None else ctx.y[lo:hi], ctx.dense_logits[lo:hi]
@@ -199,7 +205,10 @@ def run_layer_naive(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | Non
         if sparsity == 0.0:
             sums = sums_from_logits(dense, dense, y)
         else:
-            with masks.applied(ctx.model, {layer.param_name: mask}), arithmetic(ctx.config.precision, ctx.device):
+            with masks.applied(ctx.model, {layer.param_name: mask}), batchnorm.preserved(ctx.model), \
+                    arithmetic(ctx.config.precision, ctx.device):
+                if ctx.config.bn_recalibrate:
+                    batchnorm.recalibrate(ctx.model, ctx.x, ctx.config.bn_batches, ctx.config.batch_size, ctx.device)
                 sums = evaluate(ctx.model, x, y, dense, ctx.config.batch_size, ctx.device)
         rows.append({"sparsity": sparsity, "actual_sparsity": 1.0 - kept_fraction(mask), **sums.to_dict()})
     return LayerResult(layer.name, (lo, hi), rows, time.perf_counter() - start_t)
@@ -215,7 +224,7 @@ class FastState:
     chunk: int
     shard: tuple[int, int] | None = None
     frontier: list[dict] = field(default_factory=list)
-    cuts: dict[str, graph.Split] = field(default_factory=dict)
+    cuts: dict[str, fxgraph.Split] = field(default_factory=dict)
     peak_cache_bytes: int = 0
 
 
@@ -223,10 +232,14 @@ def fast_state(ctx: ScanContext) -> FastState:
     """The context's fast-engine state, tracing the model on first use (``gm`` is ``None`` if it cannot)."""
     if ctx._fast is None:
         gm = None
-        try:
-            gm = graph.trace(ctx.model)
-        except graph.Untraceable as exc:
-            ctx.notices.append(f"the fast engine cannot scan this model, using the naive engine: {exc}")
+        if ctx.config.bn_recalibrate:
+            ctx.notices.append("BatchNorm recalibration changes every BatchNorm per cell, so the fast engine has no "
+                               "dense values to reuse: using the naive engine")
+        else:
+            try:
+                gm = fxgraph.trace(ctx.model)
+            except fxgraph.Untraceable as exc:
+                ctx.notices.append(f"the fast engine cannot scan this model, using the naive engine: {exc}")
         ctx._fast = FastState(gm, chunk_size(ctx.config))
     return ctx._fast
 
@@ -253,7 +266,7 @@ def run_layer_fast(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None
     start_t = time.perf_counter()
     lo, hi = shard or (0, len(ctx.x))
     if layer.name not in state.cuts:
-        state.cuts[layer.name] = graph.split(state.gm, layer.param_name)
+        state.cuts[layer.name] = fxgraph.split(state.gm, layer.param_name)
     cut = state.cuts[layer.name]
     layer_masks = ctx.masks_for(layer)
     variants: list[torch.Tensor] = []
@@ -276,7 +289,7 @@ def run_layer_fast(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None
             stop = min(start + state.chunk, hi)
             known = state.frontier[c] if c < len(state.frontier) else {}
             with torch.inference_mode():
-                front = graph.evaluate(state.gm, cut.frontier, known, (ctx.x[start:stop].to(ctx.device),))
+                front = fxgraph.evaluate(state.gm, cut.frontier, known, (ctx.x[start:stop].to(ctx.device),))
             if c < len(state.frontier):
                 state.frontier[c] = front
             else:
@@ -296,7 +309,7 @@ def run_layer_fast(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None
     return LayerResult(layer.name, (lo, hi), rows, time.perf_counter() - start_t)
 
 
-def _variant_logits(ctx: ScanContext, gm: fx.GraphModule, cut: graph.Split, front: dict, layer: Layer,
+def _variant_logits(ctx: ScanContext, gm: fx.GraphModule, cut: fxgraph.Split, front: dict, layer: Layer,
                     variants: list[torch.Tensor]) -> torch.Tensor:
     """Logits (variants, chunk, classes) of the pruned models, from the dense frontier of one chunk."""
     output = cut.downstream[-1]
@@ -313,7 +326,7 @@ def _variant_logits(ctx: ScanContext, gm: fx.GraphModule, cut: graph.Split, fron
     def run_rest(leaves: list) -> torch.Tensor:
         env = dict(front)
         env.update(zip(cut.roots, tree_unflatten(leaves, spec)))
-        graph.run(gm, rest, env, keep={output})
+        fxgraph.run(gm, rest, env, keep={output})
         return _logits(env[output])
 
     with torch.inference_mode(), warnings.catch_warnings():
@@ -328,7 +341,7 @@ def _logits_one(ctx: ScanContext, gm: fx.GraphModule, nodes: list, front: dict, 
     """Run ``nodes`` with ``layer`` pruned by ``mask``: the logits, or the values of ``keep``."""
     env = dict(front)
     with masks.applied(ctx.model, {layer.param_name: mask}), torch.inference_mode():
-        graph.run(gm, nodes, env, keep=set(keep or nodes[-1:]))
+        fxgraph.run(gm, nodes, env, keep=set(keep or nodes[-1:]))
     return [env[n] for n in keep] if keep else _logits(env[nodes[-1]])
 
 

@@ -1,170 +1,252 @@
-"""Graph analysis for the fast engine: trace a model with ``torch.fx`` and cut it around one layer.
+"""Which layer's output channels each layer reads: the channel graph that structured pruning needs.
 
-Pruning one layer changes only what is downstream of it. ``split`` finds, for a weight, the nodes that read it
-(the roots), every node that depends on them (the downstream part) and the dense values the downstream part
-reads from outside (the frontier: the layer's input, a residual branch, a class token). ``evaluate`` computes
-dense values node by node from whatever is already known, so a scan can walk the model layer by layer and
-never recompute a prefix.
+Removing output channel ``c`` of a convolution also removes the input channel (or the flattened input
+features) that carries it into the next layer(s), through BatchNorm, activations, pooling, flattening,
+residual additions and concatenation. This module finds those links by watching one forward pass at the
+ATen level (like ``layers.find_layers``), following each tensor's channels from the layer that produced them:
+
+- ``trace_channels(model, example, layers)`` -> ``ChannelGraph``: for every layer, for every input channel
+  (or feature), the set of ``(producer layer, output channel)`` pairs that feed it.
+
+An input channel fed by several producers (a residual sum) can only go when all of them are removed. An
+input channel whose origin is lost (the model's input, or an operation this trace does not know, such as
+LayerNorm or attention) is never counted as removable: the graph errs on the side of keeping.
 """
 
 from __future__ import annotations
 
-import copy
-import operator
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
-from torch import fx, nn
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
-_INPLACE_FUNCTIONS = {
-    operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
-    operator.itruediv: operator.truediv, operator.iand: operator.and_, operator.ior: operator.or_,
-    torch.relu_: torch.relu, torch.sigmoid_: torch.sigmoid, torch.tanh_: torch.tanh,
+from analysis.layers import _CONV_OPS, Layer, _storage_key
+
+# Operations whose output channel c depends only on input channel c (first tensor argument).
+_CHANNELWISE = {
+    "aten.relu", "aten.relu_", "aten.gelu", "aten.gelu_", "aten.silu", "aten.silu_", "aten.sigmoid", "aten.sigmoid_",
+    "aten.tanh", "aten.tanh_", "aten.hardtanh", "aten.hardtanh_", "aten.hardswish", "aten.hardswish_",
+    "aten.hardsigmoid", "aten.hardsigmoid_", "aten.leaky_relu", "aten.leaky_relu_", "aten.elu", "aten.elu_",
+    "aten.clamp", "aten.clamp_", "aten.clone", "aten.detach", "aten.alias", "aten.contiguous", "aten._to_copy",
+    "aten.dropout", "aten.native_dropout", "aten.native_batch_norm", "aten._native_batch_norm_legit",
+    "aten._native_batch_norm_legit_no_training", "aten.cudnn_batch_norm", "aten.miopen_batch_norm",
+    "aten.max_pool1d", "aten.max_pool2d", "aten.max_pool3d", "aten.max_pool2d_with_indices",
+    "aten.max_pool3d_with_indices", "aten.avg_pool1d", "aten.avg_pool2d", "aten.avg_pool3d",
+    "aten._adaptive_avg_pool2d", "aten._adaptive_avg_pool3d", "aten.adaptive_max_pool2d", "aten.adaptive_avg_pool1d",
+    "aten.adaptive_max_pool1d", "aten.mean", "aten.sum", "aten.amax", "aten.upsample_nearest2d",
+    "aten.upsample_bilinear2d",
 }
+_ELEMENTWISE = {"aten.add", "aten.add_", "aten.sub", "aten.sub_", "aten.mul", "aten.mul_", "aten.div", "aten.div_"}
+_VIEWS = {"aten.view", "aten._unsafe_view", "aten.reshape", "aten.flatten", "aten._reshape_alias"}
+_MATMULS = {"aten.addmm", "aten.mm", "aten.linear"}
 
-
-class Untraceable(Exception):
-    """The model cannot be traced into a graph; the message says why."""
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    """``model`` as an fx graph whose operations never write into their inputs.
-
-    Cached dense values are read by many pruned variants, so an in-place ``ReLU`` or ``+=`` would corrupt
-    them: in-place modules, functions and methods are replaced by their out-of-place forms. The graph shares
-    the model's parameters (masking a weight in place is seen by both).
-    """
-    if isinstance(model, torch.jit.ScriptModule):
-        raise Untraceable("TorchScript modules cannot be traced by torch.fx")
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure means: use the naive engine
-        text = " ".join(str(exc).split())
-        raise Untraceable(f"torch.fx cannot trace it ({type(exc).__name__}: {text[:200]})") from None
-    _make_out_of_place(gm)
-    return gm
-
-
-def _make_out_of_place(gm: fx.GraphModule) -> None:
-    for i, node in enumerate(list(gm.graph.nodes)):
-        if node.op == "call_module":
-            module = gm.get_submodule(node.target)
-            if getattr(module, "inplace", False) is True:
-                safe = copy.copy(module)
-                safe.inplace = False
-                name = f"_out_of_place_{i}"
-                gm.add_submodule(name, safe)
-                node.target = name
-        elif node.op == "call_function":
-            if node.target in _INPLACE_FUNCTIONS:
-                node.target = _INPLACE_FUNCTIONS[node.target]
-            elif node.kwargs.get("inplace") is True:
-                node.kwargs = {**node.kwargs, "inplace": False}
-        elif node.op == "call_method" and node.target.endswith("_") and not node.target.endswith("__"):
-            node.target = node.target[:-1]
-    gm.recompile()
+Sources = tuple  # of (producer layer name, output channel) pairs; None marks an input of unknown origin
 
 
 @dataclass
-class Split:
-    """One layer's cut through the graph (nodes in graph order)."""
+class ChannelGraph:
+    """For each layer that reads channels, the sources of each of its input channels (or features).
 
-    roots: list[fx.Node]
-    downstream: list[fx.Node]
-    frontier: list[fx.Node]
-    reaches_output: bool
-
-    @property
-    def roots_read_dense(self) -> bool:
-        """True when every root reads only dense values (or other roots): the usual case. A weight shared by
-        a root and a later node reached through other nodes is not."""
-        allowed = set(self.frontier) | set(self.roots)
-        return all(a in allowed for r in self.roots for a in r.all_input_nodes)
-
-
-def roots_of(gm: fx.GraphModule, param_name: str) -> list[fx.Node]:
-    """The nodes whose result changes when the parameter ``param_name`` changes.
-
-    A leaf module that owns the parameter (``conv``, ``attn`` for ``attn.in_proj_weight``), or the users of a
-    ``get_attr`` that fetches it (functional code such as torchvision's Swin attention).
+    ``inputs[layer]`` is a list with one entry per input channel: a tuple of ``(producer, channel)`` pairs,
+    or ``None`` when the origin is unknown (never removable).
     """
-    found = []
-    for node in gm.graph.nodes:
-        if node.op == "call_module" and param_name.startswith(node.target + "."):
-            found.append(node)
-        elif node.op == "get_attr" and node.target == param_name:
-            found.extend(node.users)
-    return list(dict.fromkeys(found))
+
+    inputs: dict[str, list[Sources | None]] = field(default_factory=dict)
+
+    def consumers(self, producer: str) -> list[str]:
+        """Layers that read at least one output channel of ``producer``."""
+        return [name for name, srcs in self.inputs.items()
+                if any(s and any(p == producer for p, _ in s) for s in srcs)]
+
+    def compiled(self) -> dict[str, "_Compiled"]:
+        """Per consumer: flat arrays of (input index, producer, channel) links, for fast counting."""
+        out = {}
+        for name, srcs in self.inputs.items():
+            idx, prod, ch, known = [], [], [], np.zeros(len(srcs), dtype=bool)
+            for i, s in enumerate(srcs):
+                if not s:
+                    continue
+                known[i] = True
+                for p, c in s:
+                    idx.append(i)
+                    prod.append(p)
+                    ch.append(c)
+            counts = np.bincount(np.asarray(idx, dtype=np.int64), minlength=len(srcs))
+            by_producer = {}
+            prod_arr = np.asarray(prod, dtype=object)
+            idx_arr, ch_arr = np.asarray(idx, dtype=np.int64), np.asarray(ch, dtype=np.int64)
+            for p in dict.fromkeys(prod):
+                sel = prod_arr == p
+                by_producer[p] = (idx_arr[sel], ch_arr[sel])
+            out[name] = _Compiled(len(srcs), known, counts, by_producer)
+        return out
 
 
-def split(gm: fx.GraphModule, param_name: str) -> Split:
-    """The roots, downstream part and frontier of the parameter ``param_name`` (``ValueError`` if unused)."""
-    roots = roots_of(gm, param_name)
-    if not roots:
-        raise ValueError(f"no node of the traced graph reads {param_name}")
-    down: set[fx.Node] = set(roots)
-    for node in gm.graph.nodes:
-        if node not in down and any(a in down for a in node.all_input_nodes):
-            down.add(node)
-    order = list(gm.graph.nodes)
-    downstream = [n for n in order if n in down]
-    needed = {a for n in downstream for a in n.all_input_nodes if a not in down}
-    frontier = [n for n in order if n in needed]
-    reaches = any(n.op == "output" for n in downstream)
-    return Split(roots=[n for n in order if n in set(roots)], downstream=downstream, frontier=frontier,
-                 reaches_output=reaches)
+@dataclass
+class _Compiled:
+    size: int
+    known: np.ndarray
+    counts: np.ndarray
+    by_producer: dict[str, tuple[np.ndarray, np.ndarray]]
+
+    def removed(self, dead: dict[str, np.ndarray]) -> np.ndarray:
+        """Boolean per input channel: every source is a removed (dead) producer channel."""
+        hits = np.zeros(self.size, dtype=np.int64)
+        for p, (idx, ch) in self.by_producer.items():
+            d = dead.get(p)
+            if d is not None:
+                np.add.at(hits, idx, d[ch].astype(np.int64))
+        return self.known & (hits == self.counts)
 
 
-def run_node(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, object]) -> object:
-    """Execute one node with its inputs taken from ``env``."""
-    args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda a: env[a])
-    if node.op == "get_attr":
-        obj: object = gm
-        for part in node.target.split("."):
-            obj = getattr(obj, part)
-        return obj
-    if node.op == "call_module":
-        return gm.get_submodule(node.target)(*args, **kwargs)
-    if node.op == "call_function":
-        return node.target(*args, **kwargs)
-    if node.op == "call_method":
-        return getattr(args[0], node.target)(*args[1:], **kwargs)
-    if node.op == "output":
-        return args[0]
-    raise ValueError(f"cannot run a {node.op} node here")
+class _ChannelTracer(TorchDispatchMode):
+    """Follows each tensor's channel dimension from the layer that produced it to the layers that read it."""
+
+    def __init__(self, watched: dict[int, str]) -> None:
+        super().__init__()
+        self.watched = watched
+        self.tracked: dict[int, tuple[torch.Tensor, int, list]] = {}
+        self.inputs: dict[str, list] = {}
+
+    def _get(self, t: object) -> tuple[int, list] | None:
+        if not isinstance(t, torch.Tensor):
+            return None
+        entry = self.tracked.get(id(t))
+        return None if entry is None or entry[0] is not t else (entry[1], entry[2])
+
+    def _set(self, t: torch.Tensor, dim: int, srcs: list) -> None:
+        self.tracked[id(t)] = (t, dim, srcs)
+
+    def _forget(self, t: object) -> None:
+        if isinstance(t, torch.Tensor):
+            self.tracked.pop(id(t), None)
+
+    def _consume(self, layer: str, x: torch.Tensor, dim: int) -> None:
+        """Record where the ``dim`` channels of ``x`` come from, as input of ``layer``."""
+        got = self._get(x)
+        size = x.shape[dim]
+        if got is None or got[0] != dim % x.dim():
+            srcs = [None] * size
+        else:
+            srcs = got[1]
+        prev = self.inputs.get(layer)
+        if prev is not None and prev != srcs:  # the same weight used twice on different inputs: keep only the common
+            srcs = [a if a == b else None for a, b in zip(prev, srcs)]
+        self.inputs[layer] = list(srcs)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, C901
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        op = str(func._overloadpacket)
+        first = out[0] if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor) else out
+        if not isinstance(first, torch.Tensor):
+            return out
+        if op in _CONV_OPS:
+            layer = self.watched.get(_storage_key(args[1]))
+            if layer is not None and not (op in {"aten.convolution", "aten._convolution"} and args[6]):
+                self._consume(layer, args[0], 1)
+                self._set(first, 1, [((layer, c),) for c in range(first.shape[1])])
+            else:
+                self._forget(first)
+        elif op in _MATMULS:
+            a, b = (args[1], args[2]) if op == "aten.addmm" else (args[0], args[1])
+            layer = self.watched.get(_storage_key(b))
+            if layer is not None and a.dim() >= 2:
+                self._consume(layer, a, a.dim() - 1)
+                self._set(first, first.dim() - 1, [((layer, c),) for c in range(first.shape[-1])])
+            else:
+                self._forget(first)
+        elif op in _CHANNELWISE:
+            got = self._get(args[0]) if args else None
+            if got is not None and first.dim() > got[0] and first.shape[got[0]] == args[0].shape[got[0]]:
+                self._set(first, got[0], got[1])
+            else:
+                self._forget(first)
+        elif op in _ELEMENTWISE:
+            self._elementwise(first, args)
+        elif op in _VIEWS:
+            self._view(first, args[0])
+        elif op == "aten.cat":
+            self._cat(first, args[0], args[1] if len(args) > 1 else kwargs.get("dim", 0))
+        else:
+            self._forget(first)
+        return out
+
+    def _elementwise(self, out: torch.Tensor, args: tuple) -> None:
+        """Sum or product of tensors: an output channel has the union of its operands' sources."""
+        merged: list | None = None
+        dim = None
+        for a in args:
+            if not isinstance(a, torch.Tensor) or a.dim() == 0:
+                continue
+            got = self._get(a)
+            if got is None:
+                # A broadcast operand (a bias, a scale) does not mix channels; a full one of unknown origin does.
+                aligned = a.dim() == out.dim() and a.shape == out.shape
+                if aligned:
+                    merged, dim = None, -1
+                    break
+                continue
+            d, srcs = got
+            if a.dim() != out.dim() or a.shape[d] != out.shape[d]:
+                merged, dim = None, -1
+                break
+            if merged is None:
+                merged, dim = list(srcs), d
+            elif d != dim:
+                merged, dim = None, -1
+                break
+            else:
+                merged = [None if (x is None or y is None) else tuple(dict.fromkeys(x + y)) for x, y in zip(merged, srcs)]
+        if merged is None:
+            self._forget(out)
+        else:
+            self._set(out, dim, merged)
+
+    def _view(self, out: torch.Tensor, x: torch.Tensor) -> None:
+        got = self._get(x)
+        if got is None:
+            self._forget(out)
+            return
+        d, srcs = got
+        if d == x.dim() - 1 and out.dim() >= 1 and out.shape[-1] == x.shape[-1]:
+            self._set(out, out.dim() - 1, srcs)
+        elif d == 1 and out.dim() >= 2 and tuple(out.shape[:2]) == tuple(x.shape[:2]):
+            self._set(out, 1, srcs)
+        elif d == 1 and out.dim() == 2 and out.shape[0] == x.shape[0] and out.shape[1] == math.prod(x.shape[1:]):
+            per = math.prod(x.shape[2:])
+            self._set(out, 1, [srcs[f // per] for f in range(out.shape[1])])
+        else:
+            self._forget(out)
+
+    def _cat(self, out: torch.Tensor, tensors: list, dim: int) -> None:
+        dim = dim % out.dim()
+        merged = []
+        for t in tensors:
+            got = self._get(t)
+            if got is not None and got[0] == dim:
+                merged.extend(got[1])
+            else:
+                merged.extend([None] * t.shape[dim])
+        self._set(out, dim, merged)
 
 
-def run(gm: fx.GraphModule, nodes: list[fx.Node], env: dict[fx.Node, object], keep: set[fx.Node]) -> None:
-    """Execute ``nodes`` in order into ``env``, dropping each value after its last use unless it is in ``keep``."""
-    last_use = {}
-    for i, node in enumerate(nodes):
-        for a in node.all_input_nodes:
-            last_use[a] = i
-    for i, node in enumerate(nodes):
-        env[node] = run_node(gm, node, env)
-        for a in node.all_input_nodes:
-            if last_use[a] == i and a not in keep:
-                env.pop(a, None)
-
-
-def evaluate(gm: fx.GraphModule, targets: list[fx.Node], known: dict[fx.Node, object],
-             inputs: tuple[object, ...]) -> dict[fx.Node, object]:
-    """Dense values of ``targets``, computing only what ``known`` does not already hold.
-
-    Placeholders take ``inputs`` in order (a missing one its default).
-    """
-    todo: set[fx.Node] = set()
-    stack = [t for t in targets if t not in known]
-    while stack:
-        node = stack.pop()
-        if node not in todo:
-            todo.add(node)
-            stack.extend(a for a in node.all_input_nodes if a not in known)
-    env = dict(known)
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    for i, node in enumerate(placeholders):
-        if node in todo:
-            env[node] = inputs[i] if i < len(inputs) else (node.args[0] if node.args else None)
-    order = [n for n in gm.graph.nodes if n in todo and n.op != "placeholder"]
-    run(gm, order, env, keep=set(targets))
-    return {t: env[t] for t in targets}
+def trace_channels(model: nn.Module, example: torch.Tensor, layers: list[Layer]) -> ChannelGraph:
+    """The channel graph of ``model`` for ``layers``, from one forward pass of ``example`` (one sample is enough)."""
+    params = dict(model.named_parameters())
+    by_param = {l.param_name: l.name for l in layers}
+    watched = {_storage_key(p): by_param[n] for n, p in params.items() if n in by_param}
+    restore = {n: p.requires_grad for n, p in params.items()}
+    tracer = _ChannelTracer(watched)
+    try:
+        for p in params.values():
+            p.requires_grad_(True)
+        with torch.enable_grad(), tracer:
+            model(example)
+    finally:
+        for n, p in params.items():
+            p.requires_grad_(restore[n])
+    return ChannelGraph({name: srcs for name, srcs in tracer.inputs.items()})

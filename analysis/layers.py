@@ -40,10 +40,10 @@ class Layer:
         return self.shape[0]
 
     def weight(self, model: nn.Module) -> torch.Tensor:
-        """The live weight tensor of this layer inside ``model``."""
-        from analysis.masks import parameter
-
-        return parameter(model, self.param_name)
+        """The live weight tensor of this layer inside ``model`` (TorchScript modules lack ``get_parameter``)."""
+        if isinstance(model, torch.jit.ScriptModule):
+            return dict(model.named_parameters())[self.param_name]
+        return model.get_parameter(self.param_name)
 
 
 def _layer_name(param_name: str) -> str:

@@ -7,6 +7,8 @@ exactly: counts are integers, and loss and KL sums are accumulated in float64 pe
 - ``loss``: mean cross-entropy against the labels; without labels, against the dense model's top-1.
 - ``agreement``: fraction of samples whose top-1 equals the dense model's (label-free).
 - ``kl``: mean KL(dense || pruned) of the softmax outputs (label-free).
+- ``logit_cosine``: mean per-sample cosine similarity of the logits to the dense logits (label-free).
+- ``logit_rel_l2``: ||pruned - dense|| / ||dense|| over all logits (label-free).
 """
 
 from __future__ import annotations
@@ -28,10 +30,20 @@ class Sums:
     loss_sum: float = 0.0
     kl_sum: float = 0.0
     labelled: bool = True
+    cos_sum: float = 0.0
+    diff_sq_sum: float = 0.0
+    ref_sq_sum: float = 0.0
 
     def __add__(self, other: "Sums") -> "Sums":
         return Sums(self.n + other.n, self.correct + other.correct, self.agree + other.agree,
-                    self.loss_sum + other.loss_sum, self.kl_sum + other.kl_sum, self.labelled and other.labelled)
+                    self.loss_sum + other.loss_sum, self.kl_sum + other.kl_sum, self.labelled and other.labelled,
+                    self.cos_sum + other.cos_sum, self.diff_sq_sum + other.diff_sq_sum,
+                    self.ref_sq_sum + other.ref_sq_sum)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Sums":
+        """The sums in a stored row (rows written before the logit columns existed lack them)."""
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     def metrics(self) -> dict[str, float | None]:
         n = max(self.n, 1)
@@ -40,6 +52,8 @@ class Sums:
             "loss": self.loss_sum / n,
             "agreement": self.agree / n,
             "kl": self.kl_sum / n,
+            "logit_cosine": self.cos_sum / n,
+            "logit_rel_l2": (self.diff_sq_sum / self.ref_sq_sum) ** 0.5 if self.ref_sq_sum > 0 else 0.0,
         }
 
     def to_dict(self) -> dict:
@@ -57,6 +71,9 @@ def sums_from_logits(logits: torch.Tensor, dense_logits: torch.Tensor, labels: t
     log_q = F.log_softmax(dense_logits, dim=-1)
     loss = -log_p.gather(-1, target.view(-1, 1)).double().sum()
     kl = (log_q.exp() * (log_q - log_p)).double().sum()
+    same = torch.equal(logits, dense_logits)
+    cos = float(logits.shape[0]) if same else F.cosine_similarity(logits.double(), dense_logits.double(), dim=-1).sum()
+    diff_sq = 0.0 if same else ((logits.double() - dense_logits.double()) ** 2).sum()
     return Sums(
         n=int(logits.shape[0]),
         correct=int((pred == target).sum()) if labels is not None else 0,
@@ -64,6 +81,9 @@ def sums_from_logits(logits: torch.Tensor, dense_logits: torch.Tensor, labels: t
         loss_sum=float(loss),
         kl_sum=float(kl),
         labelled=labels is not None,
+        cos_sum=float(cos),
+        diff_sq_sum=float(diff_sq),
+        ref_sq_sum=float((dense_logits.double() ** 2).sum()),
     )
 
 

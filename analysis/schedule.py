@@ -15,7 +15,10 @@ import torch
 from torch import nn
 
 from analysis import criteria, masks
+from analysis.graph import ChannelGraph
 from analysis.layers import Layer
+from analysis.totals import Totals
+from analysis.totals import totals as count_totals
 
 
 class ScheduleError(ValueError):
@@ -95,7 +98,7 @@ class Schedule:
             else:
                 data = json.loads(text)
         except Exception as exc:  # noqa: BLE001 - any parse error is the file's fault
-            raise ScheduleError(f"schedule file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: "
+            raise ScheduleError(f"schedule file {path} is not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: "
                                 f"{' '.join(str(exc).split())[:200]}") from None
         return cls.from_dict(data, source=f"schedule file {path}")
 
@@ -128,3 +131,8 @@ class Schedule:
                 scores = criteria.importance(layer, layer.weight(model), self.criterion, stats, seed)
                 out[layer.param_name] = masks.make_mask(scores, s, self.granularity, self.criterion)
         return out
+
+    def totals(self, layers: list[Layer], graph: ChannelGraph | None = None,
+               channel_order: dict | None = None) -> Totals:
+        """Global sparsity, parameters and FLOPs kept (pass the channel graph for ``channel`` granularity)."""
+        return count_totals(self, layers, graph, channel_order)

@@ -19,8 +19,9 @@ from analysis.engine import LayerResult, ScanConfig, ScanContext
 from analysis.metrics import Sums
 from analysis.sources import Workload
 
-METRICS = ("accuracy", "loss", "agreement", "kl")
-HIGHER_IS_BETTER = {"accuracy": True, "agreement": True, "loss": False, "kl": False}
+METRICS = ("accuracy", "loss", "agreement", "kl", "logit_cosine", "logit_rel_l2")
+HIGHER_IS_BETTER = {"accuracy": True, "agreement": True, "loss": False, "kl": False, "logit_cosine": True,
+                    "logit_rel_l2": False}
 
 
 @dataclass
@@ -136,7 +137,7 @@ def build_profile(ctx: ScanContext, workload: Workload, results: dict[str, Layer
         if layer.name not in results:
             continue
         for row in results[layer.name].rows:
-            sums = Sums(row["n"], row["correct"], row["agree"], row["loss_sum"], row["kl_sum"], row["labelled"])
+            sums = Sums.from_dict(row)
             records.append({
                 "layer": layer.name,
                 "type": layer.kind,
@@ -152,8 +153,8 @@ def build_profile(ctx: ScanContext, workload: Workload, results: dict[str, Layer
                 "flops": layer.flops,
             })
     table = pd.DataFrame.from_records(records, columns=[
-        "layer", "type", "sparsity", "actual_sparsity", "accuracy", "loss", "agreement", "kl",
-        "n", "correct", "agree", "loss_sum", "kl_sum", "params", "flops"])
+        "layer", "type", "sparsity", "actual_sparsity", "accuracy", "loss", "agreement", "kl", "logit_cosine",
+        "logit_rel_l2", "n", "correct", "agree", "loss_sum", "kl_sum", "params", "flops"])
     baseline = ctx.baseline()
     config = ctx.config
     meta = {

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import re
+import types
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,6 +190,15 @@ def sniff_model_file(path: Path) -> str:
     raise SpecError(f"{path} is not a model file Prunescope can read (TorchScript, .pt2, ONNX or a state dict)")
 
 
+def _exported_module(path: Path) -> nn.Module:
+    """The unlifted module of a ``torch.export`` program. Its graph was captured in one mode and refuses
+    ``train()``/``eval()``; those calls become no-ops so the rest of the engine can treat it as any module."""
+    module = torch.export.load(str(path)).module()
+    module.train = types.MethodType(lambda self, mode=True: self, module)
+    module.eval = types.MethodType(lambda self: self, module)
+    return module
+
+
 def _from_model_file(path: Path, trust_pickle: bool) -> nn.Module:
     if not path.is_file():
         raise SpecError(f"model file {path} does not exist")
@@ -202,7 +212,7 @@ def _from_model_file(path: Path, trust_pickle: bool) -> nn.Module:
             raise SpecError(f"{path} is a damaged TorchScript file: {_short(exc)}") from None
     if kind == "export":
         try:
-            return torch.export.load(str(path)).module()
+            return _exported_module(path)
         except Exception as exc:  # noqa: BLE001
             raise SpecError(f"{path} is a damaged torch.export program: {_short(exc)}") from None
     if kind == "onnx":
@@ -364,6 +374,12 @@ def check_fit(model: nn.Module, data: EvalData, model_spec: str = "the model") -
     except Exception as exc:  # noqa: BLE001 - any failure here is a mismatch between the two sides
         raise SpecError(f"{model_spec} cannot run on {data.spec}: inputs of shape {list(data.x.shape[1:])} "
                         f"({data.x.dtype}) failed with {type(exc).__name__}: {_short(exc)}") from None
+    try:
+        with torch.inference_mode():
+            model(data.x[:1])
+    except Exception as exc:  # noqa: BLE001
+        raise SpecError(f"{model_spec} runs on a batch of {len(batch)} but not on a batch of 1 ({_short(exc, 120)}); "
+                        "export it with a dynamic batch dimension (torch.export dynamic_shapes, Dim('batch'))") from None
     if out.dim() != 2 or out.shape[0] != batch.shape[0]:
         raise SpecError(f"{model_spec} returned outputs of shape {list(out.shape)} for {len(batch)} inputs; "
                         "expected (batch, classes) class scores")

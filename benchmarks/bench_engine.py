@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis import graph  # noqa: E402
+from analysis import fxgraph  # noqa: E402
 from analysis.batchnorm import recalibrate  # noqa: E402
 from analysis.engine import ScanConfig, fast_state, prepare, run_layer_fast, run_layer_naive  # noqa: E402
 from analysis.sources import load_workload  # noqa: E402
@@ -87,13 +87,13 @@ def node_costs(ctx, batch: int, repeats: int = 3) -> tuple[dict, dict]:
             for node in nodes:
                 if r == 0:
                     with FlopCounterMode(display=False) as counter:
-                        env[node] = graph.run_node(gm, node, env)
+                        env[node] = fxgraph.run_node(gm, node, env)
                     flops[node] = counter.get_total_flops()
                     continue
                 if ctx.device.type == "cuda":
                     torch.cuda.synchronize()
                 t = time.perf_counter()
-                env[node] = graph.run_node(gm, node, env)
+                env[node] = fxgraph.run_node(gm, node, env)
                 if ctx.device.type == "cuda":
                     torch.cuda.synchronize()
                 times[node].append(time.perf_counter() - t)
@@ -104,7 +104,7 @@ def bounds(ctx) -> tuple[float, float]:
     """(measured-time bound, FLOP bound) on the speed-up of prefix reuse for this scan's layers."""
     seconds, flops = node_costs(ctx, ctx.config.batch_size)
     state = fast_state(ctx)
-    down = [graph.split(state.gm, layer.param_name).downstream for layer in ctx.layers]
+    down = [fxgraph.split(state.gm, layer.param_name).downstream for layer in ctx.layers]
     t_all, f_all = sum(seconds.values()), sum(flops.values())
     t_down = sum(sum(seconds.get(n, 0.0) for n in d) for d in down)
     f_down = sum(sum(flops.get(n, 0) for n in d) for d in down)

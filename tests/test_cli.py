@@ -59,3 +59,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, match):
     assert "Traceback" not in r.stderr
     assert match in r.stderr
     assert len([line for line in r.stderr.splitlines() if "error" in line]) == 1
+
+
+def test_compare_criteria_from_two_scans(tmp_path):
+    for criterion in ("magnitude", "random"):
+        r = run_cli("scan", "--model", "sample:digits-mlp", "--data", "sample:digits", "--sparsities", "0.5,0.8",
+                    "--criterion", criterion, "--quiet", "--out", tmp_path / criterion)
+        assert r.returncode == 0, r.stderr
+    r = run_cli("compare", "--scan", tmp_path / "magnitude", "--scan", tmp_path / "random",
+                "--out", tmp_path / "cmp.csv", "--plot", tmp_path / "cmp.html")
+    assert r.returncode == 0, r.stderr
+    cmp = pd.read_csv(tmp_path / "cmp.csv")
+    assert {"layer", "sparsity", "magnitude", "random", "best", "spread"} <= set(cmp.columns)
+    assert len(cmp) == 3 * 3
+    # At 80% sparsity magnitude pruning must beat the random control on every layer of a trained model.
+    high = cmp[cmp.sparsity == 0.8]
+    assert (high["magnitude"] < high["random"]).all() and (high["best"] == "magnitude").all()
+    assert (tmp_path / "cmp.html").stat().st_size > 1000
+    bad = run_cli("compare", "--scan", tmp_path / "magnitude")
+    assert bad.returncode == 2 and "at least two" in bad.stderr

@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from analysis import graph
+from analysis import fxgraph
 from analysis.batchnorm import recalibrate
 from analysis.engine import ScanConfig, engine_report, prepare, run_layer_fast, run_layer_naive
 from analysis.sources import EvalData, Workload
@@ -152,7 +152,7 @@ def test_torchscript_model_falls_back_to_naive():
 
 
 def test_trace_makes_in_place_operations_out_of_place():
-    gm = graph.trace(torchvision.models.resnet18())
+    gm = fxgraph.trace(torchvision.models.resnet18())
     for node in gm.graph.nodes:
         if node.op == "call_module":
             assert getattr(gm.get_submodule(node.target), "inplace", False) is False, node.name

@@ -34,3 +34,28 @@ def test_shards_add_up_to_the_whole(workloads):
         parts = parts + evaluate(w.model, w.data.x[lo:hi], w.data.y[lo:hi], dense[lo:hi], batch_size=64)
     assert (parts.n, parts.correct, parts.agree) == (whole.n, whole.correct, whole.agree)
     assert abs(parts.loss_sum - whole.loss_sum) <= 1e-9 * abs(whole.loss_sum)
+
+
+def test_logit_shift_columns():
+    dense = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    pruned = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
+    s = sums_from_logits(pruned, dense, None).metrics()
+    assert abs(s["logit_cosine"] - 0.5) < 1e-12          # cosines 1 and 0
+    assert abs(s["logit_rel_l2"] - (2 / 26) ** 0.5) < 1e-12
+    same = sums_from_logits(dense, dense, None).metrics()
+    assert same["logit_cosine"] == 1.0 and same["logit_rel_l2"] == 0.0
+
+
+def test_scan_logit_columns_agree_with_the_diagnosis(workloads):
+    """Two independent computations of the same quantity: the scan's sums and the diagnosis's streamed stats."""
+    from analysis.diagnostics import diagnose
+    from analysis.engine import ScanConfig
+    from analysis.sensitivity import scan
+
+    w = workloads["digits-mlp"]
+    config = ScanConfig(sparsities=(0.7,), layers=("fc2",))
+    row = scan(w, config).table.query("sparsity == 0.7").iloc[0]
+    shift = diagnose(w, config, recalibration=False).shift
+    logits = shift[(shift.observed == "logits") & (shift.sparsity == 0.7)].iloc[0]
+    assert abs(row["logit_cosine"] - logits["cosine"]) < 1e-5
+    assert abs(row["logit_rel_l2"] - logits["rel_l2"]) < 1e-5

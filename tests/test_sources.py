@@ -114,3 +114,20 @@ def test_nan_weights_are_refused(digits):
         model[1].weight[0, 0] = float("nan")
     with pytest.raises(SpecError, match="NaN"):
         check_fit(model, digits, "m")
+
+
+def test_torchscript_and_torch_export_files(tmp_path, digits):
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10)).eval()
+    example = torch.randn(2, 1, 8, 8)
+    torch.jit.save(torch.jit.trace(model, example), tmp_path / "m.ts")
+    dynamic = torch.export.export(model, (example,), dynamic_shapes={"input": {0: torch.export.Dim("batch")}})
+    torch.export.save(dynamic, tmp_path / "m.pt2")
+    torch.export.save(torch.export.export(model, (example,)), tmp_path / "static.pt2")
+    with torch.no_grad():
+        expected = model(digits.x[:5])
+    for name in ("m.ts", "m.pt2"):
+        w = load_workload(str(tmp_path / name), "sample:digits")
+        with torch.no_grad():
+            assert torch.allclose(w.model(digits.x[:5]), expected, atol=1e-5)
+    with pytest.raises(SpecError, match="dynamic batch"):
+        load_workload(str(tmp_path / "static.pt2"), "sample:digits")

@@ -1,0 +1,95 @@
+"""Model & data: pick a bundled sample, a torchvision architecture or an uploaded file, and an eval set.
+
+Uploads are data, never code: they are written to a file and read by ``analysis.sources`` with pickling off.
+"""
+
+import streamlit as st
+
+from analysis import plots, samples
+from analysis.layers import layer_table
+from analysis.sources import SpecError
+from ui import common, uploads
+
+spec = common.header("Model & data")
+left, right = st.columns(2)
+
+with left:
+    st.subheader("Model")
+    model_kind = st.radio("Model source", ["Bundled sample", "torchvision architecture", "Upload a model file"],
+                          key="model_kind")
+    model_spec, model_error = None, None
+    try:
+        if model_kind == "Bundled sample":
+            names = samples.sample_names()
+            current = spec.model.removeprefix("sample:")
+            name = st.selectbox("Sample", names, index=names.index(current) if current in names else 0)
+            model_spec = f"sample:{name}"
+        elif model_kind == "torchvision architecture":
+            archs = common.torchvision_archs()
+            arch = st.selectbox("Architecture", archs, index=archs.index("resnet18") if "resnet18" in archs else 0)
+            weights = st.file_uploader("Weights (optional): a state dict (.pth, .pt, .bin, .safetensors); "
+                                       "without it the weights are random", type=["pth", "pt", "bin", "safetensors"])
+            model_spec = f"torchvision:{arch}"
+            if weights is not None:
+                model_spec += f"={uploads.save_upload(weights.name, weights.getvalue())}"
+        else:
+            upload = st.file_uploader("TorchScript (.pt, .ts), torch.export (.pt2) or ONNX (.onnx). Pickled "
+                                      "models are refused: unpickling runs code.", type=["pt", "ts", "pt2", "onnx"])
+            if upload is not None:
+                model_spec = str(uploads.save_upload(upload.name, upload.getvalue()))
+    except SpecError as exc:
+        model_error = str(exc)
+
+with right:
+    st.subheader("Data")
+    data_kind = st.radio("Data source", ["Bundled digits", "Random inputs (no labels)", "Upload tensors (.pt, .npz)",
+                                         "Upload images (.zip of class folders)"], key="data_kind")
+    data_spec, data_error, input_size = None, None, 224
+    try:
+        if data_kind == "Bundled digits":
+            data_spec = st.selectbox("Split", ["sample:digits", "sample:digits-train"],
+                                     help="sample:digits is the held-out split the samples never saw in training")
+        elif data_kind == "Random inputs (no labels)":
+            shape = st.text_input("Input shape (CxHxW)", "3x32x32")
+            data_spec = f"random:{shape.strip()}"
+        elif data_kind == "Upload tensors (.pt, .npz)":
+            upload = st.file_uploader("A tensor x (N, ...) or a dict with x and optional labels y", type=["pt", "npz"])
+            if upload is not None:
+                data_spec = str(uploads.save_upload(upload.name, upload.getvalue()))
+        else:
+            upload = st.file_uploader("A zip of an image folder: one sub-folder per class", type=["zip"])
+            input_size = st.number_input("Resize and crop to (pixels)", 8, 1024, 224, step=8)
+            if upload is not None:
+                data_spec = str(uploads.extract_image_zip(uploads.save_upload(upload.name, upload.getvalue())))
+    except SpecError as exc:
+        data_error = str(exc)
+    count = st.number_input("Samples to use (0 = all; random inputs: how many)", 0, 1_000_000,
+                            spec.count or 0, step=64)
+
+for error in (model_error, data_error):
+    if error:
+        st.error(error)
+if st.button("Use this model and data", type="primary", disabled=not (model_spec and data_spec)):
+    chosen = common.WorkloadSpec(model_spec, data_spec, int(count) or None, int(input_size))
+    try:
+        common.try_workload(chosen)
+    except Exception as exc:  # noqa: BLE001 - a user's file may fail in any way; the page says how and stays up
+        st.error(f"Cannot use {chosen.label}: {common.load_error(exc)}")
+    else:
+        common.set_spec(chosen)
+        spec = chosen
+        st.success(f"Now analysing {chosen.label}.")
+elif not (model_spec and data_spec) and not (model_error or data_error):
+    st.info("Upload a file (or pick a bundled one) for both the model and the data.")
+
+st.divider()
+st.subheader(f"Prunable layers of {spec.label}")
+spec, workload, layers = common.workload_or_stop()
+table = common.summary_table(layers)
+cols = st.columns(4)
+cols[0].metric("prunable layers", len(layers))
+cols[1].metric("parameters in them", f"{int(table['params'].sum()):,}")
+cols[2].metric("classes", workload.num_classes)
+cols[3].metric("eval samples", f"{len(workload.data):,}" + ("" if workload.data.labelled else " (no labels)"))
+st.dataframe(table, hide_index=True, width="stretch")
+st.plotly_chart(plots.layer_summary_bar(layer_table(layers)), key="layer-bar")

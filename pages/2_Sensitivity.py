@@ -1,0 +1,109 @@
+"""Sensitivity: prune each layer alone at each sparsity and see what it costs; reopen and compare runs."""
+
+import json
+
+import streamlit as st
+
+from analysis import plots
+from analysis.criteria import CRITERIA
+from analysis.engine import DEFAULT_SPARSITIES, ScanConfig
+from analysis.masks import check_sparsity
+from analysis.sensitivity import METRICS, tolerance_table
+from ui import common, runs, scanning
+
+spec = common.header("Sensitivity")
+spec, workload, layers = common.workload_or_stop()
+
+with st.sidebar:
+    st.header("Scan settings")
+    criterion = st.selectbox("Criterion", CRITERIA, help="how the weights to remove are chosen")
+    granularity = st.selectbox("Granularity", ["unstructured", "channel", "2:4"],
+                               help="single weights, whole output channels, or 2 of every 4 weights")
+    grid_text = st.text_input("Sparsities", ", ".join(f"{s:g}" for s in DEFAULT_SPARSITIES),
+                              help="fractions of each layer to remove, comma separated (0 is the dense baseline)")
+    chosen = st.multiselect("Layers (none picked: all)", [l.name for l in layers])
+
+config, config_error = None, None
+try:
+    sparsities = tuple(check_sparsity(p.strip()) for p in grid_text.split(",") if p.strip())
+    config = ScanConfig(criterion, granularity, sparsities, tuple(chosen) or None,
+                        engine=common.best_engine()).validated()
+except ValueError as exc:
+    config_error = str(exc)
+
+run_col, cancel_col = st.columns([1, 4])
+run = run_col.button("Run scan", type="primary", disabled=config is None)
+cancel = cancel_col.button("Cancel", help="stop a running scan; its finished layers are kept and Run resumes")
+if config_error:
+    st.error(f"Scan settings: {config_error}")
+if cancel:
+    saved = scanning.save_cancelled(spec, workload)
+    st.warning("Scan cancelled; its finished layers are kept as a cancelled run. Run resumes it." if saved
+               else "No scan was running.")
+    if saved:
+        st.session_state["run_id"] = saved[-1]
+if run and config is not None:
+    try:
+        run_id, reopened = scanning.run_scan(spec, workload, config)
+    except ValueError as exc:
+        st.error(f"The scan cannot run: {exc}")
+    else:
+        st.session_state["run_id"] = run_id
+        if reopened:
+            st.info("This exact scan was run before: reopened it without recomputing.")
+
+known = runs.list_runs(spec.key)
+profile = common.current_profile(spec)
+if profile is None:
+    st.info("No scan of this workload yet: choose the settings in the sidebar and press Run scan.")
+    st.stop()
+
+labels = {r.run_id: r.label for r in known}
+ids = list(labels)
+run_id = st.selectbox("Run on show (earlier runs reopen without recomputing)", ids,
+                      index=ids.index(profile.meta["run_id"]), format_func=labels.get)
+if run_id != profile.meta["run_id"]:
+    st.session_state["run_id"] = run_id
+    profile = common.load_run(run_id)
+if not profile.meta.get("complete", True):
+    st.warning(f"This run was cancelled: {len(profile.layers)} of the chosen layers were measured.")
+
+metrics = [m for m in METRICS if m != "accuracy" or profile.labelled]
+metric = st.selectbox("Metric", metrics, help="accuracy needs labels; agreement and KL compare with the dense model")
+base = profile.baseline(metric)
+st.caption(f"Dense {metric}: **{base:.4f}** on {profile.meta['samples']} samples · criterion "
+           f"{profile.meta['criterion']} · granularity {profile.meta['granularity']}")
+
+heat_tab, curve_tab, rank_tab, table_tab, compare_tab = st.tabs(
+    ["Heatmap", "Curves", "Tolerance ranking", "Table", "Compare two runs"])
+with heat_tab:
+    st.plotly_chart(plots.sensitivity_heatmap(profile, metric), key="heatmap")
+with curve_tab:
+    picked = st.multiselect("Layers to draw (none: all)", profile.layers, key="curve_layers")
+    st.plotly_chart(plots.sensitivity_curves(profile, metric, picked or None), key="curves")
+with rank_tab:
+    scale, unit = plots.drop_scale(metric)
+    max_drop = st.number_input(f"Largest tolerated drop ({unit})", min_value=0.0, value=1.0 if scale > 1 else 0.01,
+                               step=0.5 if scale > 1 else 0.01)
+    st.dataframe(tolerance_table(profile, max_drop / scale, metric), hide_index=True, width="stretch")
+    st.caption("A layer's tolerance is the largest measured sparsity whose drop stays within the limit "
+               "(a drop that recovers at a higher sparsity does not count). Most fragile first.")
+with table_tab:
+    st.dataframe(profile.drop(metric), hide_index=True, width="stretch")
+    c1, c2 = st.columns(2)
+    c1.download_button("Download CSV", profile.table.to_csv(index=False), "sensitivity.csv", "text/csv",
+                        on_click="ignore")
+    c2.download_button("Download JSON", json.dumps({"meta": profile.meta, "rows": profile.table.to_dict("records")},
+                                                   default=str, indent=1), "sensitivity.json", "application/json",
+                        on_click="ignore")
+with compare_tab:
+    others = [i for i in ids if i != run_id]
+    if not others:
+        st.info("Run a second scan (e.g. another criterion) to overlay the two.")
+    else:
+        other_id = st.selectbox("Overlay with", others, format_func=labels.get)
+        other = common.load_run(other_id)
+        try:
+            st.plotly_chart(plots.profile_overlay(profile, other, metric), key="overlay")
+        except ValueError as exc:
+            st.error(str(exc))

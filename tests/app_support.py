@@ -1,0 +1,79 @@
+"""Shared set-up for the dashboard tests: a stored sample profile, an AppTest factory, plotly specs."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PAGES = {
+    "model": "pages/1_Model_and_data.py",
+    "sensitivity": "pages/2_Sensitivity.py",
+    "diagnostics": "pages/3_Diagnostics.py",
+    "schedule": "pages/4_Schedule.py",
+    "export": "pages/5_Export.py",
+}
+
+
+def app(page: str | None = None, timeout: float = 60) -> AppTest:
+    """The dashboard, run once on ``page`` (the home page when ``None``)."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
+    if page:
+        at.switch_page(PAGES[page])
+    return at.run()
+
+
+def _decode(value):  # noqa: ANN001, ANN202
+    """Plotly sends numpy arrays as ``{"dtype", "bdata"[, "shape"]}``; turn them back into lists."""
+    if isinstance(value, dict) and "bdata" in value and "dtype" in value:
+        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        if "shape" in value:
+            arr = arr.reshape([int(n) for n in str(value["shape"]).split(",")])
+        return arr.tolist()
+    if isinstance(value, dict):
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def plotly_specs(at: AppTest) -> list[dict]:
+    """The plotly figures on the page, as the JSON the browser receives (typed arrays decoded)."""
+    return [_decode(json.loads(el.proto.spec)) for el in at.get("plotly_chart")]
+
+
+def texts(elements) -> str:  # noqa: ANN001
+    return "\n".join(str(e.value) for e in elements)
+
+
+def assert_clean(at: AppTest) -> None:
+    """No exception reached the page."""
+    assert not at.exception, [e.value for e in at.exception]
+
+
+@pytest.fixture(scope="session")
+def sample_profile():
+    """The default scan (magnitude, unstructured, 0.1..0.9) of the CNN sample, computed once."""
+    from analysis.engine import ScanConfig
+    from analysis.sensitivity import scan
+    from analysis.sources import load_workload
+
+    return scan(load_workload("sample:digits-cnn", "sample:digits"), ScanConfig())
+
+
+@pytest.fixture
+def stored_run(prunescope_home, sample_profile) -> str:  # noqa: ANN001
+    """The default scan saved in this test's run folder, as the home page's quick scan would save it."""
+    from analysis.engine import ScanConfig
+    from ui import runs
+    from ui.common import WorkloadSpec
+
+    key = WorkloadSpec().key
+    return runs.save_run(copy.deepcopy(sample_profile), key, runs.config_key(key, ScanConfig()))

@@ -1,0 +1,80 @@
+"""The sensitivity figures: what they draw is the profile's numbers, in model order, with exact hovers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from analysis import plots
+from analysis.engine import ScanConfig
+from analysis.layers import find_layers, layer_table
+from analysis.sensitivity import scan
+
+
+@pytest.fixture(scope="module")
+def profiles(workloads):
+    cnn = workloads["digits-cnn"]
+    return (scan(cnn, ScanConfig(sparsities=(0.3, 0.9))),
+            scan(cnn, ScanConfig(criterion="random", sparsities=(0.3, 0.9), layers=("block2.0", "fc"))))
+
+
+def test_heatmap_is_the_drop_in_points_per_layer_and_sparsity(profiles):
+    profile, _ = profiles
+    fig = plots.sensitivity_heatmap(profile)
+    heat = fig.data[0]
+    assert list(heat.y) == profile.layers
+    assert list(heat.x) == ["0", "0.3", "0.9"]
+    drop = profile.drop("accuracy")
+    for i, layer in enumerate(profile.layers):
+        expected = drop[drop["layer"] == layer].sort_values("sparsity")["drop"] * 100
+        assert heat.z[i] == pytest.approx(expected.tolist())
+        assert heat.z[i][0] == 0.0
+    assert heat.zmid == 0.0 and heat.zmax == pytest.approx(max(abs(v) for row in heat.z for v in row))
+
+
+def test_label_free_profile_has_no_accuracy_views(workloads):
+    from analysis.sources import EvalData, Workload
+
+    cnn = workloads["digits-cnn"]
+    unlabelled = Workload(cnn.model, EvalData(cnn.data.x[:64], None, "x-only"), cnn.model_spec, 10, cnn.input_shape)
+    profile = scan(unlabelled, ScanConfig(sparsities=(0.5,), layers=("fc",)))
+    assert plots.sensitivity_heatmap(profile).data[0].colorbar.title.text == "drop (points)"
+    assert "agreement" in plots.sensitivity_curves(profile).layout.title.text
+    with pytest.raises(ValueError, match="no labels"):
+        plots.sensitivity_heatmap(profile, "accuracy")
+    with pytest.raises(ValueError, match="unknown metric 'top5'"):
+        plots.sensitivity_curves(profile, "top5")
+
+
+def test_curves_hover_shows_exact_numbers(profiles):
+    profile, _ = profiles
+    fig = plots.sensitivity_curves(profile, "loss", layers=["fc", "block1.0"])
+    assert [t.name for t in fig.data] == ["block1.0", "fc"]
+    fc = fig.data[1]
+    rows = profile.table[profile.table["layer"] == "fc"].sort_values("sparsity")
+    assert [c[2] for c in fc.customdata] == pytest.approx(rows["loss"].tolist())
+    assert list(fc.y) == pytest.approx((rows["loss"] - profile.baseline("loss")).tolist())
+    assert "loss %{customdata[2]:.4f}" in fc.hovertemplate
+
+
+def test_overlay_draws_shared_layers_of_both_profiles(profiles):
+    first, second = profiles
+    fig = plots.profile_overlay(first, second)
+    assert [t.name for t in fig.data] == ["block2.0 (magnitude/unstructured)", "fc (magnitude/unstructured)",
+                                          "block2.0 (random/unstructured)", "fc (random/unstructured)"]
+    assert [t.line.dash for t in fig.data] == [None, None, "dash", "dash"]
+    assert fig.data[0].line.color == fig.data[2].line.color
+    with pytest.raises(ValueError, match="no layer in common"):
+        plots.profile_overlay(first, second, layers=["block1.0"])
+
+
+def test_layer_summary_bar_shows_shares_of_params_and_flops(workloads):
+    cnn = workloads["digits-cnn"]
+    table = layer_table(find_layers(cnn.model, torch.zeros(1, 1, 8, 8)))
+    fig = plots.layer_summary_bar(table)
+    params, flops = fig.data
+    assert list(params.x) == list(table["layer"])
+    assert sum(params.y) == pytest.approx(100) and sum(flops.y) == pytest.approx(100)
+    assert list(params.customdata) == list(table["params"])
+    with pytest.raises(ValueError, match="flops_share"):
+        plots.layer_summary_bar(table.drop(columns=["flops_share"]))

@@ -53,7 +53,9 @@ def config_key(workload_key: str, config: ScanConfig) -> str:
 
 def save_run(profile: SensitivityProfile, workload_key: str, key: str) -> str:
     """Write ``profile`` as a new run and return its id."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    now = time.time()
+    # Milliseconds too: runs sort by id, and two scans (the fast engine's) can finish within one second.
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f"{int(now * 1000) % 1000:03d}"
     run_id = f"{stamp}-{key}"
     n = 1
     while (profiles_dir() / run_id).exists():

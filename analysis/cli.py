@@ -40,10 +40,10 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and data")
     g.add_argument("--model", required=True, metavar="M",
                    help="sample:NAME, torchvision:ARCH[=weights.pth], model.py:factory[=weights], a TorchScript "
-                        ".pt/.ts file or a torch.export .pt2 file")
+                        ".pt/.ts file, a torch.export .pt2 file or an ONNX .onnx file")
     g.add_argument("--data", required=True, metavar="D",
-                   help="sample:digits, a tensor file (.pt/.npz with x and optional y), an image folder, "
-                        "or random:CxHxW (label-free)")
+                   help="sample:digits, a tensor file (.pt/.npz with x and optional y), an image folder or a .zip "
+                        "of one, or random:CxHxW (label-free)")
     g.add_argument("--count", type=int, default=None, metavar="N",
                    help="use the first N samples (random data: how many to draw; default 256)")
     g.add_argument("--input-size", type=int, default=224, metavar="PX", help="image folders: resize and crop to PX")
@@ -108,6 +108,11 @@ def _scan_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="for the printed summary: the largest sparsity per layer within this drop (default 0.01)")
     g.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for sensitivity.csv and scan.json")
     g.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    g = p.add_argument_group("run store")
+    g.add_argument("--fresh", action="store_true",
+                   help="start a new run even if the store holds an unfinished run of this scan")
+    g.add_argument("--no-store", action="store_true",
+                   help="do not read or write the run store ($PRUNESCOPE_HOME/runs.sqlite)")
     _add_run_args(p)
     return p
 
@@ -115,7 +120,7 @@ def _scan_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _cmd_scan(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from analysis.engine import ScanConfig
+    from analysis.engine import ScanConfig, prepare
     from analysis.sensitivity import scan, tolerance_table
 
     workload = _load_workload(args)
@@ -127,6 +132,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     if config.bn_recalibrate and not _has_batchnorm(workload.model):
         print(f"prunescope: note: {workload.model_spec} has no BatchNorm layers; --bn-recalibrate does not apply",
               file=sys.stderr)
+    ctx = prepare(workload, config)
+    store, run = _open_scan_run(args, workload, ctx)
     bar = tqdm(total=None, unit="layer", disable=args.quiet or not sys.stderr.isatty(), file=sys.stderr)
 
     def on_progress(p) -> None:  # noqa: ANN001
@@ -134,8 +141,14 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         bar.set_postfix_str(p.layer)
         bar.update(p.done - bar.n)
 
-    profile = scan(workload, config, progress=on_progress)
+    sink = (lambda result: store.add_layer(run.id, result, ctx.config)) if store else None
+    profile = scan(workload, config, done=run.done if run else None, on_result=sink, progress=on_progress,
+                   context=ctx)
     bar.close()
+    if store:
+        profile.meta["run_id"] = run.id
+        store.finish(run.id, profile.meta)
+        store.close()
     profile.save(args.out)
     for notice in profile.meta["engine"]["notices"]:
         print(f"prunescope: note: {notice}", file=sys.stderr)
@@ -148,6 +161,92 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             print(f"skipped {name}: {reason}")
         print(tolerance_table(profile, max_drop=args.max_drop).to_string(index=False))
         print(f"wrote {args.out / 'sensitivity.csv'} and {args.out / 'scan.json'}")
+    return 0
+
+
+def _open_scan_run(args: argparse.Namespace, workload, ctx):  # noqa: ANN001, ANN202
+    """The store and the run this scan writes to (resumed when the store has it), or ``(None, None)``."""
+    if args.no_store:
+        return None, None
+    from analysis.store import RunStore
+
+    store = RunStore()
+    run = store.open_scan(workload, ctx, fresh=args.fresh)
+    if run.resumed:
+        print(f"resuming run {run.id}: {len(run.done)} of {run.total_layers} layers already done", file=sys.stderr)
+    elif not args.quiet:
+        print(f"run {run.id} in {store.path}", file=sys.stderr)
+    return store, run
+
+
+# ------------------------------------------------------------------------------------------------------- runs
+
+
+def _runs_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("runs", help="list, show and delete the runs and artifacts in the run store",
+                       description="The run store ($PRUNESCOPE_HOME/runs.sqlite) keeps every scan as a run, one "
+                                   "row per finished layer, and the schedules, diagnostics and exports made from "
+                                   "them as artifacts.")
+    rs = p.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
+    q = rs.add_parser("list", help="every run, newest first")
+    q.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    q = rs.add_parser("show", help="one run's configuration and progress; --out writes its profile")
+    q.add_argument("run_id", type=int, metavar="RUN")
+    q.add_argument("--out", type=Path, metavar="DIR", help="write sensitivity.csv and scan.json of the run here")
+    q = rs.add_parser("delete", help="delete runs and their finished layers")
+    q.add_argument("run_ids", type=int, nargs="+", metavar="RUN")
+    q = rs.add_parser("artifacts", help="stored schedules, diagnostics and exports")
+    q.add_argument("--kind", default=None, help="only this kind (schedule, diagnostics, export, ...)")
+    q.add_argument("--run", type=int, default=None, metavar="RUN", help="only those made from this run")
+    q = rs.add_parser("get", help="write one artifact's payload to a file")
+    q.add_argument("artifact_id", type=int, metavar="ID")
+    q.add_argument("--out", type=Path, required=True, metavar="FILE")
+    q = rs.add_parser("delete-artifact", help="delete stored artifacts")
+    q.add_argument("artifact_ids", type=int, nargs="+", metavar="ID")
+    return p
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from analysis.store import RunStore
+
+    with RunStore() as store:
+        action = args.runs_command
+        if action == "list":
+            df = store.runs()
+            if args.json:
+                for record in df.to_dict(orient="records"):
+                    print_json(record)
+            else:
+                print(df.to_string(index=False) if len(df) else f"no runs in {store.path}")
+        elif action == "show":
+            info = store.run(args.run_id)
+            print(f"run {info['id']}: {info['status']}, {info['done_layers']} of {info['total_layers']} layers done")
+            print(f"model {info['model']} (weights {info['model_fp']}), data {info['data']} (hash {info['data_fp']})")
+            ident = info["identity"]
+            print(f"criterion {ident['criterion']}, granularity {ident['granularity']}, sparsities "
+                  f"{','.join(f'{s:g}' for s in ident['sparsities'])}")
+            if args.out:
+                store.profile(args.run_id).save(args.out)
+                print(f"wrote {args.out / 'sensitivity.csv'} and {args.out / 'scan.json'}")
+        elif action == "delete":
+            for run_id in args.run_ids:
+                store.delete_run(run_id)
+                print(f"deleted run {run_id}")
+        elif action == "artifacts":
+            df = store.artifacts(kind=args.kind, run_id=args.run)
+            print(df.to_string(index=False) if len(df) else f"no artifacts in {store.path}")
+        elif action == "get":
+            info, payload = store.get_artifact(args.artifact_id)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(payload, bytes):
+                args.out.write_bytes(payload)
+            else:
+                args.out.write_text(json.dumps(payload, indent=2) + "\n")
+            print(f"wrote {info['kind']} {info['name']} to {args.out}")
+        elif action == "delete-artifact":
+            for artifact_id in args.artifact_ids:
+                store.delete_artifact(artifact_id)
+                print(f"deleted artifact {artifact_id}")
     return 0
 
 
@@ -603,6 +702,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "evaluate": (_evaluate_parser, _cmd_evaluate),
     "calibrate": (_calibrate_parser, _cmd_calibrate),
     "export": (_export_parser, _cmd_export),
+    "runs": (_runs_parser, _cmd_runs),
 }
 
 

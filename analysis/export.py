@@ -162,9 +162,16 @@ def _bake(model: nn.Module, keep: dict[str, torch.Tensor]) -> None:
 
 def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, exporter: str = "auto") -> str:
     """Write ``model`` to ``path`` as one ONNX file with a dynamic batch dimension; return the exporter used."""
+    path = Path(path)
+    if callable(getattr(model, "to_onnx", None)):  # an ONNX file run in ONNX Runtime: its own graph, new weights
+        import onnx
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(model.to_onnx(), str(path))
+        _check_file(path)
+        return "onnx-graph"
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     example = example.cpu()

@@ -109,8 +109,11 @@ def _kind(op: str, shape: tuple[int, ...], param_name: str) -> str:
 def find_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
     """Prunable layers of ``model`` in execution order, measured on one forward pass of ``example``.
 
-    ``example`` should be a small batch (one sample is enough); FLOPs are reported per sample.
+    ``example`` should be a small batch (one sample is enough); FLOPs are reported per sample. A model that
+    does not run through PyTorch's operators (``analysis.onnx_model.OnnxModel``) lists its own layers.
     """
+    if callable(getattr(model, "prunable_layers", None)):
+        return model.prunable_layers(example)
     params = dict(model.named_parameters())
     watched = {_storage_key(p): n for n, p in params.items() if p.dim() >= 2}
     restore = {n: p.requires_grad for n, p in params.items()}

@@ -6,6 +6,7 @@ Model specs
     ``file.py:factory[=weights]``        your own code builds the model; weights are a state dict
     ``model.pt`` / ``model.ts``          TorchScript
     ``model.pt2``                        a ``torch.export`` program
+    ``model.onnx``                       an ONNX graph, run in ONNX Runtime (``analysis.onnx_model``)
     ``model.pt`` (pickled nn.Module)     only with ``trust_pickle=True``: unpickling runs code
 
 State dicts (``.pt``/``.pth``/``.bin``) are read with ``torch.load(weights_only=True)``; ``.safetensors`` too.
@@ -14,6 +15,7 @@ Data specs
     ``sample:digits``                    the held-out split of the samples (``sample:digits-train``: training)
     ``data.pt`` / ``data.npz``           tensors ``x`` and optionally ``y`` (a bare tensor is ``x``)
     ``folder/``                          an ``ImageFolder`` tree, resized to ``input_size``
+    ``images.zip``                       a zip archive of such a tree (extracted safely to a temporary folder)
     ``random:CxHxW``                     ``count`` seeded Gaussian inputs, no labels
 
 Every way a spec or a file can be wrong raises ``SpecError`` with a message that names the file and the fix.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import re
 import types
 import zipfile
@@ -216,7 +219,12 @@ def _from_model_file(path: Path, trust_pickle: bool) -> nn.Module:
         except Exception as exc:  # noqa: BLE001
             raise SpecError(f"{path} is a damaged torch.export program: {_short(exc)}") from None
     if kind == "onnx":
-        raise SpecError(f"{path} is an ONNX model; ONNX models are analysed with ONNX Runtime (see the README)")
+        from analysis.onnx_model import OnnxError, load_onnx
+
+        try:
+            return load_onnx(path)
+        except OnnxError as exc:
+            raise SpecError(str(exc)) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - not loadable as plain data: a pickled object
@@ -241,6 +249,8 @@ def load_model(spec: str, trust_pickle: bool = False) -> nn.Module:
     spec = spec.strip()
     if not spec:
         raise SpecError("empty model spec; try sample:digits-cnn")
+    if "\x00" in spec:
+        raise SpecError(f"the model spec {spec!r} contains a NUL character")
     if spec.startswith("sample:"):
         name = spec.removeprefix("sample:")
         if name not in samples.sample_names():
@@ -261,11 +271,18 @@ def load_model(spec: str, trust_pickle: bool = False) -> nn.Module:
 # ------------------------------------------------------------------------------------------------------- data
 
 
-def _parse_chw(text: str) -> tuple[int, ...]:
+MAX_RANDOM_VALUES = 1 << 28  # 1 GiB of float32: a typo such as random:3x2240x2240 must not exhaust memory
+
+
+def _parse_chw(text: str, count: int) -> tuple[int, ...]:
     parts = text.lower().split("x")
-    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+    if not parts or not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
         raise SpecError(f"random data needs a shape like random:3x32x32, got random:{text}")
-    return tuple(int(p) for p in parts)
+    shape = tuple(int(p) for p in parts)
+    if count * math.prod(shape) > MAX_RANDOM_VALUES:
+        raise SpecError(f"random:{text} with {count} samples is {count * math.prod(shape):,} values, more than the "
+                        f"limit of {MAX_RANDOM_VALUES:,}; use a smaller shape or --count")
+    return shape
 
 
 def _from_tensor_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -299,6 +316,7 @@ def _from_tensor_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+NORMALIZATIONS = ("imagenet", "none")
 
 
 def _from_image_folder(path: Path, input_size: int, normalize: str, count: int | None) -> EvalData:
@@ -324,10 +342,42 @@ def _from_image_folder(path: Path, input_size: int, normalize: str, count: int |
     return EvalData(torch.stack(xs), torch.tensor(ys), str(path), ds.classes)
 
 
+def _is_zip_of_images(path: Path) -> bool:
+    from analysis.uploads import UploadError, sniff
+
+    if path.stat().st_size == 0:
+        return False
+    try:
+        return sniff(path) == "images-zip"
+    except UploadError as exc:
+        raise SpecError(f"data {path}: {exc}") from None
+
+
+def _from_image_zip(path: Path, input_size: int, normalize: str, count: int | None) -> EvalData:
+    """Extract the archive safely into a temporary folder, read the images into memory, remove the folder."""
+    import tempfile
+
+    from analysis.uploads import UploadError, safe_extract
+
+    with tempfile.TemporaryDirectory(prefix="prunescope-images-") as tmp:
+        try:
+            root = safe_extract(path, Path(tmp))
+        except UploadError as exc:
+            raise SpecError(f"data {path}: {exc}") from None
+        data = _from_image_folder(root, input_size, normalize, count)
+    return EvalData(data.x, data.y, str(path), data.class_names)
+
+
 def load_data(spec: str, count: int | None = None, input_size: int = 224, normalize: str = "imagenet",
               seed: int = 0) -> EvalData:
     """The eval set a spec names; ``count`` keeps the first ``count`` samples (random data: how many)."""
     spec = spec.strip()
+    if "\x00" in spec:
+        raise SpecError(f"the data spec {spec!r} contains a NUL character")
+    if normalize not in NORMALIZATIONS:
+        raise SpecError(f"unknown normalisation {normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
+    if not isinstance(input_size, int) or input_size <= 0:
+        raise SpecError(f"input size must be a positive number of pixels, got {input_size!r}")
     if count is not None and count <= 0:
         raise SpecError(f"count must be positive, got {count}")
     if spec in ("sample:digits", "sample:digits-train"):
@@ -335,7 +385,7 @@ def load_data(spec: str, count: int | None = None, input_size: int = 224, normal
         x, y = (x_test, y_test) if spec == "sample:digits" else (x_train, y_train)
         data = EvalData(x, y, spec, [str(i) for i in range(10)])
     elif spec.startswith("random:"):
-        shape = _parse_chw(spec.removeprefix("random:"))
+        shape = _parse_chw(spec.removeprefix("random:"), count or 256)
         gen = torch.Generator().manual_seed(seed)
         return EvalData(torch.randn((count or 256, *shape), generator=gen), None, f"{spec}@{count or 256}")
     elif spec.startswith("sample:"):
@@ -346,6 +396,8 @@ def load_data(spec: str, count: int | None = None, input_size: int = 224, normal
             raise SpecError(f"data {spec} does not exist (a tensor file, an image folder, sample:digits or random:CxHxW)")
         if path.is_dir():
             return _from_image_folder(path, input_size, normalize, count)
+        if _is_zip_of_images(path):
+            return _from_image_zip(path, input_size, normalize, count)
         x, y = _from_tensor_file(path)
         data = EvalData(x, y, spec)
     if count is not None:

@@ -1,0 +1,282 @@
+"""Every model and data format loads to the same model and data; every broken file is a clear error."""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from analysis.engine import ScanConfig, prepare
+from analysis.sources import SpecError, check_fit, load_data, load_model, load_workload
+from tests.conftest import run_cli
+
+FACTORY = '''
+import torch
+from torch import nn
+from analysis.samples import DigitsCNN
+
+
+def cnn():
+    return DigitsCNN()
+
+
+def rgb():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+
+def broken():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x):
+            raise RuntimeError("this model always fails")
+    return Broken()
+
+
+def no_layers():
+    return nn.Sequential(nn.Flatten(), nn.ReLU())
+
+
+def not_a_model():
+    return 42
+'''
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory: pytest.TempPathFactory, workloads) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("formats")
+    model = workloads["digits-cnn"].model
+    x = workloads["digits-cnn"].data.x[:4]
+    f = {"py": d / "models.py", "sd": d / "cnn.pt", "st": d / "cnn.safetensors", "ts": d / "cnn.ts",
+         "pt2": d / "cnn.pt2", "pickle": d / "cnn-pickled.pt"}
+    f["py"].write_text(FACTORY)
+    torch.save(model.state_dict(), f["sd"])
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(f["st"]))
+    torch.jit.save(torch.jit.trace(model, x), str(f["ts"]))
+    batch = ({0: torch.export.Dim.DYNAMIC},)
+    torch.export.save(torch.export.export(model, (x,), dynamic_shapes=batch), str(f["pt2"]))
+    torch.save(model, f["pickle"])
+    return f
+
+
+@pytest.mark.parametrize("kind", ["ts", "pt2", "py+sd", "py+st"])
+def test_model_formats_give_the_same_outputs(kind: str, files, workloads) -> None:
+    wl = workloads["digits-cnn"]
+    spec = {"ts": str(files["ts"]), "pt2": str(files["pt2"]), "py+sd": f"{files['py']}:cnn={files['sd']}",
+            "py+st": f"{files['py']}:cnn={files['st']}"}[kind]
+    model = load_model(spec)
+    x = wl.data.x[:16]
+    torch.testing.assert_close(model(x), wl.model(x))
+    loaded = load_workload(spec, "sample:digits", count=32)
+    layers = prepare(loaded, ScanConfig(sparsities=(0.5,))).layers
+    assert [l.shape for l in layers] == [l.shape for l in prepare(wl, ScanConfig(sparsities=(0.5,))).layers]
+
+
+def test_torchvision_with_a_state_dict_takes_its_class_count(tmp_path: Path) -> None:
+    import torchvision
+
+    source = torchvision.models.get_model("mobilenet_v3_small", weights=None, num_classes=5).eval()
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    model = load_model(f"torchvision:mobilenet_v3_small={tmp_path / 'w.pth'}")
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(model(x), source(x))
+    with pytest.raises(SpecError, match="no architecture 'resnet1'"):
+        load_model("torchvision:resnet1")
+
+
+def test_pickled_module_needs_trust(files, workloads) -> None:
+    with pytest.raises(SpecError, match="pickled Python object.*--trust-pickle"):
+        load_model(str(files["pickle"]))
+    model = load_model(str(files["pickle"]), trust_pickle=True)
+    x = workloads["digits-cnn"].data.x[:4]
+    torch.testing.assert_close(model(x), workloads["digits-cnn"].model(x))
+    with pytest.raises(SpecError, match="state dict .*give the architecture too"):
+        load_model(str(files["sd"]))
+
+
+def test_cli_refuses_a_pickle_without_trust_and_runs_with_it(files, tmp_path: Path, prunescope_home: Path) -> None:
+    args = ["scan", "--model", files["pickle"], "--data", "sample:digits", "--count", "32", "--sparsities", "0.5",
+            "--layers", "fc", "--no-store", "--quiet", "--out", tmp_path / "out"]
+    refused = run_cli(*args)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--trust-pickle" in refused.stderr
+    trusted = run_cli(*args, "--trust-pickle")
+    assert trusted.returncode == 0, trusted.stderr
+    assert (tmp_path / "out" / "sensitivity.csv").is_file()
+    assert not (prunescope_home / "runs.sqlite").exists()  # --no-store: the store is never touched
+
+
+# ----------------------------------------------------------------------------------------------------- data
+
+
+def _png(value: int, size: int = 12) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), value, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _image_tree(root: Path) -> Path:
+    for label, value in (("cat", 0), ("dog", 255)):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            (root / label / f"{i}.png").write_bytes(_png(value))
+    return root
+
+
+def test_image_folder_size_normalisation_and_labels(tmp_path: Path) -> None:
+    root = _image_tree(tmp_path / "imgs")
+    raw = load_data(str(root), input_size=6, normalize="none")
+    assert raw.x.shape == (6, 3, 6, 6) and raw.class_names == ["cat", "dog"]
+    assert raw.y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert raw.x[0].max() == 0 and raw.x[-1].min() == 1
+    with pytest.raises(SpecError, match="unknown normalisation 'zscore'"):
+        load_data(str(root), normalize="zscore")
+    with pytest.raises(SpecError, match="input size must be a positive"):
+        load_data(str(root), input_size=0)
+    norm = load_data(str(root), input_size=6, normalize="imagenet")
+    torch.testing.assert_close(norm.x[0, :, 0, 0], -torch.tensor([0.485, 0.456, 0.406]) / torch.tensor(
+        [0.229, 0.224, 0.225]))
+
+
+def test_zip_of_an_image_folder_loads_like_the_folder_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    import tempfile
+
+    root = _image_tree(tmp_path / "imgs")
+    archive = tmp_path / "imgs.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in sorted(root.rglob("*.png")):
+            z.write(p, Path("imgs") / p.relative_to(root))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    from_zip = load_data(str(archive), input_size=6, normalize="none")
+    from_dir = load_data(str(root), input_size=6, normalize="none")
+    assert torch.equal(from_zip.x, from_dir.x) and torch.equal(from_zip.y, from_dir.y)
+    assert list(scratch.iterdir()) == []
+
+
+def test_zip_with_path_traversal_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("a/0.png", _png(1))
+        z.writestr("../../escaped.png", _png(2))
+    with pytest.raises(SpecError, match="points outside the archive"):
+        load_data(str(archive))
+    assert not (tmp_path.parent / "escaped.png").exists()
+
+
+def test_tensor_files_and_random_data(tmp_path: Path) -> None:
+    x, y = torch.rand(10, 1, 8, 8), torch.arange(10) % 3
+    torch.save({"x": x, "y": y}, tmp_path / "d.pt")
+    np.savez(tmp_path / "d.npz", x=x.numpy(), y=y.numpy())
+    torch.save(x, tmp_path / "bare.pt")
+    for spec in ("d.pt", "d.npz"):
+        data = load_data(str(tmp_path / spec))
+        assert torch.equal(data.x, x) and torch.equal(data.y, y)
+    bare = load_data(str(tmp_path / "bare.pt"), count=4)
+    assert bare.y is None and torch.equal(bare.x, x[:4])
+    rnd = load_data("random:3x5x5", count=7)
+    assert rnd.x.shape == (7, 3, 5, 5) and not rnd.labelled
+    assert torch.equal(load_data("random:3x5x5", count=7).x, rnd.x)
+
+
+# ---------------------------------------------------------------------------------------------- broken inputs
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"", "is empty"),
+    (b"hello, I am a text file\n", "not a model file"),
+    (b"PK\x03\x04garbage", "damaged or truncated"),
+])
+def test_broken_model_files(tmp_path: Path, content: bytes, match: str) -> None:
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(SpecError, match=match):
+        load_model(str(path))
+
+
+@pytest.mark.parametrize("kind", ["ts", "pt2"])
+def test_truncated_model_archives(kind: str, files, tmp_path: Path) -> None:
+    data = files[kind].read_bytes()
+    path = tmp_path / f"cut.{kind}"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SpecError, match="cut"):
+        load_model(str(path))
+
+
+@pytest.mark.parametrize("content, name, match", [
+    (b"", "d.pt", "is empty"),
+    (b"x,y\n1,2\n", "d.pt", "not a readable tensor file"),
+    (b"not an npz", "d.npz", "not a readable tensor file"),
+])
+def test_broken_data_files(tmp_path: Path, content: bytes, name: str, match: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(SpecError, match=match):
+        load_data(str(path))
+
+
+def test_truncated_tensor_file(tmp_path: Path) -> None:
+    torch.save({"x": torch.rand(50, 1, 8, 8)}, tmp_path / "d.pt")
+    data = (tmp_path / "d.pt").read_bytes()
+    (tmp_path / "d.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SpecError, match="d.pt.*damaged or truncated"):
+        load_data(str(tmp_path / "d.pt"))
+
+
+def test_fit_checks_name_shape_and_class_count(files, digits, workloads) -> None:
+    model = workloads["digits-mlp"].model
+    with pytest.raises(SpecError, match=r"inputs of shape \[3, 5, 5\].*failed"):
+        check_fit(model, load_data("random:3x5x5", count=4), "the mlp")
+    small = nn.Sequential(nn.Flatten(), nn.Linear(64, 5))
+    with pytest.raises(SpecError, match="labels of sample:digits run from 0 to 9, but the head has 5 classes"):
+        check_fit(small, digits, "the head")
+    with pytest.raises(SpecError, match="always fails"):
+        load_workload(f"{files['py']}:broken", "sample:digits")
+    with pytest.raises(SpecError, match="returned int, not a torch.nn.Module"):
+        load_model(f"{files['py']}:not_a_model")
+
+
+def test_nan_and_inf_weights_are_named(workloads, digits) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("nan")
+    with pytest.raises(SpecError, match=r"NaN or infinite values in 1\.weight"):
+        check_fit(model, digits, "m")
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("inf")
+    with pytest.raises(SpecError, match="NaN or infinite"):
+        check_fit(model, digits, "m")
+
+
+def test_nan_data_is_named(workloads) -> None:
+    from analysis.sources import EvalData
+
+    data = EvalData(torch.full((4, 1, 8, 8), float("nan")), None, "nan.pt")
+    with pytest.raises(SpecError, match="the data nan.pt contains NaN or infinite values"):
+        check_fit(workloads["digits-mlp"].model, data, "m")
+
+
+@pytest.mark.parametrize("case", ["no-layers", "labels"])
+def test_cli_reports_hostile_inputs_in_one_line(case: str, files, tmp_path: Path) -> None:
+    model, data = "sample:digits-mlp", "sample:digits"
+    if case == "no-layers":
+        model, match = f"{files['py']}:no_layers", "has no prunable layers"
+    else:
+        torch.save({"x": torch.rand(4, 1, 8, 8), "y": torch.tensor([0, 1, 2, 12])}, tmp_path / "d.pt")
+        data, match = str(tmp_path / "d.pt"), "labels .* run from 0 to 12, but .* has 10 classes"
+    res = run_cli("scan", "--model", model, "--data", data, "--sparsities", "0.5", "--quiet", "--out", tmp_path / "o")
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("prunescope: error:") and res.stderr.count("\n") == 1
+    assert re.search(match, res.stderr), res.stderr

@@ -1,0 +1,169 @@
+"""ONNX models analysed in ONNX Runtime give the numbers of the PyTorch model they were exported from."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from analysis.engine import ScanConfig, prepare
+from analysis.layers import find_layers
+from analysis.masks import applied, make_mask
+from analysis.onnx_model import OnnxModel, save_pruned
+from analysis.sensitivity import scan
+from analysis.sources import SpecError, load_model, load_workload
+
+CONFIG = ScanConfig(sparsities=(0.5, 0.9), batch_size=256)
+METRICS = ["accuracy", "loss", "agreement", "kl"]
+
+
+class TokenMixer(nn.Module):
+    """Linear layers on a 3-D input: exported as MatMul with a transposed weight initializer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = nn.Linear(8, 16)
+        self.head = nn.Linear(16, 10, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.proj(x.flatten(1, 2)))
+        return self.head(h).mean(dim=1)
+
+
+def export(model: nn.Module, example: torch.Tensor, path: Path, fold: bool = False) -> Path:
+    """Export without folding BatchNorm into the convolutions, so the weights stay the PyTorch ones."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch"}}, do_constant_folding=fold)
+    return path
+
+
+@pytest.fixture(scope="session")
+def onnx_files(tmp_path_factory: pytest.TempPathFactory, workloads) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("onnx")
+    x = workloads["digits-cnn"].data.x[:2]
+    files = {name: export(workloads[name].model, x, folder / f"{name}.onnx") for name in ("digits-cnn", "digits-mlp")}
+    files["mixer"] = export(TokenMixer().eval(), x, folder / "mixer.onnx")
+    files["mixer-folded"] = export(TokenMixer().eval(), x, folder / "mixer-folded.onnx", fold=True)
+    return files
+
+
+@pytest.mark.parametrize("name", ["digits-cnn", "digits-mlp"])
+def test_onnx_scan_equals_the_pytorch_scan(name: str, onnx_files, workloads) -> None:
+    torch_wl = workloads[name]
+    onnx_wl = load_workload(str(onnx_files[name]), "sample:digits")
+    assert isinstance(onnx_wl.model, OnnxModel)
+    a, b = scan(torch_wl, CONFIG), scan(onnx_wl, CONFIG)
+    assert list(a.table["layer"]) == list(b.table["layer"])
+    assert list(a.table["flops"]) == list(b.table["flops"]) and list(a.table["params"]) == list(b.table["params"])
+    np.testing.assert_allclose(b.table[METRICS].to_numpy(float), a.table[METRICS].to_numpy(float), atol=1e-5)
+    assert (b.table["correct"] - a.table["correct"]).abs().max() <= 1
+
+
+@pytest.mark.parametrize("variant", ["mixer", "mixer-folded"])
+def test_matmul_weights_are_layers_in_pytorch_layout(variant: str, onnx_files, workloads) -> None:
+    """Unfolded exports read W through a Transpose node; folded ones store W transposed: both are found."""
+    model = TokenMixer().eval()
+    wrapped = load_model(str(onnx_files[variant]))
+    x = workloads["digits-cnn"].data.x[:64]
+    torch_layers, onnx_layers = find_layers(model, x[:1]), find_layers(wrapped, x[:1])
+    assert [l.shape for l in onnx_layers] == [l.shape for l in torch_layers] == [(16, 8), (10, 16)]
+    assert [l.flops for l in onnx_layers] == [l.flops for l in torch_layers]
+    for tl, ol in zip(torch_layers, onnx_layers):
+        mask = make_mask(tl.weight(model).abs(), 0.6, "unstructured")
+        with applied(model, {tl.param_name: mask}), applied(wrapped, {ol.param_name: mask}):
+            torch.testing.assert_close(wrapped(x), model(x).detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_one_session_serves_every_layer_and_sparsity(onnx_files, workloads) -> None:
+    wl = load_workload(str(onnx_files["digits-mlp"]), "sample:digits")
+    session = wl.model._session
+    x = wl.data.x[:32]
+    dense = wl.model(x)
+    layer = prepare(wl, CONFIG).layers[0]
+    mask = make_mask(layer.weight(wl.model).abs(), 0.9, "unstructured")
+    with applied(wl.model, {layer.param_name: mask}):
+        assert not torch.allclose(wl.model(x), dense)
+    assert torch.equal(wl.model(x), dense)
+    scan(wl, CONFIG)
+    assert wl.model._session is session
+
+
+def test_save_pruned_writes_the_same_graph_with_pruned_initializers(onnx_files, tmp_path: Path) -> None:
+    model = load_model(str(onnx_files["digits-cnn"]))
+    x = torch.rand(8, 1, 8, 8)
+    layers = find_layers(model, x[:1])
+    masks = {l.param_name: make_mask(l.weight(model).abs(), 0.5, "channel") for l in layers[:2]}
+    with applied(model, masks):
+        expected = model(x)
+    out = save_pruned(model, tmp_path / "pruned.onnx", masks)
+    original, pruned = onnx.load(str(onnx_files["digits-cnn"])), onnx.load(str(out))
+    assert [n.op_type for n in pruned.graph.node] == [n.op_type for n in original.graph.node]
+    assert [i.name for i in pruned.graph.input] == [i.name for i in original.graph.input]
+    inits = {i.name: numpy_helper.to_array(i) for i in pruned.graph.initializer}
+    before = {i.name: numpy_helper.to_array(i) for i in original.graph.initializer}
+    for layer in layers[:2]:
+        keep = masks[layer.param_name].numpy()
+        assert (inits[layer.param_name][~keep] == 0).all() and (~keep).any()
+        assert np.array_equal(inits[layer.param_name][keep], before[layer.param_name][keep])
+    for name in set(before) - {l.param_name for l in layers[:2]}:
+        assert np.array_equal(inits[name], before[name]), name
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
+    assert torch.equal(model(x), load_model(str(onnx_files["digits-cnn"]))(x))
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "activation"])
+def test_criteria_that_need_pytorch_internals_are_refused(criterion: str, onnx_files) -> None:
+    wl = load_workload(str(onnx_files["digits-mlp"]), "sample:digits", count=16)
+    with pytest.raises(ValueError, match="ONNX Runtime.*use magnitude, l1, l2 or random"):
+        prepare(wl, ScanConfig(criterion=criterion, sparsities=(0.5,)))
+
+
+def test_damaged_onnx_file_is_a_spec_error(onnx_files, tmp_path: Path) -> None:
+    data = onnx_files["digits-mlp"].read_bytes()
+    bad = tmp_path / "cut.onnx"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SpecError, match="cut.onnx"):
+        load_model(str(bad))
+
+
+def test_onnx_with_two_inputs_is_refused(tmp_path: Path) -> None:
+    a = onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1, 4])
+    b = onnx.helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [1, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Add", ["a", "b"], ["y"])], "two", [a, b], [y])
+    path = tmp_path / "two.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(SpecError, match="2 graph inputs"):
+        load_model(str(path))
+
+
+def test_scan_table_columns_are_the_same_for_onnx(onnx_files) -> None:
+    profile = scan(load_workload(str(onnx_files["digits-mlp"]), "sample:digits", count=64), CONFIG)
+    assert isinstance(profile.table, pd.DataFrame) and profile.meta["complete"]
+    assert set(profile.table["type"]) == {"Linear"}
+
+
+def test_export_engine_writes_an_onnx_input_back_as_its_own_graph(onnx_files, tmp_path: Path) -> None:
+    from analysis.export import export
+    from analysis.schedule import Schedule
+
+    wl = load_workload(str(onnx_files["digits-cnn"]), "sample:digits", count=64)
+    report = export(wl.model, Schedule({"block2.0": 0.5, "fc": 0.5}), wl.data, tmp_path / "p.onnx",
+                    measure_latency=False)
+    assert report.exporter == "onnx-graph" and all(v.passed for v in report.verifications)
+    source, written = onnx.load(str(onnx_files["digits-cnn"])), onnx.load(str(tmp_path / "p.onnx"))
+    assert [n.op_type for n in written.graph.node] == [n.op_type for n in source.graph.node]
+    zeros = {i.name: float((numpy_helper.to_array(i) == 0).mean()) for i in written.graph.initializer}
+    assert zeros["block2.0.weight"] == 0.5 and zeros["fc.weight"] == 0.5 and zeros["block1.0.weight"] == 0.0

@@ -150,7 +150,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         store.finish(run.id, profile.meta)
         store.close()
     profile.save(args.out)
-    for notice in profile.meta["engine"]["notices"]:
+    for notice in profile.meta.get("engine", {}).get("notices", []):
         print(f"prunescope: note: {notice}", file=sys.stderr)
     if not args.quiet:
         metric = profile.default_metric

@@ -70,6 +70,16 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None, metavar="T", help="torch CPU threads (default: torch's choice)")
 
 
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster")
+    g.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local (default: this process) or ray (a Ray cluster; pip install 'prunescope[ray]')")
+    g.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="ray: the cluster to join (default: start Ray on this machine)")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="ray: worker actors (default: one per GPU for --device cuda, else one per CPU)")
+
+
 def _load_workload(args: argparse.Namespace):  # noqa: ANN202
     from analysis.sources import load_workload
 
@@ -114,25 +124,28 @@ def _scan_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--no-store", action="store_true",
                    help="do not read or write the run store ($PRUNESCOPE_HOME/runs.sqlite)")
     _add_run_args(p)
+    _add_backend_args(p)
     return p
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from analysis.engine import ScanConfig, prepare
-    from analysis.sensitivity import scan, tolerance_table
+    from analysis.backends import Backend, prepare_for, run_scan, validated_config
+    from analysis.engine import ScanConfig
+    from analysis.sensitivity import tolerance_table
 
+    backend = Backend(args.backend, address=args.address, workers=args.workers).validated()
     workload = _load_workload(args)
     config = ScanConfig(criterion=args.criterion, granularity=args.granularity, sparsities=args.sparsities,
                         layers=args.layers, batch_size=args.batch_size, device=args.device, engine=args.engine,
                         seed=args.seed, calib_samples=args.calib_samples, precision=args.precision,
-                        chunk_size=args.chunk_size, bn_recalibrate=args.bn_recalibrate,
-                        bn_batches=args.bn_batches).validated()
+                        chunk_size=args.chunk_size, bn_recalibrate=args.bn_recalibrate, bn_batches=args.bn_batches)
+    config = validated_config(config, backend)
     if config.bn_recalibrate and not _has_batchnorm(workload.model):
         print(f"prunescope: note: {workload.model_spec} has no BatchNorm layers; --bn-recalibrate does not apply",
               file=sys.stderr)
-    ctx = prepare(workload, config)
+    ctx = prepare_for(workload, config, backend)
     store, run = _open_scan_run(args, workload, ctx)
     bar = tqdm(total=None, unit="layer", disable=args.quiet or not sys.stderr.isatty(), file=sys.stderr)
 
@@ -142,8 +155,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         bar.update(p.done - bar.n)
 
     sink = (lambda result: store.add_layer(run.id, result, ctx.config)) if store else None
-    profile = scan(workload, config, done=run.done if run else None, on_result=sink, progress=on_progress,
-                   context=ctx)
+    profile = run_scan(workload, config, backend, done=run.done if run else None, on_result=sink,
+                       progress=on_progress, context=ctx)
     bar.close()
     if store:
         profile.meta["run_id"] = run.id
@@ -157,6 +170,10 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         print(f"{workload.model_spec} on {workload.data.spec}: {len(profile.layers)} layers x "
               f"{len(config.sparsities)} sparsities, dense {metric} {profile.baseline(metric):.4f}, "
               f"{profile.meta['timings']['total_s']:.1f} s ({config.engine} engine)")
+        if backend.kind == "ray":
+            from analysis.ray_backend import describe
+
+            print(describe(profile.meta["backend"]))
         for name, reason in profile.meta["skipped_layers"].items():
             print(f"skipped {name}: {reason}")
         print(tolerance_table(profile, max_drop=args.max_drop).to_string(index=False))
@@ -691,6 +708,107 @@ def _prediction_fields(predicted: object, measured: dict) -> dict:
     return {"predicted": value, "prediction_model": predicted.get("model"), "prediction": detail}
 
 
+# ----------------------------------------------------------------------------------------------------- report
+
+
+def _report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from analysis.report import PLOTLYJS
+
+    p = sub.add_parser("report", help="one HTML report of a scan, with its diagnosis, schedule and export",
+                       description="Write one self-contained HTML page: the sensitivity heatmap, curves and "
+                                   "tolerance table of a scan, and where given the diagnosis, the schedule with "
+                                   "its totals, prediction and measurement, and the export's verification, size "
+                                   "and latency.")
+    p.add_argument("--scan", required=True, type=Path, metavar="DIR", help="a scan folder (sensitivity.csv, scan.json)")
+    p.add_argument("--schedule", type=Path, default=None, metavar="F", help="a schedule file (.json or .yaml)")
+    p.add_argument("--diagnosis", type=Path, default=None, metavar="DIR", help="a folder written by prunescope diagnose")
+    p.add_argument("--export-dir", type=Path, default=None, metavar="D",
+                   help="a folder holding an export (FILE.onnx with FILE.export.json or FILE.md)")
+    p.add_argument("--metric", default=None, help="accuracy, agreement, loss or kl (default: accuracy if labelled)")
+    p.add_argument("--plotlyjs", choices=PLOTLYJS, default="inline",
+                   help="inline plotly.js so the report opens offline (default), or load it from the CDN")
+    p.add_argument("--title", default="Prunescope report", help="the report's title")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE.html", help="the HTML file to write")
+    return p
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from analysis.predict import Predictor
+    from analysis.report import build_report, load_diagnosis, load_export
+    from analysis.schedule import Schedule
+    from analysis.sensitivity import SensitivityProfile
+
+    if not args.scan.is_dir():
+        raise UsageError(f"scan folder {args.scan} does not exist")
+    if args.out.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--out must end in .html, got {args.out}")
+    profile = SensitivityProfile.load(args.scan)
+    schedule = prediction = totals = None
+    if args.schedule is not None:
+        schedule = Schedule.load(args.schedule)
+        if "predicted" not in schedule.meta:
+            predictor = Predictor.from_scan(args.scan, args.metric)
+            prediction = {predictor.metric: predictor.predict(schedule), "model": predictor.model}
+        if "totals" not in schedule.meta and schedule.granularity != "channel":
+            from analysis.allocate import scan_setting
+
+            totals = scan_setting(str(args.scan)).accountant.totals(schedule).fractions()
+    diagnosis = load_diagnosis(args.diagnosis) if args.diagnosis is not None else None
+    export = load_export(args.export_dir) if args.export_dir is not None else None
+    html = build_report(profile, metric=args.metric, diagnosis=diagnosis, schedule=schedule, prediction=prediction,
+                        totals=totals, export=export, title=args.title, plotlyjs=args.plotlyjs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(html, encoding="utf-8")
+    print(f"wrote {args.out} ({len(html.encode()) / 1024:.0f} KB)")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------- dashboard
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port {text!r} is not a whole number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 1 to 65535")
+    return port
+
+
+def _dashboard_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("dashboard", help="open the dashboard (streamlit run app.py)",
+                       description="Serve the Streamlit dashboard on http://127.0.0.1:PORT. Arguments after -- go to "
+                                   "streamlit run unchanged (e.g. -- --server.fileWatcherType none).")
+    p.add_argument("--port", type=_port, default=8501, help="the port to serve on (default 8501)")
+    p.add_argument("--address", default="127.0.0.1",
+                   help="the address to bind (default 127.0.0.1: only this machine can connect)")
+    p.add_argument("streamlit_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return p
+
+
+def dashboard_command(port: int = 8501, address: str = "127.0.0.1", extra: list[str] | None = None) -> list[str]:
+    """The ``streamlit run app.py`` command line the dashboard command runs."""
+    app = Path(__file__).resolve().parent.parent / "app.py"
+    if not app.is_file():
+        raise UsageError(f"the dashboard's app.py is not next to the analysis package ({app}); run it from a "
+                         "checkout of prunescope")
+    extra = [a for a in (extra or []) if a != "--"]
+    return [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
+            "--server.address", address, *extra]
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    import os
+
+    command = dashboard_command(args.port, args.address, args.streamlit_args)
+    print(f"prunescope dashboard on http://{args.address}:{args.port}", file=sys.stderr, flush=True)
+    os.chdir(Path(command[4]).parent)
+    os.execv(sys.executable, command)
+    return 0  # not reached: streamlit replaces this process
+
+
+
 # ------------------------------------------------------------------------------------------------------- main
 
 
@@ -703,6 +821,8 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "calibrate": (_calibrate_parser, _cmd_calibrate),
     "export": (_export_parser, _cmd_export),
     "runs": (_runs_parser, _cmd_runs),
+    "report": (_report_parser, _cmd_report),
+    "dashboard": (_dashboard_parser, _cmd_dashboard),
 }
 
 

@@ -133,6 +133,34 @@ class LayerResult:
         return cls(d["layer"], tuple(d["shard"]), d["rows"], d["seconds"])
 
 
+def combine_shards(parts: list[LayerResult]) -> LayerResult:
+    """One layer's results over adjacent shards of the eval set, summed into the result over their union.
+
+    Counts add exactly; the float64 sums may differ from a one-shard run in the last bits only (another
+    order of addition). The shards must belong to one layer, share the sparsities, and tile a range
+    without gaps or overlaps; ``seconds`` is the total compute time.
+    """
+    if not parts:
+        raise ValueError("no shard results to combine")
+    parts = sorted(parts, key=lambda r: r.shard)
+    layer = parts[0].layer
+    for prev, part in zip(parts, parts[1:]):
+        if part.layer != layer:
+            raise ValueError(f"cannot combine results of layers {layer!r} and {part.layer!r}")
+        if part.shard[0] != prev.shard[1]:
+            raise ValueError(f"shards {list(prev.shard)} and {list(part.shard)} of layer {layer} do not tile "
+                             "the eval set (a gap or an overlap)")
+    sparsities = [row["sparsity"] for row in parts[0].rows]
+    rows = [dict(row) for row in parts[0].rows]
+    for part in parts[1:]:
+        if [row["sparsity"] for row in part.rows] != sparsities:
+            raise ValueError(f"shard {list(part.shard)} of layer {layer} has other sparsities than "
+                             f"shard {list(parts[0].shard)}")
+        for total, row in zip(rows, part.rows):
+            total.update((Sums.from_dict(total) + Sums.from_dict(row)).to_dict())
+    return LayerResult(layer, (parts[0].shard[0], parts[-1].shard[1]), rows, sum(p.seconds for p in parts))
+
+
 @dataclass
 class ScanContext:
     """What every unit of a scan shares: the model, the data, the dense outputs and the layers' scores."""

@@ -241,3 +241,54 @@ def layer_summary_bar(table: pd.DataFrame) -> go.Figure:
         margin={"l": 10, "r": 10, "t": 50, "b": 40},
     )
     return fig
+
+
+# ---------------------------------------------------------------------------------------------- schedules
+
+
+def schedule_bars(schedules: dict[str, dict[str, float]], layers: list[str]) -> go.Figure:
+    """Per-layer sparsity of one or more schedules (name -> {layer: sparsity}), grouped by layer.
+
+    ``layers`` fixes the order (model order); a layer a schedule does not name is dense (0).
+    """
+    if not schedules:
+        raise ValueError("no schedules to draw")
+    fig = go.Figure([
+        go.Bar(x=list(layers), y=[float(s.get(l, 0.0)) for l in layers], name=name,
+               hovertemplate=f"{name}<br>%{{x}}: sparsity %{{y:.3f}}<extra></extra>")
+        for name, s in schedules.items()
+    ])
+    fig.update_layout(
+        title="per-layer sparsity" + ("" if len(schedules) == 1 else ": schedules side by side"),
+        barmode="group",
+        xaxis_title="layer",
+        yaxis_title="sparsity (fraction removed)",
+        yaxis={"range": [0, 1]},
+        xaxis={"type": "category"},
+        showlegend=len(schedules) > 1,
+        margin={"l": 10, "r": 10, "t": 50, "b": 40},
+    )
+    return fig
+
+
+def schedule_tradeoff(table: pd.DataFrame, metric: str) -> go.Figure:
+    """Schedules as points: global sparsity against the predicted (and, where measured, the measured) metric.
+
+    ``table`` has columns ``name``, ``global_sparsity``, ``predicted`` and optionally ``measured``.
+    """
+    missing = {"name", "global_sparsity", "predicted"} - set(table.columns)
+    if missing:
+        raise ValueError(f"the schedule table lacks the columns {', '.join(sorted(missing))}")
+    traces = [go.Scatter(x=table["global_sparsity"], y=table["predicted"], mode="markers+text", name="predicted",
+                         text=table["name"], textposition="top center", marker={"size": 11},
+                         hovertemplate="%{text}<br>global sparsity %{x:.4f}<br>predicted %{y:.4f}<extra></extra>")]
+    if "measured" in table.columns and table["measured"].notna().any():
+        done = table[table["measured"].notna()]
+        traces.append(go.Scatter(x=done["global_sparsity"], y=done["measured"], mode="markers", name="measured",
+                                 text=done["name"], marker={"size": 11, "symbol": "diamond"},
+                                 hovertemplate="%{text}<br>global sparsity %{x:.4f}<br>measured %{y:.4f}"
+                                               "<extra></extra>"))
+    fig = go.Figure(traces)
+    fig.update_layout(title=f"{metric} against global sparsity", xaxis_title="global sparsity",
+                      yaxis_title=metric, margin={"l": 10, "r": 10, "t": 50, "b": 40})
+    return fig

@@ -1,14 +1,205 @@
-"""Schedule: one sparsity per layer, presets, live totals and predicted accuracy, measured on demand."""
+"""Schedule: one sparsity per layer, presets, live totals and predicted metric, measured on demand, saved and compared."""
 
+import json
+
+import pandas as pd
 import streamlit as st
 
-from ui import common, pending
+from analysis import plots
+from analysis.allocate import METHODS, TARGET_KINDS, Bounds, allocate, parse_target
+from analysis.batchnorm import has_batchnorm
+from analysis.measure import measure_schedule
+from analysis.sensitivity import HIGHER_IS_BETTER
+from ui import common, runs, schedules
 
 spec = common.header("Schedule")
-if not pending.available("schedule", "predict"):
-    pending.arrives_with("the schedule engine (allocation and prediction in analysis/schedule.py, issue 4): one "
-                         "slider per layer, presets (uniform, global magnitude, LAMP, ERK, sensitivity to a target), "
-                         "live totals and the predicted accuracy on every move, and a button that measures the "
-                         "schedule for real")
 spec, workload, layers = common.workload_or_stop()
-st.write("Schedule engine found; this page is wired when its API is merged.")
+profile = common.current_profile(spec)
+if profile is None:
+    st.info("No scan of this workload yet: a schedule is predicted from a sensitivity scan. Run one on the "
+            "Sensitivity page (a few seconds on the sample).")
+    st.page_link("pages/2_Sensitivity.py", label="Go to Sensitivity", icon=":material/thermostat:")
+    st.stop()
+
+run_id = profile.meta["run_id"]
+known = {r.run_id: r.label for r in runs.list_runs(spec.key) if r.complete or r.run_id == run_id}
+picked = st.selectbox("Sensitivity run the prediction comes from", list(known), index=list(known).index(run_id),
+                      format_func=known.get)
+if picked != run_id:
+    st.session_state["run_id"] = run_id = picked
+    profile = common.load_run(run_id)
+criterion, granularity = profile.meta["criterion"], profile.meta["granularity"]
+metrics = [m for m in ("accuracy", "agreement", "loss", "kl")
+           if m in profile.meta.get("baseline", {}) and (m != "accuracy" or profile.labelled)]
+metric = st.selectbox("Predicted metric", metrics)
+predictor = schedules.predictor(run_id, metric)
+accountant = schedules.accountant(spec, criterion, granularity)
+current = schedules.state(run_id, spec.key)
+by_name = {l.name: l for l in layers}
+names = [n for n in profile.layers if n in by_name]
+st.caption(f"{criterion} criterion · {granularity} granularity (from the run) · prediction: {predictor.model} model "
+           "from the stored profile, no evaluation of the model · layers the run did not scan stay dense")
+summary = st.container(border=True)
+
+st.subheader("Presets")
+c1, c2, c3 = st.columns(3)
+method = c1.selectbox("Method", METHODS, format_func={
+    "sensitivity": "sensitivity-based (smallest predicted drop)", "uniform": "uniform", "global": "global magnitude",
+    "lamp": "LAMP", "erk": "ERK"}.get)
+kind = c2.radio("Target", TARGET_KINDS, horizontal=True, format_func={
+    "sparsity": "global sparsity", "params": "parameters kept", "flops": "FLOPs kept"}.get)
+target_text = c3.text_input("Target value", "0.5" if kind == "sparsity" else "50%", key=f"target-{kind}",
+                            help="sparsity: a fraction in [0, 1); parameters or FLOPs kept: a count (120000, 1.5M) "
+                                 "or a percentage of the total (30%)")
+c1, c2, c3 = st.columns([1, 2, 1])
+max_sparsity = c1.number_input("Per-layer maximum", 0.0, 0.99, 0.95, step=0.05)
+keep_dense = c2.multiselect("Keep dense", names)
+if c3.button("Apply preset", type="primary"):
+    try:
+        total = accountant.flops if kind == "flops" else accountant.weights
+        schedule = allocate(method, layers, parse_target(kind, target_text, total), granularity=granularity,
+                            criterion=criterion, bounds=Bounds(max_sparsity, {}, tuple(keep_dense)),
+                            accountant=accountant, weights=schedules.weights(spec) if method in ("global", "lamp") else None,
+                            profile=profile, metric=metric, allocatable=names)
+    except ValueError as exc:
+        st.error(f"Cannot apply the {method} preset: {exc}")
+    else:
+        schedules.set_values(current, {n: round(schedule.sparsities.get(n, 0.0), 3) for n in names},
+                             f"{method} to {kind} {target_text.strip()}")
+
+st.subheader("Per-layer sparsity")
+search = st.text_input("Filter layers", placeholder="part of a layer name, e.g. block2 or conv")
+shown = [n for n in names if search.strip().lower() in n.lower()]
+if not shown:
+    st.warning(f"No layer name contains {search.strip()!r}.")
+values = current["values"]
+grouped = schedules.groups(shown) if len(names) > schedules.GROUP_ABOVE else {"": shown}
+for group, members in grouped.items():
+    box = st.expander(f"{group} ({len(members)} layers)", expanded=bool(search.strip()) or len(grouped) <= 3) \
+        if group else st.container()
+    with box:
+        cols = st.columns(2)
+        for i, name in enumerate(members):
+            layer, key = by_name[name], schedules.SLIDER + name
+            limit = schedules.slider_limit(layer, granularity)
+            col = cols[i % 2]
+            if limit <= 0:
+                col.caption(f"{name}: cannot take {granularity} pruning; stays dense")
+                continue
+            if key not in st.session_state:
+                st.session_state[key] = min(values.get(name, 0.0), limit)
+            label = f"{name} ({layer.kind}, {layer.params:,} weights)"
+            if granularity == "2:4" or ":" in granularity:
+                values[name] = col.select_slider(label, [0.0, 0.5], key=key)
+            else:
+                values[name] = col.slider(label, 0.0, limit, step=0.001, format="%.3f", key=key)
+
+source = schedules.source(current)
+schedules.keep(current)
+schedule = schedules.to_schedule(values, profile, {"source": source})
+totals = accountant.totals(schedule)
+predicted = predictor.predict(schedule)
+base = predictor.baseline
+with summary:
+    cols = st.columns(4)
+    cols[0].metric("global sparsity", f"{totals.global_sparsity:.4f}")
+    cols[1].metric("parameters kept", f"{totals.params_kept_fraction:.4f}", help=f"{totals.params_kept:,} weights")
+    cols[2].metric("FLOPs kept", f"{totals.flops_kept_fraction:.4f}", help=f"{totals.flops_kept:,} FLOPs per sample")
+    cols[3].metric(f"predicted {metric}", f"{predicted:.4f}", f"{predicted - base:+.4f} vs dense {base:.4f}",
+                   delta_color="normal" if HIGHER_IS_BETTER[metric] else "inverse")
+    if not schedule.sparsities:
+        st.info("This schedule prunes nothing: every layer is dense. Apply a preset or move a slider.")
+    else:
+        st.caption(f"{len(schedule.sparsities)} layers pruned · {source}")
+
+if schedule.sparsities:
+    st.plotly_chart(plots.schedule_bars({"current": schedule.sparsities}, names), key="current-bars")
+
+st.subheader("Measure for real")
+fp = schedules.fingerprint(schedule)
+bn = st.checkbox("Recalibrate BatchNorm statistics after pruning", value=has_batchnorm(workload.model),
+                 disabled=not has_batchnorm(workload.model), help="the model has no BatchNorm"
+                 if not has_batchnorm(workload.model) else "re-estimate BatchNorm statistics on the eval inputs")
+if st.button("Measure", disabled=not schedule.sparsities, help="prune a copy of the model and evaluate it"):
+    try:
+        with st.status(f"Pruning {len(schedule.sparsities)} layers and evaluating on {len(workload.data)} samples ...",
+                       expanded=False) as status:
+            result = measure_schedule(workload, schedule, bn_recalibrate=bn)
+            status.update(label="Measured", state="complete")
+    except ValueError as exc:
+        st.error(f"Cannot measure this schedule: {exc}")
+    else:
+        current["measured"] = {"fingerprint": fp, "bn": bn, "result": result.to_dict()}
+measured = current.get("measured")
+if measured and measured["fingerprint"] == fp:
+    result = measured["result"]
+    row = {"metric": metric, "dense": result["dense"][metric], "predicted": predicted,
+           "measured (pruned)": result["pruned"][metric]}
+    if result.get("bn_recalibrated"):
+        row["measured (BatchNorm recalibrated)"] = result["bn_recalibrated"][metric]
+    stage = schedules.compared_stage(result, predictor)
+    value = result[stage][metric]
+    cols = st.columns(3)
+    cols[0].metric(f"predicted {metric}", f"{predicted:.4f}")
+    cols[1].metric(f"measured {metric}", f"{value:.4f}", f"{value - predicted:+.4f} vs predicted", delta_color="off")
+    cols[2].metric("stage", stage.replace("_", " "), help="the stage the prediction stands for: right after pruning, "
+                   "or after BatchNorm recalibration when the scan or its calibration recalibrated")
+    st.dataframe(pd.DataFrame([row]), hide_index=True, width="stretch")
+elif measured:
+    st.caption("The last measurement was of another schedule; press Measure for this one.")
+
+st.subheader("Save and compare")
+c1, c2, c3 = st.columns([2, 1, 1])
+name = c1.text_input("Schedule name", source.split(" ")[0] if schedule.sparsities else "")
+if c2.button("Save", disabled=not schedule.sparsities):
+    meta = {"run_id": run_id, "method": source, "totals": totals.fractions(),
+            "predicted": {metric: predicted, "model": predictor.model, "stage": predictor.stage}}
+    if measured and measured["fingerprint"] == fp:
+        meta["measured"] = measured["result"]
+    try:
+        path, replaced = schedules.save(name, schedules.to_schedule(values, profile, meta), spec.key)
+    except ValueError as exc:
+        st.error(f"Cannot save: {exc}")
+    else:
+        st.success(f"{'Replaced' if replaced else 'Saved'} {path.name} in {path.parent}.")
+c3.download_button("Download schedule JSON", json.dumps(schedule.to_dict(), indent=2), "schedule.json",
+                   "application/json",
+                   disabled=not schedule.sparsities, on_click="ignore")
+
+saved = schedules.list_saved(spec.key)
+if not saved:
+    st.info("Saved schedules appear here, side by side with the current one.")
+    st.stop()
+c1, c2 = st.columns([3, 1])
+to_load = c1.selectbox("Load a saved schedule into the sliders", list(saved))
+if c2.button("Load"):
+    chosen = saved[to_load]
+    if (chosen.criterion, chosen.granularity) != (criterion, granularity):
+        st.error(f"{to_load} was made for {chosen.criterion}/{chosen.granularity} pruning; this run is "
+                 f"{criterion}/{granularity}. Pick a run with those settings above.")
+    else:
+        schedules.set_values(current, {n: chosen.sparsities.get(n, 0.0) for n in names}, to_load)
+        st.rerun()
+
+compared = st.multiselect("Compare", list(saved), default=list(saved)[:4])
+rows, bars = [], {}
+for label, sch in [("current", schedule), *[(n, saved[n]) for n in compared]]:
+    same = (sch.criterion, sch.granularity) == (criterion, granularity) and set(sch.sparsities) <= set(names)
+    t = accountant.totals(sch).fractions() if same else sch.meta.get("totals", {})
+    if label == "current":
+        result = measured["result"] if measured and measured["fingerprint"] == fp else None
+    else:
+        result = sch.meta.get("measured")
+    rows.append({"name": label, "method": sch.meta.get("method", sch.meta.get("source", "")),
+                 "criterion": sch.criterion, "granularity": sch.granularity, "layers pruned": len(sch.sparsities),
+                 "global_sparsity": t.get("global_sparsity"), "params_kept": t.get("params_kept"),
+                 "flops_kept": t.get("flops_kept"),
+                 "predicted": predictor.predict(sch) if same else sch.meta.get("predicted", {}).get(metric),
+                 "measured": result[schedules.compared_stage(result, predictor)].get(metric) if result else None})
+    bars[label] = sch.sparsities
+table = pd.DataFrame(rows)
+st.dataframe(table, hide_index=True, width="stretch")
+left, right = st.columns(2)
+left.plotly_chart(plots.schedule_bars(bars, names), key="compare-bars")
+right.plotly_chart(plots.schedule_tradeoff(table.dropna(subset=["global_sparsity", "predicted"]), metric),
+                   key="compare-tradeoff")

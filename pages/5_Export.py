@@ -1,14 +1,124 @@
-"""Export: the current schedule as a pruned ONNX model, verified, with its size and latency next to dense."""
+"""Export: the schedule as a pruned ONNX model, verified in ONNX Runtime, with its size and latency next to dense."""
 
+import json
+import time
+
+import pandas as pd
 import streamlit as st
 
-from ui import common, pending
+from analysis.batchnorm import has_batchnorm
+from analysis.export import EXPORTERS, VerificationError, export
+from analysis.report import build_report
+from ui import common, runs, schedules
+from ui.uploads import prunescope_home
 
 spec = common.header("Export")
-if not pending.available("export"):
-    pending.arrives_with("the export engine (analysis/export.py, issue 5): ONNX export of the current schedule "
-                         "(masked, and channel-shrunk where the granularity allows), ONNX Runtime verification, "
-                         "size and latency next to the dense model, and downloads of the model, the schedule "
-                         "and an HTML report")
 spec, workload, layers = common.workload_or_stop()
-st.write("Export engine found; this page is wired when its API is merged.")
+
+choices = {}
+tuned = schedules.current_schedule(spec)
+if tuned is not None and tuned[0].sparsities:
+    choices["current (from the Schedule page)"] = tuned
+for name, saved in schedules.list_saved(spec.key).items():
+    run_id = saved.meta.get("run_id")
+    profile = runs.load_run(run_id) if run_id and (runs.profiles_dir() / run_id).is_dir() else None
+    choices[f"saved: {name}"] = (saved, profile)
+if not choices:
+    if tuned is not None:
+        st.info("The schedule on the Schedule page prunes nothing, so there is nothing to export: apply a preset "
+                "or move a slider there first.")
+    else:
+        st.info("No schedule yet: tune one on the Schedule page (or save one there), then export it here.")
+    st.page_link("pages/4_Schedule.py", label="Go to Schedule", icon=":material/tune:")
+    st.stop()
+
+label = st.selectbox("Schedule to export", list(choices))
+schedule, profile = choices[label]
+channel = schedule.granularity == "channel"
+st.caption(f"{len(schedule.sparsities)} layers pruned · {schedule.criterion} criterion · {schedule.granularity} "
+           f"granularity · {schedule.meta.get('method') or schedule.meta.get('source', '')}")
+c1, c2, c3, c4 = st.columns(4)
+shrink = c1.checkbox("Remove pruned channels (shrink)", value=channel, disabled=not channel,
+                     help="channel granularity only: the file really has fewer channels" if channel else
+                     "needs channel granularity; this schedule is exported masked (zeros in the weights)")
+bn = c2.checkbox("Recalibrate BatchNorm", value=has_batchnorm(workload.model), disabled=not has_batchnorm(workload.model))
+exporter = c3.selectbox("Exporter", ["torchscript", "dynamo", "auto"], help=f"torch.onnx exporter ({', '.join(EXPORTERS)}):"
+                        " torchscript is fast on small models, dynamo (torch.export) keeps parameter names")
+timing = c4.checkbox("Measure latency", value=True, help="ONNX Runtime CPU latency, dense vs pruned, batch 1 and 32")
+
+if st.button("Export", type="primary"):
+    folder = prunescope_home() / "exports" / time.strftime("%Y%m%d-%H%M%S")
+    try:
+        with st.status("Exporting: prune, write ONNX, verify in ONNX Runtime, measure size and latency ...",
+                       expanded=False) as status:
+            report = export(workload.model, schedule, workload.data, folder / "model.onnx", shrink_channels=shrink and channel,
+                            bn_recalibrate=bn, model_spec=spec.model, exporter=exporter, measure_latency=timing,
+                            repeats=10)
+            (folder / "model.export.json").write_text(json.dumps(report.to_dict(), indent=1, default=str))
+            status.update(label=f"Exported in {sum(report.seconds.values()):.1f} s", state="complete")
+    except (ValueError, VerificationError) as exc:
+        st.error(f"The export failed: {' '.join(str(exc).split())}")
+    except Exception as exc:  # noqa: BLE001 - an exporter can fail in many ways; the page says how and stays up
+        st.error(f"The export failed: {common.load_error(exc)}")
+    else:
+        st.session_state["export"] = {"workload": spec.key, "label": label, "report": report, "html": None}
+
+done = st.session_state.get("export")
+if not done or done["workload"] != spec.key:
+    st.info("Pick the options and press Export (a few seconds on the sample).")
+    st.stop()
+report = done["report"]
+if done["label"] != label:
+    st.caption(f"Showing the last export ({done['label']}); press Export for the schedule above.")
+
+passed = all(v.passed for v in report.verifications)
+main = report.verifications[0]
+text = (f"ONNX Runtime vs PyTorch on {main.samples} samples: max abs diff {main.max_abs:.3g}, max rel diff "
+        f"{main.max_rel:.3g} (tolerance {main.tolerance:g}), top-1 agreement {main.top1_agreement:.4f}")
+(st.success if passed else st.error)(f"Verification {'passed' if passed else 'FAILED'}. {text}.")
+st.dataframe(pd.DataFrame([v.to_dict() for v in report.verifications]), hide_index=True, width="stretch")
+
+q = report.quality
+cols = st.columns(4)
+if q["dense_accuracy"] is not None:
+    cols[0].metric("dense accuracy", f"{q['dense_accuracy']:.4f}")
+    cols[1].metric("pruned accuracy", f"{q['pruned_accuracy']:.4f}", f"{q['pruned_accuracy'] - q['dense_accuracy']:+.4f}")
+cols[2].metric("top-1 agreement with dense", f"{q['agreement']:.4f}")
+cols[3].metric("file size", f"{report.pruned.file_bytes / 1024:.1f} KB",
+               f"{(report.pruned.file_bytes - report.dense.file_bytes) / 1024:+.1f} KB vs dense", delta_color="inverse")
+
+st.subheader("Size and latency next to the dense model")
+sizes = pd.DataFrame([{"model": name, "file KB": c.file_bytes / 1024, "gzip KB": c.gzip_bytes / 1024,
+                       "parameters": c.params, "non-zero": c.nonzero_params}
+                      for name, c in (("dense", report.dense), ("pruned", report.pruned))])
+st.dataframe(sizes, hide_index=True, width="stretch")
+if report.latency is not None:
+    wide = report.latency.pivot(index="batch", columns="model", values="median_ms").reset_index()
+    wide["speed-up"] = wide["dense"] / wide["pruned"]
+    st.dataframe(wide.rename(columns={"dense": "dense ms", "pruned": "pruned ms"}), hide_index=True, width="stretch")
+    st.caption(f"Median of {int(report.latency['repeats'].iloc[0])} interleaved runs, {report.threads} ONNX Runtime "
+               "thread(s), CPU. Unstructured zeros save bytes after compression, not time; removed channels save both.")
+for note in report.notes:
+    st.warning(note)
+with st.expander("Per-layer detail"):
+    st.dataframe(report.layers, hide_index=True, width="stretch")
+
+if done["html"] is None and profile is not None:
+    meta = report.schedule.meta
+    if "totals" not in meta and profile.meta.get("granularity") == schedule.granularity:
+        meta["totals"] = schedules.accountant(spec, schedule.criterion, schedule.granularity).totals(schedule).fractions()
+    diagnosis = st.session_state.get("diagnosis")
+    diagnosis = diagnosis["result"] if diagnosis and diagnosis["cell"][0] == spec.key else None
+    done["html"] = build_report(profile, diagnosis=diagnosis, schedule=report.schedule, export=report,
+                                title=f"Prunescope report: {spec.label}")
+c1, c2, c3 = st.columns(3)
+c1.download_button("Download the ONNX model", report.onnx_path.read_bytes(), "model.onnx", "application/octet-stream",
+                   on_click="ignore", type="primary")
+c2.download_button("Download the schedule", report.schedule_path.read_text(), "schedule.json", "application/json",
+                   on_click="ignore")
+if done["html"] is not None:
+    c3.download_button("Download the HTML report", done["html"], "prunescope-report.html", "text/html",
+                       on_click="ignore")
+else:
+    c3.caption("The sensitivity run this schedule came from is gone, so no report.")
+st.caption(f"Written to {report.onnx_path.parent}")

@@ -77,3 +77,25 @@ def stored_run(prunescope_home, sample_profile) -> str:  # noqa: ANN001
 
     key = WorkloadSpec().key
     return runs.save_run(copy.deepcopy(sample_profile), key, runs.config_key(key, ScanConfig()))
+
+
+@pytest.fixture
+def downloads(monkeypatch):  # noqa: ANN001, ANN201
+    """``downloads(button)``: the bytes a download button on an AppTest page serves (from the run's media store)."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+    from streamlit.testing.v1 import app_test
+
+    stores: list[MemoryMediaFileStorage] = []
+
+    class Recorded(MemoryMediaFileStorage):
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            super().__init__(*args, **kwargs)
+            stores.append(self)
+
+    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", Recorded)
+
+    def data(button) -> bytes:  # noqa: ANN001
+        name = button.proto.url.rsplit("/", 1)[-1]
+        return bytes(stores[-1].get_file(name).content)
+
+    return data

@@ -10,8 +10,6 @@ from ui import pending
 
 @pytest.mark.parametrize("page,engine,issue", [
     ("diagnostics", ("diagnostics", "diagnose"), "issue 3"),
-    ("schedule", ("schedule", "predict"), "issue 4"),
-    ("export", ("export",), "issue 5"),
 ])
 def test_pending_page_names_the_engine_it_waits_for(page, engine, issue):
     if pending.available(*engine):

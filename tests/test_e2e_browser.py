@@ -42,15 +42,15 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``streamlit run app.py`` on a free localhost port with its own PRUNESCOPE_HOME; yields its URL."""
+    """``prunescope dashboard`` (``streamlit run app.py``) on a free localhost port with its own PRUNESCOPE_HOME."""
     port = _free_port()
     home = tmp_path_factory.mktemp("e2e-home")
     env = dict(os.environ, PRUNESCOPE_HOME=str(home), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONPATH=str(ROOT))
     log = open(home / "streamlit.log", "w")  # noqa: SIM115 - closed after the server stops
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        [sys.executable, "-m", "analysis", "dashboard", "--port", str(port), "--", "--server.headless", "true",
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -119,7 +119,14 @@ def open_page(page, path: str) -> None:  # noqa: ANN001
 def shot(page, name: str) -> None:  # noqa: ANN001
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
+    # The app scrolls inside its main block, so a full-page shot is a viewport as tall as that block.
+    height = page.evaluate("() => document.querySelector('[data-testid=\"stMainBlockContainer\"]')?.scrollHeight ?? 0")
+    size = page.viewport_size
+    page.mouse.move(0, 0)
+    page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(int(height) + 80, 5000))})
+    page.wait_for_timeout(500)
     page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(size)
     if os.environ.get("PRUNESCOPE_UPDATE_SCREENSHOTS") == "1":
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, SCREENSHOTS / path.name)
@@ -189,7 +196,49 @@ def test_the_whole_story_in_a_browser(page):  # noqa: ANN001
     no_exception(page)
     shot(page, "diagnostics")
 
-    for name, path in [("schedule", "Schedule"), ("export", "Export")]:
-        open_page(page, path)
-        no_exception(page)
-        shot(page, name)
+    # Schedule: a preset, then one slider moved: the prediction follows without evaluating; then measured.
+    open_page(page, "Schedule")
+    page.get_by_role("button", name="Apply preset").click()
+    settle(page)
+
+    def predicted() -> str:
+        metric = page.locator('[data-testid="stMetric"]', has_text="predicted accuracy").first
+        return metric.locator('[data-testid="stMetricValue"]').inner_text()
+
+    before = predicted()
+    thumb = page.locator('[data-testid="stSlider"]', has_text="block1.0").get_by_role("slider")
+    thumb.focus()
+    thumb.press("End")
+    settle(page)
+    expect(page.locator('[data-testid="stSlider"]', has_text="block1.0")).to_contain_text("0.990")
+    assert predicted() != before
+    expect(page.get_by_text("hand-tuned from sensitivity")).to_be_visible()
+    page.get_by_role("button", name="Measure", exact=True).click()
+    settle(page)
+    expect(page.locator('[data-testid="stMetric"]', has_text="measured accuracy")).to_be_visible()
+    page.get_by_role("button", name="Save", exact=True).click()
+    settle(page)
+    expect(page.get_by_text("Saved hand-tuned.json")).to_be_visible()
+    expect(page.locator(".js-plotly-plot .barlayer")).to_have_count(2)
+    no_exception(page)
+    shot(page, "schedule")
+
+    # Export: the tuned schedule, verified in ONNX Runtime; the downloaded file runs.
+    open_page(page, "Export")
+    expect(page.get_by_text("4 layers pruned", exact=False)).to_contain_text("hand-tuned from sensitivity")
+    page.get_by_role("button", name="Export", exact=True).click()
+    settle(page)
+    expect(page.get_by_text("Verification passed")).to_be_visible()
+    expect(page.get_by_role("button", name="Download the HTML report")).to_be_visible()
+    no_exception(page)
+    shot(page, "export")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download the ONNX model").click()
+    settle(page)
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(download.value.path(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    [logits] = session.run(None, {session.get_inputs()[0].name: x})
+    assert logits.shape == (5, 10) and np.isfinite(logits).all()

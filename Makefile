@@ -30,6 +30,7 @@ bench: install ## the benchmarks that BENCHMARKS.md records
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_schedules.py
 	$(PY) benchmarks/bench_diagnostics.py
 	$(PY) benchmarks/bench_export.py
+	$(PY) benchmarks/bench_engine.py --threads 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -91,7 +91,7 @@ def _load_workload(args: argparse.Namespace):  # noqa: ANN202
 
 
 def _scan_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from analysis.engine import DEFAULT_SPARSITIES, ENGINES
+    from analysis.engine import DEFAULT_SPARSITIES, ENGINES, PRECISIONS
 
     p = sub.add_parser("scan", help="measure every layer alone at every sparsity (a sensitivity profile)",
                        description="Prune each layer alone at each sparsity, measure accuracy, loss, agreement and "
@@ -102,7 +102,12 @@ def _scan_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--sparsities", type=_sparsity_list, default=DEFAULT_SPARSITIES, metavar="S,S,...",
                    help="fractions to remove, each in [0, 1) (default 0.1,...,0.9; 0, the dense baseline, is added)")
     g.add_argument("--layers", type=_name_list, default=None, metavar="NAME,...", help="only these layers (default all)")
-    g.add_argument("--engine", choices=tuple(ENGINES), default="naive", help="scan engine (default naive)")
+    g.add_argument("--engine", choices=tuple(ENGINES), default="fast",
+                   help="scan engine: fast (default; reuses the dense prefix, same numbers) or naive (the reference)")
+    g.add_argument("--precision", choices=PRECISIONS, default="exact",
+                   help="float arithmetic of the pruned runs: exact (default; no TF32 on CUDA), tf32 (CUDA) or bf16")
+    g.add_argument("--chunk-size", type=int, default=None, metavar="N",
+                   help="fast engine: eval samples per chunk (default: batch size / number of sparsities)")
     g.add_argument("--calib-samples", type=int, default=256, metavar="N",
                    help="samples used by the taylor and activation criteria (default 256)")
     g.add_argument("--bn-recalibrate", action="store_true",
@@ -134,8 +139,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     workload = _load_workload(args)
     config = ScanConfig(criterion=args.criterion, granularity=args.granularity, sparsities=args.sparsities,
                         layers=args.layers, batch_size=args.batch_size, device=args.device, engine=args.engine,
-                        seed=args.seed, calib_samples=args.calib_samples, bn_recalibrate=args.bn_recalibrate,
-                        bn_batches=args.bn_batches)
+                        seed=args.seed, calib_samples=args.calib_samples, precision=args.precision,
+                        chunk_size=args.chunk_size, bn_recalibrate=args.bn_recalibrate, bn_batches=args.bn_batches)
     config = validated_config(config, backend)
     if config.bn_recalibrate and not _has_batchnorm(workload.model):
         print(f"prunescope: note: {workload.model_spec} has no BatchNorm layers; --bn-recalibrate does not apply",
@@ -158,6 +163,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         store.finish(run.id, profile.meta)
         store.close()
     profile.save(args.out)
+    for notice in profile.meta.get("engine", {}).get("notices", []):
+        print(f"prunescope: note: {notice}", file=sys.stderr)
     if not args.quiet:
         metric = profile.default_metric
         print(f"{workload.model_spec} on {workload.data.spec}: {len(profile.layers)} layers x "

@@ -5,23 +5,28 @@ it can be run by any process from the model, the data and the configuration alon
 up exactly over shards. An engine is a function ``(context, layer, shard) -> LayerResult``.
 
 ``naive`` is the reference: for every sparsity it prunes the layer in place, runs the whole model over the
-shard, and restores the weight. Faster engines must give the same numbers.
+shard, and restores the weight. ``fast`` gives the same numbers while running, per sparsity, only the part of
+the model downstream of the layer (see ``run_layer_fast``; the graph analysis lives in ``fxgraph.py``).
 """
 
 from __future__ import annotations
 
 import math
 import platform
+import resource
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
-from torch import nn
+from torch import fx, nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from analysis import batchnorm, criteria, masks
+from analysis import batchnorm, criteria, fxgraph, masks
 from analysis.layers import Layer, find_layers, select_layers
-from analysis.metrics import Sums, evaluate, predict, sums_from_logits
+from analysis.metrics import Sums, _logits, evaluate, predict, sums_from_logits
 from analysis.sources import Workload
 
 DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -37,9 +42,11 @@ class ScanConfig:
     layers: tuple[str, ...] | None = None
     batch_size: int = 128
     device: str = "cpu"
-    engine: str = "naive"
+    engine: str = "fast"
     seed: int = 0
     calib_samples: int = 256
+    precision: str = "exact"
+    chunk_size: int | None = None
     bn_recalibrate: bool = False
     bn_batches: int = 8
 
@@ -51,6 +58,10 @@ class ScanConfig:
             raise ValueError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
         if self.batch_size <= 0:
             raise ValueError(f"batch size must be positive, got {self.batch_size}")
+        if self.chunk_size is not None and self.chunk_size <= 0:
+            raise ValueError(f"chunk size must be positive, got {self.chunk_size}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.bn_batches <= 0:
             raise ValueError(f"BatchNorm recalibration needs at least one batch, got bn_batches={self.bn_batches}")
         if not self.sparsities:
@@ -67,8 +78,32 @@ class ScanConfig:
             values = [gran.nm_sparsity if math.isclose(s, gran.nm_sparsity) else s for s in values]
         if values[0] != 0.0:
             values = [0.0, *values]
-        check_device(self.device)
+        if check_device(self.device).type != "cuda" and self.precision == "tf32":
+            raise ValueError("precision tf32 needs a CUDA device (--device cuda); the CPU computes float32 exactly")
         return replace(self, granularity=str(gran), sparsities=tuple(values))
+
+
+PRECISIONS = ("exact", "tf32", "bf16")
+
+
+@contextmanager
+def arithmetic(precision: str, device: torch.device) -> Iterator[None]:
+    """Float32 arithmetic for the block: ``exact`` turns TF32 off on CUDA (cuDNN convolutions use it by default,
+    and it changes predictions), ``tf32`` turns it on, ``bf16`` autocasts to bfloat16. Restored afterwards."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = (matmul.fp32_precision, conv.fp32_precision)
+    mode = "tf32" if precision == "tf32" else "ieee"
+    try:
+        if device.type == "cuda":
+            matmul.fp32_precision, conv.fp32_precision = mode, mode
+        if precision == "bf16":
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+    finally:
+        if device.type == "cuda":
+            matmul.fp32_precision, conv.fp32_precision = saved
 
 
 def check_device(device: str) -> torch.device:
@@ -139,7 +174,9 @@ class ScanContext:
     config: ScanConfig
     stats: criteria.CalibrationStats
     device: torch.device
+    notices: list[str] = field(default_factory=list)
     _masks: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    _fast: "FastState | None" = None
 
     def masks_for(self, layer: Layer) -> list[torch.Tensor]:
         """Keep-masks of ``layer`` at each of the config's sparsities (computed once, then reused)."""
@@ -171,9 +208,10 @@ def prepare(workload: Workload, config: ScanConfig) -> ScanContext:
         raise ValueError(f"layer {name} cannot take granularity {gran}: {reason}")
     layers = [l for l in chosen if l.name not in skipped]
     calib = min(len(x), config.calib_samples)
-    stats = criteria.collect_stats(model, layers, x[:calib], None if y is None else y[:calib], config.criterion,
-                                   config.batch_size, device)
-    dense = predict(model, x, config.batch_size, device)
+    with arithmetic("exact", device):
+        stats = criteria.collect_stats(model, layers, x[:calib], None if y is None else y[:calib],
+                                       config.criterion, config.batch_size, device)
+        dense = predict(model, x, config.batch_size, device)
     return ScanContext(model, x, y, dense, layers, skipped, config, stats, device)
 
 
@@ -195,7 +233,8 @@ def run_layer_naive(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | Non
         if sparsity == 0.0:
             sums = sums_from_logits(dense, dense, y)
         else:
-            with masks.applied(ctx.model, {layer.param_name: mask}), batchnorm.preserved(ctx.model):
+            with masks.applied(ctx.model, {layer.param_name: mask}), batchnorm.preserved(ctx.model), \
+                    arithmetic(ctx.config.precision, ctx.device):
                 if ctx.config.bn_recalibrate:
                     batchnorm.recalibrate(ctx.model, ctx.x, ctx.config.bn_batches, ctx.config.batch_size, ctx.device)
                 sums = evaluate(ctx.model, x, y, dense, ctx.config.batch_size, ctx.device)
@@ -203,8 +242,164 @@ def run_layer_naive(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | Non
     return LayerResult(layer.name, (lo, hi), rows, time.perf_counter() - start_t)
 
 
+@dataclass
+class FastState:
+    """What the fast engine keeps between layers: the traced graph, each layer's cut, and the dense frontier of
+    every eval chunk (the values the last layer's downstream part read), from which the next frontier is
+    computed without running the prefix again."""
+
+    gm: fx.GraphModule | None
+    chunk: int
+    shard: tuple[int, int] | None = None
+    frontier: list[dict] = field(default_factory=list)
+    cuts: dict[str, fxgraph.Split] = field(default_factory=dict)
+    peak_cache_bytes: int = 0
+
+
+def fast_state(ctx: ScanContext) -> FastState:
+    """The context's fast-engine state, tracing the model on first use (``gm`` is ``None`` if it cannot)."""
+    if ctx._fast is None:
+        gm = None
+        if ctx.config.bn_recalibrate:
+            ctx.notices.append("BatchNorm recalibration changes every BatchNorm per cell, so the fast engine has no "
+                               "dense values to reuse: using the naive engine")
+        else:
+            try:
+                gm = fxgraph.trace(ctx.model)
+            except fxgraph.Untraceable as exc:
+                ctx.notices.append(f"the fast engine cannot scan this model, using the naive engine: {exc}")
+        ctx._fast = FastState(gm, chunk_size(ctx.config))
+    return ctx._fast
+
+
+def chunk_size(config: ScanConfig) -> int:
+    """Eval samples per chunk: the S pruned variants of a chunk run as one batch of about ``batch_size``."""
+    if config.chunk_size:
+        return config.chunk_size
+    pruned = sum(1 for s in config.sparsities if s > 0)
+    return max(1, -(-config.batch_size // max(1, pruned)))
+
+
+def run_layer_fast(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None = None) -> LayerResult:
+    """The naive engine's numbers without its repeated work.
+
+    Per eval chunk: advance the dense frontier (the values the layer's downstream part reads) from the last
+    layer's frontier; run the layer once per distinct pruned mask on its dense input; then run the downstream
+    part once for all masks together, the masks folded into the batch by ``torch.func.vmap``. Masks that
+    remove nothing give the dense sums without running anything.
+    """
+    state = fast_state(ctx)
+    if state.gm is None:
+        return run_layer_naive(ctx, layer, shard)
+    start_t = time.perf_counter()
+    lo, hi = shard or (0, len(ctx.x))
+    if layer.name not in state.cuts:
+        state.cuts[layer.name] = fxgraph.split(state.gm, layer.param_name)
+    cut = state.cuts[layer.name]
+    layer_masks = ctx.masks_for(layer)
+    variants: list[torch.Tensor] = []
+    slot: list[int | None] = []
+    for mask in layer_masks:
+        if bool(mask.all()):
+            slot.append(None)
+            continue
+        same = next((i for i, v in enumerate(variants) if torch.equal(v, mask)), None)
+        if same is None:
+            variants.append(mask)
+            same = len(variants) - 1
+        slot.append(same)
+    if state.shard != (lo, hi):
+        state.shard, state.frontier = (lo, hi), []
+    labelled = ctx.y is not None
+    totals = [Sums(labelled=labelled) for _ in variants]
+    with arithmetic(ctx.config.precision, ctx.device):
+        for c, start in enumerate(range(lo, hi, state.chunk)):
+            stop = min(start + state.chunk, hi)
+            known = state.frontier[c] if c < len(state.frontier) else {}
+            with torch.inference_mode():
+                front = fxgraph.evaluate(state.gm, cut.frontier, known, (ctx.x[start:stop].to(ctx.device),))
+            if c < len(state.frontier):
+                state.frontier[c] = front
+            else:
+                state.frontier.append(front)
+            if not variants or not cut.reaches_output:
+                continue
+            dense, y = ctx.dense_logits[start:stop], None if ctx.y is None else ctx.y[start:stop]
+            for v, logits in enumerate(_variant_logits(ctx, state.gm, cut, front, layer, variants)):
+                totals[v] = totals[v] + sums_from_logits(logits, dense, y)
+    state.peak_cache_bytes = max(state.peak_cache_bytes, _cache_bytes(state))
+    dense_sums = sums_from_logits(ctx.dense_logits[lo:hi], ctx.dense_logits[lo:hi],
+                                  None if ctx.y is None else ctx.y[lo:hi])
+    rows = []
+    for sparsity, mask, v in zip(ctx.config.sparsities, layer_masks, slot):
+        sums = dense_sums if v is None or not cut.reaches_output else totals[v]
+        rows.append({"sparsity": sparsity, "actual_sparsity": 1.0 - kept_fraction(mask), **sums.to_dict()})
+    return LayerResult(layer.name, (lo, hi), rows, time.perf_counter() - start_t)
+
+
+def _variant_logits(ctx: ScanContext, gm: fx.GraphModule, cut: fxgraph.Split, front: dict, layer: Layer,
+                    variants: list[torch.Tensor]) -> torch.Tensor:
+    """Logits (variants, chunk, classes) of the pruned models, from the dense frontier of one chunk."""
+    output = cut.downstream[-1]
+    if not cut.roots_read_dense or ctx.config.precision == "bf16":
+        # bf16 autocast and vmap do not mix (batch-norm batching rules reject the mixed dtypes): one run per mask.
+        return torch.stack([_logits_one(ctx, gm, cut.downstream, front, layer, m) for m in variants])
+    per_variant = [_logits_one(ctx, gm, cut.roots, front, layer, m, keep=cut.roots) for m in variants]
+    flat = [tree_flatten(outs) for outs in per_variant]
+    spec = flat[0][1]
+    stacked = [torch.stack(col) if isinstance(col[0], torch.Tensor) else col[0] for col in zip(*(f for f, _ in flat))]
+    in_dims = [0 if isinstance(v, torch.Tensor) else None for v in stacked]
+    rest = [n for n in cut.downstream if n not in set(cut.roots)]
+
+    def run_rest(leaves: list) -> torch.Tensor:
+        env = dict(front)
+        env.update(zip(cut.roots, tree_unflatten(leaves, spec)))
+        fxgraph.run(gm, rest, env, keep={output})
+        return _logits(env[output])
+
+    with torch.inference_mode(), warnings.catch_warnings():
+        # Ops without a batching rule (e.g. the fused attention of nn.MultiheadAttention) run once per variant:
+        # slower, still exact; the warning says nothing the user can act on.
+        warnings.filterwarnings("ignore", message="There is a performance drop")
+        return torch.func.vmap(run_rest, in_dims=(in_dims,))(stacked)
+
+
+def _logits_one(ctx: ScanContext, gm: fx.GraphModule, nodes: list, front: dict, layer: Layer,
+                mask: torch.Tensor, keep: list | None = None) -> object:
+    """Run ``nodes`` with ``layer`` pruned by ``mask``: the logits, or the values of ``keep``."""
+    env = dict(front)
+    with masks.applied(ctx.model, {layer.param_name: mask}), torch.inference_mode():
+        fxgraph.run(gm, nodes, env, keep=set(keep or nodes[-1:]))
+    return [env[n] for n in keep] if keep else _logits(env[nodes[-1]])
+
+
+def _cache_bytes(state: FastState) -> int:
+    seen = {}
+    for chunk in state.frontier:
+        for node, value in chunk.items():
+            if node.op != "get_attr":
+                for t in tree_flatten(value)[0]:
+                    if isinstance(t, torch.Tensor):
+                        seen[id(t)] = t.nbytes
+    return sum(seen.values())
+
+
 EngineFn = Callable[[ScanContext, Layer, "tuple[int, int] | None"], LayerResult]
-ENGINES: dict[str, EngineFn] = {"naive": run_layer_naive}
+ENGINES: dict[str, EngineFn] = {"fast": run_layer_fast, "naive": run_layer_naive}
+
+
+def engine_report(ctx: ScanContext) -> dict:
+    """How the scan ran: the engine asked for and the one used, notices, and peak memory."""
+    state = ctx._fast
+    used = "naive" if ctx.config.engine == "naive" or (state is not None and state.gm is None) else ctx.config.engine
+    report = {"engine": ctx.config.engine, "used": used, "precision": ctx.config.precision, "notices": ctx.notices}
+    if state is not None and state.gm is not None:
+        report["chunk_size"] = state.chunk
+        report["peak_cache_mb"] = round(state.peak_cache_bytes / 2**20, 2)
+    if ctx.device.type == "cuda":
+        report["peak_device_mb"] = round(torch.cuda.max_memory_allocated(ctx.device) / 2**20, 1)
+    report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return report
 
 
 def environment() -> dict[str, str]:

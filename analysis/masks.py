@@ -157,6 +157,13 @@ def is_nm(weight: torch.Tensor, n: int, m: int) -> bool:
     return bool(((blocks != 0).sum(dim=1) <= n).all())
 
 
+def parameter(model: nn.Module, name: str) -> torch.Tensor:
+    """The parameter ``name`` of ``model``; also for TorchScript modules, which lack ``get_parameter``."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return dict(model.named_parameters())[name]
+    return model.get_parameter(name)
+
+
 @contextmanager
 def applied(model: nn.Module, masks: dict[str, torch.Tensor]) -> Iterator[None]:
     """Zero the masked weights of ``model`` in place for the duration of the block, then restore them exactly.
@@ -168,7 +175,7 @@ def applied(model: nn.Module, masks: dict[str, torch.Tensor]) -> Iterator[None]:
     try:
         with torch.no_grad():
             for name, mask in masks.items():
-                weight = model.get_parameter(name)
+                weight = parameter(model, name)
                 saved.append((weight, weight.detach().clone()))
                 weight.masked_fill_(~mask.to(weight.device), 0)
         yield

@@ -180,6 +180,7 @@ def build_profile(ctx: ScanContext, workload: Workload, results: dict[str, Layer
             "per_layer_s": {name: round(r.seconds, 4) for name, r in results.items()},
         },
         "versions": engine.environment(),
+        "engine": engine.engine_report(ctx) if isinstance(ctx, ScanContext) else {},
     }
     return SensitivityProfile(table, meta)
 

@@ -1,0 +1,170 @@
+"""Graph analysis for the fast engine: trace a model with ``torch.fx`` and cut it around one layer.
+
+Pruning one layer changes only what is downstream of it. ``split`` finds, for a weight, the nodes that read it
+(the roots), every node that depends on them (the downstream part) and the dense values the downstream part
+reads from outside (the frontier: the layer's input, a residual branch, a class token). ``evaluate`` computes
+dense values node by node from whatever is already known, so a scan can walk the model layer by layer and
+never recompute a prefix.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+_INPLACE_FUNCTIONS = {
+    operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+    operator.itruediv: operator.truediv, operator.iand: operator.and_, operator.ior: operator.or_,
+    torch.relu_: torch.relu, torch.sigmoid_: torch.sigmoid, torch.tanh_: torch.tanh,
+}
+
+
+class Untraceable(Exception):
+    """The model cannot be traced into a graph; the message says why."""
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """``model`` as an fx graph whose operations never write into their inputs.
+
+    Cached dense values are read by many pruned variants, so an in-place ``ReLU`` or ``+=`` would corrupt
+    them: in-place modules, functions and methods are replaced by their out-of-place forms. The graph shares
+    the model's parameters (masking a weight in place is seen by both).
+    """
+    if isinstance(model, torch.jit.ScriptModule):
+        raise Untraceable("TorchScript modules cannot be traced by torch.fx")
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means: use the naive engine
+        text = " ".join(str(exc).split())
+        raise Untraceable(f"torch.fx cannot trace it ({type(exc).__name__}: {text[:200]})") from None
+    _make_out_of_place(gm)
+    return gm
+
+
+def _make_out_of_place(gm: fx.GraphModule) -> None:
+    for i, node in enumerate(list(gm.graph.nodes)):
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            if getattr(module, "inplace", False) is True:
+                safe = copy.copy(module)
+                safe.inplace = False
+                name = f"_out_of_place_{i}"
+                gm.add_submodule(name, safe)
+                node.target = name
+        elif node.op == "call_function":
+            if node.target in _INPLACE_FUNCTIONS:
+                node.target = _INPLACE_FUNCTIONS[node.target]
+            elif node.kwargs.get("inplace") is True:
+                node.kwargs = {**node.kwargs, "inplace": False}
+        elif node.op == "call_method" and node.target.endswith("_") and not node.target.endswith("__"):
+            node.target = node.target[:-1]
+    gm.recompile()
+
+
+@dataclass
+class Split:
+    """One layer's cut through the graph (nodes in graph order)."""
+
+    roots: list[fx.Node]
+    downstream: list[fx.Node]
+    frontier: list[fx.Node]
+    reaches_output: bool
+
+    @property
+    def roots_read_dense(self) -> bool:
+        """True when every root reads only dense values (or other roots): the usual case. A weight shared by
+        a root and a later node reached through other nodes is not."""
+        allowed = set(self.frontier) | set(self.roots)
+        return all(a in allowed for r in self.roots for a in r.all_input_nodes)
+
+
+def roots_of(gm: fx.GraphModule, param_name: str) -> list[fx.Node]:
+    """The nodes whose result changes when the parameter ``param_name`` changes.
+
+    A leaf module that owns the parameter (``conv``, ``attn`` for ``attn.in_proj_weight``), or the users of a
+    ``get_attr`` that fetches it (functional code such as torchvision's Swin attention).
+    """
+    found = []
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and param_name.startswith(node.target + "."):
+            found.append(node)
+        elif node.op == "get_attr" and node.target == param_name:
+            found.extend(node.users)
+    return list(dict.fromkeys(found))
+
+
+def split(gm: fx.GraphModule, param_name: str) -> Split:
+    """The roots, downstream part and frontier of the parameter ``param_name`` (``ValueError`` if unused)."""
+    roots = roots_of(gm, param_name)
+    if not roots:
+        raise ValueError(f"no node of the traced graph reads {param_name}")
+    down: set[fx.Node] = set(roots)
+    for node in gm.graph.nodes:
+        if node not in down and any(a in down for a in node.all_input_nodes):
+            down.add(node)
+    order = list(gm.graph.nodes)
+    downstream = [n for n in order if n in down]
+    needed = {a for n in downstream for a in n.all_input_nodes if a not in down}
+    frontier = [n for n in order if n in needed]
+    reaches = any(n.op == "output" for n in downstream)
+    return Split(roots=[n for n in order if n in set(roots)], downstream=downstream, frontier=frontier,
+                 reaches_output=reaches)
+
+
+def run_node(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, object]) -> object:
+    """Execute one node with its inputs taken from ``env``."""
+    args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda a: env[a])
+    if node.op == "get_attr":
+        obj: object = gm
+        for part in node.target.split("."):
+            obj = getattr(obj, part)
+        return obj
+    if node.op == "call_module":
+        return gm.get_submodule(node.target)(*args, **kwargs)
+    if node.op == "call_function":
+        return node.target(*args, **kwargs)
+    if node.op == "call_method":
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    if node.op == "output":
+        return args[0]
+    raise ValueError(f"cannot run a {node.op} node here")
+
+
+def run(gm: fx.GraphModule, nodes: list[fx.Node], env: dict[fx.Node, object], keep: set[fx.Node]) -> None:
+    """Execute ``nodes`` in order into ``env``, dropping each value after its last use unless it is in ``keep``."""
+    last_use = {}
+    for i, node in enumerate(nodes):
+        for a in node.all_input_nodes:
+            last_use[a] = i
+    for i, node in enumerate(nodes):
+        env[node] = run_node(gm, node, env)
+        for a in node.all_input_nodes:
+            if last_use[a] == i and a not in keep:
+                env.pop(a, None)
+
+
+def evaluate(gm: fx.GraphModule, targets: list[fx.Node], known: dict[fx.Node, object],
+             inputs: tuple[object, ...]) -> dict[fx.Node, object]:
+    """Dense values of ``targets``, computing only what ``known`` does not already hold.
+
+    Placeholders take ``inputs`` in order (a missing one its default).
+    """
+    todo: set[fx.Node] = set()
+    stack = [t for t in targets if t not in known]
+    while stack:
+        node = stack.pop()
+        if node not in todo:
+            todo.add(node)
+            stack.extend(a for a in node.all_input_nodes if a not in known)
+    env = dict(known)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for i, node in enumerate(placeholders):
+        if node in todo:
+            env[node] = inputs[i] if i < len(inputs) else (node.args[0] if node.args else None)
+    order = [n for n in gm.graph.nodes if n in todo and n.op != "placeholder"]
+    run(gm, order, env, keep=set(targets))
+    return {t: env[t] for t in targets}

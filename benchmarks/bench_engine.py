@@ -1,0 +1,182 @@
+"""Naive vs fast scan engine, side by side in one process on the same data, with the bounds of prefix reuse.
+
+For each model: one context (same masks, same dense outputs, same threads and precision for both engines);
+each repeat scans every layer with both engines, layer by layer, alternating which goes first; the table
+reports the median over repeats of the summed seconds. Next to the measured ratio stand two ceilings:
+
+- measured bound: run the dense graph node by node, time each node; fast can at best skip each layer's
+  prefix, so bound = L * T(all nodes) / sum over layers of T(nodes downstream of the layer).
+- FLOP bound: the same ratio with each node's FLOPs (torch.utils.flop_counter) in place of its time.
+
+Peak memory is the largest rise of the process's resident memory over the start of an engine's run, sampled
+every 2 ms (on CUDA: the allocator's peak).
+
+    python benchmarks/bench_engine.py --models resnet18,mobilenet_v3_small --data random:3x64x64 \\
+        --count 512 --threads 2 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from analysis import fxgraph  # noqa: E402
+from analysis.batchnorm import recalibrate  # noqa: E402
+from analysis.engine import ScanConfig, fast_state, prepare, run_layer_fast, run_layer_naive  # noqa: E402
+from analysis.sources import load_workload  # noqa: E402
+
+
+class PeakMemory:
+    """Peak rise of resident memory (CPU) or allocated memory (CUDA) while the block runs, in MB."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak, self._stop = device, 0, threading.Event()
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    def _watch(self, base: int) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._rss() - base)
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self._base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._thread = threading.Thread(target=self._watch, args=(self._rss(),), daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self._base
+        else:
+            self._stop.set()
+            self._thread.join()
+
+    @property
+    def mb(self) -> float:
+        return self.peak / 2**20
+
+
+def node_costs(ctx, batch: int, repeats: int = 3) -> tuple[dict, dict]:
+    """Seconds (median of ``repeats``) and FLOPs of every graph node on one dense batch of ``batch`` samples."""
+    gm = fast_state(ctx).gm
+    x = ctx.x[:batch].to(ctx.device)
+    nodes = [n for n in gm.graph.nodes if n.op != "placeholder"]
+    times: dict = {n: [] for n in nodes}
+    flops: dict = {}
+    placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    with torch.inference_mode():
+        for r in range(repeats + 1):
+            env = {placeholder: x}
+            for node in nodes:
+                if r == 0:
+                    with FlopCounterMode(display=False) as counter:
+                        env[node] = fxgraph.run_node(gm, node, env)
+                    flops[node] = counter.get_total_flops()
+                    continue
+                if ctx.device.type == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                env[node] = fxgraph.run_node(gm, node, env)
+                if ctx.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times[node].append(time.perf_counter() - t)
+    return {n: statistics.median(v) for n, v in times.items()}, flops
+
+
+def bounds(ctx) -> tuple[float, float]:
+    """(measured-time bound, FLOP bound) on the speed-up of prefix reuse for this scan's layers."""
+    seconds, flops = node_costs(ctx, ctx.config.batch_size)
+    state = fast_state(ctx)
+    down = [fxgraph.split(state.gm, layer.param_name).downstream for layer in ctx.layers]
+    t_all, f_all = sum(seconds.values()), sum(flops.values())
+    t_down = sum(sum(seconds.get(n, 0.0) for n in d) for d in down)
+    f_down = sum(sum(flops.get(n, 0) for n in d) for d in down)
+    return len(down) * t_all / t_down, len(down) * f_all / max(f_down, 1)
+
+
+def same(a: list[dict], b: list[dict]) -> bool:
+    return all(ra["correct"] == rb["correct"] and ra["agree"] == rb["agree"]
+               and abs(ra["loss_sum"] - rb["loss_sum"]) <= 1e-5 * abs(ra["loss_sum"]) + 1e-9
+               for ra, rb in zip(a, b))
+
+
+def bench(model: str, data: str, count: int, repeats: int, config: ScanConfig) -> dict:
+    workload = load_workload(model, data, count=count)
+    recalibrate(workload.model, workload.data.x, device=config.device)
+    ctx = prepare(workload, config)
+    state = fast_state(ctx)
+    if state.gm is None:
+        raise SystemExit(f"{model}: {ctx.notices[0]}")
+    time_bound, flop_bound = bounds(ctx)
+    totals = {"naive": [], "fast": []}
+    peaks = {"naive": 0.0, "fast": 0.0}
+    identical = True
+    for r in range(repeats):
+        state.frontier, state.shard = [], None
+        spent = {"naive": 0.0, "fast": 0.0}
+        for layer in ctx.layers:
+            rows = {}
+            order = ("naive", "fast") if r % 2 == 0 else ("fast", "naive")
+            for name in order:
+                fn = run_layer_naive if name == "naive" else run_layer_fast
+                with PeakMemory(ctx.device) as mem:
+                    result = fn(ctx, layer, None)
+                spent[name] += result.seconds
+                peaks[name] = max(peaks[name], mem.mb)
+                rows[name] = result.rows
+            identical &= same(rows["naive"], rows["fast"])
+        for name in spent:
+            totals[name].append(spent[name])
+        print(f"  {model} repeat {r + 1}: naive {spent['naive']:.1f} s, fast {spent['fast']:.1f} s", flush=True)
+    naive_s, fast_s = statistics.median(totals["naive"]), statistics.median(totals["fast"])
+    ratio = naive_s / fast_s
+    return {
+        "model": model, "L": len(ctx.layers), "S": sum(1 for s in ctx.config.sparsities if s > 0), "N": len(ctx.x),
+        "device": f"{ctx.device.type} x{torch.get_num_threads()}" if ctx.device.type == "cpu" else ctx.device.type,
+        "naive s": round(naive_s, 1), "fast s": round(fast_s, 1), "ratio": round(ratio, 2),
+        "bound (time)": round(time_bound, 2), "of bound": f"{ratio / time_bound:.0%}", "FLOP bound": round(flop_bound, 2),
+        "peak MB naive/fast": f"{peaks['naive']:.0f} / {peaks['fast']:.0f}",
+        "cache MB": round(state.peak_cache_bytes / 2**20, 1), "identical?": "yes" if identical else "NO",
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="resnet18,mobilenet_v3_small", help="torchvision architectures")
+    p.add_argument("--data", default="random:3x64x64")
+    p.add_argument("--count", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="exact")
+    p.add_argument("--batch-size", type=int, default=128)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    config = ScanConfig(device=args.device, precision=args.precision, batch_size=args.batch_size)
+    rows = [bench(f"torchvision:{m}", args.data, args.count, args.repeats, config) for m in args.models.split(",")]
+    keys = list(rows[0])
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for row in rows:
+        print("| " + " | ".join(str(row[k]) for k in keys) + " |")
+
+
+if __name__ == "__main__":
+    main()

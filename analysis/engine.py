@@ -272,12 +272,18 @@ def fast_state(ctx: ScanContext) -> FastState:
     return ctx._fast
 
 
+MIN_CHUNK = 32
+
+
 def chunk_size(config: ScanConfig) -> int:
-    """Eval samples per chunk: the S pruned variants of a chunk run as one batch of about ``batch_size``."""
+    """Eval samples per chunk: the S pruned variants of a chunk run as one batch of about ``batch_size``, but
+    never fewer than ``MIN_CHUNK`` samples: below that, the per-chunk work (the layer run once per mask, the
+    graph walked once per chunk) dominates. On resnet18 (3x64x64, 9 sparsities, 2 CPU threads) chunks of 15
+    gave 1.8x over the naive engine and chunks of 32 gave 2.2x."""
     if config.chunk_size:
         return config.chunk_size
     pruned = sum(1 for s in config.sparsities if s > 0)
-    return max(1, -(-config.batch_size // max(1, pruned)))
+    return max(MIN_CHUNK, -(-config.batch_size // max(1, pruned)))
 
 
 def run_layer_fast(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None = None) -> LayerResult:

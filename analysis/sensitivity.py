@@ -155,23 +155,9 @@ def build_profile(ctx: ScanContext, workload: Workload, results: dict[str, Layer
     table = pd.DataFrame.from_records(records, columns=[
         "layer", "type", "sparsity", "actual_sparsity", "accuracy", "loss", "agreement", "kl", "logit_cosine",
         "logit_rel_l2", "n", "correct", "agree", "loss_sum", "kl_sum", "params", "flops"])
-    baseline = ctx.baseline()
-    config = ctx.config
     meta = {
-        "model": workload.model_spec,
-        "data": workload.data.spec,
-        "samples": len(ctx.x),
-        "labelled": ctx.y is not None,
-        "num_classes": workload.num_classes,
-        "input_shape": list(workload.input_shape),
-        "config": asdict(config),
-        "criterion": config.criterion,
-        "granularity": config.granularity,
-        "sparsities": list(config.sparsities),
-        "baseline": baseline.metrics(),
-        "layers": [{"name": l.name, "type": l.kind, "shape": list(l.shape), "params": l.params, "flops": l.flops}
-                   for l in ctx.layers],
-        "skipped_layers": ctx.skipped,
+        **describe(workload, ctx),
+        "baseline": ctx.baseline().metrics(),
         "complete": all(l.name in results for l in ctx.layers),
         "resumed_layers": resumed,
         "timings": {
@@ -183,6 +169,27 @@ def build_profile(ctx: ScanContext, workload: Workload, results: dict[str, Layer
         "engine": engine.engine_report(ctx) if isinstance(ctx, ScanContext) else {},
     }
     return SensitivityProfile(table, meta)
+
+
+def describe(workload: Workload, ctx: ScanContext) -> dict:
+    """What a scan is, independent of its results: model, data, configuration and layers (``scan.json``'s core,
+    also what the run store records when a run starts)."""
+    config = ctx.config
+    return {
+        "model": workload.model_spec,
+        "data": workload.data.spec,
+        "samples": len(ctx.x),
+        "labelled": ctx.y is not None,
+        "num_classes": workload.num_classes,
+        "input_shape": list(workload.input_shape),
+        "config": asdict(config),
+        "criterion": config.criterion,
+        "granularity": config.granularity,
+        "sparsities": list(config.sparsities),
+        "layers": [{"name": l.name, "type": l.kind, "shape": list(l.shape), "params": l.params, "flops": l.flops}
+                   for l in ctx.layers],
+        "skipped_layers": ctx.skipped,
+    }
 
 
 def tolerance_table(profile: SensitivityProfile, max_drop: float = 0.01, metric: str | None = None) -> pd.DataFrame:

@@ -422,22 +422,10 @@ def _run_meta(workload: Workload, ctx: ScanContext) -> dict:
     The dense baseline is not computed here: every finished layer carries it as its sparsity-0 row.
     """
     from analysis.engine import environment
+    from analysis.sensitivity import describe
 
-    config = ctx.config
     return {
-        "model": workload.model_spec,
-        "data": workload.data.spec,
-        "samples": len(ctx.x),
-        "labelled": ctx.y is not None,
-        "num_classes": workload.num_classes,
-        "input_shape": list(workload.input_shape),
-        "config": asdict(config),
-        "criterion": config.criterion,
-        "granularity": config.granularity,
-        "sparsities": list(config.sparsities),
-        "layers": [{"name": l.name, "type": l.kind, "shape": list(l.shape), "params": l.params, "flops": l.flops}
-                   for l in ctx.layers],
-        "skipped_layers": ctx.skipped,
+        **describe(workload, ctx),
         "complete": False,
         "versions": environment(),
     }

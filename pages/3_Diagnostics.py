@@ -4,17 +4,12 @@ import streamlit as st
 
 from analysis import plots
 from analysis.criteria import CRITERIA
+from analysis.diagnostics import diagnose
 from analysis.engine import ScanConfig
 from analysis.sensitivity import tolerance_table
-from ui import common, pending, runs
+from ui import artifacts, common, runs
 
 spec = common.header("Diagnostics")
-if not pending.available("diagnostics", "diagnose"):
-    pending.arrives_with("the diagnostics engine (analysis/diagnostics.py, issue 3): pick a layer and a sparsity "
-                         "and see the activation shift of every downstream layer, the dead neurons it creates, "
-                         "and how much BatchNorm recalibration recovers")
-from analysis.diagnostics import diagnose  # noqa: E402 - only once the engine exists
-from ui import artifacts  # noqa: E402 - it reads analysis.diagnostics
 
 spec, workload, layers = common.workload_or_stop()
 profile = runs.current_profile(spec)

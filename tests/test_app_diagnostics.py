@@ -5,10 +5,6 @@ from __future__ import annotations
 import pytest
 from app_support import app, assert_clean, plotly_specs, sample_profile, sample_scan, stored_run, texts  # noqa: F401
 
-from ui import pending
-
-pytestmark = pytest.mark.skipif(not pending.available("diagnostics", "diagnose"),
-                                reason="analysis.diagnostics has not landed")
 
 
 def test_diagnose_the_most_fragile_layer_of_the_run_on_show(stored_run, sample_profile):  # noqa: F811

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from ui import pending
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -186,13 +185,10 @@ def test_the_whole_story_in_a_browser(page):  # noqa: ANN001
 
     # Diagnostics: the most fragile layer of the run on show, diagnosed at 0.5.
     open_page(page, "Diagnostics")
-    if pending.available("diagnostics", "diagnose"):
-        page.get_by_role("button", name="Diagnose").click()
-        settle(page)
-        expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(3)
-        expect(page.get_by_text("Activation shift downstream (rel_l2)")).to_be_visible()
-    else:
-        expect(page.get_by_text("This page arrives with")).to_be_visible()
+    page.get_by_role("button", name="Diagnose").click()
+    settle(page)
+    expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(3)
+    expect(page.get_by_text("Activation shift downstream (rel_l2)")).to_be_visible()
     no_exception(page)
     shot(page, "diagnostics")
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from analysis.layers import _CONV_OPS, Layer, _storage_key
+from analysis.layers import _CONV_OPS, Layer, _storage_key, gradients_on
 
 # Operations whose output channel c depends only on input channel c (first tensor argument).
 _CHANNELWISE = {
@@ -239,14 +239,7 @@ def trace_channels(model: nn.Module, example: torch.Tensor, layers: list[Layer])
     params = dict(model.named_parameters())
     by_param = {l.param_name: l.name for l in layers}
     watched = {_storage_key(p): by_param[n] for n, p in params.items() if n in by_param}
-    restore = {n: p.requires_grad for n, p in params.items()}
     tracer = _ChannelTracer(watched)
-    try:
-        for p in params.values():
-            p.requires_grad_(True)
-        with torch.enable_grad(), tracer:
-            model(example)
-    finally:
-        for n, p in params.items():
-            p.requires_grad_(restore[n])
+    with gradients_on(model), tracer:
+        model(example)
     return ChannelGraph({name: srcs for name, srcs in tracer.inputs.items()})

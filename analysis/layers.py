@@ -9,6 +9,8 @@ them in a plain ``nn.Module``, a TorchScript module and an unlifted ``torch.expo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -106,6 +108,25 @@ def _kind(op: str, shape: tuple[int, ...], param_name: str) -> str:
     return "Linear"
 
 
+@contextmanager
+def gradients_on(model: nn.Module) -> Iterator[None]:
+    """Every parameter requires grad and autograd is on for the block; each flag comes back as it was.
+
+    Tracing passes use it: fused inference fast paths (e.g. in ``nn.TransformerEncoderLayer``) would otherwise
+    hide the weights, and tracers that need autograd (Torch-Pruning's) see every parameter.
+    """
+    params = list(model.named_parameters())
+    restore = {n: p.requires_grad for n, p in params}
+    try:
+        for _, p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            yield
+    finally:
+        for n, p in params:
+            p.requires_grad_(restore[n])
+
+
 def find_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
     """Prunable layers of ``model`` in execution order, measured on one forward pass of ``example``.
 
@@ -116,17 +137,9 @@ def find_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
         return model.prunable_layers(example)
     params = dict(model.named_parameters())
     watched = {_storage_key(p): n for n, p in params.items() if p.dim() >= 2}
-    restore = {n: p.requires_grad for n, p in params.items()}
     recorder = _WeightUseRecorder(watched)
-    try:
-        # Gradients on: fused inference fast paths (e.g. in nn.TransformerEncoderLayer) would hide the weights.
-        for p in params.values():
-            p.requires_grad_(True)
-        with torch.enable_grad(), recorder:
-            model(example)
-    finally:
-        for n, p in params.items():
-            p.requires_grad_(restore[n])
+    with gradients_on(model), recorder:
+        model(example)
     batch = max(1, example.shape[0])
     layers = []
     for order, (param_name, use) in enumerate(recorder.uses.items()):

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from analysis import criteria, masks
-from analysis.layers import Layer
+from analysis.layers import Layer, gradients_on
 from analysis.schedule import Schedule
 
 
@@ -124,18 +124,12 @@ def _channel_scores(layer: Layer, model: nn.Module, criterion: str, stats: crite
 def _build_graph(model: nn.Module, example: torch.Tensor):  # noqa: ANN202 - a torch_pruning.DependencyGraph
     import torch_pruning as tp
 
-    restore = {n: p.requires_grad for n, p in model.named_parameters()}
     try:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        with torch.enable_grad():
+        with gradients_on(model):
             return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
     except Exception as exc:  # noqa: BLE001 - any tracing failure means the graph cannot handle this model
         raise ShrinkError(f"Torch-Pruning's dependency graph cannot trace this model ({type(exc).__name__}: "
                           f"{' '.join(str(exc).split())[:200]}); export without --shrink") from None
-    finally:
-        for n, p in model.named_parameters():
-            p.requires_grad_(restore[n])
 
 
 def plan(model: nn.Module, layers: list[Layer], schedule: Schedule, example: torch.Tensor,

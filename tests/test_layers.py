@@ -64,3 +64,15 @@ def test_table_shares_and_selection(workloads):
         assert "nope" in str(exc) and "block1.0" in str(exc)
     else:
         raise AssertionError("an unknown layer must be an error")
+
+
+def test_tracing_leaves_requires_grad_as_it_was():
+    from analysis.graph import trace_channels
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10)).eval()
+    model[0].weight.requires_grad_(False)
+    x = torch.randn(1, 1, 8, 8)
+    layers = find_layers(model, x)
+    trace_channels(model, x, layers)
+    assert [p.requires_grad for p in model.parameters()] == [False, True, True, True]
+    assert torch.is_grad_enabled()

@@ -175,17 +175,22 @@ class ScanContext:
     stats: criteria.CalibrationStats
     device: torch.device
     notices: list[str] = field(default_factory=list)
-    _masks: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    _scores: dict[str, torch.Tensor] = field(default_factory=dict)
+    _masks: dict[tuple[str, float], torch.Tensor] = field(default_factory=dict)
     _fast: "FastState | None" = None
 
-    def masks_for(self, layer: Layer) -> list[torch.Tensor]:
-        """Keep-masks of ``layer`` at each of the config's sparsities (computed once, then reused)."""
-        if layer.name not in self._masks:
-            weight = layer.weight(self.model)
-            scores = criteria.importance(layer, weight, self.config.criterion, self.stats, self.config.seed)
-            self._masks[layer.name] = masks.make_masks(scores, list(self.config.sparsities), self.config.granularity,
-                                                       self.config.criterion)
-        return self._masks[layer.name]
+    def masks_for(self, layer: Layer, sparsities: "tuple[float, ...] | list[float] | None" = None) -> list[torch.Tensor]:
+        """Keep-masks of ``layer`` at ``sparsities`` (default: the config's), each computed once, then reused."""
+        wanted = list(self.config.sparsities if sparsities is None else sparsities)
+        todo = [s for s in dict.fromkeys(wanted) if (layer.name, s) not in self._masks]
+        if todo:
+            if layer.name not in self._scores:
+                weight = layer.weight(self.model)
+                self._scores[layer.name] = criteria.importance(layer, weight, self.config.criterion, self.stats,
+                                                               self.config.seed)
+            made = masks.make_masks(self._scores[layer.name], todo, self.config.granularity, self.config.criterion)
+            self._masks.update(((layer.name, s), m) for s, m in zip(todo, made))
+        return [self._masks[(layer.name, s)] for s in wanted]
 
     def baseline(self) -> Sums:
         return sums_from_logits(self.dense_logits, self.dense_logits, self.y)
@@ -219,8 +224,9 @@ def kept_fraction(mask: torch.Tensor) -> float:
     return float(mask.float().mean())
 
 
-def run_layer_naive(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None = None) -> LayerResult:
-    """Prune ``layer`` alone at each sparsity, run the whole model over the shard, restore.
+def run_layer_naive(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None = None,
+                    sparsities: tuple[float, ...] | None = None) -> LayerResult:
+    """Prune ``layer`` alone at each sparsity (default: the config's), run the whole model over the shard, restore.
 
     With ``bn_recalibrate`` the BatchNorm statistics are re-estimated on the first ``bn_batches`` batches of
     the eval inputs (the whole set, not the shard, so shards add up) before measuring, and put back after.
@@ -229,7 +235,8 @@ def run_layer_naive(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | Non
     lo, hi = shard or (0, len(ctx.x))
     x, y, dense = ctx.x[lo:hi], None if ctx.y is None else ctx.y[lo:hi], ctx.dense_logits[lo:hi]
     rows = []
-    for sparsity, mask in zip(ctx.config.sparsities, ctx.masks_for(layer)):
+    sparsities = ctx.config.sparsities if sparsities is None else tuple(sparsities)
+    for sparsity, mask in zip(sparsities, ctx.masks_for(layer, sparsities)):
         if sparsity == 0.0:
             sums = sums_from_logits(dense, dense, y)
         else:
@@ -286,7 +293,8 @@ def chunk_size(config: ScanConfig) -> int:
     return max(MIN_CHUNK, -(-config.batch_size // max(1, pruned)))
 
 
-def run_layer_fast(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None = None) -> LayerResult:
+def run_layer_fast(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None = None,
+                   sparsities: tuple[float, ...] | None = None) -> LayerResult:
     """The naive engine's numbers without its repeated work.
 
     Per eval chunk: advance the dense frontier (the values the layer's downstream part reads) from the last
@@ -296,13 +304,14 @@ def run_layer_fast(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None
     """
     state = fast_state(ctx)
     if state.gm is None:
-        return run_layer_naive(ctx, layer, shard)
+        return run_layer_naive(ctx, layer, shard, sparsities)
     start_t = time.perf_counter()
     lo, hi = shard or (0, len(ctx.x))
     if layer.name not in state.cuts:
         state.cuts[layer.name] = fxgraph.split(state.gm, layer.param_name)
     cut = state.cuts[layer.name]
-    layer_masks = ctx.masks_for(layer)
+    sparsities = ctx.config.sparsities if sparsities is None else tuple(sparsities)
+    layer_masks = ctx.masks_for(layer, sparsities)
     variants: list[torch.Tensor] = []
     slot: list[int | None] = []
     for mask in layer_masks:
@@ -337,7 +346,7 @@ def run_layer_fast(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None
     dense_sums = sums_from_logits(ctx.dense_logits[lo:hi], ctx.dense_logits[lo:hi],
                                   None if ctx.y is None else ctx.y[lo:hi])
     rows = []
-    for sparsity, mask, v in zip(ctx.config.sparsities, layer_masks, slot):
+    for sparsity, mask, v in zip(sparsities, layer_masks, slot):
         sums = dense_sums if v is None or not cut.reaches_output else totals[v]
         rows.append({"sparsity": sparsity, "actual_sparsity": 1.0 - kept_fraction(mask), **sums.to_dict()})
     return LayerResult(layer.name, (lo, hi), rows, time.perf_counter() - start_t)
@@ -390,7 +399,8 @@ def _cache_bytes(state: FastState) -> int:
     return sum(seen.values())
 
 
-EngineFn = Callable[[ScanContext, Layer, "tuple[int, int] | None"], LayerResult]
+EngineFn = Callable[..., LayerResult]
+"""``(context, layer, shard=None, sparsities=None) -> LayerResult``; sparsities default to the config's."""
 ENGINES: dict[str, EngineFn] = {"fast": run_layer_fast, "naive": run_layer_naive}
 
 

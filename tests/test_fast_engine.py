@@ -12,7 +12,7 @@ from torch import nn
 from analysis import fxgraph
 from analysis.batchnorm import recalibrate
 from analysis.engine import ScanConfig, engine_report, prepare, run_layer_fast, run_layer_naive
-from analysis.sources import EvalData, Workload
+from analysis.sources import EvalData, Workload, load_workload
 from conftest import run_cli
 
 
@@ -182,3 +182,17 @@ def test_cli_scan_uses_fast_engine_by_default(tmp_path):
 def test_cli_rejects_bad_engine_options(tmp_path, args, message):
     result = run_cli("scan", "--model", "sample:digits-mlp", "--data", "sample:digits", "--out", tmp_path, *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_engines_measure_any_sparsities_the_same(tmp_path):
+    """Both engines take an explicit list of sparsities (adaptive scans ask for points off the grid) and agree."""
+    ctx = prepare(load_workload("sample:digits-cnn", "sample:digits", count=96), ScanConfig(batch_size=32))
+    layer = ctx.layers[1]
+    wanted = (0.35, 0.05, 0.95)
+    fast = run_layer_fast(ctx, layer, None, wanted)
+    naive = run_layer_naive(ctx, layer, None, wanted)
+    assert [r["sparsity"] for r in fast.rows] == list(wanted)
+    for a, b in zip(fast.rows, naive.rows):
+        assert a["correct"] == b["correct"] and a["agree"] == b["agree"]
+        assert abs(a["actual_sparsity"] - a["sparsity"]) < 0.01
+    assert fast.rows[2]["agree"] < fast.rows[1]["agree"]

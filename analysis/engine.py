@@ -49,9 +49,18 @@ class ScanConfig:
     chunk_size: int | None = None
     bn_recalibrate: bool = False
     bn_batches: int = 8
+    adaptive: str = "off"
+    collapse_at: float = 0.9
+    tolerance: float = 0.01
+    resolution: float = 0.01
+    adaptive_metric: str | None = None
+    points_per_call: int = 3
 
     def validated(self) -> "ScanConfig":
-        """A checked copy: known criterion, granularity and engine, sparsities in [0, 1), sorted, 0 first."""
+        """A checked copy: known criterion, granularity and engine, sparsities in [0, 1), sorted, 0 first, and
+        the adaptive settings checked (``adaptive.checked``; ``off``, the default, is the full grid)."""
+        from analysis import adaptive
+
         criteria.check_criterion(self.criterion)
         gran = masks.parse_granularity(self.granularity)
         if self.engine not in ENGINES:
@@ -80,7 +89,7 @@ class ScanConfig:
             values = [0.0, *values]
         if check_device(self.device).type != "cuda" and self.precision == "tf32":
             raise ValueError("precision tf32 needs a CUDA device (--device cuda); the CPU computes float32 exactly")
-        return replace(self, granularity=str(gran), sparsities=tuple(values))
+        return adaptive.checked(replace(self, granularity=str(gran), sparsities=tuple(values)))
 
 
 PRECISIONS = ("exact", "tf32", "bf16")

@@ -372,8 +372,7 @@ def _variant_logits(ctx: ScanContext, gm: fx.GraphModule, cut: fxgraph.Split, fr
     batch: folded into the batch dimension where that is provably the same computation (``_fold``, about 20%
     faster on mobilenet_v3_small), else under ``torch.func.vmap``.
     """
-    if not cut.roots_read_dense or ctx.config.precision == "bf16":
-        # bf16 autocast and vmap do not mix (batch-norm batching rules reject the mixed dtypes): one run per mask.
+    if not cut.roots_read_dense:
         return torch.stack([_logits_one(gm, cut.downstream, front, layer, w) for w in weights])
     per_variant = [_logits_one(gm, cut.roots, front, layer, w, keep=cut.roots) for w in weights]
     flat = [tree_flatten(outs) for outs in per_variant]
@@ -383,6 +382,9 @@ def _variant_logits(ctx: ScanContext, gm: fx.GraphModule, cut: fxgraph.Split, fr
     folded = _fold(gm, cut, rest, front, columns, spec)
     if folded is not None:
         return folded
+    if ctx.config.precision == "bf16":
+        # bf16 autocast and vmap do not mix (batch-norm batching rules reject the mixed dtypes): one run per mask.
+        return torch.stack([_logits_one(gm, cut.downstream, front, layer, w) for w in weights])
     stacked = [torch.stack(col) if isinstance(col[0], torch.Tensor) else col[0] for col in columns]
     in_dims = [0 if isinstance(v, torch.Tensor) else None for v in stacked]
     output = cut.downstream[-1]

@@ -6,7 +6,8 @@ up exactly over shards. An engine is a function ``(context, layer, shard) -> Lay
 
 ``naive`` is the reference: for every sparsity it prunes the layer in place, runs the whole model over the
 shard, and restores the weight. ``fast`` gives the same numbers while running, per sparsity, only the part of
-the model downstream of the layer (see ``run_layer_fast``; the graph analysis lives in ``fxgraph.py``).
+the model downstream of the layer (see ``run_layer_fast``; the graph analysis lives in ``fxgraph.py``, the
+variant with BatchNorm recalibration in ``bnscan.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import fx, nn
@@ -28,6 +30,9 @@ from analysis import batchnorm, criteria, fxgraph, masks
 from analysis.layers import Layer, find_layers, select_layers
 from analysis.metrics import Sums, _logits, evaluate, predict, sums_from_logits, sums_per_variant
 from analysis.sources import Workload
+
+if TYPE_CHECKING:
+    from analysis import bnscan
 
 DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -270,21 +275,31 @@ class FastState:
     frontier: list[dict] = field(default_factory=list)
     cuts: dict[str, fxgraph.Split] = field(default_factory=dict)
     peak_cache_bytes: int = 0
+    bn: "bnscan.RecalState | None" = None
 
 
 def fast_state(ctx: ScanContext) -> FastState:
-    """The context's fast-engine state, tracing the model on first use (``gm`` is ``None`` if it cannot)."""
+    """The context's fast-engine state, tracing the model on first use (``gm`` is ``None`` if it cannot).
+
+    With ``bn_recalibrate`` on a model with BatchNorm, ``bn`` holds the recalibrating engine's own frontiers
+    (``bnscan``); without BatchNorm recalibration changes nothing and the normal path runs."""
     if ctx._fast is None:
-        gm = None
-        if ctx.config.bn_recalibrate:
-            ctx.notices.append("BatchNorm recalibration changes every BatchNorm per cell, so the fast engine has no "
-                               "dense values to reuse: using the naive engine")
-        else:
-            try:
-                gm = fxgraph.trace(ctx.model)
-            except fxgraph.Untraceable as exc:
-                ctx.notices.append(f"the fast engine cannot scan this model, using the naive engine: {exc}")
-        ctx._fast = FastState(gm, chunk_size(ctx.config))
+        gm, bn = None, None
+        try:
+            gm = fxgraph.trace(ctx.model)
+        except fxgraph.Untraceable as exc:
+            ctx.notices.append(f"the fast engine cannot scan this model, using the naive engine: {exc}")
+        if gm is not None and ctx.config.bn_recalibrate and batchnorm.has_batchnorm(ctx.model):
+            from analysis import bnscan
+
+            reason = bnscan.unsupported(gm, ctx.model)
+            if reason:
+                ctx.notices.append(f"the fast engine cannot follow this model's BatchNorms through "
+                                   f"recalibration, using the naive engine: {reason}")
+                gm = None
+            else:
+                bn = bnscan.RecalState(chunk=ctx.config.chunk_size or ctx.config.batch_size)
+        ctx._fast = FastState(gm, chunk_size(ctx.config), bn=bn)
     return ctx._fast
 
 
@@ -309,11 +324,17 @@ def run_layer_fast(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None
     Per eval chunk: advance the dense frontier (the values the layer's downstream part reads) from the last
     layer's frontier; run the layer once per distinct pruned mask on its dense input; then run the downstream
     part once for all masks together, the masks folded into the batch by ``torch.func.vmap``. Masks that
-    remove nothing give the dense sums without running anything.
+    remove nothing give the dense sums without running anything. With ``bn_recalibrate`` (and BatchNorm in the
+    model) ``bnscan.run_layer`` measures instead: the prefix reused, every mask's downstream BatchNorms
+    re-estimated on their own.
     """
     state = fast_state(ctx)
     if state.gm is None:
         return run_layer_naive(ctx, layer, shard, sparsities)
+    if state.bn is not None:
+        from analysis import bnscan
+
+        return bnscan.run_layer(ctx, state, layer, shard, sparsities)
     start_t = time.perf_counter()
     lo, hi = shard or (0, len(ctx.x))
     if layer.name not in state.cuts:
@@ -477,7 +498,9 @@ def engine_report(ctx: ScanContext) -> dict:
     used = "naive" if ctx.config.engine == "naive" or (state is not None and state.gm is None) else ctx.config.engine
     report = {"engine": ctx.config.engine, "used": used, "precision": ctx.config.precision, "notices": ctx.notices}
     if state is not None and state.gm is not None:
-        report["chunk_size"] = state.chunk
+        report["chunk_size"] = state.chunk if state.bn is None else state.bn.chunk
+        if state.bn is not None:
+            report["bn_recalibrate"] = "prefix reused: per mask only the downstream BatchNorms are re-estimated"
         report["peak_cache_mb"] = round(state.peak_cache_bytes / 2**20, 2)
     if ctx.device.type == "cuda":
         report["peak_device_mb"] = round(torch.cuda.max_memory_allocated(ctx.device) / 2**20, 1)

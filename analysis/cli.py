@@ -107,7 +107,7 @@ def _scan_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--precision", choices=PRECISIONS, default="exact",
                    help="float arithmetic of the pruned runs: exact (default; no TF32 on CUDA), tf32 (CUDA) or bf16")
     g.add_argument("--chunk-size", type=int, default=None, metavar="N",
-                   help="fast engine: eval samples per chunk (default: batch size / number of sparsities)")
+                   help="fast engine: eval samples per chunk (default: batch size / number of sparsities, at least 32)")
     g.add_argument("--calib-samples", type=int, default=256, metavar="N",
                    help="samples used by the taylor and activation criteria (default 256)")
     g.add_argument("--bn-recalibrate", action="store_true",

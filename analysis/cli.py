@@ -220,11 +220,13 @@ def _runs_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     q.add_argument("--out", type=Path, required=True, metavar="FILE")
     q = rs.add_parser("delete-artifact", help="delete stored artifacts")
     q.add_argument("artifact_ids", type=int, nargs="+", metavar="ID")
+    rs.add_parser("check", help="read the whole store file and report any damage (opening only checks the parts "
+                                "that do not grow with the store)")
     return p
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from analysis.store import RunStore
+    from analysis.store import RunStore, StoreError
 
     with RunStore() as store:
         action = args.runs_command
@@ -264,6 +266,13 @@ def _cmd_runs(args: argparse.Namespace) -> int:
             for artifact_id in args.artifact_ids:
                 store.delete_artifact(artifact_id)
                 print(f"deleted artifact {artifact_id}")
+        elif action == "check":
+            problems = store.check()
+            if problems:
+                raise StoreError(f"the run store {store.path} is damaged: {'; '.join(problems[:5])}"
+                                 + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+                                 + ". Move it away and Prunescope starts a new one")
+            print(f"{store.path}: no damage found")
     return 0
 
 

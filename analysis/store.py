@@ -16,8 +16,10 @@ Schedules, diagnostics and exports are stored beside runs as *artifacts* (``save
 an optional run they came from, and a JSON or bytes payload.
 
 The file is opened in WAL mode with a busy timeout, so dashboard sessions and CLI scans can write at the same
-time. A file that is not an SQLite database, belongs to another program, or is damaged raises ``StoreError``
-before anything is written to it.
+time. A file that is not an SQLite database, belongs to another program, or is damaged where opening looks
+(header, schema, the root page of every table and index: checks that do not grow with the store) raises
+``StoreError`` before anything is written to it; damage deeper in the file raises ``StoreError`` when a query
+reaches it, and ``RunStore.check`` (``prunescope runs check``) reads the whole file on demand.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ APPLICATION_ID = 0x50525343  # "PRSC": marks the file as a Prunescope store
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0
 SQLITE_HEADER = b"SQLite format 3\x00"
+_TABLES = {"runs", "layers", "artifacts"}
 EXECUTION_FIELDS = ("engine", "device", "batch_size")  # how numbers are computed, not which: not in the identity
 
 _SCHEMA = """
@@ -169,21 +172,28 @@ class RunStore:
                              "set PRUNESCOPE_HOME to another folder. Nothing was written to it")
 
     def _open(self) -> None:
+        """Cheap checks that do not grow with the store: the file is ours, of a schema we know, and the root page
+        of every table and index reads. Damage deeper in the file surfaces as a ``StoreError`` when a query
+        reaches it; ``check()`` (``prunescope runs check``) reads the whole file."""
         c = self.conn
         app_id = c.execute("PRAGMA application_id").fetchone()[0]
-        tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        trees = c.execute("SELECT type, name, tbl_name FROM sqlite_master WHERE type IN ('table', 'index')").fetchall()
+        tables = {name for kind, name, _ in trees if kind == "table"}
         if tables and app_id != APPLICATION_ID:
             raise StoreError(f"{self.path} is an SQLite database of another program (tables: "
                              f"{', '.join(sorted(tables)[:5])}); Prunescope will not write to it. Move it away or "
                              "set PRUNESCOPE_HOME to another folder")
         if tables:
-            check = c.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError(check)
             version = c.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(f"the run store {self.path} was written by a newer Prunescope (schema {version}); "
                                  "upgrade Prunescope to read it")
+            missing = sorted(_TABLES - tables)
+            if missing:
+                raise sqlite3.DatabaseError(f"table {', '.join(missing)} missing")
+            for kind, name, table in trees:
+                index = f' INDEXED BY "{name}"' if kind == "index" else ""
+                c.execute(f'SELECT 1 FROM "{table}"{index} LIMIT 1').fetchall()
         c.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         c.execute("PRAGMA journal_mode = WAL")
         c.execute("PRAGMA synchronous = NORMAL")
@@ -197,27 +207,53 @@ class RunStore:
                     c.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
+    def check(self) -> list[str]:
+        """Read the whole file (SQLite's ``integrity_check``): the problems found, ``[]`` when the store is sound.
+
+        Opening a store only checks what does not grow with it; this is the full check, on demand.
+        """
+        try:
+            with self._lock:
+                rows = self.conn.execute("PRAGMA integrity_check").fetchall()
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"cannot check the run store {self.path}: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            return [str(exc)]
+        problems = [r[0] for r in rows]
+        return [] if problems == ["ok"] else problems
+
+    @contextmanager
+    def _sqlite_errors(self) -> Iterator[None]:
+        """SQLite's errors on a store that opened fine (damage deeper in the file, a full disk) as ``StoreError``."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"cannot use the run store {self.path}: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"the run store {self.path} is damaged ({exc}); `prunescope runs check` lists the "
+                             "damage. Move it away and Prunescope starts a new one") from None
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taking the write lock at once (no deadlock between readers that upgrade).
 
         One ``RunStore`` may be shared by threads (a dashboard's sessions): a lock keeps their transactions apart.
         """
-        with self._lock:
+        with self._lock, self._sqlite_errors():
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
                 raise StoreError(f"the run store {self.path} stayed locked for {BUSY_TIMEOUT_S:.0f} s: {exc}") from None
             try:
                 yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            else:
                 self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
 
     def _query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
-        with self._lock:
+        with self._lock, self._sqlite_errors():
             return self.conn.execute(sql, params).fetchall()
 
     def close(self) -> None:
@@ -286,7 +322,7 @@ class RunStore:
                       (status, time.time(), json.dumps(meta, default=str), run_id))
 
     def _run_row(self, run_id: int) -> dict:
-        with self._lock:
+        with self._lock, self._sqlite_errors():
             cur = self.conn.execute("SELECT * FROM runs WHERE id = ?", (int(run_id),))
             row = cur.fetchone()
             names = [d[0] for d in cur.description]

@@ -161,6 +161,33 @@ def test_damaged_store_is_refused_and_left_alone(tmp_path: Path, workloads) -> N
     _unchanged_after_refusal(path, "damaged")
 
 
+def test_damage_deep_in_the_file_is_a_store_error_and_runs_check_finds_it(tmp_path: Path) -> None:
+    """Opening only checks what does not grow with the store; damage it does not read surfaces when a query
+    reaches it, as a ``StoreError`` (one CLI line), and ``runs check`` reads the whole file."""
+    home = tmp_path / "home"
+    home.mkdir()
+    path = home / "runs.sqlite"
+    with RunStore(path) as s:
+        for i in range(6):
+            s.save_artifact("blob", f"b{i}", bytes([i]) * 200_000)
+        s.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert s.check() == []
+    clean = run_cli("runs", "check", PRUNESCOPE_HOME=str(home))
+    assert clean.returncode == 0 and "no damage found" in clean.stdout
+    data = bytearray(path.read_bytes())
+    page = 4096
+    middle = len(data) // page // 2 * page
+    data[middle: middle + page] = b"\xff" * page
+    path.write_bytes(bytes(data))
+    with RunStore(path) as s:
+        with pytest.raises(StoreError, match="is damaged .*runs check"):
+            s.artifacts()
+        assert s.check() != []
+    res = run_cli("runs", "check", PRUNESCOPE_HOME=str(home))
+    assert res.returncode == 2 and res.stderr.startswith("prunescope: error:") and res.stderr.count("\n") == 1
+    assert "is damaged" in res.stderr
+
+
 def test_cli_reports_a_foreign_store_in_one_line(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()

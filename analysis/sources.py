@@ -61,9 +61,9 @@ class EvalData:
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
-        h.update(self.x.detach().contiguous().cpu().numpy().tobytes())
+        h.update(_buffer(self.x))
         if self.y is not None:
-            h.update(self.y.detach().contiguous().cpu().numpy().tobytes())
+            h.update(_buffer(self.y))
         return h.hexdigest()[:16]
 
 
@@ -84,8 +84,13 @@ class Workload:
         for name, t in sorted(self.model.state_dict().items()):
             if isinstance(t, torch.Tensor):
                 h.update(name.encode())
-                h.update(t.detach().contiguous().cpu().float().numpy().tobytes())
+                h.update(_buffer(t.detach().float()))
         return h.hexdigest()[:16]
+
+
+def _buffer(t: torch.Tensor) -> memoryview:
+    """A tensor's bytes for hashing, read in place (no copy when the tensor is already contiguous on the CPU)."""
+    return memoryview(t.detach().contiguous().cpu().numpy()).cast("B")
 
 
 # ----------------------------------------------------------------------------------------------------- models

@@ -133,7 +133,6 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
     from analysis.backends import Backend, prepare_for, run_scan, validated_config
     from analysis.engine import ScanConfig
-    from analysis.sensitivity import tolerance_table
 
     backend = Backend(args.backend, address=args.address, workers=args.workers).validated()
     workload = _load_workload(args)
@@ -146,7 +145,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         print(f"prunescope: note: {workload.model_spec} has no BatchNorm layers; --bn-recalibrate does not apply",
               file=sys.stderr)
     ctx = prepare_for(workload, config, backend)
-    store, run = _open_scan_run(args, workload, ctx)
+    writer, resumed = _open_scan_run(args, workload, ctx)
     bar = tqdm(total=None, unit="layer", disable=args.quiet or not sys.stderr.isatty(), file=sys.stderr)
 
     def on_progress(p) -> None:  # noqa: ANN001
@@ -154,15 +153,26 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         bar.set_postfix_str(p.layer)
         bar.update(p.done - bar.n)
 
-    sink = (lambda result: store.add_layer(run.id, result, ctx.config)) if store else None
-    profile = run_scan(workload, config, backend, done=run.done if run else None, on_result=sink,
-                       progress=on_progress, context=ctx)
-    bar.close()
-    if store:
-        profile.meta["run_id"] = run.id
-        store.finish(run.id, profile.meta)
-        store.close()
-    profile.save(args.out)
+    try:
+        profile = run_scan(workload, config, backend, done=resumed.done if resumed else None, on_result=writer,
+                           progress=on_progress, context=ctx)
+        bar.close()
+        if writer:
+            profile.meta["run_id"] = writer.run_id
+            writer.finish(profile.meta, close_store=True)
+        profile.save(args.out)
+        _print_scan_summary(args, workload, config, backend, profile)
+        if writer and not resumed and not args.quiet:
+            print(f"stored as run {writer.run_id} in {writer.store.path}", file=sys.stderr)
+    finally:
+        if writer:
+            writer.close()
+    return 0
+
+
+def _print_scan_summary(args: argparse.Namespace, workload, config, backend, profile) -> None:  # noqa: ANN001
+    from analysis.sensitivity import tolerance_table
+
     for notice in profile.meta.get("engine", {}).get("notices", []):
         print(f"prunescope: note: {notice}", file=sys.stderr)
     if not args.quiet:
@@ -178,22 +188,22 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             print(f"skipped {name}: {reason}")
         print(tolerance_table(profile, max_drop=args.max_drop).to_string(index=False))
         print(f"wrote {args.out / 'sensitivity.csv'} and {args.out / 'scan.json'}")
-    return 0
 
 
 def _open_scan_run(args: argparse.Namespace, workload, ctx):  # noqa: ANN001, ANN202
-    """The store and the run this scan writes to (resumed when the store has it), or ``(None, None)``."""
+    """The writer of this scan's run and the run it resumes (``None``: a new run), or ``(None, None)``.
+
+    A new run is created by the writer's thread while the scan starts, so the scan does not wait for the disk.
+    """
     if args.no_store:
         return None, None
-    from analysis.store import RunStore
+    from analysis.store import LayerWriter, RunStore
 
-    store = RunStore()
-    run = store.open_scan(workload, ctx, fresh=args.fresh)
-    if run.resumed:
-        print(f"resuming run {run.id}: {len(run.done)} of {run.total_layers} layers already done", file=sys.stderr)
-    elif not args.quiet:
-        print(f"run {run.id} in {store.path}", file=sys.stderr)
-    return store, run
+    writer, resumed = LayerWriter.open(RunStore(), workload, ctx, fresh=args.fresh)
+    if resumed:
+        print(f"resuming run {resumed.id}: {len(resumed.done)} of {resumed.total_layers} layers already done",
+              file=sys.stderr)
+    return writer, resumed
 
 
 # ------------------------------------------------------------------------------------------------------- runs

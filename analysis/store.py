@@ -1,9 +1,11 @@
 """The run store: one SQLite file (``$PRUNESCOPE_HOME/runs.sqlite``) that keeps every result as it is produced.
 
 A scan is a *run*: its full configuration, and one row per finished layer, committed in its own transaction
-the moment the layer finishes, so a killed process loses at most the layer in flight. Starting the same scan
-again finds the run by its identity and resumes it; the scan is pure (``sensitivity.scan`` takes the units
-already done and a sink for each new one), so the store is only a source and a sink of ``LayerResult`` units.
+the moment the layer finishes, so a killed process loses at most the layer in flight (``LayerWriter`` commits
+from a thread while the next layer runs, so the scan never waits for the disk; at most one finished layer is
+uncommitted at any moment). Starting the same scan again finds the run by its identity and resumes it; the scan
+is pure (``sensitivity.scan`` takes the units already done and a sink for each new one), so the store is only a
+source and a sink of ``LayerResult`` units.
 
 A run's identity is what decides its numbers: the model's weights (a hash), the eval data (a hash), the
 criterion, granularity, sparsities, selected layers, seed, calibration size, BatchNorm recalibration, and any
@@ -229,6 +231,8 @@ class RunStore:
             yield
         except sqlite3.OperationalError as exc:
             raise StoreError(f"cannot use the run store {self.path}: {exc}") from None
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"the run store {self.path} refused a write ({exc}): was the run deleted?") from None
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"the run store {self.path} is damaged ({exc}); `prunescope runs check` lists the "
                              "damage. Move it away and Prunescope starts a new one") from None
@@ -270,14 +274,24 @@ class RunStore:
 
     def open_scan(self, workload: Workload, ctx: ScanContext, fresh: bool = False) -> ScanRun:
         """The run of this scan: the latest with the same identity (resumed), or a new one when none or ``fresh``."""
+        found, key, identity = self.find_scan(workload, ctx, fresh)
+        return found or ScanRun(self.create_scan(workload, ctx, key, identity), {}, len(ctx.layers), False)
+
+    def find_scan(self, workload: Workload, ctx: ScanContext,
+                  fresh: bool = False) -> tuple[ScanRun | None, str, dict]:
+        """``(run to resume or None, key, identity)``: the reading half of ``open_scan``, which writes nothing."""
         identity = scan_identity(workload, ctx.config)
         key = identity_key(identity)
         rows = [] if fresh else self._query("SELECT id FROM runs WHERE key = ? ORDER BY id DESC LIMIT 1", (key,))
-        if rows:
-            run_id = rows[0][0]
-            done = self.done(run_id)
-            known = {l.name for l in ctx.layers}
-            return ScanRun(run_id, {k: v for k, v in done.items() if k in known}, len(ctx.layers), True)
+        if not rows:
+            return None, key, identity
+        run_id = rows[0][0]
+        done = self.done(run_id)
+        known = {l.name for l in ctx.layers}
+        return ScanRun(run_id, {k: v for k, v in done.items() if k in known}, len(ctx.layers), True), key, identity
+
+    def create_scan(self, workload: Workload, ctx: ScanContext, key: str, identity: dict) -> int:
+        """Insert a new run for this scan (``find_scan`` gives ``key`` and ``identity``); returns its id."""
         meta = _run_meta(workload, ctx)
         now = time.time()
         with self._write() as c:
@@ -286,7 +300,7 @@ class RunStore:
                 "total_layers, meta) VALUES (?, 'scan', 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key, now, now, workload.model_spec, workload.data.spec, identity["model_fp"], identity["data_fp"],
                  json.dumps(identity), len(ctx.layers), json.dumps(meta, default=str)))
-        return ScanRun(cur.lastrowid, {}, len(ctx.layers), False)
+        return cur.lastrowid
 
     def latest_scan(self, workload: Workload, config: ScanConfig) -> int | None:
         """The newest run with this scan's identity (whatever its status), or ``None``: what ``open_scan`` resumes,
@@ -450,6 +464,80 @@ class RunStore:
         self.get_artifact(artifact_id)
         with self._write() as c:
             c.execute("DELETE FROM artifacts WHERE id = ?", (int(artifact_id),))
+
+
+class LayerWriter:
+    """Writes a scan's run from a thread of its own, so the scan does not wait for the disk.
+
+    ``LayerWriter.open`` finds the run to resume at once (reads only) and queues the creation of a new run;
+    then the writer is the scan's ``on_result`` sink: a finished layer is committed while the next one is
+    computed. Handing over a layer first waits for the previous commit, so at most one finished layer is ever
+    uncommitted: a SIGKILL loses at most the layer being computed and the one being committed (the first
+    fraction of a millisecond of the next layer). ``finish`` queues the run's closing row and, with
+    ``close_store``, the store's close (its checkpoint); ``close`` waits for all of it and raises any error
+    the writer met (an error also surfaces at the next hand-over).
+    """
+
+    def __init__(self, store: RunStore, run_id: int | None, config: ScanConfig) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.store, self.config = store, config
+        self._run_id = run_id
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="prunescope-store")
+        self._pending = None
+
+    @classmethod
+    def open(cls, store: RunStore, workload: Workload, ctx: ScanContext,
+             fresh: bool = False) -> tuple["LayerWriter", ScanRun | None]:
+        """A writer for this scan's run, and the run resumed (``None`` when a new run is being created)."""
+        found, key, identity = store.find_scan(workload, ctx, fresh)
+        writer = cls(store, found.id if found else None, ctx.config)
+        if found is None:
+            def create() -> None:
+                writer._run_id = store.create_scan(workload, ctx, key, identity)
+
+            writer._pending = writer._pool.submit(create)
+        return writer, found
+
+    @property
+    def run_id(self) -> int:
+        """The run's id (waits for its creation when that is still queued)."""
+        if self._run_id is None:
+            self._wait()
+        return self._run_id
+
+    def __call__(self, result: LayerResult) -> None:
+        self._wait()
+        self._pending = self._pool.submit(lambda: self.store.add_layer(self._run_id, result, self.config))
+
+    def finish(self, meta: dict, close_store: bool = False) -> None:
+        """Queue ``RunStore.finish`` (and ``RunStore.close`` with ``close_store``) behind the last layer."""
+        self._wait()
+
+        def work() -> None:
+            self.store.finish(self._run_id, meta)
+            if close_store:
+                self.store.close()
+
+        self._pending = self._pool.submit(work)
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Wait until everything handed over is committed; raise the writer's error, if any."""
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "LayerWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _run_meta(workload: Workload, ctx: ScanContext) -> dict:

@@ -17,7 +17,7 @@ import pytest
 
 from analysis.engine import ScanConfig, prepare
 from analysis.sensitivity import scan
-from analysis.store import RunStore, StoreError, default_path, identity_key, scan_identity
+from analysis.store import LayerWriter, RunStore, StoreError, default_path, identity_key, scan_identity
 from tests.conftest import ROOT, cli_env, run_cli
 
 CONFIG = ScanConfig(sparsities=(0.5, 0.9), batch_size=256)
@@ -27,6 +27,48 @@ CONFIG = ScanConfig(sparsities=(0.5, 0.9), batch_size=256)
 def store(tmp_path: Path) -> RunStore:
     with RunStore(tmp_path / "runs.sqlite") as s:
         yield s
+
+
+def test_layer_writer_leaves_at_most_one_finished_layer_uncommitted(store: RunStore, workloads) -> None:
+    """The writer commits off the scan's path, but handing over a layer waits for the previous commit: whenever
+    the scan runs, every layer but the last one handed over is already in the file (seen by another connection)."""
+    wl = workloads["digits-mlp"]
+    ctx = prepare(wl, CONFIG)
+    run = store.open_scan(wl, ctx)
+    committed_at_handover = []
+
+    def committed() -> set[str]:
+        with RunStore(store.path) as other:
+            return set(other.done(run.id))
+
+    with LayerWriter(store, run.id, ctx.config) as writer:
+        def sink(result) -> None:  # noqa: ANN001
+            writer(result)
+            committed_at_handover.append((result.layer, committed()))
+
+        profile = scan(wl, CONFIG, on_result=sink, context=ctx)
+        writer.finish(profile.meta)
+    names = [l.name for l in ctx.layers]
+    for i, (layer, seen) in enumerate(committed_at_handover):
+        assert layer == names[i] and set(names[:i]) <= seen
+    assert set(committed()) == set(names) and store.run(run.id)["status"] == "complete"
+    pd.testing.assert_frame_equal(store.profile(run.id).table, profile.table)
+
+
+def test_layer_writer_raises_the_writers_error(store: RunStore, workloads) -> None:
+    wl = workloads["digits-mlp"]
+    ctx = prepare(wl, CONFIG)
+    run = store.open_scan(wl, ctx)
+    results = []
+    scan(wl, CONFIG, on_result=results.append, context=ctx)
+    store.delete_run(run.id)
+    with LayerWriter(store, run.id, ctx.config) as writer:
+        writer(results[0])
+        with pytest.raises(StoreError, match="refused a write .*run deleted"):
+            writer(results[1])
+        writer(results[1])
+        with pytest.raises(StoreError, match="refused a write .*run deleted"):
+            writer.close()
 
 
 def test_default_path_is_under_prunescope_home(prunescope_home: Path) -> None:

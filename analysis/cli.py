@@ -144,16 +144,19 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     if config.bn_recalibrate and not _has_batchnorm(workload.model):
         print(f"prunescope: note: {workload.model_spec} has no BatchNorm layers; --bn-recalibrate does not apply",
               file=sys.stderr)
-    ctx = prepare_for(workload, config, backend)
-    writer, resumed = _open_scan_run(args, workload, ctx)
-    bar = tqdm(total=None, unit="layer", disable=args.quiet or not sys.stderr.isatty(), file=sys.stderr)
+    with _scan_writer(args, workload, config) as writer:
+        ctx = prepare_for(workload, config, backend)
+        resumed = writer.attach(workload, ctx) if writer else None
+        if resumed:
+            print(f"resuming run {resumed.id}: {len(resumed.done)} of {resumed.total_layers} layers already done",
+                  file=sys.stderr)
+        bar = tqdm(total=None, unit="layer", disable=args.quiet or not sys.stderr.isatty(), file=sys.stderr)
 
-    def on_progress(p) -> None:  # noqa: ANN001
-        bar.total = p.total
-        bar.set_postfix_str(p.layer)
-        bar.update(p.done - bar.n)
+        def on_progress(p) -> None:  # noqa: ANN001
+            bar.total = p.total
+            bar.set_postfix_str(p.layer)
+            bar.update(p.done - bar.n)
 
-    try:
         profile = run_scan(workload, config, backend, done=resumed.done if resumed else None, on_result=writer,
                            progress=on_progress, context=ctx)
         bar.close()
@@ -164,10 +167,17 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         _print_scan_summary(args, workload, config, backend, profile)
         if writer and not resumed and not args.quiet:
             print(f"stored as run {writer.run_id} in {writer.store.path}", file=sys.stderr)
-    finally:
-        if writer:
-            writer.close()
     return 0
+
+
+def _scan_writer(args: argparse.Namespace, workload, config):  # noqa: ANN001, ANN202
+    """The writer of this scan's run (it opens the store and finds the run while the scan is prepared, then
+    creates a new run and commits layers from its own thread), or nothing with ``--no-store``."""
+    if args.no_store:
+        return nullcontext()
+    from analysis.store import LayerWriter
+
+    return LayerWriter.start(workload, config, fresh=args.fresh)
 
 
 def _print_scan_summary(args: argparse.Namespace, workload, config, backend, profile) -> None:  # noqa: ANN001
@@ -188,22 +198,6 @@ def _print_scan_summary(args: argparse.Namespace, workload, config, backend, pro
             print(f"skipped {name}: {reason}")
         print(tolerance_table(profile, max_drop=args.max_drop).to_string(index=False))
         print(f"wrote {args.out / 'sensitivity.csv'} and {args.out / 'scan.json'}")
-
-
-def _open_scan_run(args: argparse.Namespace, workload, ctx):  # noqa: ANN001, ANN202
-    """The writer of this scan's run and the run it resumes (``None``: a new run), or ``(None, None)``.
-
-    A new run is created by the writer's thread while the scan starts, so the scan does not wait for the disk.
-    """
-    if args.no_store:
-        return None, None
-    from analysis.store import LayerWriter, RunStore
-
-    writer, resumed = LayerWriter.open(RunStore(), workload, ctx, fresh=args.fresh)
-    if resumed:
-        print(f"resuming run {resumed.id}: {len(resumed.done)} of {resumed.total_layers} layers already done",
-              file=sys.stderr)
-    return writer, resumed
 
 
 # ------------------------------------------------------------------------------------------------------- runs

@@ -107,6 +107,20 @@ def default_path() -> Path:
 
 
 @dataclass
+class FoundScan:
+    """What ``RunStore.find_scan`` found: the scan's identity, and the run to resume (``run_id`` None: none)."""
+
+    key: str
+    identity: dict
+    run_id: int | None
+    done: dict[str, LayerResult]
+
+    def resumed(self, ctx: ScanContext) -> "ScanRun":
+        known = {l.name for l in ctx.layers}
+        return ScanRun(self.run_id, {k: v for k, v in self.done.items() if k in known}, len(ctx.layers), True)
+
+
+@dataclass
 class ScanRun:
     """A run opened for a scan: its id, the units already finished, and whether it was resumed."""
 
@@ -274,21 +288,19 @@ class RunStore:
 
     def open_scan(self, workload: Workload, ctx: ScanContext, fresh: bool = False) -> ScanRun:
         """The run of this scan: the latest with the same identity (resumed), or a new one when none or ``fresh``."""
-        found, key, identity = self.find_scan(workload, ctx, fresh)
-        return found or ScanRun(self.create_scan(workload, ctx, key, identity), {}, len(ctx.layers), False)
+        found = self.find_scan(workload, ctx.config, fresh)
+        if found.run_id is not None:
+            return found.resumed(ctx)
+        return ScanRun(self.create_scan(workload, ctx, found.key, found.identity), {}, len(ctx.layers), False)
 
-    def find_scan(self, workload: Workload, ctx: ScanContext,
-                  fresh: bool = False) -> tuple[ScanRun | None, str, dict]:
-        """``(run to resume or None, key, identity)``: the reading half of ``open_scan``, which writes nothing."""
-        identity = scan_identity(workload, ctx.config)
+    def find_scan(self, workload: Workload, config: ScanConfig, fresh: bool = False) -> "FoundScan":
+        """The reading half of ``open_scan`` (writes nothing, needs no prepared scan): the run to resume and its
+        finished layers, or none (``fresh``, or no run of this identity yet)."""
+        identity = scan_identity(workload, config)
         key = identity_key(identity)
         rows = [] if fresh else self._query("SELECT id FROM runs WHERE key = ? ORDER BY id DESC LIMIT 1", (key,))
-        if not rows:
-            return None, key, identity
-        run_id = rows[0][0]
-        done = self.done(run_id)
-        known = {l.name for l in ctx.layers}
-        return ScanRun(run_id, {k: v for k, v in done.items() if k in known}, len(ctx.layers), True), key, identity
+        run_id = rows[0][0] if rows else None
+        return FoundScan(key, identity, run_id, self.done(run_id) if rows else {})
 
     def create_scan(self, workload: Workload, ctx: ScanContext, key: str, identity: dict) -> int:
         """Insert a new run for this scan (``find_scan`` gives ``key`` and ``identity``); returns its id."""
@@ -469,8 +481,8 @@ class RunStore:
 class LayerWriter:
     """Writes a scan's run from a thread of its own, so the scan does not wait for the disk.
 
-    ``LayerWriter.open`` finds the run to resume at once (reads only) and queues the creation of a new run;
-    then the writer is the scan's ``on_result`` sink: a finished layer is committed while the next one is
+    ``LayerWriter.start`` opens the store and finds the run to resume while the scan is being prepared;
+    ``attach`` queues the creation of a new run; then the writer is the scan's ``on_result`` sink: a finished layer is committed while the next one is
     computed. Handing over a layer first waits for the previous commit, so at most one finished layer is ever
     uncommitted: a SIGKILL loses at most the layer being computed and the one being committed (the first
     fraction of a millisecond of the next layer). ``finish`` queues the run's closing row and, with
@@ -478,26 +490,44 @@ class LayerWriter:
     the writer met (an error also surfaces at the next hand-over).
     """
 
-    def __init__(self, store: RunStore, run_id: int | None, config: ScanConfig) -> None:
+    def __init__(self, store: RunStore | None, run_id: int | None, config: ScanConfig) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self.store, self.config = store, config
         self._run_id = run_id
+        self._found: FoundScan | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="prunescope-store")
         self._pending = None
 
     @classmethod
-    def open(cls, store: RunStore, workload: Workload, ctx: ScanContext,
-             fresh: bool = False) -> tuple["LayerWriter", ScanRun | None]:
-        """A writer for this scan's run, and the run resumed (``None`` when a new run is being created)."""
-        found, key, identity = store.find_scan(workload, ctx, fresh)
-        writer = cls(store, found.id if found else None, ctx.config)
-        if found is None:
-            def create() -> None:
-                writer._run_id = store.create_scan(workload, ctx, key, identity)
+    def start(cls, workload: Workload, config: ScanConfig, fresh: bool = False,
+              path: str | Path | None = None) -> "LayerWriter":
+        """A writer that opens the store at ``path`` (default: ``default_path()``) and looks up this scan's run in
+        its thread, while the caller prepares the scan; then ``attach`` it to the prepared scan."""
+        writer = cls(None, None, config)
 
-            writer._pending = writer._pool.submit(create)
-        return writer, found
+        def lookup() -> None:
+            writer.store = RunStore(path)
+            writer._found = writer.store.find_scan(workload, config, fresh)
+
+        writer._pending = writer._pool.submit(lookup)
+        return writer
+
+    def attach(self, workload: Workload, ctx: ScanContext) -> ScanRun | None:
+        """The run this scan resumes, or ``None`` when it starts a new run (its creation is queued, not awaited).
+
+        Raises the lookup's ``StoreError`` (a foreign or damaged store file)."""
+        self._wait()
+        found = self._found
+        if found.run_id is not None:
+            self._run_id = found.run_id
+            return found.resumed(ctx)
+
+        def create() -> None:
+            self._run_id = self.store.create_scan(workload, ctx, found.key, found.identity)
+
+        self._pending = self._pool.submit(create)
+        return None
 
     @property
     def run_id(self) -> int:
@@ -526,18 +556,22 @@ class LayerWriter:
         if pending is not None:
             pending.result()
 
-    def close(self) -> None:
-        """Wait until everything handed over is committed; raise the writer's error, if any."""
+    def close(self, discard_errors: bool = False) -> None:
+        """Wait until everything handed over is committed; raise the writer's error, if any (unless
+        ``discard_errors``: when another error is on its way out already)."""
         try:
             self._wait()
+        except Exception:
+            if not discard_errors:
+                raise
         finally:
             self._pool.shutdown(wait=True)
 
     def __enter__(self) -> "LayerWriter":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        self.close(discard_errors=exc_type is not None)
 
 
 def _run_meta(workload: Workload, ctx: ScanContext) -> dict:

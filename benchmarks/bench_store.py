@@ -56,20 +56,23 @@ def finish_like_the_cli(profile, out: Path) -> None:  # noqa: ANN001
     print(tolerance_table(profile).to_string(index=False), file=io.StringIO())
 
 
+PATH, THREAD = Clock(), Clock()
+for _name in ("__init__", "find_scan", "create_scan", "add_layer", "finish", "close"):
+    setattr(RunStore, _name, THREAD.wrap(getattr(RunStore, _name)))  # all called in the writer's thread
+
+
 def scan_with_store(workload, config: ScanConfig, store_path: Path, out: Path) -> tuple[float, float, float]:  # noqa: ANN001
     """(total seconds, seconds on the scan's path inside the store, seconds of store work in all) of one scan."""
-    path, thread = Clock(), Clock()
+    PATH.seconds = THREAD.seconds = 0.0
     t0 = time.perf_counter()
+    writer = PATH.wrap(LayerWriter.start)(workload, config, fresh=True, path=store_path)
     ctx = prepare(workload, config)
-    store = path.wrap(RunStore)(store_path)
-    for name in ("create_scan", "add_layer", "finish", "close"):
-        setattr(store, name, thread.wrap(getattr(store, name)))
-    writer, resumed = path.wrap(LayerWriter.open)(store, workload, ctx, fresh=True)
-    profile = scan(workload, config, on_result=path.wrap(writer), context=ctx)
-    path.wrap(writer.finish)(profile.meta, close_store=True)
+    PATH.wrap(writer.attach)(workload, ctx)
+    profile = scan(workload, config, on_result=PATH.wrap(writer), context=ctx)
+    PATH.wrap(writer.finish)(profile.meta, close_store=True)
     finish_like_the_cli(profile, out)
-    path.wrap(writer.close)()
-    return time.perf_counter() - t0, path.seconds, path.seconds + thread.seconds
+    PATH.wrap(writer.close)()
+    return time.perf_counter() - t0, PATH.seconds, PATH.seconds + THREAD.seconds
 
 
 def scan_without_store(workload, config: ScanConfig, out: Path) -> float:  # noqa: ANN001

@@ -71,6 +71,28 @@ def test_layer_writer_raises_the_writers_error(store: RunStore, workloads) -> No
             writer.close()
 
 
+def test_layer_writer_started_before_prepare_resumes_and_refuses_a_foreign_store(tmp_path: Path, workloads) -> None:
+    """``start`` opens the store and finds the run in the writer's thread while the scan is prepared."""
+    wl = workloads["digits-mlp"]
+    path = tmp_path / "runs.sqlite"
+    with LayerWriter.start(wl, CONFIG, path=path) as writer:
+        ctx = prepare(wl, CONFIG)
+        assert writer.attach(wl, ctx) is None
+        handed = []
+        scan(wl, CONFIG, on_result=lambda r: (writer(r), handed.append(r)), should_stop=lambda: len(handed) >= 1,
+             context=ctx)
+        first = writer.run_id
+    with LayerWriter.start(wl, CONFIG, path=path) as writer:
+        resumed = writer.attach(wl, prepare(wl, CONFIG))
+        assert resumed.id == first == writer.run_id and list(resumed.done) == [ctx.layers[0].name]
+    foreign = tmp_path / "notes.sqlite"
+    foreign.write_text("my notes")
+    with pytest.raises(StoreError, match="not an SQLite database"):
+        with LayerWriter.start(wl, CONFIG, path=foreign) as writer:
+            writer.attach(wl, prepare(wl, CONFIG))
+    assert foreign.read_text() == "my notes"
+
+
 def test_default_path_is_under_prunescope_home(prunescope_home: Path) -> None:
     assert default_path() == prunescope_home / "runs.sqlite"
     with RunStore() as s:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from analysis import samples
+from analysis.uploads import zip_kind
 
 
 class SpecError(ValueError):
@@ -176,20 +177,20 @@ def _from_python_file(path: Path, factory: str, weights: str | None) -> nn.Modul
 
 
 def sniff_model_file(path: Path) -> str:
-    """What a model file holds, read from its content (never its name): torchscript, export, onnx, pickle."""
+    """What a model file holds, read from its content (never its name): torchscript, export, onnx, pickle.
+
+    Zip archives are told apart by ``uploads.zip_kind`` (a ``torch.save`` archive is read as ``pickle``)."""
     with open(path, "rb") as f:
         head = f.read(4)
     if head[:2] == b"PK":
         try:
-            names = zipfile.ZipFile(path).namelist()
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
         except zipfile.BadZipFile:
             raise SpecError(f"{path} looks like a zip archive but is damaged or truncated") from None
-        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-            return "torchscript"
-        if any("serialized_exported_program" in n or n.endswith("archive_format") for n in names):
-            return "export"
-        if any(n.endswith("data.pkl") for n in names):
-            return "pickle"
+        kind = {"torchscript": "torchscript", "export": "export", "torch-save": "pickle"}.get(zip_kind(names))
+        if kind:
+            return kind
         raise SpecError(f"{path} is a zip archive but not a TorchScript, torch.export or torch.save file")
     if head[:1] == b"\x80":
         return "pickle"

@@ -172,8 +172,9 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
 
 def _scan_writer(args: argparse.Namespace, workload, config):  # noqa: ANN001, ANN202
-    """The writer of this scan's run (it opens the store and finds the run while the scan is prepared, then
-    creates a new run and commits layers from its own thread), or nothing with ``--no-store``."""
+    """The writer of this scan's run (it opens the store and finds the run at once, so a foreign store fails
+    before the scan is prepared; then it creates a new run and commits layers from its own thread), or nothing
+    with ``--no-store``."""
     if args.no_store:
         return nullcontext()
     from analysis.store import LayerWriter

@@ -1,6 +1,7 @@
 """Would prefix reuse pay on ONNX models? Measured before building it (issue 7).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_onnx_prefix.py [--samples 128] [--repeats 3]
+    OMP_NUM_THREADS=1 python benchmarks/bench_onnx_prefix.py --scans   # step (1), built: real scans
 
 An ONNX scan today (``analysis/onnx_model.py``) runs the whole graph for every (layer, sparsity) cell: one
 ``InferenceSession`` whose Conv/Gemm weights are overridable inputs. Prefix reuse would instead run the dense
@@ -157,12 +158,50 @@ def measure(arch: str, samples: int, repeats: int, tmp: Path) -> dict:
             "dense_plain": dense_plain, "dense_extra": dense_extra, "setup": setup, "rows": rows}
 
 
+def compare_scans(arch: str, samples: int, tmp: Path) -> str:
+    """A real ONNX scan (3 sparsities) with one-input sessions (today's ``OnnxModel``) and with the all-inputs
+    session forced, side by side: the end-to-end gain of step (1) and the largest difference in the numbers."""
+    from analysis.engine import ScanConfig
+    from analysis.onnx_model import OnnxModel
+    from analysis.sensitivity import scan
+    from analysis.sources import load_workload
+
+    path = tmp / f"{arch}.onnx"
+    export(arch, path)
+    workload = load_workload(str(path), "random:3x64x64", count=samples)
+    config = ScanConfig(sparsities=(0.3, 0.6, 0.9))
+    one_input = OnnxModel._session_for_current_weights
+    times, tables = {}, {}
+    try:
+        for label, pick in (("all", lambda self: (self._session, self._weights)), ("one", one_input)):
+            OnnxModel._session_for_current_weights = pick
+            t = time.perf_counter()
+            tables[label] = scan(workload, config).table
+            times[label] = time.perf_counter() - t
+    finally:
+        OnnxModel._session_for_current_weights = one_input
+    columns = ["agreement", "kl", "logit_cosine"]
+    diff = np.nanmax(np.abs(tables["all"][columns].to_numpy(float) - tables["one"][columns].to_numpy(float)))
+    return (f"| {arch} | {len(tables['one']['layer'].unique())} | {times['all']:.1f} | {times['one']:.1f} | "
+            f"{times['all'] / times['one']:.2f}x | {diff:.1g} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--archs", default="resnet18,mobilenet_v3_small")
+    parser.add_argument("--scans", action="store_true",
+                        help="instead: time real ONNX scans with one-input sessions vs the all-inputs session")
     args = parser.parse_args()
+    if args.scans:
+        print("| model | layers | scan, all-inputs session (s) | scan, one-input sessions (s) | speed-up | "
+              "largest difference (agreement, kl, logit cosine) |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        with tempfile.TemporaryDirectory() as tmp:
+            for arch in args.archs.split(","):
+                print(compare_scans(arch, args.samples, Path(tmp)))
+        return
     import onnxruntime
 
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {torch.get_num_threads()} thread(s), "

@@ -72,7 +72,7 @@ def test_layer_writer_raises_the_writers_error(store: RunStore, workloads) -> No
 
 
 def test_layer_writer_started_before_prepare_resumes_and_refuses_a_foreign_store(tmp_path: Path, workloads) -> None:
-    """``start`` opens the store and finds the run in the writer's thread while the scan is prepared."""
+    """``start`` opens the store and finds the run before the scan is prepared; ``attach`` resumes it."""
     wl = workloads["digits-mlp"]
     path = tmp_path / "runs.sqlite"
     with LayerWriter.start(wl, CONFIG, path=path) as writer:

@@ -6,8 +6,9 @@ and criteria treat them exactly as the weights of the PyTorch model the file was
 them into *overridable* graph inputs: one ``InferenceSession`` then serves any weights, because ``forward``
 feeds the current parameter values on every call. A scan prunes one weight at a time, so ``forward`` runs a
 session in which only that weight is an input (kept until another weight is pruned): ONNX Runtime pre-packs
-and fuses constant weights, which makes it 1.4-8x faster than the all-inputs session. ``masks.applied`` prunes them in place like any
-PyTorch weight, and ``save_pruned`` writes the same graph with the pruned initializers.
+and fuses constant weights, which makes a scan 1.5-3.7x faster than with the all-inputs session.
+``masks.applied`` prunes the parameters in place like any PyTorch weight, and ``save_pruned`` writes the same
+graph with the pruned initializers.
 
 ONNX Runtime gives no gradients and no view of intermediate activations, so the ``taylor`` and ``activation``
 criteria are refused with a clear error. Exporters that fold BatchNorm into the convolutions (the default of

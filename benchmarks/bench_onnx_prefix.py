@@ -180,10 +180,10 @@ def compare_scans(arch: str, samples: int, tmp: Path) -> str:
             times[label] = time.perf_counter() - t
     finally:
         OnnxModel._session_for_current_weights = one_input
-    columns = ["agreement", "kl", "logit_cosine"]
-    diff = np.nanmax(np.abs(tables["all"][columns].to_numpy(float) - tables["one"][columns].to_numpy(float)))
+    diffs = [np.nanmax(np.abs(tables["all"][c].to_numpy(float) - tables["one"][c].to_numpy(float)))
+             for c in ("agreement", "kl", "logit_cosine", "logit_rel_l2")]
     return (f"| {arch} | {len(tables['one']['layer'].unique())} | {times['all']:.1f} | {times['one']:.1f} | "
-            f"{times['all'] / times['one']:.2f}x | {diff:.1g} |")
+            f"{times['all'] / times['one']:.2f}x | {' / '.join(f'{d:.1g}' for d in diffs)} |")
 
 
 def main() -> None:
@@ -196,7 +196,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.scans:
         print("| model | layers | scan, all-inputs session (s) | scan, one-input sessions (s) | speed-up | "
-              "largest difference (agreement, kl, logit cosine) |")
+              "largest difference: agreement / kl / logit cosine / logit rel. L2 |")
         print("| --- | --- | --- | --- | --- | --- |")
         with tempfile.TemporaryDirectory() as tmp:
             for arch in args.archs.split(","):

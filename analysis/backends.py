@@ -98,6 +98,9 @@ def ray_available() -> bool:
 
 def validated_config(config: ScanConfig, backend: Backend) -> ScanConfig:
     """``config.validated()``, except that a Ray scan may ask for CUDA that only the cluster's workers have."""
+    if backend.kind == "ray" and config.adaptive != "off":
+        raise ValueError(f"an adaptive scan ({config.adaptive}) decides on the whole eval set, so it runs on the "
+                         "local backend only; drop --backend ray or --adaptive")
     gpu_elsewhere = backend.kind == "ray" and config.device.startswith("cuda") and not torch.cuda.is_available()
     if not gpu_elsewhere:
         return config.validated()

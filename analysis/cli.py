@@ -119,6 +119,7 @@ def _scan_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="for the printed summary: the largest sparsity per layer within this drop (default 0.01)")
     g.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for sensitivity.csv and scan.json")
     g.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    _add_adaptive_args(p)
     g = p.add_argument_group("run store")
     g.add_argument("--fresh", action="store_true",
                    help="start a new run even if the store holds an unfinished run of this scan")
@@ -127,6 +128,52 @@ def _scan_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     _add_run_args(p)
     _add_backend_args(p)
     return p
+
+
+def _add_adaptive_args(p: argparse.ArgumentParser) -> None:
+    from analysis.adaptive import MODES
+    from analysis.engine import ScanConfig
+    from analysis.sensitivity import METRICS
+
+    defaults = ScanConfig()
+    g = p.add_argument_group("adaptive scan (fewer cells than the full grid; see README)")
+    g.add_argument("--adaptive", choices=MODES, default="off",
+                   help="off (default: every layer at every sparsity); collapse (stop a layer once its metric has "
+                        "collapsed, fill the rest and flag it measured=False); bisect (search each layer's largest "
+                        "sparsity within --tolerance to --resolution, and write DIR/tolerance.csv)")
+    g.add_argument("--collapse-at", type=float, default=None, metavar="F",
+                   help=f"collapse: a layer has collapsed once its metric has fallen this fraction of the way from "
+                        f"dense to chance (1/classes), in (0, 1] (default {defaults.collapse_at:g})")
+    g.add_argument("--tolerance", type=float, default=None, metavar="D",
+                   help=f"bisect: the largest drop of the metric a layer may cost (default {defaults.tolerance:g} "
+                        "= 1 point of accuracy or agreement)")
+    g.add_argument("--resolution", type=float, default=None, metavar="R",
+                   help=f"bisect: step of the sparsity grid searched, in (0, 0.5] (default {defaults.resolution:g})")
+    g.add_argument("--metric", choices=METRICS, default=None,
+                   help="collapse and bisect: the metric that decides (default accuracy with labels, else "
+                        "agreement; collapse takes accuracy or agreement)")
+    g.add_argument("--points-per-call", type=int, default=None, metavar="K",
+                   help=f"collapse and bisect: sparsities measured per engine call (default "
+                        f"{defaults.points_per_call})")
+
+
+def _adaptive_settings(args: argparse.Namespace) -> dict:
+    """The ScanConfig fields of ``--adaptive`` and its options; an option its mode does not use is an error."""
+    from analysis.adaptive import PARAMETERS
+    from analysis.engine import DEFAULT_SPARSITIES
+
+    given = {"collapse_at": args.collapse_at, "tolerance": args.tolerance, "resolution": args.resolution,
+             "adaptive_metric": args.metric, "points_per_call": args.points_per_call}
+    flags = {"collapse_at": "--collapse-at", "tolerance": "--tolerance", "resolution": "--resolution",
+             "adaptive_metric": "--metric", "points_per_call": "--points-per-call"}
+    used = PARAMETERS.get(args.adaptive, ())
+    for field, value in given.items():
+        if value is not None and field not in used:
+            modes = [m for m, fields in PARAMETERS.items() if field in fields]
+            raise UsageError(f"{flags[field]} applies to --adaptive {' or '.join(modes)} only")
+    if args.adaptive == "bisect" and args.sparsities is not DEFAULT_SPARSITIES:
+        raise UsageError("--sparsities does not apply to --adaptive bisect: it searches the grid of --resolution")
+    return {"adaptive": args.adaptive, **{k: v for k, v in given.items() if v is not None}}
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
@@ -140,7 +187,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     config = ScanConfig(criterion=args.criterion, granularity=args.granularity, sparsities=args.sparsities,
                         layers=args.layers, batch_size=args.batch_size, device=args.device, engine=args.engine,
                         seed=args.seed, calib_samples=args.calib_samples, precision=args.precision,
-                        chunk_size=args.chunk_size, bn_recalibrate=args.bn_recalibrate, bn_batches=args.bn_batches)
+                        chunk_size=args.chunk_size, bn_recalibrate=args.bn_recalibrate, bn_batches=args.bn_batches,
+                        **_adaptive_settings(args))
     config = validated_config(config, backend)
     if config.bn_recalibrate and not _has_batchnorm(workload.model):
         print(f"prunescope: note: {workload.model_spec} has no BatchNorm layers; --bn-recalibrate does not apply",
@@ -165,7 +213,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             profile.meta["run_id"] = writer.run_id
             writer.finish(profile.meta, close_store=True)
         profile.save(args.out)
-        _print_scan_summary(args, workload, config, backend, profile)
+        tolerance = _save_adaptive(profile, args.out)
+        _print_scan_summary(args, workload, config, backend, profile, tolerance)
         if writer and not resumed and not args.quiet:
             print(f"stored as run {writer.run_id} in {writer.store.path}", file=sys.stderr)
     return 0
@@ -182,15 +231,19 @@ def _scan_writer(args: argparse.Namespace, workload, config):  # noqa: ANN001, A
     return LayerWriter.start(workload, config, fresh=args.fresh)
 
 
-def _print_scan_summary(args: argparse.Namespace, workload, config, backend, profile) -> None:  # noqa: ANN001
+def _print_scan_summary(args: argparse.Namespace, workload, config, backend, profile,  # noqa: ANN001
+                        tolerance) -> None:  # noqa: ANN001 - tolerance: DataFrame | None
     from analysis.sensitivity import tolerance_table
 
     for notice in profile.meta.get("engine", {}).get("notices", []):
         print(f"prunescope: note: {notice}", file=sys.stderr)
     if not args.quiet:
         metric = profile.default_metric
+        grid = f"{len(config.sparsities)} sparsities"
+        if config.adaptive == "bisect":
+            grid = f"a {len(config.sparsities) - 1}-point sparsity grid searched by bisection"
         print(f"{workload.model_spec} on {workload.data.spec}: {len(profile.layers)} layers x "
-              f"{len(config.sparsities)} sparsities, dense {metric} {profile.baseline(metric):.4f}, "
+              f"{grid}, dense {metric} {profile.baseline(metric):.4f}, "
               f"{profile.meta['timings']['total_s']:.1f} s ({config.engine} engine)")
         if backend.kind == "ray":
             from analysis.ray_backend import describe
@@ -198,8 +251,31 @@ def _print_scan_summary(args: argparse.Namespace, workload, config, backend, pro
             print(describe(profile.meta["backend"]))
         for name, reason in profile.meta["skipped_layers"].items():
             print(f"skipped {name}: {reason}")
-        print(tolerance_table(profile, max_drop=args.max_drop).to_string(index=False))
-        print(f"wrote {args.out / 'sensitivity.csv'} and {args.out / 'scan.json'}")
+        if tolerance is not None:
+            print(f"bisection: per layer, the largest sparsity whose {tolerance.attrs['metric']} drop stays within "
+                  f"{tolerance.attrs['tolerance']:g} (grid step {tolerance.attrs['resolution']:g})")
+            print(tolerance.to_string(index=False))
+        else:
+            print(tolerance_table(profile, max_drop=args.max_drop).to_string(index=False))
+        if config.adaptive == "collapse":
+            from analysis.adaptive import measured_cells
+
+            cells = measured_cells(profile)
+            print(f"collapse: measured {cells['measured']} of {cells['cells']} cells; {cells['filled']} filled after "
+                  "a collapse (measured=False in sensitivity.csv)")
+        extra = f" and {args.out / 'tolerance.csv'}" if tolerance is not None else ""
+        print(f"wrote {args.out / 'sensitivity.csv'} and {args.out / 'scan.json'}{extra}")
+
+
+def _save_adaptive(profile, out: Path):  # noqa: ANN001, ANN202 - SensitivityProfile -> DataFrame | None
+    """A bisection scan's tolerance table, written to ``out/tolerance.csv`` (``None`` for other scans)."""
+    from analysis.adaptive import bisect_table, mode_of
+
+    if mode_of(profile) != "bisect" or profile.table.empty:
+        return None
+    table = bisect_table(profile)
+    table.to_csv(out / "tolerance.csv", index=False)
+    return table
 
 
 # ------------------------------------------------------------------------------------------------------- runs

@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from analysis import batchnorm, criteria, fxgraph, masks
 from analysis.layers import Layer, find_layers, select_layers
-from analysis.metrics import Sums, _logits, evaluate, predict, sums_from_logits
+from analysis.metrics import Sums, _logits, evaluate, predict, sums_from_logits, sums_per_variant
 from analysis.sources import Workload
 
 DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -49,9 +49,18 @@ class ScanConfig:
     chunk_size: int | None = None
     bn_recalibrate: bool = False
     bn_batches: int = 8
+    adaptive: str = "off"
+    collapse_at: float = 0.9
+    tolerance: float = 0.01
+    resolution: float = 0.01
+    adaptive_metric: str | None = None
+    points_per_call: int = 3
 
     def validated(self) -> "ScanConfig":
-        """A checked copy: known criterion, granularity and engine, sparsities in [0, 1), sorted, 0 first."""
+        """A checked copy: known criterion, granularity and engine, sparsities in [0, 1), sorted, 0 first, and
+        the adaptive settings checked (``adaptive.checked``; ``off``, the default, is the full grid)."""
+        from analysis import adaptive
+
         criteria.check_criterion(self.criterion)
         gran = masks.parse_granularity(self.granularity)
         if self.engine not in ENGINES:
@@ -80,7 +89,7 @@ class ScanConfig:
             values = [0.0, *values]
         if check_device(self.device).type != "cuda" and self.precision == "tf32":
             raise ValueError("precision tf32 needs a CUDA device (--device cuda); the CPU computes float32 exactly")
-        return replace(self, granularity=str(gran), sparsities=tuple(values))
+        return adaptive.checked(replace(self, granularity=str(gran), sparsities=tuple(values)))
 
 
 PRECISIONS = ("exact", "tf32", "bf16")
@@ -327,6 +336,8 @@ def run_layer_fast(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None
         state.shard, state.frontier = (lo, hi), []
     labelled = ctx.y is not None
     totals = [Sums(labelled=labelled) for _ in variants]
+    dense_weight = layer.weight(ctx.model).detach()
+    weights = [dense_weight.masked_fill(~m.to(dense_weight.device), 0) for m in variants]
     with arithmetic(ctx.config.precision, ctx.device):
         for c, start in enumerate(range(lo, hi, state.chunk)):
             stop = min(start + state.chunk, hi)
@@ -340,8 +351,8 @@ def run_layer_fast(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None
             if not variants or not cut.reaches_output:
                 continue
             dense, y = ctx.dense_logits[start:stop], None if ctx.y is None else ctx.y[start:stop]
-            for v, logits in enumerate(_variant_logits(ctx, state.gm, cut, front, layer, variants)):
-                totals[v] = totals[v] + sums_from_logits(logits, dense, y)
+            logits = _variant_logits(ctx, state.gm, cut, front, layer, weights)
+            totals = [t + part for t, part in zip(totals, sums_per_variant(logits, dense, y))]
     state.peak_cache_bytes = max(state.peak_cache_bytes, _cache_bytes(state))
     dense_sums = sums_from_logits(ctx.dense_logits[lo:hi], ctx.dense_logits[lo:hi],
                                   None if ctx.y is None else ctx.y[lo:hi])
@@ -353,18 +364,30 @@ def run_layer_fast(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None
 
 
 def _variant_logits(ctx: ScanContext, gm: fx.GraphModule, cut: fxgraph.Split, front: dict, layer: Layer,
-                    variants: list[torch.Tensor]) -> torch.Tensor:
-    """Logits (variants, chunk, classes) of the pruned models, from the dense frontier of one chunk."""
-    output = cut.downstream[-1]
-    if not cut.roots_read_dense or ctx.config.precision == "bf16":
-        # bf16 autocast and vmap do not mix (batch-norm batching rules reject the mixed dtypes): one run per mask.
-        return torch.stack([_logits_one(ctx, gm, cut.downstream, front, layer, m) for m in variants])
-    per_variant = [_logits_one(ctx, gm, cut.roots, front, layer, m, keep=cut.roots) for m in variants]
+                    weights: list[torch.Tensor]) -> torch.Tensor:
+    """Logits (variants, chunk, classes) of the models with ``layer``'s weight replaced by each of ``weights``
+    (its pruned variants), from the dense frontier of one chunk.
+
+    The layer runs once per mask; the part after it runs once for all masks, their outputs stacked into one
+    batch: folded into the batch dimension where that is provably the same computation (``_fold``, about 20%
+    faster on mobilenet_v3_small), else under ``torch.func.vmap``.
+    """
+    if not cut.roots_read_dense:
+        return torch.stack([_logits_one(gm, cut.downstream, front, layer, w) for w in weights])
+    per_variant = [_logits_one(gm, cut.roots, front, layer, w, keep=cut.roots) for w in weights]
     flat = [tree_flatten(outs) for outs in per_variant]
     spec = flat[0][1]
-    stacked = [torch.stack(col) if isinstance(col[0], torch.Tensor) else col[0] for col in zip(*(f for f, _ in flat))]
-    in_dims = [0 if isinstance(v, torch.Tensor) else None for v in stacked]
+    columns = list(zip(*(f for f, _ in flat)))
     rest = [n for n in cut.downstream if n not in set(cut.roots)]
+    folded = _fold(gm, cut, rest, front, columns, spec)
+    if folded is not None:
+        return folded
+    if ctx.config.precision == "bf16":
+        # bf16 autocast and vmap do not mix (batch-norm batching rules reject the mixed dtypes): one run per mask.
+        return torch.stack([_logits_one(gm, cut.downstream, front, layer, w) for w in weights])
+    stacked = [torch.stack(col) if isinstance(col[0], torch.Tensor) else col[0] for col in columns]
+    in_dims = [0 if isinstance(v, torch.Tensor) else None for v in stacked]
+    output = cut.downstream[-1]
 
     def run_rest(leaves: list) -> torch.Tensor:
         env = dict(front)
@@ -379,12 +402,56 @@ def _variant_logits(ctx: ScanContext, gm: fx.GraphModule, cut: fxgraph.Split, fr
         return torch.func.vmap(run_rest, in_dims=(in_dims,))(stacked)
 
 
-def _logits_one(ctx: ScanContext, gm: fx.GraphModule, nodes: list, front: dict, layer: Layer,
-                mask: torch.Tensor, keep: list | None = None) -> object:
-    """Run ``nodes`` with ``layer`` pruned by ``mask``: the logits, or the values of ``keep``."""
-    env = dict(front)
-    with masks.applied(ctx.model, {layer.param_name: mask}), torch.inference_mode():
-        fxgraph.run(gm, nodes, env, keep=set(keep or nodes[-1:]))
+def _fold(gm: fx.GraphModule, cut: fxgraph.Split, rest: list[fx.Node], front: dict, columns: list[tuple],
+          spec: object) -> torch.Tensor | None:
+    """The downstream part run once on the variants concatenated along the batch dimension, or ``None`` when
+    that might not be the same computation as running them one by one.
+
+    Folding is safe when every value the part reads that depends on the input is a tensor whose first
+    dimension is the chunk's batch (those are repeated once per variant) and every root output is such a
+    tensor too. A batch size read from a dense value (``n = x.shape[0]`` before the layer), or a value laid
+    out with the batch elsewhere, would be wrong for the folded batch: those cuts use ``vmap``.
+    """
+    if not rest:
+        return None
+    n_variants = len(columns[0])
+    batch = next((col[0].shape[0] for col in columns if isinstance(col[0], torch.Tensor) and col[0].dim()), None)
+    if batch is None:
+        return None
+    data = fxgraph.input_dependent(gm)
+    env: dict = {}
+    for node in cut.frontier:
+        value = front[node]
+        if node not in data:
+            env[node] = value
+        elif isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == batch:
+            env[node] = value.unsqueeze(0).expand(n_variants, *value.shape).reshape(-1, *value.shape[1:])
+        else:
+            return None
+    leaves = []
+    for col in columns:
+        if col[0] is None:
+            leaves.append(None)
+        elif isinstance(col[0], torch.Tensor) and col[0].dim() and col[0].shape[0] == batch:
+            leaves.append(torch.cat(col))
+        else:
+            return None
+    env.update(zip(cut.roots, tree_unflatten(leaves, spec)))
+    output = cut.downstream[-1]
+    with torch.inference_mode():
+        fxgraph.run(gm, rest, env, keep={output})
+        logits = _logits(env[output])
+    if logits.dim() < 1 or logits.shape[0] != n_variants * batch:
+        return None
+    return logits.reshape(n_variants, batch, *logits.shape[1:])
+
+
+def _logits_one(gm: fx.GraphModule, nodes: list, front: dict, layer: Layer, weight: torch.Tensor,
+                keep: list | None = None) -> object:
+    """Run ``nodes`` with ``layer``'s weight replaced by ``weight``: the logits, or the values of ``keep``."""
+    env = {n: weight if n.op == "get_attr" and n.target == layer.param_name else v for n, v in front.items()}
+    with torch.inference_mode():
+        fxgraph.run(gm, nodes, env, keep=set(keep or nodes[-1:]), params={layer.param_name: weight})
     return [env[n] for n in keep] if keep else _logits(env[nodes[-1]])
 
 

@@ -115,16 +115,38 @@ def split(gm: fx.GraphModule, param_name: str) -> Split:
                  reaches_output=reaches)
 
 
-def run_node(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, object]) -> object:
-    """Execute one node with its inputs taken from ``env``."""
+def input_dependent(gm: fx.GraphModule) -> set[fx.Node]:
+    """The nodes whose value depends on the model's inputs (the rest are constants of the graph)."""
+    cached = getattr(gm, "_prunescope_input_dependent", None)
+    if cached is None:
+        cached = set()
+        for node in gm.graph.nodes:
+            if node.op == "placeholder" or any(a in cached for a in node.all_input_nodes):
+                cached.add(node)
+        gm._prunescope_input_dependent = cached
+    return cached
+
+
+def run_node(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, object],
+             params: dict[str, torch.Tensor] | None = None) -> object:
+    """Execute one node with its inputs taken from ``env``; ``params`` replaces parameters by name (a pruned
+    weight) for this call only, without touching the model."""
     args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda a: env[a])
     if node.op == "get_attr":
+        if params and node.target in params:
+            return params[node.target]
         obj: object = gm
         for part in node.target.split("."):
             obj = getattr(obj, part)
         return obj
     if node.op == "call_module":
-        return gm.get_submodule(node.target)(*args, **kwargs)
+        module = gm.get_submodule(node.target)
+        if params:
+            prefix = node.target + "."
+            local = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+            if local:
+                return torch.func.functional_call(module, local, tuple(args), kwargs)
+        return module(*args, **kwargs)
     if node.op == "call_function":
         return node.target(*args, **kwargs)
     if node.op == "call_method":
@@ -134,14 +156,15 @@ def run_node(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, object]) -> o
     raise ValueError(f"cannot run a {node.op} node here")
 
 
-def run(gm: fx.GraphModule, nodes: list[fx.Node], env: dict[fx.Node, object], keep: set[fx.Node]) -> None:
+def run(gm: fx.GraphModule, nodes: list[fx.Node], env: dict[fx.Node, object], keep: set[fx.Node],
+        params: dict[str, torch.Tensor] | None = None) -> None:
     """Execute ``nodes`` in order into ``env``, dropping each value after its last use unless it is in ``keep``."""
     last_use = {}
     for i, node in enumerate(nodes):
         for a in node.all_input_nodes:
             last_use[a] = i
     for i, node in enumerate(nodes):
-        env[node] = run_node(gm, node, env)
+        env[node] = run_node(gm, node, env, params)
         for a in node.all_input_nodes:
             if last_use[a] == i and a not in keep:
                 env.pop(a, None)

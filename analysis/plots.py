@@ -133,6 +133,7 @@ def sensitivity_heatmap(profile: SensitivityProfile, metric: str | None = None) 
         hovertemplate=(f"layer %{{y}}<br>sparsity %{{x}}<br>{metric} %{{customdata:.4f}}"
                        f"<br>drop %{{z:.3f}} {unit}<extra></extra>"),
     ))
+    _mark_filled(fig, df)
     fig.update_layout(
         title=f"{metric} drop when one layer is pruned ({profile.meta.get('criterion', '')}, "
               f"{profile.meta.get('granularity', '')})",
@@ -144,6 +145,20 @@ def sensitivity_heatmap(profile: SensitivityProfile, metric: str | None = None) 
         margin={"l": 10, "r": 10, "t": 50, "b": 40},
     )
     return fig
+
+
+def _mark_filled(fig: go.Figure, df: pd.DataFrame) -> None:
+    """Cross out the cells an adaptive scan filled in instead of measuring (``measured`` false)."""
+    if "measured" not in df or df["measured"].astype(bool).all():
+        return
+    filled = df[~df["measured"].astype(bool)]
+    fig.add_trace(go.Scatter(
+        x=[f"{s:g}" for s in filled["sparsity"]], y=list(filled["layer"]), mode="markers",
+        marker={"symbol": "x-thin", "size": 10, "line": {"width": 2, "color": "black"}},
+        name="filled, not measured", showlegend=True,
+        hovertemplate="layer %{y}<br>sparsity %{x}<br>not measured: the layer had collapsed; "
+                      "copied from its last measured sparsity<extra></extra>"))
+    fig.update_layout(legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0})
 
 
 def _curve_hover(metric: str, unit: str, label: str = "") -> str:
@@ -168,6 +183,8 @@ def _curve_traces(profile: SensitivityProfile, metric: str, layers: list[str] | 
             name=f"{layer} ({label})" if label else layer,
             legendgroup=layer,
             line={"color": palette[i % len(palette)], "dash": dash},
+            marker={"symbol": ["circle" if m else "circle-open" for m in cells["measured"].astype(bool)]}
+            if "measured" in cells else None,
             customdata=cells[["layer", "actual_sparsity", metric]].to_numpy(dtype=object),
             hovertemplate=_curve_hover(metric, unit, label),
         ))

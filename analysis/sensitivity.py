@@ -110,7 +110,9 @@ def scan(
     ctx = context or engine.prepare(workload, config)
     config = ctx.config
     prepare_s = time.perf_counter() - t0
-    run_layer = engine.ENGINES[config.engine]
+    from analysis import adaptive
+
+    run_layer = adaptive.runner(ctx)
     results: dict[str, LayerResult] = {k: v for k, v in (done or {}).items()}
     todo = [layer for layer in ctx.layers if layer.name not in results]
     resumed = len(ctx.layers) - len(todo)
@@ -151,10 +153,12 @@ def build_profile(ctx: ScanContext, workload: Workload, results: dict[str, Layer
                 "kl_sum": sums.kl_sum,
                 "params": layer.params,
                 "flops": layer.flops,
+                **({"measured": bool(row["measured"])} if "measured" in row else {}),
             })
     table = pd.DataFrame.from_records(records, columns=[
         "layer", "type", "sparsity", "actual_sparsity", "accuracy", "loss", "agreement", "kl", "logit_cosine",
-        "logit_rel_l2", "n", "correct", "agree", "loss_sum", "kl_sum", "params", "flops"])
+        "logit_rel_l2", "n", "correct", "agree", "loss_sum", "kl_sum", "params", "flops",
+        *(["measured"] if any("measured" in r for r in records) else [])])
     meta = {
         **describe(workload, ctx),
         "baseline": ctx.baseline().metrics(),
@@ -174,8 +178,10 @@ def build_profile(ctx: ScanContext, workload: Workload, results: dict[str, Layer
 def describe(workload: Workload, ctx: ScanContext) -> dict:
     """What a scan is, independent of its results: model, data, configuration and layers (``scan.json``'s core,
     also what the run store records when a run starts)."""
+    from analysis import adaptive
+
     config = ctx.config
-    return {
+    described = {
         "model": workload.model_spec,
         "data": workload.data.spec,
         "samples": len(ctx.x),
@@ -190,6 +196,9 @@ def describe(workload: Workload, ctx: ScanContext) -> dict:
                    for l in ctx.layers],
         "skipped_layers": ctx.skipped,
     }
+    if config.adaptive != "off":
+        described["adaptive"] = adaptive.describe(ctx)
+    return described
 
 
 def tolerance_table(profile: SensitivityProfile, max_drop: float = 0.01, metric: str | None = None) -> pd.DataFrame:

@@ -136,8 +136,11 @@ def scan_identity(workload: Workload, config: ScanConfig) -> dict:
     A setting added to ``ScanConfig`` later is part of the identity unless named in ``EXECUTION_FIELDS``: at
     worst a scan then starts a new run instead of resuming, never resumes a run whose numbers differ.
     """
+    from analysis.adaptive import FIELDS as ADAPTIVE_FIELDS
+
     config = config.validated()
-    settings = {k: v for k, v in asdict(config).items() if k not in EXECUTION_FIELDS}
+    off = ADAPTIVE_FIELDS if config.adaptive == "off" else ()  # full scans keep the identity they had before
+    settings = {k: v for k, v in asdict(config).items() if k not in EXECUTION_FIELDS and k not in off}
     settings["sparsities"] = list(settings["sparsities"])
     settings["layers"] = list(settings["layers"]) if settings["layers"] else None
     return {"model_fp": workload.fingerprint(), "data_fp": workload.data.fingerprint(), **settings}

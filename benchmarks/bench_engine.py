@@ -13,6 +13,10 @@ every 2 ms (on CUDA: the allocator's peak).
 
     python benchmarks/bench_engine.py --models resnet18,mobilenet_v3_small --data random:3x64x64 \\
         --count 512 --threads 2 --repeats 3
+
+With ``--precision-error --precision bf16`` (or tf32 on CUDA) it instead scans each model with the fast engine
+exactly and at that precision, interleaved on one context each, and reports the speed-up and the error per
+cell. Models may be torchvision names or full specs (``sample:digits-cnn`` with ``--data sample:digits``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import statistics
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -157,6 +162,39 @@ def bench(model: str, data: str, count: int, repeats: int, config: ScanConfig) -
     }
 
 
+def precision_error(model: str, data: str, count: int, config: ScanConfig) -> dict:
+    """A fast scan at ``config.precision`` next to the exact fast scan of the same context: time ratio and error."""
+    workload = load_workload(model, data, count=count)
+    recalibrate(workload.model, workload.data.x, device=config.device)
+    exact_ctx = prepare(workload, replace(config, precision="exact"))
+    low_ctx = prepare(workload, config)
+    seconds = {"exact": 0.0, "low": 0.0}
+    cells = differing = 0
+    worst_agree = worst_acc = worst_loss = 0.0
+    for i, (a_layer, b_layer) in enumerate(zip(exact_ctx.layers, low_ctx.layers)):
+        order = (("exact", exact_ctx, a_layer), ("low", low_ctx, b_layer))
+        rows = {}
+        for name, ctx, layer in (order if i % 2 == 0 else order[::-1]):
+            result = run_layer_fast(ctx, layer, None)
+            seconds[name] += result.seconds
+            rows[name] = result.rows
+        for a, b in zip(rows["exact"], rows["low"]):
+            if a["sparsity"] == 0.0:
+                continue
+            cells += 1
+            differing += (a["agree"], a["correct"]) != (b["agree"], b["correct"])
+            worst_agree = max(worst_agree, abs(a["agree"] - b["agree"]) / a["n"])
+            worst_acc = max(worst_acc, abs(a["correct"] - b["correct"]) / a["n"])
+            worst_loss = max(worst_loss, abs(a["loss_sum"] - b["loss_sum"]) / max(abs(a["loss_sum"]), 1e-12))
+    return {
+        "model": model, "N": count, "device": exact_ctx.device.type, "precision": config.precision,
+        "exact s": round(seconds["exact"], 1), f"{config.precision} s": round(seconds["low"], 1),
+        "speed-up": round(seconds["exact"] / seconds["low"], 2), "cells": cells,
+        "cells with other counts": differing, "max d agreement": round(worst_agree, 4),
+        "max d accuracy": round(worst_acc, 4), "max rel d loss": f"{worst_loss:.1e}",
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="resnet18,mobilenet_v3_small", help="torchvision architectures")
@@ -167,10 +205,16 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="exact")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--precision-error", action="store_true",
+                   help="instead: the fast scan at --precision next to the exact one (speed and error per cell)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     config = ScanConfig(device=args.device, precision=args.precision, batch_size=args.batch_size)
-    rows = [bench(f"torchvision:{m}", args.data, args.count, args.repeats, config) for m in args.models.split(",")]
+    models = [m if ":" in m else f"torchvision:{m}" for m in args.models.split(",")]
+    if args.precision_error:
+        rows = [precision_error(m, args.data, args.count, config) for m in models]
+    else:
+        rows = [bench(m, args.data, args.count, args.repeats, config) for m in models]
     keys = list(rows[0])
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))

@@ -11,18 +11,25 @@ from analysis.engine import DEFAULT_SPARSITIES, ScanConfig
 from analysis.masks import check_sparsity
 from analysis.sensitivity import METRICS, tolerance_table
 from ui import common, runs, scanning
+from ui.scanning import SCAN_MODES, adaptive_settings
 
 spec = common.header("Sensitivity")
 spec, workload, layers = common.workload_or_stop()
 
 with st.sidebar:
     st.header("Scan settings")
+    mode = st.radio("Scan mode", list(SCAN_MODES), format_func=SCAN_MODES.get,
+                    help="full grid measures every cell; stop after collapse stops a layer once its metric has "
+                         "fallen near chance and fills the rest (marked); bisection searches each layer's largest "
+                         "sparsity within a tolerated drop")
     criterion = st.selectbox("Criterion", CRITERIA, help="how the weights to remove are chosen")
     granularity = st.selectbox("Granularity", ["unstructured", "channel", "2:4"],
                                help="single weights, whole output channels, or 2 of every 4 weights")
-    grid_text = st.text_input("Sparsities", ", ".join(f"{s:g}" for s in DEFAULT_SPARSITIES),
-                              help="fractions of each layer to remove, comma separated (0 is the dense baseline)")
+    grid_text = st.text_input("Sparsities", ", ".join(f"{s:g}" for s in DEFAULT_SPARSITIES), disabled=mode == "bisect",
+                              help="fractions of each layer to remove, comma separated (0 is the dense baseline); "
+                                   "bisection searches its own grid (its resolution)")
     chosen = st.multiselect("Layers (none picked: all)", [l.name for l in layers])
+    adaptive = adaptive_settings(mode, workload.data.y is not None)
     cluster = cluster_backend()
     on_cluster = cluster is not None and st.checkbox(f"Run on the Ray cluster at {cluster.address}",
                                                      help="PRUNESCOPE_RAY_ADDRESS or RAY_ADDRESS names it; the "
@@ -31,8 +38,8 @@ with st.sidebar:
 config, config_error = None, None
 try:
     sparsities = tuple(check_sparsity(p.strip()) for p in grid_text.split(",") if p.strip())
-    config = ScanConfig(criterion, granularity, sparsities, tuple(chosen) or None,
-                        engine=common.best_engine()).validated()
+    config = ScanConfig(criterion, granularity, sparsities if mode != "bisect" else DEFAULT_SPARSITIES,
+                        tuple(chosen) or None, engine=common.best_engine(), adaptive=mode, **adaptive).validated()
 except ValueError as exc:
     config_error = str(exc)
 
@@ -89,6 +96,7 @@ metric = st.selectbox("Metric", metrics, help="accuracy needs labels; agreement 
 base = profile.baseline(metric)
 st.caption(f"Dense {metric}: **{base:.4f}** on {profile.meta['samples']} samples · criterion "
            f"{profile.meta['criterion']} · granularity {profile.meta['granularity']}")
+shown_mode = scanning.show_adaptive(profile)
 
 heat_tab, curve_tab, rank_tab, table_tab, compare_tab = st.tabs(
     ["Heatmap", "Curves", "Tolerance ranking", "Table", "Compare two runs"])
@@ -98,6 +106,8 @@ with curve_tab:
     picked = st.multiselect("Layers to draw (none: all)", profile.layers, key="curve_layers")
     st.plotly_chart(plots.sensitivity_curves(profile, metric, picked or None), key="curves")
 with rank_tab:
+    if shown_mode == "bisect":
+        scanning.show_bisection(profile)
     scale, unit = plots.drop_scale(metric)
     max_drop = st.number_input(f"Largest tolerated drop ({unit})", min_value=0.0, value=1.0 if scale > 1 else 0.01,
                                step=0.5 if scale > 1 else 0.01)

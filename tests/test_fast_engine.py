@@ -166,6 +166,8 @@ def test_bf16_precision_runs_close_to_exact(workloads):
     exact = prepare(workloads["digits-cnn"], ScanConfig(sparsities=(0.5,)))
     a, b = run_layer_fast(exact, exact.layers[0]).rows[1], run_layer_fast(ctx, layer).rows[1]
     assert a["n"] == b["n"] and abs(a["agree"] - b["agree"]) <= 0.1 * a["n"]
+    naive = run_layer_naive(ctx, layer).rows[1]
+    assert abs(naive["agree"] - b["agree"]) <= 1 and abs(naive["correct"] - b["correct"]) <= 1
 
 
 def test_cli_scan_uses_fast_engine_by_default(tmp_path):
@@ -196,3 +198,41 @@ def test_engines_measure_any_sparsities_the_same(tmp_path):
         assert a["correct"] == b["correct"] and a["agree"] == b["agree"]
         assert abs(a["actual_sparsity"] - a["sparsity"]) < 0.01
     assert fast.rows[2]["agree"] < fast.rows[1]["agree"]
+
+
+class BatchFromInput(nn.Module):
+    """Reads its batch size before the first layer and reshapes with it after: the pruned variants of ``conv1``
+    cannot be folded into the batch (the dense ``n`` would be wrong for them) and must go through vmap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        h = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(h.reshape(n, -1))
+
+
+def test_variants_fold_into_the_batch_only_when_that_is_safe(monkeypatch):
+    from analysis import engine
+
+    folded: dict[str, list] = {}
+    real_fold = engine._fold
+
+    def spy(gm, cut, *rest):
+        out = real_fold(gm, cut, *rest)
+        folded.setdefault(cut.roots[0].target, []).append(out is not None)
+        return out
+
+    monkeypatch.setattr(engine, "_fold", spy)
+    torch.manual_seed(0)
+    report = compare(random_workload(BatchFromInput(), (1, 8, 8), n=40), sparsities=(0.4, 0.8), chunk_size=16)
+    assert report["used"] == "fast"
+    assert folded["conv1"] == folded["conv2"] == [False] * 3
+    assert folded["fc"] == [True] * 3
+    folded.clear()
+    compare(load_workload("sample:digits-cnn", "sample:digits", count=40), sparsities=(0.4, 0.8), chunk_size=16)
+    assert len(folded) > 2 and all(all(v) for v in folded.values())

@@ -1,8 +1,9 @@
 """Metric sums: exact, additive over shards, label-free when there are no labels."""
 
+import pytest
 import torch
 
-from analysis.metrics import Sums, evaluate, predict, sums_from_logits
+from analysis.metrics import Sums, evaluate, predict, sums_from_logits, sums_per_variant
 
 
 def test_sums_from_logits_by_hand():
@@ -59,3 +60,18 @@ def test_scan_logit_columns_agree_with_the_diagnosis(workloads):
     logits = shift[(shift.observed == "logits") & (shift.sparsity == 0.7)].iloc[0]
     assert abs(row["logit_cosine"] - logits["cosine"]) < 1e-5
     assert abs(row["logit_rel_l2"] - logits["rel_l2"]) < 1e-5
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_sums_per_variant_equal_one_variant_at_a_time(labelled):
+    g = torch.Generator().manual_seed(3)
+    dense = torch.randn(20, 7, generator=g)
+    variants = torch.stack([dense, dense + 0.3 * torch.randn(20, 7, generator=g), torch.randn(20, 7, generator=g)])
+    labels = torch.randint(0, 7, (20,), generator=g) if labelled else None
+    for stacked, alone in zip(sums_per_variant(variants, dense, labels),
+                              [sums_from_logits(v, dense, labels) for v in variants]):
+        assert (stacked.n, stacked.correct, stacked.agree, stacked.labelled) == \
+            (alone.n, alone.correct, alone.agree, alone.labelled)
+        for key in ("loss_sum", "kl_sum", "cos_sum", "diff_sq_sum", "ref_sq_sum"):
+            assert getattr(stacked, key) == pytest.approx(getattr(alone, key), rel=1e-12, abs=1e-12), key
+    assert sums_per_variant(variants, dense, labels)[0].diff_sq_sum == 0.0

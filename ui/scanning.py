@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from analysis import plots
+from analysis import adaptive, plots
 from analysis.backends import Backend, prepare_for, run_scan as run_on_backend
 from analysis.engine import LayerResult, ScanConfig
 from analysis.sensitivity import Progress
@@ -26,6 +26,7 @@ from ui import common, runs
 from ui.common import WorkloadSpec
 
 SCANNING = "scanning"  # session key: the run id of the scan this session has in flight
+SCAN_MODES = {"off": "full grid", "collapse": "stop after collapse", "bisect": "bisection"}
 
 
 def scan_into_store(store: RunStore, workload: Workload, config: ScanConfig, lock: threading.RLock,
@@ -105,3 +106,58 @@ def stop(spec: WorkloadSpec) -> tuple[int, int, int] | None:
     if info["status"] != "complete":
         store.finish(run_id, {**store.profile(run_id).meta, "complete": False})
     return run_id, info["done_layers"], info["total_layers"]
+
+
+def adaptive_settings(mode: str, labelled: bool) -> dict:
+    """The sidebar's inputs for an adaptive ``mode``: the ``ScanConfig`` fields they set (none for the full grid)."""
+    if mode == "off":
+        return {}
+    defaults = ScanConfig()
+    choices = ["accuracy", "agreement"] if labelled else ["agreement"]
+    if mode == "bisect":
+        choices += ["loss", "kl"]
+    metric = st.selectbox("Metric that decides", choices, help="accuracy needs labels; agreement compares with the "
+                                                                "dense model")
+    points = st.number_input("Sparsities per engine call", 1, 32, defaults.points_per_call,
+                             help="measured together in one batched run: more per call, fewer calls")
+    if mode == "collapse":
+        at = st.slider("Collapsed at (share of the way from dense to chance)", 0.05, 1.0, defaults.collapse_at, 0.05,
+                       help="a layer stops once its metric has fallen this far towards chance (1/classes); its "
+                            "remaining sparsities are filled with the last measured value and marked")
+        return {"collapse_at": float(at), "adaptive_metric": metric, "points_per_call": int(points)}
+    scale, unit = plots.drop_scale(metric)
+    tolerance = st.number_input(f"Tolerated drop ({unit})", 0.0, value=defaults.tolerance * scale,
+                                step=0.5 if scale > 1 else 0.01)
+    resolution = st.number_input("Resolution (sparsity step searched)", 0.005, 0.5, defaults.resolution, 0.005,
+                                 format="%.3f")
+    return {"tolerance": float(tolerance) / scale, "resolution": float(resolution), "adaptive_metric": metric,
+            "points_per_call": int(points)}
+
+
+def show_adaptive(profile) -> str:  # noqa: ANN001 - SensitivityProfile
+    """Say how an adaptive run was measured (cells measured, filled); returns its mode (``off`` for a full scan)."""
+    mode = adaptive.mode_of(profile)
+    if mode == "collapse":
+        cells = adaptive.measured_cells(profile)
+        st.caption(f"Stop after collapse (at {profile.meta['adaptive']['collapse_at']:g} of the way to chance): "
+                   f"**{cells['measured']}** of {cells['cells']} cells measured, {cells['filled']} filled with the "
+                   "last measured value (crossed out on the heatmap, open circles on the curves, measured = False "
+                   "in the table).")
+    elif mode == "bisect":
+        info = profile.meta["adaptive"]
+        st.caption(f"Bisection: per layer, the largest sparsity whose {info['adaptive_metric']} drop stays within "
+                   f"{info['tolerance']:g}, to {info['resolution']:g}; only the points the search measured are "
+                   "shown (the Tolerance ranking tab has the answer).")
+    return mode
+
+
+def show_bisection(profile) -> None:  # noqa: ANN001 - SensitivityProfile
+    """The tolerance table a bisection run found, with its CSV."""
+    table = adaptive.bisect_table(profile)
+    st.subheader("Bisection result")
+    st.dataframe(table, hide_index=True, width="stretch")
+    st.download_button("Download tolerance CSV", table.to_csv(index=False), "tolerance.csv", "text/csv",
+                       on_click="ignore")
+    st.caption(f"{int(table['evaluations'].sum())} pruned evaluations in all, against "
+               f"{len(table) * (len(profile.meta['sparsities']) - 1)} for the full grid at this resolution. "
+               "Below: the same measured points ranked at another drop (coarse: only the measured points).")

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -107,7 +108,7 @@ def _scan_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--precision", choices=PRECISIONS, default="exact",
                    help="float arithmetic of the pruned runs: exact (default; no TF32 on CUDA), tf32 (CUDA) or bf16")
     g.add_argument("--chunk-size", type=int, default=None, metavar="N",
-                   help="fast engine: eval samples per chunk (default: batch size / number of sparsities)")
+                   help="fast engine: eval samples per chunk (default: batch size / number of sparsities, at least 32)")
     g.add_argument("--calib-samples", type=int, default=256, metavar="N",
                    help="samples used by the taylor and activation criteria (default 256)")
     g.add_argument("--bn-recalibrate", action="store_true",
@@ -180,7 +181,6 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
     from analysis.backends import Backend, prepare_for, run_scan, validated_config
     from analysis.engine import ScanConfig
-    from analysis.sensitivity import tolerance_table
 
     backend = Backend(args.backend, address=args.address, workers=args.workers).validated()
     workload = _load_workload(args)
@@ -193,25 +193,48 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     if config.bn_recalibrate and not _has_batchnorm(workload.model):
         print(f"prunescope: note: {workload.model_spec} has no BatchNorm layers; --bn-recalibrate does not apply",
               file=sys.stderr)
-    ctx = prepare_for(workload, config, backend)
-    store, run = _open_scan_run(args, workload, ctx)
-    bar = tqdm(total=None, unit="layer", disable=args.quiet or not sys.stderr.isatty(), file=sys.stderr)
+    with _scan_writer(args, workload, config) as writer:
+        ctx = prepare_for(workload, config, backend)
+        resumed = writer.attach(workload, ctx) if writer else None
+        if resumed:
+            print(f"resuming run {resumed.id}: {len(resumed.done)} of {resumed.total_layers} layers already done",
+                  file=sys.stderr)
+        bar = tqdm(total=None, unit="layer", disable=args.quiet or not sys.stderr.isatty(), file=sys.stderr)
 
-    def on_progress(p) -> None:  # noqa: ANN001
-        bar.total = p.total
-        bar.set_postfix_str(p.layer)
-        bar.update(p.done - bar.n)
+        def on_progress(p) -> None:  # noqa: ANN001
+            bar.total = p.total
+            bar.set_postfix_str(p.layer)
+            bar.update(p.done - bar.n)
 
-    sink = (lambda result: store.add_layer(run.id, result, ctx.config)) if store else None
-    profile = run_scan(workload, config, backend, done=run.done if run else None, on_result=sink,
-                       progress=on_progress, context=ctx)
-    bar.close()
-    if store:
-        profile.meta["run_id"] = run.id
-        store.finish(run.id, profile.meta)
-        store.close()
-    profile.save(args.out)
-    tolerance = _save_adaptive(profile, args.out)
+        profile = run_scan(workload, config, backend, done=resumed.done if resumed else None, on_result=writer,
+                           progress=on_progress, context=ctx)
+        bar.close()
+        if writer:
+            profile.meta["run_id"] = writer.run_id
+            writer.finish(profile.meta, close_store=True)
+        profile.save(args.out)
+        tolerance = _save_adaptive(profile, args.out)
+        _print_scan_summary(args, workload, config, backend, profile, tolerance)
+        if writer and not resumed and not args.quiet:
+            print(f"stored as run {writer.run_id} in {writer.store.path}", file=sys.stderr)
+    return 0
+
+
+def _scan_writer(args: argparse.Namespace, workload, config):  # noqa: ANN001, ANN202
+    """The writer of this scan's run (it opens the store and finds the run at once, so a foreign store fails
+    before the scan is prepared; then it creates a new run and commits layers from its own thread), or nothing
+    with ``--no-store``."""
+    if args.no_store:
+        return nullcontext()
+    from analysis.store import LayerWriter
+
+    return LayerWriter.start(workload, config, fresh=args.fresh)
+
+
+def _print_scan_summary(args: argparse.Namespace, workload, config, backend, profile,  # noqa: ANN001
+                        tolerance) -> None:  # noqa: ANN001 - tolerance: DataFrame | None
+    from analysis.sensitivity import tolerance_table
+
     for notice in profile.meta.get("engine", {}).get("notices", []):
         print(f"prunescope: note: {notice}", file=sys.stderr)
     if not args.quiet:
@@ -242,7 +265,6 @@ def _cmd_scan(args: argparse.Namespace) -> int:
                   "a collapse (measured=False in sensitivity.csv)")
         extra = f" and {args.out / 'tolerance.csv'}" if tolerance is not None else ""
         print(f"wrote {args.out / 'sensitivity.csv'} and {args.out / 'scan.json'}{extra}")
-    return 0
 
 
 def _save_adaptive(profile, out: Path):  # noqa: ANN001, ANN202 - SensitivityProfile -> DataFrame | None
@@ -254,21 +276,6 @@ def _save_adaptive(profile, out: Path):  # noqa: ANN001, ANN202 - SensitivityPro
     table = bisect_table(profile)
     table.to_csv(out / "tolerance.csv", index=False)
     return table
-
-
-def _open_scan_run(args: argparse.Namespace, workload, ctx):  # noqa: ANN001, ANN202
-    """The store and the run this scan writes to (resumed when the store has it), or ``(None, None)``."""
-    if args.no_store:
-        return None, None
-    from analysis.store import RunStore
-
-    store = RunStore()
-    run = store.open_scan(workload, ctx, fresh=args.fresh)
-    if run.resumed:
-        print(f"resuming run {run.id}: {len(run.done)} of {run.total_layers} layers already done", file=sys.stderr)
-    elif not args.quiet:
-        print(f"run {run.id} in {store.path}", file=sys.stderr)
-    return store, run
 
 
 # ------------------------------------------------------------------------------------------------------- runs
@@ -295,11 +302,13 @@ def _runs_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     q.add_argument("--out", type=Path, required=True, metavar="FILE")
     q = rs.add_parser("delete-artifact", help="delete stored artifacts")
     q.add_argument("artifact_ids", type=int, nargs="+", metavar="ID")
+    rs.add_parser("check", help="read the whole store file and report any damage (opening only checks the parts "
+                                "that do not grow with the store)")
     return p
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from analysis.store import RunStore
+    from analysis.store import RunStore, StoreError
 
     with RunStore() as store:
         action = args.runs_command
@@ -339,6 +348,13 @@ def _cmd_runs(args: argparse.Namespace) -> int:
             for artifact_id in args.artifact_ids:
                 store.delete_artifact(artifact_id)
                 print(f"deleted artifact {artifact_id}")
+        elif action == "check":
+            problems = store.check()
+            if problems:
+                raise StoreError(f"the run store {store.path} is damaged: {'; '.join(problems[:5])}"
+                                 + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+                                 + ". Move it away and Prunescope starts a new one")
+            print(f"{store.path}: no damage found")
     return 0
 
 

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from analysis import samples
+from analysis.uploads import zip_kind
 
 
 class SpecError(ValueError):
@@ -61,9 +62,9 @@ class EvalData:
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
-        h.update(self.x.detach().contiguous().cpu().numpy().tobytes())
+        h.update(_buffer(self.x))
         if self.y is not None:
-            h.update(self.y.detach().contiguous().cpu().numpy().tobytes())
+            h.update(_buffer(self.y))
         return h.hexdigest()[:16]
 
 
@@ -84,8 +85,13 @@ class Workload:
         for name, t in sorted(self.model.state_dict().items()):
             if isinstance(t, torch.Tensor):
                 h.update(name.encode())
-                h.update(t.detach().contiguous().cpu().float().numpy().tobytes())
+                h.update(_buffer(t.detach().float()))
         return h.hexdigest()[:16]
+
+
+def _buffer(t: torch.Tensor) -> memoryview:
+    """A tensor's bytes for hashing, read in place (no copy when the tensor is already contiguous on the CPU)."""
+    return memoryview(t.detach().contiguous().cpu().numpy()).cast("B")
 
 
 # ----------------------------------------------------------------------------------------------------- models
@@ -171,20 +177,20 @@ def _from_python_file(path: Path, factory: str, weights: str | None) -> nn.Modul
 
 
 def sniff_model_file(path: Path) -> str:
-    """What a model file holds, read from its content (never its name): torchscript, export, onnx, pickle."""
+    """What a model file holds, read from its content (never its name): torchscript, export, onnx, pickle.
+
+    Zip archives are told apart by ``uploads.zip_kind`` (a ``torch.save`` archive is read as ``pickle``)."""
     with open(path, "rb") as f:
         head = f.read(4)
     if head[:2] == b"PK":
         try:
-            names = zipfile.ZipFile(path).namelist()
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
         except zipfile.BadZipFile:
             raise SpecError(f"{path} looks like a zip archive but is damaged or truncated") from None
-        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-            return "torchscript"
-        if any("serialized_exported_program" in n or n.endswith("archive_format") for n in names):
-            return "export"
-        if any(n.endswith("data.pkl") for n in names):
-            return "pickle"
+        kind = {"torchscript": "torchscript", "export": "export", "torch-save": "pickle"}.get(zip_kind(names))
+        if kind:
+            return kind
         raise SpecError(f"{path} is a zip archive but not a TorchScript, torch.export or torch.save file")
     if head[:1] == b"\x80":
         return "pickle"

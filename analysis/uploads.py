@@ -54,24 +54,30 @@ def _zip_names(data_path: Path) -> list[str]:
         raise UploadError("the file looks like a zip archive but is damaged or truncated") from None
 
 
+def zip_kind(names: list[str]) -> str:
+    """What a zip archive holds, from its member names: torchscript, export (``torch.export``), torch-save
+    (``torch.save``), npz, images-zip or unknown. The one place these rules live (``sources`` reads models
+    with them too)."""
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        return "torchscript"
+    if any("serialized_exported_program" in n or n.endswith("archive_format") for n in names):
+        return "export"
+    if any(n.endswith("data.pkl") for n in names):
+        return "torch-save"
+    if names and all(n.endswith(".npy") for n in names):
+        return "npz"
+    if any(PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES for n in names):
+        return "images-zip"
+    return "unknown"
+
+
 def sniff(path: Path) -> str:
     """What a file holds, from its bytes: onnx, torchscript, export, torch-save, safetensors, npz, images-zip,
     pickle or unknown."""
     with open(path, "rb") as f:
         head = f.read(16)
     if head[:2] == b"PK":
-        names = _zip_names(path)
-        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-            return "torchscript"
-        if any("serialized_exported_program" in n or n.endswith("archive_format") for n in names):
-            return "export"
-        if any(n.endswith("data.pkl") for n in names):
-            return "torch-save"
-        if names and all(n.endswith(".npy") for n in names):
-            return "npz"
-        if any(PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES for n in names):
-            return "images-zip"
-        return "unknown"
+        return zip_kind(_zip_names(path))
     if head[:1] == b"\x80" or head[:2] in (b"(d", b"(l", b"}q", b"]q"):
         return "pickle"
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (100 * MiB):

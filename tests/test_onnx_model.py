@@ -85,18 +85,40 @@ def test_matmul_weights_are_layers_in_pytorch_layout(variant: str, onnx_files, w
             torch.testing.assert_close(wrapped(x), model(x).detach(), atol=1e-5, rtol=1e-5)
 
 
-def test_one_session_serves_every_layer_and_sparsity(onnx_files, workloads) -> None:
-    wl = load_workload(str(onnx_files["digits-mlp"]), "sample:digits")
-    session = wl.model._session
-    x = wl.data.x[:32]
-    dense = wl.model(x)
-    layer = prepare(wl, CONFIG).layers[0]
-    mask = make_mask(layer.weight(wl.model).abs(), 0.9, "unstructured")
-    with applied(wl.model, {layer.param_name: mask}):
-        assert not torch.allclose(wl.model(x), dense)
-    assert torch.equal(wl.model(x), dense)
-    scan(wl, CONFIG)
-    assert wl.model._session is session
+def test_pruning_one_weight_runs_a_session_where_only_that_weight_is_an_input(onnx_files, workloads) -> None:
+    """Such a session is kept per layer (ONNX Runtime can pre-pack the constant weights) and gives the numbers
+    of the session where every weight is an input; two pruned weights at once fall back to that session."""
+    wl = load_workload(str(onnx_files["digits-cnn"]), "sample:digits")
+    model, x = wl.model, wl.data.x[:64]
+    everything = model._session
+    dense = model(x)
+    layers = prepare(wl, CONFIG).layers
+
+    def all_inputs() -> torch.Tensor:
+        return torch.from_numpy(everything.run([model.output_name], model._feeds(x))[0])
+
+    masks = {l.param_name: make_mask(l.weight(model).abs(), 0.7, "unstructured") for l in layers}
+    for layer in layers:
+        with applied(model, {layer.param_name: masks[layer.param_name]}):
+            pruned = model(x)
+            assert model._single[0].param_name == layer.param_name
+            torch.testing.assert_close(pruned, all_inputs(), atol=1e-5, rtol=1e-5)
+            assert not torch.allclose(pruned, dense)
+    with applied(model, {l.param_name: masks[l.param_name] for l in layers[:2]}):
+        session, weights = model._session_for_current_weights()
+        assert session is everything and len(weights) == len(layers)
+        torch.testing.assert_close(model(x), all_inputs())
+    torch.testing.assert_close(model(x), dense)
+
+
+def test_onnx_scan_with_one_input_sessions_equals_the_all_inputs_scan(onnx_files, monkeypatch) -> None:
+    wl = load_workload(str(onnx_files["digits-cnn"]), "sample:digits")
+    fast = scan(wl, CONFIG)
+    monkeypatch.setattr(OnnxModel, "_session_for_current_weights", lambda self: (self._session, self._weights))
+    reference = scan(load_workload(str(onnx_files["digits-cnn"]), "sample:digits"), CONFIG)
+    np.testing.assert_allclose(fast.table[METRICS].to_numpy(float), reference.table[METRICS].to_numpy(float),
+                               rtol=1e-6, atol=1e-7)
+    assert list(fast.table["correct"]) == list(reference.table["correct"])
 
 
 def test_save_pruned_writes_the_same_graph_with_pruned_initializers(onnx_files, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from analysis.engine import ScanConfig, prepare
 from analysis.sensitivity import scan
-from analysis.store import RunStore, StoreError, default_path, identity_key, scan_identity
+from analysis.store import LayerWriter, RunStore, StoreError, default_path, identity_key, scan_identity
 from tests.conftest import ROOT, cli_env, run_cli
 
 CONFIG = ScanConfig(sparsities=(0.5, 0.9), batch_size=256)
@@ -27,6 +27,70 @@ CONFIG = ScanConfig(sparsities=(0.5, 0.9), batch_size=256)
 def store(tmp_path: Path) -> RunStore:
     with RunStore(tmp_path / "runs.sqlite") as s:
         yield s
+
+
+def test_layer_writer_leaves_at_most_one_finished_layer_uncommitted(store: RunStore, workloads) -> None:
+    """The writer commits off the scan's path, but handing over a layer waits for the previous commit: whenever
+    the scan runs, every layer but the last one handed over is already in the file (seen by another connection)."""
+    wl = workloads["digits-mlp"]
+    ctx = prepare(wl, CONFIG)
+    run = store.open_scan(wl, ctx)
+    committed_at_handover = []
+
+    def committed() -> set[str]:
+        with RunStore(store.path) as other:
+            return set(other.done(run.id))
+
+    with LayerWriter(store, run.id, ctx.config) as writer:
+        def sink(result) -> None:  # noqa: ANN001
+            writer(result)
+            committed_at_handover.append((result.layer, committed()))
+
+        profile = scan(wl, CONFIG, on_result=sink, context=ctx)
+        writer.finish(profile.meta)
+    names = [l.name for l in ctx.layers]
+    for i, (layer, seen) in enumerate(committed_at_handover):
+        assert layer == names[i] and set(names[:i]) <= seen
+    assert set(committed()) == set(names) and store.run(run.id)["status"] == "complete"
+    pd.testing.assert_frame_equal(store.profile(run.id).table, profile.table)
+
+
+def test_layer_writer_raises_the_writers_error(store: RunStore, workloads) -> None:
+    wl = workloads["digits-mlp"]
+    ctx = prepare(wl, CONFIG)
+    run = store.open_scan(wl, ctx)
+    results = []
+    scan(wl, CONFIG, on_result=results.append, context=ctx)
+    store.delete_run(run.id)
+    with LayerWriter(store, run.id, ctx.config) as writer:
+        writer(results[0])
+        with pytest.raises(StoreError, match="refused a write .*run deleted"):
+            writer(results[1])
+        writer(results[1])
+        with pytest.raises(StoreError, match="refused a write .*run deleted"):
+            writer.close()
+
+
+def test_layer_writer_started_before_prepare_resumes_and_refuses_a_foreign_store(tmp_path: Path, workloads) -> None:
+    """``start`` opens the store and finds the run before the scan is prepared; ``attach`` resumes it."""
+    wl = workloads["digits-mlp"]
+    path = tmp_path / "runs.sqlite"
+    with LayerWriter.start(wl, CONFIG, path=path) as writer:
+        ctx = prepare(wl, CONFIG)
+        assert writer.attach(wl, ctx) is None
+        handed = []
+        scan(wl, CONFIG, on_result=lambda r: (writer(r), handed.append(r)), should_stop=lambda: len(handed) >= 1,
+             context=ctx)
+        first = writer.run_id
+    with LayerWriter.start(wl, CONFIG, path=path) as writer:
+        resumed = writer.attach(wl, prepare(wl, CONFIG))
+        assert resumed.id == first == writer.run_id and list(resumed.done) == [ctx.layers[0].name]
+    foreign = tmp_path / "notes.sqlite"
+    foreign.write_text("my notes")
+    with pytest.raises(StoreError, match="not an SQLite database"):
+        with LayerWriter.start(wl, CONFIG, path=foreign) as writer:
+            writer.attach(wl, prepare(wl, CONFIG))
+    assert foreign.read_text() == "my notes"
 
 
 def test_default_path_is_under_prunescope_home(prunescope_home: Path) -> None:
@@ -159,6 +223,33 @@ def test_damaged_store_is_refused_and_left_alone(tmp_path: Path, workloads) -> N
     _unchanged_after_refusal(path, "damaged")
     path.write_bytes(bytes(data[: page + 100]))
     _unchanged_after_refusal(path, "damaged")
+
+
+def test_damage_deep_in_the_file_is_a_store_error_and_runs_check_finds_it(tmp_path: Path) -> None:
+    """Opening only checks what does not grow with the store; damage it does not read surfaces when a query
+    reaches it, as a ``StoreError`` (one CLI line), and ``runs check`` reads the whole file."""
+    home = tmp_path / "home"
+    home.mkdir()
+    path = home / "runs.sqlite"
+    with RunStore(path) as s:
+        for i in range(6):
+            s.save_artifact("blob", f"b{i}", bytes([i]) * 200_000)
+        s.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert s.check() == []
+    clean = run_cli("runs", "check", PRUNESCOPE_HOME=str(home))
+    assert clean.returncode == 0 and "no damage found" in clean.stdout
+    data = bytearray(path.read_bytes())
+    page = 4096
+    middle = len(data) // page // 2 * page
+    data[middle: middle + page] = b"\xff" * page
+    path.write_bytes(bytes(data))
+    with RunStore(path) as s:
+        with pytest.raises(StoreError, match="is damaged .*runs check"):
+            s.artifacts()
+        assert s.check() != []
+    res = run_cli("runs", "check", PRUNESCOPE_HOME=str(home))
+    assert res.returncode == 2 and res.stderr.startswith("prunescope: error:") and res.stderr.count("\n") == 1
+    assert "is damaged" in res.stderr
 
 
 def test_cli_reports_a_foreign_store_in_one_line(tmp_path: Path) -> None:

@@ -189,21 +189,27 @@ class ScanContext:
     stats: criteria.CalibrationStats
     device: torch.device
     notices: list[str] = field(default_factory=list)
-    _scores: dict[str, torch.Tensor] = field(default_factory=dict)
+    _maker: "tuple[str, masks.MaskMaker] | None" = None
     _masks: dict[tuple[str, float], torch.Tensor] = field(default_factory=dict)
     _fast: "FastState | None" = None
 
     def masks_for(self, layer: Layer, sparsities: "tuple[float, ...] | list[float] | None" = None) -> list[torch.Tensor]:
-        """Keep-masks of ``layer`` at ``sparsities`` (default: the config's), each computed once, then reused."""
+        """Keep-masks of ``layer`` at ``sparsities`` (default: the config's).
+
+        Scores, their sort and the masks are kept for the layer asked for last only (a scan asks layer after
+        layer; an adaptive scan asks one layer several times): a whole model's worth would cost more memory
+        than the model itself.
+        """
         wanted = list(self.config.sparsities if sparsities is None else sparsities)
-        todo = [s for s in dict.fromkeys(wanted) if (layer.name, s) not in self._masks]
-        if todo:
-            if layer.name not in self._scores:
-                weight = layer.weight(self.model)
-                self._scores[layer.name] = criteria.importance(layer, weight, self.config.criterion, self.stats,
-                                                               self.config.seed)
-            made = masks.make_masks(self._scores[layer.name], todo, self.config.granularity, self.config.criterion)
-            self._masks.update(((layer.name, s), m) for s, m in zip(todo, made))
+        if self._maker is None or self._maker[0] != layer.name:
+            weight = layer.weight(self.model)
+            scores = criteria.importance(layer, weight, self.config.criterion, self.stats, self.config.seed)
+            self._maker = (layer.name, masks.MaskMaker(scores, self.config.granularity, self.config.criterion))
+            self._masks = {}
+        maker = self._maker[1]
+        for s in wanted:
+            if (layer.name, s) not in self._masks:
+                self._masks[(layer.name, s)] = maker(s)
         return [self._masks[(layer.name, s)] for s in wanted]
 
     def baseline(self) -> Sums:

@@ -113,42 +113,59 @@ def make_mask(scores: torch.Tensor, sparsity: float, granularity: str | Granular
 def make_masks(scores: torch.Tensor, sparsities: list[float], granularity: str | Granularity,
                criterion: str = "magnitude") -> list[torch.Tensor]:
     """Masks for several sparsities of one layer, sorting the scores once."""
-    gran = parse_granularity(granularity)
-    sparsities = [check_sparsity(s) for s in sparsities]
-    shape = tuple(scores.shape)
-    if gran.kind == "nm":
-        reason = supports(gran, shape)
-        if reason:
-            raise ValueError(f"a weight of shape {list(shape)} cannot take {gran}: {reason}")
-        masks = []
-        for s in sparsities:
+    maker = MaskMaker(scores, granularity, criterion)
+    return [maker(s) for s in sparsities]
+
+
+class MaskMaker:
+    """Keep-masks of one layer at any sparsity, the scores sorted once (on the first call).
+
+    Adaptive scans ask for a layer's masks a few sparsities at a time; sorting a large layer's scores for
+    each of those calls cost more than the evaluations.
+    """
+
+    def __init__(self, scores: torch.Tensor, granularity: str | Granularity, criterion: str = "magnitude") -> None:
+        self.gran = parse_granularity(granularity)
+        self.shape = tuple(scores.shape)
+        self.scores, self.criterion = scores, criterion
+        if self.gran.kind == "nm":
+            reason = supports(self.gran, self.shape)
+            if reason:
+                raise ValueError(f"a weight of shape {list(self.shape)} cannot take {self.gran}: {reason}")
+        self._order: torch.Tensor | None = None
+
+    def order(self) -> torch.Tensor:
+        """The sort that decides every mask: of the weights, the channels, or the weights within each N:M block."""
+        if self._order is None:
+            if self.gran.kind == "nm":
+                self._order = torch.argsort(_to_nm_view(self.scores).reshape(-1, self.gran.m), dim=1, stable=True)
+            elif self.gran.kind == "channel":
+                self._order = torch.argsort(channel_scores(self.scores, self.criterion), stable=True)
+            else:
+                self._order = torch.argsort(self.scores.reshape(-1), stable=True)
+        return self._order
+
+    def __call__(self, sparsity: float) -> torch.Tensor:
+        s = check_sparsity(sparsity)
+        shape, gran = self.shape, self.gran
+        if gran.kind == "nm":
             if s == 0.0:
-                masks.append(torch.ones(shape, dtype=torch.bool))
-                continue
+                return torch.ones(shape, dtype=torch.bool)
             if not math.isclose(s, gran.nm_sparsity):
                 raise ValueError(f"granularity {gran} prunes exactly {gran.nm_sparsity:g}; sparsity {s:g} is not possible")
-            blocks = _to_nm_view(scores).reshape(-1, gran.m)
-            order = torch.argsort(blocks, dim=1, stable=True)
-            keep = torch.ones_like(blocks, dtype=torch.bool)
+            order = self.order()
+            keep = torch.ones(order.shape, dtype=torch.bool)
             keep.scatter_(1, order[:, : gran.m - gran.n], False)
-            masks.append(_from_nm_view(keep.reshape(shape[0], -1), shape))
-        return masks
-    if gran.kind == "channel":
-        per_channel = channel_scores(scores, criterion)
-        order = torch.argsort(per_channel, stable=True)
-        masks = []
-        for s in sparsities:
+            return _from_nm_view(keep.reshape(shape[0], -1), shape)
+        if gran.kind == "channel":
             keep = torch.ones(shape[0], dtype=torch.bool)
-            keep[order[: round(s * shape[0])]] = False
-            masks.append(keep.view(-1, *([1] * (len(shape) - 1))).expand(shape).clone())
-        return masks
-    order = torch.argsort(scores.reshape(-1), stable=True)
-    masks = []
-    for s in sparsities:
-        keep = torch.ones(scores.numel(), dtype=torch.bool)
-        keep[order[: round(s * scores.numel())]] = False
-        masks.append(keep.view(shape))
-    return masks
+            keep[self.order()[: round(s * shape[0])]] = False
+            return keep.view(-1, *([1] * (len(shape) - 1))).expand(shape).clone()
+        keep = torch.ones(self.scores.numel(), dtype=torch.bool)
+        k = round(s * self.scores.numel())
+        if k > 0:
+            keep[self.order()[:k]] = False
+        return keep.view(shape)
 
 
 def is_nm(weight: torch.Tensor, n: int, m: int) -> bool:

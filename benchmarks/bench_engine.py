@@ -142,6 +142,7 @@ def bench(model: str, data: str, count: int, repeats: int, config: ScanConfig) -
             state.bn = RecalState(chunk=state.bn.chunk)
         spent = {"naive": 0.0, "fast": 0.0}
         for layer in ctx.layers:
+            ctx.masks_for(layer)  # the masks are shared: made before either engine's clock starts
             rows = {}
             order = ("naive", "fast") if r % 2 == 0 else ("fast", "naive")
             for name in order:

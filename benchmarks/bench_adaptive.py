@@ -68,7 +68,7 @@ def bench(model: str, count: int | None, collapse_at: float, tolerance: float, k
                    else "no layer collapsed")},
         {"model": name, "mode": f"bisect, drop <= {tolerance:g}", "cells": int(got["evaluations"].sum()),
          "seconds": t_bis, "speed": t_full / t_bis,
-         "error": f"{int((miss < 1e-9).sum())}/{layers} layers exact, max |diff| {miss.max():.2f}"},
+         "error": f"{int((miss < 1e-9).sum())}/{layers} layers exact, max abs diff {miss.max():.2f}"},
     ]
 
 

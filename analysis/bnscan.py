@@ -31,7 +31,7 @@ from torch.utils._pytree import tree_flatten
 
 from analysis import batchnorm, fxgraph
 from analysis.engine import (FastState, LayerResult, ScanContext, _logits_one, _variant_logits, arithmetic,
-                             kept_fraction, run_layer_naive)
+                             distinct_masks, kept_fraction, pruned_weights, run_layer_naive)
 from analysis.layers import Layer
 from analysis.metrics import Sums, sums_from_logits, sums_per_variant
 
@@ -86,19 +86,8 @@ def run_layer(ctx: ScanContext, state: FastState, layer: Layer, shard: tuple[int
     lo, hi = shard or (0, len(ctx.x))
     sparsities = ctx.config.sparsities if sparsities is None else tuple(sparsities)
     layer_masks = ctx.masks_for(layer, sparsities)
-    variants: list[torch.Tensor] = []
-    slot: list[int | None] = []
-    for sparsity, mask in zip(sparsities, layer_masks):
-        if sparsity == 0.0:
-            slot.append(None)
-            continue
-        same = next((i for i, v in enumerate(variants) if torch.equal(v, mask)), None)
-        if same is None:
-            variants.append(mask)
-            same = len(variants) - 1
-        slot.append(same)
-    dense_weight = layer.weight(ctx.model).detach()
-    weights = [dense_weight.masked_fill(~m.to(dense_weight.device), 0) for m in variants]
+    variants, slot = distinct_masks(layer_masks, [s == 0.0 for s in sparsities])
+    weights = pruned_weights(ctx, layer, variants)
     modules = [m for _, m in batchnorm.batchnorms(ctx.model)]
     labelled = ctx.y is not None
     totals = [Sums(labelled=labelled) for _ in variants]

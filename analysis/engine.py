@@ -348,23 +348,12 @@ def run_layer_fast(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None
     cut = state.cuts[layer.name]
     sparsities = ctx.config.sparsities if sparsities is None else tuple(sparsities)
     layer_masks = ctx.masks_for(layer, sparsities)
-    variants: list[torch.Tensor] = []
-    slot: list[int | None] = []
-    for mask in layer_masks:
-        if bool(mask.all()):
-            slot.append(None)
-            continue
-        same = next((i for i, v in enumerate(variants) if torch.equal(v, mask)), None)
-        if same is None:
-            variants.append(mask)
-            same = len(variants) - 1
-        slot.append(same)
+    variants, slot = distinct_masks(layer_masks, [bool(m.all()) for m in layer_masks])
     if state.shard != (lo, hi):
         state.shard, state.frontier = (lo, hi), []
     labelled = ctx.y is not None
     totals = [Sums(labelled=labelled) for _ in variants]
-    dense_weight = layer.weight(ctx.model).detach()
-    weights = [dense_weight.masked_fill(~m.to(dense_weight.device), 0) for m in variants]
+    weights = pruned_weights(ctx, layer, variants)
     with arithmetic(ctx.config.precision, ctx.device):
         for c, start in enumerate(range(lo, hi, state.chunk)):
             stop = min(start + state.chunk, hi)
@@ -388,6 +377,29 @@ def run_layer_fast(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None
         sums = dense_sums if v is None or not cut.reaches_output else totals[v]
         rows.append({"sparsity": sparsity, "actual_sparsity": 1.0 - kept_fraction(mask), **sums.to_dict()})
     return LayerResult(layer.name, (lo, hi), rows, time.perf_counter() - start_t)
+
+
+def distinct_masks(layer_masks: list[torch.Tensor], dense: list[bool]) -> tuple[list[torch.Tensor], list[int | None]]:
+    """The masks to run, each once, and for every input mask its index among them (``None`` where ``dense``
+    says the cell is the dense model's and needs no run). Two sparsities that round to one mask share a run."""
+    variants: list[torch.Tensor] = []
+    slot: list[int | None] = []
+    for mask, is_dense in zip(layer_masks, dense):
+        if is_dense:
+            slot.append(None)
+            continue
+        same = next((i for i, v in enumerate(variants) if torch.equal(v, mask)), None)
+        if same is None:
+            variants.append(mask)
+            same = len(variants) - 1
+        slot.append(same)
+    return variants, slot
+
+
+def pruned_weights(ctx: ScanContext, layer: Layer, variants: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``layer``'s weight with each mask applied (new tensors; the model keeps its weight)."""
+    dense_weight = layer.weight(ctx.model).detach()
+    return [dense_weight.masked_fill(~m.to(dense_weight.device), 0) for m in variants]
 
 
 def _variant_logits(ctx: ScanContext, gm: fx.GraphModule, cut: fxgraph.Split, front: dict, layer: Layer,

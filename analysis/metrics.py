@@ -62,29 +62,7 @@ class Sums:
 
 def sums_from_logits(logits: torch.Tensor, dense_logits: torch.Tensor, labels: torch.Tensor | None) -> Sums:
     """Metric sums for one batch of ``logits`` against the dense model's logits and the labels (if any)."""
-    logits = logits.float()
-    dense_logits = dense_logits.to(logits.device).float()
-    pred = logits.argmax(dim=-1)
-    dense_pred = dense_logits.argmax(dim=-1)
-    target = labels.to(logits.device) if labels is not None else dense_pred
-    log_p = F.log_softmax(logits, dim=-1)
-    log_q = F.log_softmax(dense_logits, dim=-1)
-    loss = -log_p.gather(-1, target.view(-1, 1)).double().sum()
-    kl = (log_q.exp() * (log_q - log_p)).double().sum()
-    same = torch.equal(logits, dense_logits)
-    cos = float(logits.shape[0]) if same else F.cosine_similarity(logits.double(), dense_logits.double(), dim=-1).sum()
-    diff_sq = 0.0 if same else ((logits.double() - dense_logits.double()) ** 2).sum()
-    return Sums(
-        n=int(logits.shape[0]),
-        correct=int((pred == target).sum()) if labels is not None else 0,
-        agree=int((pred == dense_pred).sum()),
-        loss_sum=float(loss),
-        kl_sum=float(kl),
-        labelled=labels is not None,
-        cos_sum=float(cos),
-        diff_sq_sum=float(diff_sq),
-        ref_sq_sum=float((dense_logits.double() ** 2).sum()),
-    )
+    return sums_per_variant(logits.unsqueeze(0), dense_logits, labels)[0]
 
 
 def sums_per_variant(logits: torch.Tensor, dense_logits: torch.Tensor, labels: torch.Tensor | None) -> list[Sums]:

@@ -82,14 +82,15 @@ def sums_per_variant(logits: torch.Tensor, dense_logits: torch.Tensor, labels: t
     cos = F.cosine_similarity(wide, ref.unsqueeze(0), dim=-1).sum(dim=1)
     diff_sq = ((wide - ref) ** 2).sum(dim=(1, 2))
     same = (logits == dense_logits).flatten(1).all(dim=1)
-    correct = (pred == target).sum(dim=1) if labels is not None else torch.zeros(len(logits), dtype=torch.long)
+    correct = (pred == target).sum(dim=1) if labels is not None else torch.zeros(len(pred), dtype=torch.long)
     agree = (pred == dense_pred).sum(dim=1)
     ref_sq = float((ref ** 2).sum())
     n = int(logits.shape[1])
+    columns = (c.tolist() for c in (correct, agree, loss, kl, cos, diff_sq, same))  # one device sync per column
     return [
-        Sums(n=n, correct=int(c), agree=int(a), loss_sum=float(lo), kl_sum=float(k), labelled=labels is not None,
-             cos_sum=float(n) if bool(eq) else float(co), diff_sq_sum=0.0 if bool(eq) else float(d), ref_sq_sum=ref_sq)
-        for c, a, lo, k, co, d, eq in zip(correct, agree, loss, kl, cos, diff_sq, same)
+        Sums(n=n, correct=c, agree=a, loss_sum=lo, kl_sum=k, labelled=labels is not None,
+             cos_sum=float(n) if eq else co, diff_sq_sum=0.0 if eq else d, ref_sq_sum=ref_sq)
+        for c, a, lo, k, co, d, eq in zip(*columns)
     ]
 
 

@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
-from torch.utils._pytree import tree_flatten
 
 from analysis import batchnorm, fxgraph
 from analysis.engine import (FastState, LayerResult, ScanContext, _logits_one, _variant_logits, arithmetic,
-                             distinct_masks, kept_fraction, pruned_weights, run_layer_naive)
+                             distinct_masks, frontier_bytes, kept_fraction, pruned_weights, run_layer_naive)
 from analysis.layers import Layer
 from analysis.metrics import Sums, sums_from_logits, sums_per_variant
 
@@ -120,8 +119,9 @@ def run_layer(ctx: ScanContext, state: FastState, layer: Layer, shard: tuple[int
             for c, start in enumerate(chunks):
                 stop = min(start + chunk, hi)
                 logits = _logits_one(gm, cut.downstream, recal.frontier[c], layer, weight)
-                totals[v] = totals[v] + sums_from_logits(logits, ctx.dense_logits[start:stop], _labels(ctx, start, stop))
-    state.peak_cache_bytes = max(state.peak_cache_bytes, _cache_bytes(recal.calib + recal.frontier))
+                part = sums_from_logits(logits, ctx.dense_logits[start:stop], _labels(ctx, start, stop))
+                totals[v] = totals[v] + part
+    state.peak_cache_bytes = max(state.peak_cache_bytes, frontier_bytes(recal.calib + recal.frontier))
     dense_sums = sums_from_logits(ctx.dense_logits[lo:hi], ctx.dense_logits[lo:hi], _labels(ctx, lo, hi))
     rows = []
     for sparsity, mask, v in zip(sparsities, layer_masks, slot):
@@ -204,14 +204,3 @@ def _reestimate(gm: fx.GraphModule, cut: fxgraph.Split, down_bn: list[fx.Node], 
             fxgraph.run(gm, nodes, env, keep=set(), params={layer.param_name: weight})
     for m in modules:
         m.eval()
-
-
-def _cache_bytes(frontiers: list[dict]) -> int:
-    seen = {}
-    for chunk in frontiers:
-        for node, value in chunk.items():
-            if node.op != "get_attr":
-                for t in tree_flatten(value)[0]:
-                    if isinstance(t, torch.Tensor):
-                        seen[id(t)] = t.nbytes
-    return sum(seen.values())

@@ -193,7 +193,7 @@ class ScanContext:
     _masks: dict[tuple[str, float], torch.Tensor] = field(default_factory=dict)
     _fast: "FastState | None" = None
 
-    def masks_for(self, layer: Layer, sparsities: "tuple[float, ...] | list[float] | None" = None) -> list[torch.Tensor]:
+    def masks_for(self, layer: Layer, sparsities: "tuple[float, ...] | None" = None) -> list[torch.Tensor]:
         """Keep-masks of ``layer`` at ``sparsities`` (default: the config's).
 
         Scores, their sort and the masks are kept for the layer asked for last only (a scan asks layer after
@@ -369,7 +369,7 @@ def run_layer_fast(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None
             dense, y = ctx.dense_logits[start:stop], None if ctx.y is None else ctx.y[start:stop]
             logits = _variant_logits(ctx, state.gm, cut, front, layer, weights)
             totals = [t + part for t, part in zip(totals, sums_per_variant(logits, dense, y))]
-    state.peak_cache_bytes = max(state.peak_cache_bytes, _cache_bytes(state))
+    state.peak_cache_bytes = max(state.peak_cache_bytes, frontier_bytes(state.frontier))
     dense_sums = sums_from_logits(ctx.dense_logits[lo:hi], ctx.dense_logits[lo:hi],
                                   None if ctx.y is None else ctx.y[lo:hi])
     rows = []
@@ -494,9 +494,10 @@ def _logits_one(gm: fx.GraphModule, nodes: list, front: dict, layer: Layer, weig
     return [env[n] for n in keep] if keep else _logits(env[nodes[-1]])
 
 
-def _cache_bytes(state: FastState) -> int:
+def frontier_bytes(frontiers: list[dict]) -> int:
+    """Bytes held by cached dense values (each tensor once; parameters, which the model holds anyway, not counted)."""
     seen = {}
-    for chunk in state.frontier:
+    for chunk in frontiers:
         for node, value in chunk.items():
             if node.op != "get_attr":
                 for t in tree_flatten(value)[0]:

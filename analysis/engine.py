@@ -417,7 +417,8 @@ def _variant_logits(ctx: ScanContext, gm: fx.GraphModule, cut: fxgraph.Split, fr
     flat = [tree_flatten(outs) for outs in per_variant]
     spec = flat[0][1]
     columns = list(zip(*(f for f, _ in flat)))
-    rest = [n for n in cut.downstream if n not in set(cut.roots)]
+    roots = set(cut.roots)
+    rest = [n for n in cut.downstream if n not in roots]
     folded = _fold(gm, cut, rest, front, columns, spec)
     if folded is not None:
         return folded

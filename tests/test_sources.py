@@ -35,18 +35,6 @@ def test_random_data_is_seeded_and_label_free():
         load_data("random:3xbig")
 
 
-def test_tensor_files_pt_and_npz(tmp_path):
-    x, y = torch.rand(6, 1, 8, 8), torch.arange(6) % 10
-    torch.save({"x": x, "y": y}, tmp_path / "d.pt")
-    np.savez(tmp_path / "d.npz", x=x.numpy(), y=y.numpy())
-    torch.save(x, tmp_path / "bare.pt")
-    for name in ("d.pt", "d.npz"):
-        d = load_data(str(tmp_path / name))
-        assert torch.equal(d.x, x) and torch.equal(d.y, y)
-    assert load_data(str(tmp_path / "bare.pt")).y is None
-    assert len(load_data(str(tmp_path / "d.pt"), count=2)) == 2
-
-
 def test_image_folder(tmp_path):
     for cls in ("cat", "dog"):
         (tmp_path / cls).mkdir()

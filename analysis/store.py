@@ -32,10 +32,11 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from queue import SimpleQueue
 from types import SimpleNamespace
 
 import pandas as pd
@@ -193,30 +194,30 @@ class RunStore:
     def _open(self) -> None:
         """Cheap checks that do not grow with the store: the file is ours, of a schema we know, and the root page
         of every table and index reads. Damage deeper in the file surfaces as a ``StoreError`` when a query
-        reaches it; ``check()`` (``prunescope runs check``) reads the whole file."""
+        reaches it; ``check()`` (``prunescope runs check``) reads the whole file. Four statements in all: opening
+        is on every scan's path."""
         c = self.conn
-        app_id = c.execute("PRAGMA application_id").fetchone()[0]
-        trees = c.execute("SELECT type, name, tbl_name FROM sqlite_master WHERE type IN ('table', 'index')").fetchall()
+        trees = c.execute("SELECT type, name, tbl_name, application_id, user_version FROM pragma_application_id, "
+                          "pragma_user_version LEFT JOIN sqlite_master ON type IN ('table', 'index')").fetchall()
+        app_id, version = trees[0][3:]
+        trees = [t[:3] for t in trees if t[0] is not None]
         tables = {name for kind, name, _ in trees if kind == "table"}
         if tables and app_id != APPLICATION_ID:
             raise StoreError(f"{self.path} is an SQLite database of another program (tables: "
                              f"{', '.join(sorted(tables)[:5])}); Prunescope will not write to it. Move it away or "
                              "set PRUNESCOPE_HOME to another folder")
         if tables:
-            version = c.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(f"the run store {self.path} was written by a newer Prunescope (schema {version}); "
                                  "upgrade Prunescope to read it")
             missing = sorted(_TABLES - tables)
             if missing:
                 raise sqlite3.DatabaseError(f"table {', '.join(missing)} missing")
-            for kind, name, table in trees:
-                index = f' INDEXED BY "{name}"' if kind == "index" else ""
-                c.execute(f'SELECT 1 FROM "{table}"{index} LIMIT 1').fetchall()
-        c.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        c.execute("PRAGMA journal_mode = WAL")
-        c.execute("PRAGMA synchronous = NORMAL")
-        c.execute("PRAGMA foreign_keys = ON")
+            reads = (f'(SELECT 1 FROM "{table}"' + (f' INDEXED BY "{name}"' if kind == "index" else "") + " LIMIT 1)"
+                     for kind, name, table in trees)
+            c.execute(f"SELECT {', '.join(reads)}").fetchall()
+        c.executescript(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}; PRAGMA journal_mode = WAL; "
+                        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
         if not tables:
             with self._write():
                 if not c.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone():
@@ -494,27 +495,31 @@ class LayerWriter:
     """
 
     def __init__(self, store: RunStore | None, run_id: int | None, config: ScanConfig) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self.store, self.config = store, config
         self._run_id = run_id
         self._found: FoundScan | None = None
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="prunescope-store")
-        self._pending = None
+        self._pool = _Worker()
+        self._pending: _Task | None = None
 
     @classmethod
     def start(cls, workload: Workload, config: ScanConfig, fresh: bool = False,
               path: str | Path | None = None) -> "LayerWriter":
         """A writer for this scan: opens the store at ``path`` (default: ``default_path()``) and looks up the
-        scan's run (the caller then prepares the scan and ``attach``-es it), and starts the writer's thread.
+        scan's run (the caller then prepares the scan and ``attach``-es it); the writer's thread starts with its
+        first job.
 
         The lookup runs here, not in the thread: on the sample models a thread that starts with Python work
         holds the interpreter lock for milliseconds while the caller waits (measured: 3 ms against 1.4 ms for
-        the lookup itself). The thread starts idle, so it gives the lock back at once.
+        the lookup itself).
         """
-        writer = cls(RunStore(path), None, config)
-        writer._found = writer.store.find_scan(workload, config, fresh)
-        writer._pending = writer._pool.submit(lambda: None)
+        store = RunStore(path)
+        try:
+            found = store.find_scan(workload, config, fresh)
+        except BaseException:
+            store.close()
+            raise
+        writer = cls(store, None, config)
+        writer._found = found
         return writer
 
     def attach(self, workload: Workload, ctx: ScanContext) -> ScanRun | None:
@@ -569,13 +574,60 @@ class LayerWriter:
             if not discard_errors:
                 raise
         finally:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown()
 
     def __enter__(self) -> "LayerWriter":
         return self
 
     def __exit__(self, exc_type: type | None, *exc: object) -> None:
         self.close(discard_errors=exc_type is not None)
+
+
+class _Task:
+    """One job for a ``_Worker``: ``result()`` waits for it and raises what it raised."""
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self.fn, self.error = fn, None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread by result()
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def result(self) -> None:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+
+
+class _Worker:
+    """One thread that runs submitted jobs in order, started by the first job (a thread and a queue: half a
+    thread pool's start-up, which is on every scan's path)."""
+
+    def __init__(self) -> None:
+        self._jobs: SimpleQueue[_Task | None] = SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="prunescope-store")
+
+    def _loop(self) -> None:
+        while (task := self._jobs.get()) is not None:
+            task.run()
+
+    def submit(self, fn: Callable[[], object]) -> _Task:
+        task = _Task(fn)
+        self._jobs.put(task)
+        if self._thread.ident is None:
+            self._thread.start()
+        return task
+
+    def shutdown(self) -> None:
+        """Run what was submitted, then stop the thread."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
 
 
 def _run_meta(workload: Workload, ctx: ScanContext) -> dict:

@@ -112,15 +112,43 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # noqa: BLE001
         raise SpecError(f"{path} is not a state dict that loads without running code ({_short(exc)}); "
                         "save it with torch.save(model.state_dict(), path)") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise SpecError(f"{path} holds {type(obj).__name__}, not a state dict of tensors")
-    return obj
+    state = _unwrap_checkpoint(obj)
+    if state is None:
+        raise SpecError(f"{path} holds {type(obj).__name__}, not a state dict of tensors" + (
+            f" (its keys: {', '.join(map(str, list(obj)[:6]))})" if isinstance(obj, dict) else ""))
+    return state
+
+
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "weights", "params")
+
+
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _unwrap_checkpoint(obj: object) -> dict[str, torch.Tensor] | None:
+    """The state dict in a training checkpoint: the object itself, or its first entry under a usual key
+    (``{"state_dict": ..., "epoch": ...}``, ``{"model": ...}``, ``{"model_state_dict": ...}``); ``None`` if none."""
+    if _is_state_dict(obj):
+        return obj
+    if isinstance(obj, dict):
+        for key in CHECKPOINT_KEYS:
+            if _is_state_dict(obj.get(key)):
+                return obj[key]
+    return None
+
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")  # DataParallel/DDP, torch.compile, Lightning
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    """Fill ``model`` from ``state``; keys saved from a wrapper (DDP's ``module.``, ``torch.compile``'s
+    ``_orig_mod.``, Lightning's ``model.``) lose that prefix when every key has it and the model's do not."""
+    own = model.state_dict().keys()
+    for prefix in WRAPPER_PREFIXES:
+        if all(k.startswith(prefix) for k in state) and not all(k.startswith(prefix) for k in own):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -96,6 +96,27 @@ def test_torchvision_with_a_state_dict_takes_its_class_count(tmp_path: Path) -> 
         load_model("torchvision:resnet1")
 
 
+@pytest.mark.parametrize("wrap", ["ddp-in-checkpoint", "lightning", "compiled"])
+def test_training_checkpoints_load_their_state_dict(wrap: str, files, workloads, tmp_path: Path) -> None:
+    wl = workloads["digits-cnn"]
+    state = wl.model.state_dict()
+    prefix = {"ddp-in-checkpoint": "module.", "lightning": "model.", "compiled": "_orig_mod."}[wrap]
+    wrapped = {prefix + k: v for k, v in state.items()}
+    checkpoint = {"ddp-in-checkpoint": {"epoch": 7, "model_state_dict": wrapped, "optimizer": {"lr": 0.1}},
+                  "lightning": {"state_dict": wrapped, "global_step": 100},
+                  "compiled": wrapped}[wrap]
+    torch.save(checkpoint, tmp_path / "ckpt.pt")
+    model = load_model(f"{files['py']}:cnn={tmp_path / 'ckpt.pt'}")
+    x = wl.data.x[:8]
+    torch.testing.assert_close(model(x), wl.model(x))
+
+
+def test_a_checkpoint_without_weights_names_its_keys(files, tmp_path: Path) -> None:
+    torch.save({"epoch": 3, "optimizer": {"lr": torch.tensor(0.1)}}, tmp_path / "ckpt.pt")
+    with pytest.raises(SpecError, match=r"not a state dict of tensors \(its keys: epoch, optimizer\)"):
+        load_model(f"{files['py']}:cnn={tmp_path / 'ckpt.pt'}")
+
+
 def test_pickled_module_needs_trust(files, workloads) -> None:
     with pytest.raises(SpecError, match="pickled Python object.*--trust-pickle"):
         load_model(str(files["pickle"]))

@@ -399,7 +399,7 @@ def scan_setting(scan_dir: str, need_weights: bool = False, model_spec: str | No
     shape = meta.get("input_shape")
     if not shape:
         raise ScheduleError(f"{scan_dir}/scan.json lacks input_shape; it cannot trace the model")
-    example = torch.zeros(1, *shape)
+    example = torch.zeros(1, *shape, dtype=torch.int64 if meta.get("input_dtype") == "int64" else torch.float32)
     layers = find_layers(model, example)
     stats = None
     criterion = meta.get("criterion", "magnitude")

@@ -311,18 +311,18 @@ def file_cost(path: str | Path) -> FileCost:
     return FileCost(len(raw), len(gzip.compress(raw, compresslevel=6)), params, nonzero)
 
 
-def latency(paths: dict[str, Path], input_shape: tuple[int, ...], batches: tuple[int, ...] = LATENCY_BATCHES,
-            threads: int = 1, repeats: int = 20, warmup: int = 3, seed: int = 0) -> pd.DataFrame:
+def latency(paths: dict[str, Path], inputs: np.ndarray, batches: tuple[int, ...] = LATENCY_BATCHES,
+            threads: int = 1, repeats: int = 20, warmup: int = 3) -> pd.DataFrame:
     """Median ONNX Runtime latency of each file at each batch size, the files run interleaved.
 
-    Each repeat runs every file once, in an order that alternates between repeats, so a slow spell of the
-    machine hits all of them alike. Returns columns ``model, batch, median_ms, min_ms, repeats, threads``.
+    ``inputs`` are real rows of the eval set (their dtype is the model's: token ids stay integers), repeated to
+    fill a batch. Each repeat runs every file once, in an order that alternates between repeats, so a slow spell
+    of the machine hits all of them alike. Returns columns ``model, batch, median_ms, min_ms, repeats, threads``.
     """
     sessions = {name: _session(Path(p), threads) for name, p in paths.items()}
-    rng = np.random.default_rng(seed)
     rows = []
     for batch in batches:
-        x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
+        x = np.ascontiguousarray(inputs[np.arange(batch) % len(inputs)])
         feeds = {name: {s.get_inputs()[0].name: x} for name, s in sessions.items()}
         times: dict[str, list[float]] = {name: [] for name in sessions}
         order = list(sessions)
@@ -464,8 +464,8 @@ def export(
         lap("dense export and sizes")
         timing = None
         if measure_latency:
-            timing = latency({"dense": dense_path, "pruned": out}, tuple(data.x.shape[1:]), threads=threads,
-                             repeats=repeats, seed=seed)
+            timing = latency({"dense": dense_path, "pruned": out}, data.x[:max(LATENCY_BATCHES)].numpy(),
+                             threads=threads, repeats=repeats)
             lap("latency")
     finally:
         tmp.cleanup()

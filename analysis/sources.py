@@ -338,8 +338,7 @@ def _from_tensor_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     x, y = obj["x"], obj.get("y")
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
         raise SpecError(f"'x' in {path} must be a tensor with a batch dimension, got shape {getattr(x, 'shape', None)}")
-    if not x.is_floating_point():
-        x = x.float()
+    x = _input_dtype(x)
     if y is not None:
         if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.is_floating_point() and not torch.equal(y, y.round()):
             raise SpecError(f"'y' in {path} must be a 1-D tensor of integer class labels")
@@ -347,6 +346,16 @@ def _from_tensor_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
             raise SpecError(f"{path} has {len(x)} inputs but {len(y)} labels")
         y = y.long()
     return x, y
+
+
+def _input_dtype(x: torch.Tensor) -> torch.Tensor:
+    """Inputs as a float32 model takes them: floats (and bytes, booleans) as float32; other integers (token ids
+    for an embedding) stay integers, as int64."""
+    if x.is_floating_point() or x.dtype in (torch.uint8, torch.bool):
+        return x.float()
+    if x.is_complex():
+        raise SpecError(f"complex inputs ({x.dtype}) are not supported")
+    return x.long()
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -212,6 +212,53 @@ def test_tensor_files_and_random_data(tmp_path: Path) -> None:
     assert torch.equal(load_data("random:3x5x5", count=7).x, rnd.x)
 
 
+TOKEN_MODEL = '''
+import torch
+from torch import nn
+
+
+class TextNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 8)
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 3)
+
+    def forward(self, tokens):
+        return self.fc2(torch.relu(self.fc1(self.emb(tokens).mean(1))))
+
+
+def build():
+    torch.manual_seed(0)
+    return TextNet()
+'''
+
+
+def test_token_ids_stay_integers_through_scan_schedule_and_export(tmp_path: Path, prunescope_home: Path) -> None:
+    (tmp_path / "text.py").write_text(TOKEN_MODEL)
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 50, (40, 6), generator=gen, dtype=torch.int32)
+    torch.save({"x": tokens, "y": torch.randint(0, 3, (40,), generator=gen)}, tmp_path / "tokens.pt")
+    data = load_data(str(tmp_path / "tokens.pt"))
+    assert data.x.dtype == torch.int64 and torch.equal(data.x, tokens.long())
+    model, data_spec = f"{tmp_path / 'text.py'}:build", str(tmp_path / "tokens.pt")
+    scan = run_cli("scan", "--model", model, "--data", data_spec, "--granularity", "channel",
+                   "--sparsities", "0.25,0.5", "--quiet", "--out", tmp_path / "scan")
+    assert scan.returncode == 0, scan.stderr
+    schedule = run_cli("schedule", "--scan", tmp_path / "scan", "--target-sparsity", "0.25", "--quiet",
+                       "--out", tmp_path / "s.json")
+    assert schedule.returncode == 0, schedule.stderr
+    export = run_cli("export", "--model", model, "--data", data_spec, "--schedule", tmp_path / "s.json",
+                     "--out", tmp_path / "text.onnx")
+    assert export.returncode == 0, export.stderr
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "text.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(int64)"
+    logits = session.run(None, {session.get_inputs()[0].name: tokens[:4].long().numpy()})[0]
+    assert logits.shape == (4, 3)
+
+
 # ---------------------------------------------------------------------------------------------- broken inputs
 
 

@@ -119,12 +119,20 @@ def evaluate(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, den
 
 
 def _logits(out: object) -> torch.Tensor:
-    """Models may return a tensor, a tuple (take the first) or an object with ``logits`` (torchvision's
-    GoogLeNet/Inception outputs in training mode, Hugging Face style outputs)."""
+    """Models may return a tensor, a tuple (take the first), a dict or an object with ``logits`` (torchvision's
+    GoogLeNet/Inception outputs in training mode, Hugging Face style outputs), or a dict whose only tensor it is."""
     if isinstance(out, torch.Tensor):
         return out
     if hasattr(out, "logits"):
         return out.logits
+    if isinstance(out, dict):
+        tensors = [v for v in out.values() if isinstance(v, torch.Tensor)]
+        if isinstance(out.get("logits"), torch.Tensor):
+            return out["logits"]
+        if len(tensors) == 1:
+            return tensors[0]
+        raise TypeError(f"the model returned a dict of {', '.join(map(str, out))}; expected a tensor of class "
+                        "scores (or a dict with 'logits')")
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
     raise TypeError(f"the model returned {type(out).__name__}; expected a tensor of class scores")

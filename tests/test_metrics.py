@@ -75,3 +75,23 @@ def test_sums_per_variant_equal_one_variant_at_a_time(labelled):
         for key in ("loss_sum", "kl_sum", "cos_sum", "diff_sq_sum", "ref_sq_sum"):
             assert getattr(stacked, key) == pytest.approx(getattr(alone, key), rel=1e-12, abs=1e-12), key
     assert sums_per_variant(variants, dense, labels)[0].diff_sq_sum == 0.0
+
+
+def test_models_returning_dicts_are_read_by_their_logits():
+    from torch import nn
+
+    class DictNet(nn.Module):
+        def __init__(self, keys: tuple[str, ...]) -> None:
+            super().__init__()
+            self.fc, self.keys = nn.Linear(4, 3), keys
+
+        def forward(self, x):
+            out = {k: self.fc(x) if k in ("logits", "out") else x for k in self.keys}
+            return out
+
+    x = torch.randn(5, 4)
+    for keys in (("features", "logits"), ("out",)):
+        model = DictNet(keys)
+        torch.testing.assert_close(predict(model, x, batch_size=2), model.fc(x))
+    with pytest.raises(TypeError, match="dict of features, scores"):
+        predict(DictNet(("features", "scores")), x)

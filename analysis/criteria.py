@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from analysis.layers import Layer, _storage_key
+from analysis.modes import EagerDispatchMode
 
 CRITERIA = ("magnitude", "l1", "l2", "random", "taylor", "activation")
 CALIBRATED = {"taylor", "activation"}
@@ -45,7 +45,7 @@ class CalibrationStats:
     samples: int = 0
 
 
-class _InputNormRecorder(TorchDispatchMode):
+class _InputNormRecorder(EagerDispatchMode):
     """Sums the squares of each input feature that a watched conv/matmul weight reads."""
 
     def __init__(self, watched: dict[int, str]) -> None:

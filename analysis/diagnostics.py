@@ -58,12 +58,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from analysis import batchnorm, engine, masks
 from analysis.engine import ScanConfig, ScanContext
 from analysis.layers import _CONV_OPS, _MATMUL_OPS, Layer, _storage_key, find_layers
 from analysis.metrics import Sums, _logits, evaluate, sums_from_logits
+from analysis.modes import EagerDispatchMode
 from analysis.sources import Workload
 
 LOGITS = "logits"
@@ -120,7 +120,7 @@ def _channel_dim(op: str) -> int:
 # ------------------------------------------------------------------------------------------------ structure
 
 
-class _DeadFlow(TorchDispatchMode):
+class _DeadFlow(EagerDispatchMode):
     """Follows one forward pass and keeps, for every tensor it makes, which channels do not depend on the input.
 
     A tensor's deadness is a bool vector over dim 1 (rank >= 2) or a 0-d bool. Tensors the pass did not make
@@ -236,7 +236,7 @@ def structural_dead(model: nn.Module, layers: list[Layer], example: torch.Tensor
 # --------------------------------------------------------------------------------------------- observation
 
 
-class _Observer(TorchDispatchMode):
+class _Observer(EagerDispatchMode):
     """Hands each watched layer's raw output (first use per pass) to ``on_output`` as it is produced, and keeps
     the batch-wise min and max of the end of each layer's own per-channel chain (BatchNorm, activation)."""
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from analysis.layers import _CONV_OPS, Layer, _storage_key, gradients_on
+from analysis.modes import EagerDispatchMode
 
 # Operations whose output channel c depends only on input channel c (first tensor argument).
 _CHANNELWISE = {
@@ -102,7 +102,7 @@ class _Compiled:
         return self.known & (hits == self.counts)
 
 
-class _ChannelTracer(TorchDispatchMode):
+class _ChannelTracer(EagerDispatchMode):
     """Follows each tensor's channel dimension from the layer that produced it to the layers that read it."""
 
     def __init__(self, watched: dict[int, str]) -> None:

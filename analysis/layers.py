@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
+
+from analysis.modes import EagerDispatchMode
 
 _CONV_OPS = {"aten.convolution", "aten._convolution", "aten.conv1d", "aten.conv2d", "aten.conv3d"}
 _MATMUL_OPS = {"aten.addmm", "aten.mm", "aten.bmm", "aten.baddbmm", "aten.linear", "aten.matmul"}
@@ -64,7 +65,7 @@ def _storage_key(t: torch.Tensor) -> int | None:
         return None
 
 
-class _WeightUseRecorder(TorchDispatchMode):
+class _WeightUseRecorder(EagerDispatchMode):
     """Records, for every conv/matmul operation, which watched weights it reads and how many FLOPs it does."""
 
     def __init__(self, watched: dict[int, str]) -> None:

@@ -27,6 +27,16 @@ def test_digits_split_is_fixed_and_disjoint():
     assert len(train) + len(a) == 1797
 
 
+def test_digits_read_without_sklearn_equal_sklearns_loader():
+    from sklearn.datasets import load_digits as from_sklearn
+
+    from analysis.samples import load_digits
+
+    images, target = load_digits()
+    reference = from_sklearn()
+    assert np.array_equal(images, reference.images) and np.array_equal(target, reference.target)
+
+
 def test_random_data_is_seeded_and_label_free():
     d = load_data("random:3x16x16", count=10)
     assert d.x.shape == (10, 3, 16, 16) and d.y is None

@@ -1,0 +1,18 @@
+"""The base of Prunescope's dispatch modes: passes that watch every operator of an eager forward pass."""
+
+from __future__ import annotations
+
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+class EagerDispatchMode(TorchDispatchMode):
+    """A ``TorchDispatchMode`` that only ever watches eager forward passes.
+
+    PyTorch wraps a mode's ``__torch_dispatch__`` so that ``torch.compile`` skips it, and that wrapper imports
+    ``torch._dynamo`` on its first call: about a second, on every command that lists a model's layers. Our modes
+    never run under ``torch.compile``, so they opt out of the wrapper (``_should_skip_dynamo``).
+    """
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False

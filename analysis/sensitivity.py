@@ -188,7 +188,7 @@ def describe(workload: Workload, ctx: ScanContext) -> dict:
         "labelled": ctx.y is not None,
         "num_classes": workload.num_classes,
         "input_shape": list(workload.input_shape),
-        "input_dtype": str(workload.data.x.dtype).removeprefix("torch."),
+        "input_dtype": workload.input_dtype,
         "config": asdict(config),
         "criterion": config.criterion,
         "granularity": config.granularity,

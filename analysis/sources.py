@@ -79,6 +79,11 @@ class Workload:
     input_shape: tuple[int, ...]
     meta: dict = field(default_factory=dict)
 
+    @property
+    def input_dtype(self) -> str:
+        """The inputs' dtype: ``float32``, or ``int64`` for token ids."""
+        return str(self.data.x.dtype).removeprefix("torch.")
+
     def fingerprint(self) -> str:
         """A hash of the model's weights and buffers: the same file gives the same fingerprint."""
         h = hashlib.sha256()

@@ -409,7 +409,8 @@ class RunStore:
         ctx = SimpleNamespace(layers=layers, baseline=lambda: baseline, config=ScanConfig(**_config_args(meta)),
                               x=range(n), y=True if labelled else None, skipped=meta.get("skipped_layers", {}))
         workload = SimpleNamespace(model_spec=meta["model"], data=SimpleNamespace(spec=meta["data"]),
-                                   num_classes=meta["num_classes"], input_shape=tuple(meta["input_shape"]))
+                                   num_classes=meta["num_classes"], input_shape=tuple(meta["input_shape"]),
+                                   input_dtype=meta.get("input_dtype", "float32"))
         rebuilt = build_profile(ctx, workload, results)
         base = meta.get("baseline") or (rebuilt.meta["baseline"] if dense else None)
         merged = {**meta, "complete": rebuilt.meta["complete"], "baseline": base, "run_id": int(run_id)}

@@ -1,7 +1,7 @@
 """The run store's overhead on a scan: the time the scan spends in the store (fingerprints, opening the run,
 handing each finished layer to the writer thread, finishing), as a fraction of the scan's time, on the samples.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_store.py [--repeats 7]
+    OMP_NUM_THREADS=1 python benchmarks/bench_store.py [--repeats 7] [--command]
 
 Each scan runs as ``prunescope scan`` runs it (prepare, find or queue the run, scan with a ``LayerWriter`` as
 the sink, queue the run's closing row and the store's close, save the profile and print the summary, wait for
@@ -9,8 +9,11 @@ the writer) with the store and without it (prepare, scan, save, summary), altern
 the fast engine and default settings. Columns: the scan's wall time without and with the store; the time the
 scan's thread spent in store calls (its critical path: opening the store, fingerprints, finding the run,
 hand-overs, waiting for the writer at the end); the store's whole work (the same plus what the writer thread
-did off the path: creating the run, the per-layer commits, finishing, the close-time checkpoint). The
-end-to-end difference is shown too, but on a shared machine it is mostly noise. Medians of ``--repeats``.
+did off the path: creating the run, the per-layer commits, finishing, the close-time checkpoint); and the
+end-to-end cost: the median of the paired differences (with store minus without, the pair's order alternating),
+which also counts what the writer's thread takes from the scan's (the interpreter lock, a core). Medians of
+``--repeats``; ``--command`` adds the wall time of the whole ``prunescope scan --no-store`` command, what a user
+waits for, and the store's end-to-end cost as a share of it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import io
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -81,14 +85,30 @@ def scan_without_store(workload, config: ScanConfig, out: Path) -> float:  # noq
     return time.perf_counter() - t0
 
 
+def command_seconds(name: str, out: Path, repeats: int) -> float:
+    """Median wall time of ``prunescope scan --no-store`` on a sample, as a user runs it (a fresh interpreter)."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    args = [sys.executable, "-m", "analysis", "scan", "--model", f"sample:{name}", "--data", "sample:digits",
+            "--no-store", "--quiet", "--out", str(out)]
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run(args, cwd=root, env=env, check=True, capture_output=True)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--command", action="store_true", help="also time the whole `prunescope scan` command")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.2f}")
     print("| model | layers | scan without store (s) | scan with store (s) | store on the scan's path (ms) | "
-          "share of the scan | store's whole work (ms) | share if it were all on the path |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "share of the scan | end-to-end, paired (ms) | share of the scan | store's whole work (ms) |"
+          + (" `prunescope scan` command (s) | end-to-end share of the command |" if args.command else ""))
+    print("| --- " * (11 if args.command else 9) + "|")
     with tempfile.TemporaryDirectory() as tmp:
         store_path, out = Path(tmp) / "runs.sqlite", Path(tmp) / "out"
         for name in ("digits-mlp", "digits-cnn", "digits-resnet"):
@@ -97,18 +117,25 @@ def main() -> None:
             scan_without_store(workload, config, out)  # warm-up
             scan_with_store(workload, config, store_path, out)
             plain, stored, on_path, work = [], [], [], []
-            for _ in range(args.repeats):
-                plain.append(scan_without_store(workload, config, out))
+            for i in range(args.repeats):
+                if i % 2:
+                    plain.append(scan_without_store(workload, config, out))
                 total, in_path, in_all = scan_with_store(workload, config, store_path, out)
+                if not i % 2:
+                    plain.append(scan_without_store(workload, config, out))
                 stored.append(total)
                 on_path.append(in_path)
                 work.append(in_all)
             layers = len(prepare(workload, config).layers)
             share = statistics.median(i / s for i, s in zip(on_path, stored))
-            work_share = statistics.median(w / s for w, s in zip(work, stored))
-            print(f"| sample:{name} | {layers} | {statistics.median(plain):.3f} | {statistics.median(stored):.3f} | "
-                  f"{statistics.median(on_path) * 1e3:.2f} | {share:.2%} | {statistics.median(work) * 1e3:.2f} | "
-                  f"{work_share:.2%} |")
+            paired = statistics.median(s - p for s, p in zip(stored, plain))
+            row = (f"| sample:{name} | {layers} | {statistics.median(plain):.4f} | {statistics.median(stored):.4f} | "
+                   f"{statistics.median(on_path) * 1e3:.2f} | {share:.2%} | {paired * 1e3:.2f} | "
+                   f"{paired / statistics.median(plain):.2%} | {statistics.median(work) * 1e3:.2f} |")
+            if args.command:
+                command = command_seconds(name, out, max(3, args.repeats // 10))
+                row += f" {command:.2f} | {paired / command:.3%} |"
+            print(row)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -206,8 +206,19 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             bar.set_postfix_str(p.layer)
             bar.update(p.done - bar.n)
 
-        profile = run_scan(workload, config, backend, done=resumed.done if resumed else None, on_result=writer,
-                           progress=on_progress, context=ctx)
+        finished = set(resumed.done) if resumed else set()
+
+        def on_result(result) -> None:  # noqa: ANN001 - LayerResult
+            writer(result)
+            finished.add(result.layer)
+
+        try:
+            profile = run_scan(workload, config, backend, done=resumed.done if resumed else None,
+                               on_result=on_result if writer else None, progress=on_progress, context=ctx)
+        except BaseException as exc:
+            if writer:
+                setattr(exc, KEPT_LAYERS, len(finished))
+            raise
         bar.close()
         if writer:
             profile.meta["run_id"] = writer.run_id
@@ -938,14 +949,37 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (UsageError, SpecError, ValueError, FileNotFoundError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"prunescope: error: {message}", file=sys.stderr)
+        message = _model_failure(args, exc) or (exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+        print(f"prunescope: error: {message}{_kept_note(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("prunescope: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"prunescope: interrupted{_kept_note(exc)}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # noqa: BLE001 - only the user's model's failures become a line; ours are re-raised
+        message = _model_failure(args, exc)
+        if message is None:
+            raise
+        print(f"prunescope: error: {message}{_kept_note(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _model_failure(args: argparse.Namespace, exc: BaseException) -> str | None:
+    from analysis.usercode import model_failure
+
+    return model_failure(exc, getattr(args, "model", None) or "the model")
+
+
+KEPT_LAYERS = "prunescope_kept_layers"  # set on an exception that ends a scan whose finished layers are stored
+
+
+def _kept_note(exc: BaseException) -> str:
+    kept = getattr(exc, KEPT_LAYERS, None)
+    if kept is None:
+        return ""
+    return (f"; the {kept} finished layer{'s are' if kept != 1 else ' is'} kept in the run store: run the same "
+            "command again to resume")
 
 
 def _json_default(obj: object) -> object:

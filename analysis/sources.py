@@ -105,17 +105,23 @@ def _buffer(t: torch.Tensor) -> memoryview:
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise SpecError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
+    if path.stat().st_size == 0:
+        raise SpecError(f"weights file {path} is empty")
+    kind = _sniff(path)
+    if path.suffix == ".safetensors" or kind == "safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
         except Exception as exc:  # noqa: BLE001 - any parse failure is the file's fault
-            raise SpecError(f"{path} is not a readable safetensors file: {exc}") from None
+            raise SpecError(f"{path} is not a readable safetensors file: {_short(exc)}") from None
+    if kind not in ("torch-save", "pickle"):
+        raise SpecError(f"{path} is not a state-dict file (torch.save or .safetensors); its content is "
+                        f"{_kind_words(kind)}. Save the weights with torch.save(model.state_dict(), path)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise SpecError(f"{path} is not a state dict that loads without running code ({_short(exc)}); "
+        raise SpecError(f"{path} is not a state dict that loads without running code: {_torch_load_problem(exc)}; "
                         "save it with torch.save(model.state_dict(), path)") from None
     state = _unwrap_checkpoint(obj)
     if state is None:
@@ -162,8 +168,40 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
+    text = " ".join(_ANSI.sub("", str(exc)).split())
     return text if len(text) <= limit else text[:limit] + " ..."
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _torch_load_problem(exc: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` refused, in a few words: torch's own text suggests loading without
+    ``weights_only``, which runs code from the file, and is never passed on."""
+    text = _ANSI.sub("", str(exc))
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it holds Python objects other than tensors (found {found.group(1)})"
+    if "Weights only load failed" in text or isinstance(exc, KeyError):
+        return "it is damaged, or not a torch.save file"
+    return _short(exc)
+
+
+def _sniff(path: Path) -> str:
+    """What a file holds, read from its bytes (``uploads.sniff``); a damaged zip archive is ``damaged-zip``."""
+    from analysis.uploads import UploadError, sniff
+
+    try:
+        return sniff(path)
+    except UploadError:
+        return "damaged-zip"
+
+
+def _kind_words(kind: str) -> str:
+    return {"onnx": "an ONNX model", "torchscript": "a TorchScript model", "export": "a torch.export program",
+            "safetensors": "a safetensors file", "npz": "a numpy .npz archive", "images-zip": "a zip of images",
+            "damaged-zip": "a damaged zip archive", "torch-save": "a torch.save file",
+            "pickle": "a pickle stream"}.get(kind, "text or an unknown format")
 
 
 def _torchvision(arch: str, weights: str | None) -> nn.Module:
@@ -186,8 +224,9 @@ def _torchvision(arch: str, weights: str | None) -> nn.Module:
 
 
 def _guess_num_classes(state: dict[str, torch.Tensor]) -> int | None:
-    """The output size of the last 2-D weight: the classifier of a torchvision model."""
-    last = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2 and "aux" not in k]
+    """The output size of the last weight of a Linear or Conv layer (dim >= 2; auxiliary heads left out): the
+    classifier of a torchvision model, a 1x1 convolution in SqueezeNet's case."""
+    last = [v for k, v in state.items() if k.endswith("weight") and v.dim() >= 2 and "aux" not in k]
     return int(last[-1].shape[0]) if last else None
 
 
@@ -203,7 +242,13 @@ def _from_python_file(path: Path, factory: str, weights: str | None) -> nn.Modul
     fn = getattr(module, factory, None)
     if not callable(fn):
         raise SpecError(f"{path} has no callable {factory!r}")
-    model = fn()
+    from analysis import usercode
+
+    usercode.register(module)
+    try:
+        model = fn()
+    except Exception as exc:  # noqa: BLE001 - the user's factory failed; nothing of ours runs inside it
+        raise SpecError(f"{path}:{factory}() failed: {type(exc).__name__}: {_short(exc)}") from None
     if not isinstance(model, nn.Module):
         raise SpecError(f"{path}:{factory}() returned {type(model).__name__}, not a torch.nn.Module")
     return _load_state(model, _read_state_dict(Path(weights)), weights) if weights else model
@@ -229,6 +274,8 @@ def sniff_model_file(path: Path) -> str:
         return "pickle"
     if head[:1] == b"\x08":
         return "onnx"
+    if _sniff(path) == "safetensors":
+        return "safetensors"
     raise SpecError(f"{path} is not a model file Prunescope can read (TorchScript, .pt2, ONNX or a state dict)")
 
 
@@ -264,11 +311,13 @@ def _from_model_file(path: Path, trust_pickle: bool) -> nn.Module:
             return load_onnx(path)
         except OnnxError as exc:
             raise SpecError(str(exc)) from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not loadable as plain data: a pickled object
-        obj = None
-    if isinstance(obj, dict):
+    obj = None
+    if kind != "safetensors":
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - not loadable as plain data: a pickled object
+            pass
+    if isinstance(obj, dict) or kind == "safetensors":
         raise SpecError(f"{path} is a state dict (weights without an architecture); give the architecture too: "
                         f"torchvision:ARCH={path} or model.py:factory={path}")
     if not trust_pickle:
@@ -295,6 +344,9 @@ def load_model(spec: str, trust_pickle: bool = False) -> nn.Module:
         if name not in samples.sample_names():
             raise SpecError(f"no bundled sample {name!r}; the samples are {', '.join(samples.sample_names())}")
         model = samples.load_sample(name)
+    elif spec.endswith("=") and (spec.startswith("torchvision:") or ".py:" in spec):
+        raise SpecError(f"the model spec {spec!r} ends in '=' with no weights file: give one "
+                        f"({spec}weights.pth) or leave out '=' for randomly initialised weights")
     elif spec.startswith("torchvision:"):
         arch, _, weights = spec.removeprefix("torchvision:").partition("=")
         model = _torchvision(arch, weights or None)
@@ -324,18 +376,31 @@ def _parse_chw(text: str, count: int) -> tuple[int, ...]:
     return shape
 
 
+DATA_FORMATS = "a torch.save file of tensors x and y, a numpy .npz with arrays x and y, or a .zip of an image folder"
+
+
 def _from_tensor_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     if path.stat().st_size == 0:
         raise SpecError(f"data file {path} is empty")
+    kind = _sniff(path)
+    if kind == "unknown" and zipfile.is_zipfile(path):
+        raise SpecError(f"data {path} is a zip archive that holds no images: expected {DATA_FORMATS} "
+                        "(one sub-folder per class, e.g. cat/001.png)")
+    if kind not in ("npz", "torch-save", "pickle") and not (kind == "unknown" and path.suffix == ".npz"):
+        raise SpecError(f"data {path} is not a torch.save or .npz file (its content is {_kind_words(kind)}); "
+                        f"expected {DATA_FORMATS}")
     try:
-        if path.suffix == ".npz":
+        if kind == "npz" or path.suffix == ".npz" and kind == "unknown":
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
             obj = {k: torch.from_numpy(v) for k, v in arrays.items()}
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise SpecError(f"{path} is not a readable tensor file (.pt with tensors, or .npz): {_short(exc)}") from None
+        problem = _torch_load_problem(exc) if kind != "npz" else _short(exc)
+        hint = " (numpy arrays: convert them with torch.from_numpy before torch.save, or save them with numpy.savez)"
+        raise SpecError(f"data {path} cannot be read: {problem}; expected {DATA_FORMATS}"
+                        + (hint if "numpy" in problem else "")) from None
     if isinstance(obj, torch.Tensor):
         obj = {"x": obj}
     if not isinstance(obj, dict) or "x" not in obj:
@@ -367,9 +432,15 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 NORMALIZATIONS = ("imagenet", "none")
 
 
-def _from_image_folder(path: Path, input_size: int, normalize: str, count: int | None) -> EvalData:
+def _from_image_folder(path: Path, input_size: int, normalize: str, count: int | None,
+                       shown: str | None = None) -> EvalData:
+    """The images of an ``ImageFolder`` tree; messages name it ``shown`` (a zip archive it was extracted from)."""
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
+
+    def named(text: object) -> str:
+        text = str(text).replace(str(path), shown) if shown else str(text)
+        return _short(Exception(text))
 
     steps = [T.Resize(input_size), T.CenterCrop(input_size), T.ToTensor()]
     if normalize == "imagenet":
@@ -377,14 +448,15 @@ def _from_image_folder(path: Path, input_size: int, normalize: str, count: int |
     try:
         ds = ImageFolder(str(path), transform=T.Compose(steps))
     except (FileNotFoundError, RuntimeError) as exc:
-        raise SpecError(f"{path} is not an image folder (one sub-folder per class holding images): {_short(exc)}") from None
+        raise SpecError(f"{shown or path} is not an image folder (one sub-folder per class holding images, e.g. "
+                        f"cat/001.png): {named(exc)}") from None
     n = len(ds) if count is None else min(count, len(ds))
     xs, ys = [], []
     for i in range(n):
         try:
             img, label = ds[i]
         except Exception as exc:  # noqa: BLE001 - a broken image
-            raise SpecError(f"cannot read image {ds.samples[i][0]}: {_short(exc)}") from None
+            raise SpecError(f"cannot read image {named(ds.samples[i][0])}: {named(exc)}") from None
         xs.append(img)
         ys.append(label)
     return EvalData(torch.stack(xs), torch.tensor(ys), str(path), ds.classes)
@@ -412,7 +484,7 @@ def _from_image_zip(path: Path, input_size: int, normalize: str, count: int | No
             root = safe_extract(path, Path(tmp))
         except UploadError as exc:
             raise SpecError(f"data {path}: {exc}") from None
-        data = _from_image_folder(root, input_size, normalize, count)
+        data = _from_image_folder(root, input_size, normalize, count, shown=str(path))
     return EvalData(data.x, data.y, str(path), data.class_names)
 
 
@@ -483,6 +555,10 @@ def check_fit(model: nn.Module, data: EvalData, model_spec: str = "the model") -
     if out.dim() != 2 or out.shape[0] != batch.shape[0]:
         raise SpecError(f"{model_spec} returned outputs of shape {list(out.shape)} for {len(batch)} inputs; "
                         "expected (batch, classes) class scores")
+    if not torch.isfinite(out).all():
+        raise SpecError(f"{model_spec} returns NaN or infinite outputs on the first inputs of {data.spec}: the "
+                        "metrics need finite class scores; check the model's forward (a division by zero, a log "
+                        "of zero) or its input scaling")
     num_classes = int(out.shape[1])
     if data.y is not None and len(data.y):
         low, high = int(data.y.min()), int(data.y.max())

@@ -491,6 +491,9 @@ def diagnose(workload: Workload, config: ScanConfig, calib_x: torch.Tensor | Non
     ``calib_x`` are the inputs BatchNorm recalibration re-estimates its statistics on (default: the eval
     inputs; only the inputs are used, never labels); ``config.bn_batches`` batches of ``config.batch_size``.
     """
+    from analysis.onnx_model import refuse
+
+    refuse(workload.model, "diagnose", "it records the activations inside the model")
     t0 = time.perf_counter()
     sparsities = requested_sparsities(config)
     ctx = context or engine.prepare(workload, config)

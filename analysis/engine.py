@@ -294,7 +294,8 @@ def fast_state(ctx: ScanContext) -> FastState:
         try:
             gm = fxgraph.trace(ctx.model)
         except fxgraph.Untraceable as exc:
-            ctx.notices.append(f"the fast engine cannot scan this model, using the naive engine: {exc}")
+            if not _runs_outside_torch(ctx.model):
+                ctx.notices.append(f"the fast engine cannot scan this model, using the naive engine: {exc}")
         if gm is not None and ctx.config.bn_recalibrate and batchnorm.has_batchnorm(ctx.model):
             from analysis import bnscan
 
@@ -307,6 +308,14 @@ def fast_state(ctx: ScanContext) -> FastState:
                 bn = bnscan.RecalState(chunk=ctx.config.chunk_size or ctx.config.batch_size)
         ctx._fast = FastState(gm, chunk_size(ctx.config), bn=bn)
     return ctx._fast
+
+
+def _runs_outside_torch(model: nn.Module) -> bool:
+    """Whether ``model`` is an ONNX graph run by ONNX Runtime: there is no PyTorch graph for the fast engine to
+    reuse, and saying that torch.fx cannot trace it is no news to the user."""
+    from analysis.onnx_model import OnnxModel
+
+    return isinstance(model, OnnxModel)
 
 
 MIN_CHUNK = 32

@@ -28,9 +28,10 @@ class FinetuneProgress:
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """Zero the masked weights of ``model`` in place (for good, unlike ``masks.applied``)."""
+    params = dict(model.named_parameters())  # not get_parameter: TorchScript modules lack it
     with torch.no_grad():
         for name, mask in masks.items():
-            weight = model.get_parameter(name)
+            weight = params[name]
             weight.masked_fill_(~mask.to(weight.device), 0)
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from analysis import batchnorm, criteria
 from analysis.engine import check_device
@@ -41,6 +43,17 @@ class Measurement:
                 **self.info}
 
 
+def copy_model(model: nn.Module) -> nn.Module:
+    """An independent copy of ``model``. A TorchScript module goes through its own serialisation: its
+    ``deepcopy`` gives parameters that are not leaves of autograd, which an optimizer refuses."""
+    if isinstance(model, torch.jit.ScriptModule):
+        buffer = io.BytesIO()
+        torch.jit.save(model, buffer)
+        buffer.seek(0)
+        return torch.jit.load(buffer, map_location="cpu")
+    return copy.deepcopy(model)
+
+
 def measure_schedule(workload: Workload, schedule: Schedule, *, bn_recalibrate: bool = False,
                      train: EvalData | None = None, finetune_steps: int = 0, lr: float = 0.01,
                      batch_size: int = 128, calib_samples: int = 256, bn_batches: int = 8,
@@ -56,9 +69,13 @@ def measure_schedule(workload: Workload, schedule: Schedule, *, bn_recalibrate: 
         raise ValueError(f"fine-tuning steps must be zero or more, got {finetune_steps}")
     if finetune_steps and train is None:
         raise ValueError("fine-tuning needs training data (--train-data); the eval set is for measuring only")
+    if finetune_steps:
+        from analysis.onnx_model import refuse
+
+        refuse(workload.model, "fine-tuning", "it needs gradients")
     dev = check_device(device)
     x, y = workload.data.x, workload.data.y
-    model = copy.deepcopy(workload.model).to(dev).eval()
+    model = copy_model(workload.model).to(dev).eval()
     layers = find_layers(model, x[:1].to(dev))
     schedule.validate(layers)
     calib = min(len(x), calib_samples)

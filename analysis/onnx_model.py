@@ -121,6 +121,16 @@ def _put(module: nn.Module, name: str, tensor: torch.Tensor, parameter: bool) ->
         module.register_buffer(name, tensor)
 
 
+PYTORCH_FORMS = "TorchScript (.pt), a torch.export program (.pt2) or model.py:factory=weights"
+
+
+def refuse(model: nn.Module, task: str, reason: str) -> None:
+    """Raise ``OnnxError`` when ``model`` runs in ONNX Runtime: ``task`` (which ``reason``) cannot run on it."""
+    if isinstance(model, OnnxModel):
+        raise OnnxError(f"{task} is not available for ONNX models ({model.source}): {reason}, and ONNX Runtime "
+                        f"gives none. Give the model in PyTorch form: {PYTORCH_FORMS}")
+
+
 class OnnxModel(nn.Module):
     """An ONNX graph run by ONNX Runtime; its Conv/Gemm/MatMul weights are parameters fed on every call."""
 

@@ -386,11 +386,11 @@ def _from_tensor_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     if kind == "unknown" and zipfile.is_zipfile(path):
         raise SpecError(f"data {path} is a zip archive that holds no images: expected {DATA_FORMATS} "
                         "(one sub-folder per class, e.g. cat/001.png)")
-    if kind not in ("npz", "torch-save", "pickle") and not (kind == "unknown" and path.suffix == ".npz"):
+    if kind not in ("npz", "torch-save", "pickle"):
         raise SpecError(f"data {path} is not a torch.save or .npz file (its content is {_kind_words(kind)}); "
                         f"expected {DATA_FORMATS}")
     try:
-        if kind == "npz" or path.suffix == ".npz" and kind == "unknown":
+        if kind == "npz":
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
             obj = {k: torch.from_numpy(v) for k, v in arrays.items()}

@@ -1,6 +1,7 @@
 """The prunescope command, through a subprocess: the scan contract and one-line errors for bad input."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -78,3 +79,61 @@ def test_compare_criteria_from_two_scans(tmp_path):
     assert (tmp_path / "cmp.html").stat().st_size > 1000
     bad = run_cli("compare", "--scan", tmp_path / "magnitude")
     assert bad.returncode == 2 and "at least two" in bad.stderr
+
+
+FAILS_LATE = '''
+import os
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c = nn.Linear(64, 16), nn.Linear(16, 16), nn.Linear(16, 10)
+
+    def forward(self, x):
+        if (self.c.weight == 0).any() and os.environ.get("FAIL") == "error":
+            raise RuntimeError("c cannot be pruned")
+        if (self.c.weight == 0).any() and os.environ.get("FAIL") == "interrupt":
+            raise KeyboardInterrupt
+        return self.c(torch.relu(self.b(torch.relu(self.a(x.flatten(1))))))
+
+
+def build():
+    return Net()
+'''
+
+
+@pytest.mark.parametrize("fail, code, match", [
+    ("error", 2, r"^prunescope: error: .*net.py:build failed on a batch of the data \(net.py, line \d+, in forward\): "
+                 r"RuntimeError: c cannot be pruned; the 2 finished layers are kept in the run store: run the same "
+                 r"command again to resume$"),
+    ("interrupt", 130, r"^prunescope: interrupted; the 2 finished layers are kept in the run store: run the same "
+                       r"command again to resume$"),
+])
+def test_a_scan_that_stops_on_the_model_keeps_its_finished_layers(fail, code, match, tmp_path):
+    (tmp_path / "net.py").write_text(FAILS_LATE)
+    args = ("scan", "--model", f"{tmp_path / 'net.py'}:build", "--data", "sample:digits", "--count", "64",
+            "--sparsities", "0.5", "--engine", "naive", "--quiet", "--out", tmp_path / "o")
+    res = run_cli(*args, FAIL=fail)
+    assert res.returncode == code, res.stderr
+    assert re.match(match, res.stderr.strip()) and res.stderr.count("\n") == 1, res.stderr
+    again = run_cli(*args, FAIL="none")
+    assert again.returncode == 0, again.stderr
+    assert "2 of 3 layers already done" in again.stderr
+    assert list(pd.read_csv(tmp_path / "o" / "sensitivity.csv")["layer"].unique()) == ["a", "b", "c"]
+
+
+def test_a_failure_in_prunescope_itself_keeps_its_traceback(monkeypatch, capsys):
+    from analysis import cli, metrics
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(metrics, "predict", broken)
+    monkeypatch.setattr("analysis.engine.predict", broken)
+    with pytest.raises(RuntimeError, match="a bug of ours"):
+        cli.main(["scan", "--model", "sample:digits-mlp", "--data", "sample:digits", "--count", "8",
+                  "--sparsities", "0.5", "--quiet", "--no-store", "--out", "/nonexistent-never-written"])

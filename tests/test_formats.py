@@ -285,8 +285,10 @@ def test_truncated_model_archives(kind: str, files, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("content, name, match", [
     (b"", "d.pt", "is empty"),
-    (b"x,y\n1,2\n", "d.pt", "not a readable tensor file"),
-    (b"not an npz", "d.npz", "not a readable tensor file"),
+    (b"x,y\n1,2\n", "d.pt", r"d.pt is not a torch.save or .npz file \(its content is text"),
+    (b"not an npz", "d.npz", r"d.npz is not a torch.save or .npz file"),
+    (b"nope", "d.zip", r"d.zip is not a torch.save or .npz file"),
+    (b"PK\x05\x06" + bytes(18), "d.zip", r"d.zip is a zip archive that holds no images: expected .*class"),
 ])
 def test_broken_data_files(tmp_path: Path, content: bytes, name: str, match: str) -> None:
     path = tmp_path / name
@@ -348,3 +350,74 @@ def test_cli_reports_hostile_inputs_in_one_line(case: str, files, tmp_path: Path
     assert res.returncode == 2, res.stderr
     assert res.stderr.startswith("prunescope: error:") and res.stderr.count("\n") == 1
     assert re.search(match, res.stderr), res.stderr
+
+
+# ------------------------------------------------------------------------------------- messages for new users
+
+
+ANSI_OR_UNSAFE = re.compile(r"\x1b\[|weights_only|Re-running|prunescope-images-")
+
+
+def test_tensor_files_holding_other_objects_say_what_was_found(tmp_path: Path) -> None:
+    torch.save({"x": np.zeros((4, 1, 8, 8), dtype=np.float32)}, tmp_path / "np.pt")
+    with pytest.raises(SpecError, match=r"np.pt cannot be read: it holds Python objects other than tensors "
+                                        r"\(found numpy[\w.]*_reconstruct\).*torch.from_numpy") as err:
+        load_data(str(tmp_path / "np.pt"))
+    assert not ANSI_OR_UNSAFE.search(str(err.value)), err.value
+
+
+def test_zip_data_errors_name_the_zip_and_its_entry(tmp_path: Path) -> None:
+    flat = tmp_path / "flat.zip"
+    with zipfile.ZipFile(flat, "w") as z:
+        z.writestr("0.png", _png(1))
+    with pytest.raises(SpecError, match=r"flat.zip is not an image folder \(one sub-folder per class") as err:
+        load_data(str(flat))
+    assert not ANSI_OR_UNSAFE.search(str(err.value)), err.value
+    broken = tmp_path / "broken.zip"
+    with zipfile.ZipFile(broken, "w") as z:
+        z.writestr("cat/0.png", _png(1))
+        z.writestr("dog/1.png", b"not a png")
+    with pytest.raises(SpecError, match=r"cannot read image .*broken.zip/dog/1.png") as err:
+        load_data(str(broken))
+    assert not ANSI_OR_UNSAFE.search(str(err.value)), err.value
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"hello, not weights\n", r"w.pth is not a state-dict file \(torch.save or .safetensors\); its content is text"),
+    (b"", r"weights file .*w.pth is empty"),
+])
+def test_weights_that_are_not_a_state_dict_file(content: bytes, match: str, files, tmp_path: Path) -> None:
+    (tmp_path / "w.pth").write_bytes(content)
+    with pytest.raises(SpecError, match=match):
+        load_model(f"{files['py']}:cnn={tmp_path / 'w.pth'}")
+
+
+def test_safetensors_weights_are_read_by_content_and_need_an_architecture(files, workloads, tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"cnn.safetensors is a state dict .*give the architecture too: "
+                                        r"torchvision:ARCH=.*model.py:factory="):
+        load_model(str(files["st"]))
+    renamed = tmp_path / "cnn.pth"  # safetensors content under a torch name
+    renamed.write_bytes(files["st"].read_bytes())
+    model = load_model(f"{files['py']}:cnn={renamed}")
+    x = workloads["digits-cnn"].data.x[:4]
+    torch.testing.assert_close(model(x), workloads["digits-cnn"].model(x))
+
+
+@pytest.mark.parametrize("spec", ["torchvision:resnet18=", "{py}:cnn="])
+def test_an_equals_sign_without_weights_is_an_error(spec: str, files) -> None:
+    with pytest.raises(SpecError, match="ends in '=' with no weights file"):
+        load_model(spec.format(py=files["py"]))
+
+
+@pytest.mark.parametrize("arch", ["squeezenet1_0", "mobilenet_v2", "googlenet"])
+def test_torchvision_class_count_from_conv_and_linear_classifiers(arch: str, tmp_path: Path) -> None:
+    import torchvision
+
+    extra = {"aux_logits": False, "init_weights": False} if arch == "googlenet" else {}
+    source = torchvision.models.get_model(arch, weights=None, num_classes=10, **extra).eval()
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    model = load_model(f"torchvision:{arch}={tmp_path / 'w.pth'}")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert model(x).shape == (1, 10)
+        torch.testing.assert_close(model(x), source(x))

@@ -189,3 +189,28 @@ def test_export_engine_writes_an_onnx_input_back_as_its_own_graph(onnx_files, tm
     assert [n.op_type for n in written.graph.node] == [n.op_type for n in source.graph.node]
     zeros = {i.name: float((numpy_helper.to_array(i) == 0).mean()) for i in written.graph.initializer}
     assert zeros["block2.0.weight"] == 0.5 and zeros["fc.weight"] == 0.5 and zeros["block1.0.weight"] == 0.0
+
+
+def test_diagnose_and_fine_tuning_say_they_need_the_model_in_pytorch_form(onnx_files) -> None:
+    from analysis.diagnostics import diagnose
+    from analysis.measure import measure_schedule
+    from analysis.schedule import Schedule
+
+    wl = load_workload(str(onnx_files["digits-mlp"]), "sample:digits", count=16)
+    pytorch_form = r"Give the model in PyTorch form: TorchScript \(.pt\), a torch.export program \(.pt2\) or model.py"
+    with pytest.raises(ValueError, match=r"diagnose is not available for ONNX models .*activations.*" + pytorch_form):
+        diagnose(wl, ScanConfig(sparsities=(0.5,)))
+    layers = find_layers(wl.model, wl.data.x[:1])
+    schedule = Schedule({layers[0].name: 0.5})
+    with pytest.raises(ValueError, match=r"fine-tuning is not available for ONNX models .*gradients.*" + pytorch_form):
+        measure_schedule(wl, schedule, train=wl.data, finetune_steps=2)
+    assert measure_schedule(wl, schedule).stages["pruned"]["agreement"] > 0  # measuring alone still works
+
+
+def test_onnx_scan_prints_no_torch_fx_note(onnx_files, tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    res = run_cli("scan", "--model", onnx_files["digits-mlp"], "--data", "sample:digits", "--count", "32",
+                  "--sparsities", "0.5", "--quiet", "--no-store", "--out", tmp_path / "o")
+    assert res.returncode == 0, res.stderr
+    assert "torch.fx" not in res.stderr and "note:" not in res.stderr, res.stderr

@@ -434,3 +434,24 @@ def test_unit_size_is_a_weight_or_a_channel(cnn) -> None:
     layer = cnn[0][1]
     assert unit_size(layer, masks.parse_granularity("unstructured")) == 1
     assert unit_size(layer, masks.parse_granularity("channel")) == layer.params // layer.shape[0]
+
+
+def test_torchscript_models_fine_tune_on_a_copy(workloads, tmp_path) -> None:
+    import warnings
+
+    from analysis.measure import measure_schedule
+    from analysis.sources import load_data, load_workload
+
+    wl = workloads["digits-cnn"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(wl.model, wl.data.x[:2]), str(tmp_path / "cnn.ts"))
+    scripted = load_workload(str(tmp_path / "cnn.ts"), "sample:digits", count=64)
+    before = {n: p.detach().clone() for n, p in scripted.model.named_parameters()}
+    layers = find_layers(scripted.model, scripted.data.x[:1])
+    schedule = Schedule({l.name: 0.5 for l in layers})
+    result = measure_schedule(scripted, schedule, train=load_data("sample:digits-train", count=128),
+                              finetune_steps=3, lr=0.05)
+    assert result.final == "finetuned" and result.info["finetune_loss_first"] > 0
+    assert result.stages["finetuned"]["loss"] != result.stages["pruned"]["loss"]  # the copy trained
+    assert all(torch.equal(p, before[n]) for n, p in scripted.model.named_parameters())  # the workload did not

@@ -129,3 +129,28 @@ def test_torchscript_and_torch_export_files(tmp_path, digits):
             assert torch.allclose(w.model(digits.x[:5]), expected, atol=1e-5)
     with pytest.raises(SpecError, match="dynamic batch"):
         load_workload(str(tmp_path / "static.pt2"), "sample:digits")
+
+
+@pytest.mark.parametrize("body, match", [
+    ("def build(n):\n    return None\n", r"net.py:build\(\) failed: TypeError: .*missing 1 required positional"),
+    ("def build():\n    raise RuntimeError('no GPU here')\n", r"net.py:build\(\) failed: RuntimeError: no GPU here"),
+    ("def build():\n    raise ValueError('bad config')\n", r"net.py:build\(\) failed: ValueError: bad config"),
+])
+def test_a_factory_that_raises_is_named(tmp_path, body, match):
+    (tmp_path / "net.py").write_text(body)
+    with pytest.raises(SpecError, match=match):
+        load_model(f"{tmp_path / 'net.py'}:build")
+
+
+class _Divides(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) / (x.flatten(1)[:, :1] > 100).float()  # inf (or nan) for every sample
+
+
+def test_nan_or_inf_outputs_are_refused_at_the_fit_check(digits):
+    with pytest.raises(SpecError, match="m returns NaN or infinite outputs on the first inputs of sample:digits"):
+        check_fit(_Divides(), digits, "m")

@@ -421,3 +421,31 @@ def test_torchvision_class_count_from_conv_and_linear_classifiers(arch: str, tmp
     with torch.no_grad():
         assert model(x).shape == (1, 10)
         torch.testing.assert_close(model(x), source(x))
+
+
+def test_a_torchscript_model_that_fails_on_a_batch_is_named(tmp_path: Path) -> None:
+    from analysis.usercode import model_failure
+
+    class Small(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(Small(), torch.rand(2, 4)), str(tmp_path / "small.ts"))
+    model = load_model(str(tmp_path / "small.ts"))
+    with pytest.raises(RuntimeError) as err:
+        model(torch.rand(2, 5))
+    line = model_failure(err.value, "small.ts")
+    assert line is not None and line.startswith("small.ts failed on a batch of the data: ") and "\n" not in line
+    assert "mat1 and mat2" in line, line
+    try:
+        torch.rand(2, 5) @ torch.rand(4, 3)  # the same error raised outside the model
+    except RuntimeError as ours:
+        assert model_failure(ours, "small.ts") is None

@@ -976,7 +976,7 @@ KEPT_LAYERS = "prunescope_kept_layers"  # set on an exception that ends a scan w
 
 def _kept_note(exc: BaseException) -> str:
     kept = getattr(exc, KEPT_LAYERS, None)
-    if kept is None:
+    if not kept:
         return ""
     return (f"; the {kept} finished layer{'s are' if kept != 1 else ' is'} kept in the run store: run the same "
             "command again to resume")

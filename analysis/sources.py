@@ -476,8 +476,11 @@ def check_fit(model: nn.Module, data: EvalData, model_spec: str = "the model") -
         with torch.inference_mode():
             out = _logits(model(batch))
     except Exception as exc:  # noqa: BLE001 - any failure here is a mismatch between the two sides
+        fixed = "Guard failed" in str(exc) and ".size()[0]" in str(exc)
+        hint = ("; the program was exported for a fixed batch size: export it with a dynamic one, torch.export."
+                "export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},))") if fixed else ""
         raise SpecError(f"{model_spec} cannot run on {data.spec}: inputs of shape {list(data.x.shape[1:])} "
-                        f"({data.x.dtype}) failed with {type(exc).__name__}: {_short(exc)}") from None
+                        f"({data.x.dtype}) failed with {type(exc).__name__}: {_short(exc)}{hint}") from None
     try:
         with torch.inference_mode():
             model(data.x[:1])

@@ -170,6 +170,18 @@ def test_image_folder_size_normalisation_and_labels(tmp_path: Path) -> None:
         [0.229, 0.224, 0.225]))
 
 
+def test_a_count_below_an_image_folders_size_takes_every_class(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    for label, value in (("a", 0), ("b", 100), ("c", 200)):
+        (root / label).mkdir(parents=True)
+        for i in range(10):
+            (root / label / f"{i}.png").write_bytes(_png(value))
+    some = load_data(str(root), input_size=4, normalize="none", count=9)
+    assert len(some) == 9 and set(some.y.tolist()) == {0, 1, 2}
+    again = load_data(str(root), input_size=4, normalize="none", count=9)
+    assert torch.equal(some.x, again.x) and torch.equal(some.y, again.y)
+
+
 def test_zip_of_an_image_folder_loads_like_the_folder_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
     import tempfile
 

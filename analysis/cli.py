@@ -88,6 +88,33 @@ def _load_workload(args: argparse.Namespace):  # noqa: ANN202
                          normalize=args.normalize, trust_pickle=args.trust_pickle)
 
 
+def _add_store_arg(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_argument_group("run store")
+    g.add_argument("--no-store", action="store_true",
+                   help=f"do not keep the {what} in the run store ($PRUNESCOPE_HOME/runs.sqlite; `prunescope runs "
+                        "artifacts` lists what it keeps)")
+
+
+def _store_artifact(kind: str, build: Callable, quiet: bool = False) -> None:
+    """Keep a command's result in the run store, as the dashboard does: ``build(store)`` gives ``(name, payload,
+    run_id)``. Called once the command's files are written, so a store that cannot be used (its one-line
+    ``StoreError``, exit code 2) never costs them."""
+    from analysis import artifacts
+    from analysis.store import RunStore
+
+    with RunStore() as store:
+        name, payload, run_id = build(store)
+        artifact_id = artifacts.save(store, kind, name, payload, run_id)
+    if not quiet:
+        print(f"stored as artifact {artifact_id} in {store.path}", file=sys.stderr)
+
+
+def _workload_id(workload) -> str:  # noqa: ANN001 - a Workload
+    from analysis.artifacts import workload_id
+
+    return workload_id(workload.fingerprint(), workload.data.fingerprint())
+
+
 # ------------------------------------------------------------------------------------------------------- scan
 
 
@@ -388,6 +415,7 @@ def _diagnose_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="samples used by the taylor and activation criteria (default 256)")
     g.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the tables and diagnose.json")
     g.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_store_arg(p, "diagnosis")
     _add_run_args(p)
     return p
 
@@ -413,6 +441,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     config = ScanConfig(criterion=args.criterion, granularity=args.granularity, sparsities=args.sparsity,
                         layers=layers, batch_size=args.batch_size, device=args.device, seed=args.seed,
                         calib_samples=args.calib_samples, bn_batches=args.bn_batches)
+    workload_id = None if args.no_store else _workload_id(workload)
     result = diagnose(workload, config, calib_x=calib_x)
     result.save(args.out)
     if not args.quiet:
@@ -428,6 +457,13 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
             print(line)
         print(f"wrote {args.out / 'activation_shift.csv'}, {args.out / 'dead_neurons.csv'}, "
               f"{args.out / 'bn_recalibration.csv'} and {args.out / 'diagnose.json'}")
+    if not args.no_store:
+        from analysis import artifacts
+
+        cell = artifacts.diagnosis_cell(result)
+        _store_artifact(artifacts.DIAGNOSIS, lambda store: (
+            artifacts.diagnosis_name(cell, len(result.summary["cells"])),
+            artifacts.diagnosis_payload(workload_id, cell, result), None), args.quiet)
     return 0
 
 
@@ -506,6 +542,7 @@ def _export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--ort-threads", type=int, default=1, metavar="T", help="ONNX Runtime threads (default 1)")
     g.add_argument("--json", action="store_true", help="print the report as one JSON object instead of the summary")
     g.add_argument("--out", required=True, type=Path, metavar="FILE.onnx", help="the ONNX file to write")
+    _add_store_arg(p, "export report (the .onnx file stays where --out puts it)")
     _add_run_args(p)
     return p
 
@@ -552,16 +589,21 @@ def _schedule_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--model", default=None, metavar="M",
                    help="the scanned model, where scan.json's model spec no longer loads (global, lamp, channel)")
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help="schedule file (.json, or .yaml/.yml)")
+    p.add_argument("--name", default=None, metavar="NAME",
+                   help="the schedule's name in the run store (default: the --out file's name without its suffix)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_store_arg(p, "schedule")
     return p
 
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
+    from analysis import artifacts
     from analysis.allocate import Bounds, schedule_from_scan
     from analysis.predict import Predictor
 
     if not args.scan.is_dir():
         raise UsageError(f"scan folder {args.scan} does not exist")
+    stored_name = artifacts.check_name(args.name) if args.name is not None else artifacts.name_from_file(args.out)
     kind, value = next((k, v) for k, v in (("sparsity", args.target_sparsity), ("params", args.target_params),
                                            ("flops", args.target_flops)) if v is not None)
     default, per_layer = args.max_sparsity
@@ -585,7 +627,22 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
         print(f"{args.method}: global sparsity {totals['global_sparsity']:.4f}, params kept "
               f"{totals['params_kept']:.4f}, FLOPs kept {totals['flops_kept']:.4f}; {prediction}")
         print(f"wrote {args.out}")
+    if not args.no_store:
+        _store_artifact(artifacts.SCHEDULE, lambda store: _stored_schedule(store, schedule, stored_name, args.scan),
+                        args.quiet)
     return 0
+
+
+def _stored_schedule(store, schedule, name: str, scan: Path) -> tuple:  # noqa: ANN001
+    """A schedule's artifact: linked to the run its scan folder came from (and so to that run's workload)."""
+    from analysis import artifacts
+
+    try:
+        run_id = artifacts.scan_run(store, json.loads((scan / "scan.json").read_text()))
+    except (OSError, ValueError):
+        run_id = None
+    payload = artifacts.schedule_payload(schedule, name, artifacts.run_workload(store, run_id), run_id)
+    return name, payload, run_id
 
 
 # -------------------------------------------------------------------------------------------------- calibrate
@@ -729,6 +786,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
                          f"{schedule.granularity}. Export it masked (without --shrink)")
     workload = load_workload(args.model, data, count=args.count, input_size=args.input_size,
                              normalize=args.normalize, trust_pickle=args.trust_pickle)
+    workload_id = None if args.no_store else _workload_id(workload)
     try:
         report = export(workload.model, schedule, workload.data, args.out, shrink_channels=args.shrink,
                         bn_recalibrate=args.bn_recalibrate, model_spec=args.model, exporter=args.exporter,
@@ -743,7 +801,31 @@ def _cmd_export(args: argparse.Namespace) -> int:
     else:
         print(report.to_markdown())
         print(f"wrote {report.onnx_path}, {report.schedule_path} and {report.summary_path}")
+    if not args.no_store:
+        from analysis import artifacts
+
+        label = args.schedule.name
+        _store_artifact(artifacts.EXPORT, lambda store: (
+            artifacts.export_name(label, report), artifacts.export_payload(workload_id, label, report),
+            _schedule_run(store, schedule)))
     return 0
+
+
+def _schedule_run(store, schedule) -> int | None:  # noqa: ANN001
+    """The run a schedule came from: the one its ``meta`` names, else the run of the scan folder it was made
+    from (``prunescope schedule`` records the folder), when that folder is still there."""
+    from analysis.artifacts import scan_run
+
+    run_id = schedule.meta.get("run_id")
+    if isinstance(run_id, int) and not isinstance(run_id, bool):
+        return run_id
+    scan = schedule.meta.get("scan")
+    if isinstance(scan, str) and (Path(scan) / "scan.json").is_file():
+        try:
+            return scan_run(store, json.loads((Path(scan) / "scan.json").read_text()))
+        except (OSError, ValueError):
+            return None
+    return None
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -321,10 +321,12 @@ def _runs_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     q.add_argument("--out", type=Path, metavar="DIR", help="write sensitivity.csv and scan.json of the run here")
     q = rs.add_parser("delete", help="delete runs and their finished layers")
     q.add_argument("run_ids", type=int, nargs="+", metavar="RUN")
-    q = rs.add_parser("artifacts", help="stored schedules, diagnostics and exports")
-    q.add_argument("--kind", default=None, help="only this kind (schedule, diagnostics, export, ...)")
+    q = rs.add_parser("artifacts", help="stored schedules, diagnostics and exports (from the schedule, diagnose and "
+                                        "export commands and the dashboard), newest first")
+    q.add_argument("--kind", default=None, help="only this kind (schedule, diagnostics, export, calibration, tuning)")
     q.add_argument("--run", type=int, default=None, metavar="RUN", help="only those made from this run")
-    q = rs.add_parser("get", help="write one artifact's payload to a file")
+    q = rs.add_parser("get", help="write one artifact's payload to a file (a schedule: a schedule file that export "
+                                  "reads; a diagnosis or an export: its JSON payload)")
     q.add_argument("artifact_id", type=int, metavar="ID")
     q.add_argument("--out", type=Path, required=True, metavar="FILE")
     q = rs.add_parser("delete-artifact", help="delete stored artifacts")
@@ -399,7 +401,8 @@ def _diagnose_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                        description="Prune one layer (or each layer) at the given sparsity and explain the drop: how "
                                    "far the outputs downstream move, which units die, and how much BatchNorm "
                                    "recalibration gives back. Writes activation_shift.csv, dead_neurons.csv, "
-                                   "bn_recalibration.csv and diagnose.json into DIR.")
+                                   "bn_recalibration.csv and diagnose.json into DIR, and keeps the diagnosis "
+                                   "in the run store (unless --no-store).")
     _add_workload_args(p)
     _add_pruning_args(p)
     g = p.add_argument_group("diagnosis")
@@ -515,7 +518,8 @@ def _export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        description="Apply a schedule, export the pruned model to one ONNX file (masked, or with "
                                    "--shrink the pruned channels removed), verify it in ONNX Runtime against "
                                    "PyTorch, and report size and latency against the dense model. Writes "
-                                   "FILE.onnx, FILE.schedule.json (the schedule exported) and FILE.md.")
+                                   "FILE.onnx, FILE.schedule.json (the schedule exported) and FILE.md, and "
+                                   "keeps the report in the run store (unless --no-store).")
     g = p.add_argument_group("model and data")
     g.add_argument("--model", required=True, metavar="M", help="the model spec, as for scan")
     g.add_argument("--data", default=None, metavar="D",
@@ -572,8 +576,9 @@ def _schedule_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 
     p = sub.add_parser("schedule", help="allocate per-layer sparsities from a scan to reach a global target",
                        description="Choose per-layer sparsities that reach a target global sparsity, parameter "
-                                   "count or FLOP count, and write a schedule file. The schedule inherits the "
-                                   "scan's criterion and granularity.")
+                                   "count or FLOP count, write a schedule file and keep the schedule in the run "
+                                   "store (unless --no-store). The schedule inherits the scan's criterion and "
+                                   "granularity.")
     p.add_argument("--scan", required=True, type=Path, metavar="DIR", help="a scan folder (sensitivity.csv, scan.json)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--target-sparsity", metavar="T", help="fraction of prunable weights to remove, in [0, 1)")

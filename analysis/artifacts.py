@@ -139,7 +139,10 @@ def diagnosis_from(payload: dict) -> tuple[tuple, Diagnosis]:
 
 def diagnosis_cell(diagnosis: Diagnosis) -> tuple:
     """``(layer, sparsity, criterion, granularity)`` of a diagnosis's first cell."""
-    first = diagnosis.summary["cells"][0]
+    cells = diagnosis.summary.get("cells") or []
+    if not cells:
+        raise ValueError("the diagnosis has no (layer, sparsity) cell to store")
+    first = cells[0]
     return first["layer"], float(first["sparsity"]), diagnosis.summary["criterion"], diagnosis.summary["granularity"]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -1023,6 +1024,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:
+        if getattr(args, "out", None) is not None:
+            check_out(args.out, folder=(args.command, getattr(args, "runs_command", None)) in OUT_FOLDERS)
         return args.handler(args)
     except (UsageError, SpecError, ValueError, FileNotFoundError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
@@ -1033,6 +1036,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+OUT_FOLDERS = {("scan", None), ("diagnose", None), ("runs", "show")}  # commands whose --out is a folder
+
+
+def check_out(path: Path, folder: bool) -> None:
+    """Refuse an ``--out`` that cannot be written before any work is done (a scan's results are not lost to a
+    path that names a file, or a folder where a file goes)."""
+    if folder and path.exists() and not path.is_dir():
+        raise UsageError(f"--out {path} is a file; give a folder for the results")
+    if not folder and path.is_dir():
+        raise UsageError(f"--out {path} is a folder; give a file name")
+    parent = path if folder else path.parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UsageError(f"--out {path} cannot be written: {existing} is a file")
+    if existing is not None and not os.access(existing, os.W_OK):
+        raise UsageError(f"--out {path} cannot be written: no permission to write in {existing}")
 
 
 def _json_default(obj: object) -> object:

@@ -222,16 +222,20 @@ def prepare(workload: Workload, config: ScanConfig) -> ScanContext:
     device = check_device(config.device)
     model = workload.model.to(device).eval()
     x, y = workload.data.x, workload.data.y
-    all_layers = find_layers(model, x[:1].to(device))
+    unsupported: dict[str, str] = {}
+    all_layers = find_layers(model, x[:1].to(device), unsupported)
     if not all_layers:
-        raise ValueError(f"{workload.model_spec} has no prunable layers (Conv, Linear or attention projections)")
-    chosen = select_layers(all_layers, list(config.layers) if config.layers else None)
+        raise ValueError(f"{workload.model_spec} has no prunable layers (Conv, Linear or attention projections)"
+                         + (f"; {', '.join(unsupported)}: {next(iter(unsupported.values()))}" if unsupported else ""))
+    chosen = select_layers(all_layers, list(config.layers) if config.layers else None, unsupported)
     gran = masks.parse_granularity(config.granularity)
     skipped = {l.name: reason for l in chosen if (reason := masks.supports(gran, l.shape))}
     if config.layers and skipped:
         name, reason = next(iter(skipped.items()))
         raise ValueError(f"layer {name} cannot take granularity {gran}: {reason}")
     layers = [l for l in chosen if l.name not in skipped]
+    if not config.layers:
+        skipped.update(unsupported)
     calib = min(len(x), config.calib_samples)
     with arithmetic("exact", device):
         stats = criteria.collect_stats(model, layers, x[:calib], None if y is None else y[:calib],

@@ -275,11 +275,14 @@ def _session(path: Path, threads: int):  # noqa: ANN202 - an onnxruntime.Inferen
 
 
 def run_onnx(path: str | Path, x: torch.Tensor, batch_size: int = 32, threads: int = 1) -> torch.Tensor:
-    """The file's first output for ``x`` in ONNX Runtime, batched (the last batch may be smaller)."""
+    """The file's first output for ``x`` in ONNX Runtime, batched (a graph exported for a fixed batch size runs
+    in batches of that size)."""
+    from analysis.onnx_model import fixed_batch, run_batched
+
     session = _session(Path(path), threads)
     name = session.get_inputs()[0].name
-    outs = [session.run(None, {name: x[s : s + batch_size].cpu().numpy()})[0] for s in range(0, len(x), batch_size)]
-    return torch.from_numpy(np.concatenate(outs)).float()
+    out = run_batched(lambda xb: session.run(None, {name: xb})[0], x.cpu().numpy(), fixed_batch(session), batch_size)
+    return torch.from_numpy(out).float()
 
 
 def compare(candidate: torch.Tensor, reference: torch.Tensor, tolerance: float, what: tuple[str, str]) -> Verification:
@@ -319,9 +322,12 @@ def latency(paths: dict[str, Path], inputs: np.ndarray, batches: tuple[int, ...]
     fill a batch. Each repeat runs every file once, in an order that alternates between repeats, so a slow spell
     of the machine hits all of them alike. Returns columns ``model, batch, median_ms, min_ms, repeats, threads``.
     """
+    from analysis.onnx_model import fixed_batch
+
     sessions = {name: _session(Path(p), threads) for name, p in paths.items()}
+    fixed = {fixed_batch(s) for s in sessions.values()} - {None}
     rows = []
-    for batch in batches:
+    for batch in sorted(fixed) or batches:  # a graph exported for a fixed batch size runs at that size only
         x = np.ascontiguousarray(inputs[np.arange(batch) % len(inputs)])
         feeds = {name: {s.get_inputs()[0].name: x} for name, s in sessions.items()}
         times: dict[str, list[float]] = {name: [] for name in sessions}

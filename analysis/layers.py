@@ -128,11 +128,15 @@ def gradients_on(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(restore[n])
 
 
-def find_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
+TRANSPOSED_REASON = "a transposed convolution (ConvTranspose): not pruned by Prunescope yet"
+
+
+def find_layers(model: nn.Module, example: torch.Tensor, unsupported: dict[str, str] | None = None) -> list[Layer]:
     """Prunable layers of ``model`` in execution order, measured on one forward pass of ``example``.
 
     ``example`` should be a small batch (one sample is enough); FLOPs are reported per sample. A model that
-    does not run through PyTorch's operators (``analysis.onnx_model.OnnxModel``) lists its own layers.
+    does not run through PyTorch's operators (``analysis.onnx_model.OnnxModel``) lists its own layers. Weights
+    found but not prunable (transposed convolutions) go to ``unsupported``, by layer name, with the reason.
     """
     if callable(getattr(model, "prunable_layers", None)):
         return model.prunable_layers(example)
@@ -145,6 +149,8 @@ def find_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
     layers = []
     for order, (param_name, use) in enumerate(recorder.uses.items()):
         if use["transposed"]:
+            if unsupported is not None:
+                unsupported[_layer_name(param_name)] = TRANSPOSED_REASON
             continue
         p = params[param_name]
         shape = tuple(p.shape)
@@ -180,12 +186,16 @@ def layer_table(layers: list[Layer]) -> pd.DataFrame:
     return df
 
 
-def select_layers(layers: list[Layer], names: list[str] | None) -> list[Layer]:
-    """The layers named in ``names`` (all when ``None``), in model order; an unknown name is a ``ValueError``."""
+def select_layers(layers: list[Layer], names: list[str] | None,
+                  unsupported: dict[str, str] | None = None) -> list[Layer]:
+    """The layers named in ``names`` (all when ``None``), in model order; an unknown name is a ``ValueError``
+    (which says why for a layer in ``unsupported``)."""
     if not names:
         return list(layers)
     by_name = {l.name: l for l in layers}
     unknown = [n for n in names if n not in by_name]
+    if unknown and unknown[0] in (unsupported or {}):
+        raise ValueError(f"layer {unknown[0]!r} is {unsupported[unknown[0]]}")
     if unknown:
         sample = ", ".join(list(by_name)[:8]) + (", ..." if len(by_name) > 8 else "")
         raise ValueError(f"unknown layer {unknown[0]!r}; the model's prunable layers are: {sample}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +122,27 @@ def _put(module: nn.Module, name: str, tensor: torch.Tensor, parameter: bool) ->
         module.register_buffer(name, tensor)
 
 
+def fixed_batch(session) -> int | None:  # noqa: ANN001 - onnxruntime.InferenceSession
+    """The batch size an ONNX graph was exported for, when its input's first dimension is a number (``None``:
+    a dynamic batch)."""
+    dims = session.get_inputs()[0].shape
+    return dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else None
+
+
+def run_batched(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, fixed: int | None,
+                batch_size: int) -> np.ndarray:
+    """``run`` over ``x`` in batches: of the graph's ``fixed`` batch size (the last one padded with copies of its
+    last row, whose outputs are dropped), or, for a dynamic batch, of up to ``batch_size``."""
+    step = fixed or max(1, batch_size)
+    outs = []
+    for start in range(0, len(x), step):
+        xb = x[start:start + step]
+        if fixed and len(xb) < fixed:
+            xb = np.concatenate([xb, np.repeat(xb[-1:], fixed - len(xb), axis=0)])
+        outs.append(np.asarray(run(np.ascontiguousarray(xb)))[:min(step, len(x) - start)])
+    return np.concatenate(outs)
+
+
 class OnnxModel(nn.Module):
     """An ONNX graph run by ONNX Runtime; its Conv/Gemm/MatMul weights are parameters fed on every call."""
 
@@ -142,6 +164,8 @@ class OnnxModel(nn.Module):
         self.input_name = inputs[0].name
         self.output_name = graph.output[0].name
         self._input_dtype = onnx.helper.tensor_dtype_to_np_dtype(inputs[0].type.tensor_type.elem_type)
+        dims = inputs[0].type.tensor_type.shape.dim
+        self.fixed_batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value else None
         self._weights: list[_Weight] = []
         for i, (name, op, transposed, out, groups) in enumerate(_find_weights(graph, inits)):
             arr = inits.pop(name)
@@ -224,8 +248,13 @@ class OnnxModel(nn.Module):
             raise ValueError(f"{self.source} runs in ONNX Runtime, which gives no gradients or activations: the "
                              "taylor and activation criteria need them; use magnitude, l1, l2 or random")
         session, weights = self._session_for_current_weights()
-        out = session.run([self.output_name], self._feeds(x, weights))[0]
-        return torch.from_numpy(np.asarray(out)).to(x.device)
+        feeds = self._feeds(x, weights)
+
+        def run(xb: np.ndarray) -> np.ndarray:
+            return session.run([self.output_name], {**feeds, self.input_name: xb})[0]
+
+        out = run_batched(run, feeds[self.input_name], self.fixed_batch, len(x))
+        return torch.from_numpy(out).to(x.device)
 
     # ----------------------------------------------------------------------------------------------- layers
 
@@ -252,7 +281,7 @@ class OnnxModel(nn.Module):
         proto = onnx.ModelProto()
         proto.CopyFrom(self._proto)
         dims = proto.graph.input[[i.name for i in proto.graph.input].index(self.input_name)].type.tensor_type.shape.dim
-        for d, size in zip(dims, (1, *sample_shape)):
+        for d, size in zip(dims, (self.fixed_batch or 1, *sample_shape)):
             d.ClearField("dim_param")
             d.dim_value = size
         try:

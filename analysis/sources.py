@@ -78,6 +78,7 @@ class Workload:
     num_classes: int
     input_shape: tuple[int, ...]
     meta: dict = field(default_factory=dict)
+    code_fp: str = ""
 
     @property
     def input_dtype(self) -> str:
@@ -85,12 +86,15 @@ class Workload:
         return str(self.data.x.dtype).removeprefix("torch.")
 
     def fingerprint(self) -> str:
-        """A hash of the model's weights and buffers: the same file gives the same fingerprint."""
+        """A hash of what decides the model's outputs: its weights and buffers, its module tree and the code it
+        was loaded from (``code_fp``), so that the same weights in an edited ``forward`` are another model."""
         h = hashlib.sha256()
         for name, t in sorted(self.model.state_dict().items()):
             if isinstance(t, torch.Tensor):
                 h.update(name.encode())
                 h.update(_buffer(t.detach().float()))
+        h.update(re.sub(r" at 0x[0-9a-f]+", "", repr(self.model)).encode())
+        h.update(self.code_fp.encode())
         return h.hexdigest()[:16]
 
 
@@ -472,8 +476,11 @@ def check_fit(model: nn.Module, data: EvalData, model_spec: str = "the model") -
         with torch.inference_mode():
             out = _logits(model(batch))
     except Exception as exc:  # noqa: BLE001 - any failure here is a mismatch between the two sides
+        fixed = "Guard failed" in str(exc) and ".size()[0]" in str(exc)
+        hint = ("; the program was exported for a fixed batch size: export it with a dynamic one, torch.export."
+                "export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},))") if fixed else ""
         raise SpecError(f"{model_spec} cannot run on {data.spec}: inputs of shape {list(data.x.shape[1:])} "
-                        f"({data.x.dtype}) failed with {type(exc).__name__}: {_short(exc)}") from None
+                        f"({data.x.dtype}) failed with {type(exc).__name__}: {_short(exc)}{hint}") from None
     try:
         with torch.inference_mode():
             model(data.x[:1])
@@ -498,4 +505,20 @@ def load_workload(model_spec: str, data_spec: str, count: int | None = None, inp
     model = load_model(model_spec, trust_pickle=trust_pickle)
     data = load_data(data_spec, count=count, input_size=input_size, normalize=normalize)
     num_classes = check_fit(model, data, model_spec)
-    return Workload(model, data, model_spec, num_classes, tuple(data.x.shape[1:]))
+    return Workload(model, data, model_spec, num_classes, tuple(data.x.shape[1:]), code_fp=code_fingerprint(model_spec))
+
+
+def code_fingerprint(spec: str) -> str:
+    """A hash of the code a model spec runs, beyond its weights: the ``.py`` file of ``file.py:factory``, the whole
+    file of a TorchScript, ``.pt2``, ONNX or pickled model (their code is inside), the name of a sample or a
+    torchvision architecture. A ``.py`` file's own imports are not followed."""
+    spec = spec.strip()
+    if spec.startswith(("sample:", "torchvision:")):
+        return spec.partition("=")[0]
+    match = re.match(r"^(.+\.py):([A-Za-z_]\w*)(=.+)?$", spec)
+    path, label = (Path(match.group(1)), match.group(2)) if match else (Path(spec), "")
+    h = hashlib.sha256(label.encode())
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()[:16]

@@ -116,9 +116,27 @@ class FoundScan:
     run_id: int | None
     done: dict[str, LayerResult]
 
-    def resumed(self, ctx: ScanContext) -> "ScanRun":
+    def resumed(self, ctx: ScanContext) -> "ScanRun | None":
+        """The run to resume, or ``None`` when its dense outputs are not this model's (code that changed where
+        the identity cannot see it, such as a module the model file imports): then the scan starts a new run."""
         known = {l.name for l in ctx.layers}
-        return ScanRun(self.run_id, {k: v for k, v in self.done.items() if k in known}, len(ctx.layers), True)
+        done = {k: v for k, v in self.done.items() if k in known}
+        whole = [r for r in done.values() if tuple(r.shard) == (0, len(ctx.x))]  # not a shard of the eval set
+        stored = next((row for r in whole for row in r.rows if row["sparsity"] == 0.0), None)
+        if stored is not None and not _same_baseline(Sums.from_dict(stored), ctx.baseline()):
+            ctx.notices.append(f"run {self.run_id} has this scan's weights and settings but other dense outputs "
+                               "(did the model's code change?); it is kept, and this scan starts a new run")
+            return None
+        return ScanRun(self.run_id, done, len(ctx.layers), True)
+
+
+def _same_baseline(stored: Sums, now: Sums) -> bool:
+    """Whether two dense baselines are the same model's on the same data: the same count, and a mean loss equal
+    up to what another engine, device or batch size changes (1e-4 relative)."""
+    if stored.n != now.n or stored.n == 0:
+        return stored.n == now.n
+    a, b = stored.loss_sum / stored.n, now.loss_sum / now.n
+    return abs(a - b) <= 1e-4 * max(abs(a), abs(b), 1e-3)
 
 
 @dataclass
@@ -293,8 +311,9 @@ class RunStore:
     def open_scan(self, workload: Workload, ctx: ScanContext, fresh: bool = False) -> ScanRun:
         """The run of this scan: the latest with the same identity (resumed), or a new one when none or ``fresh``."""
         found = self.find_scan(workload, ctx.config, fresh)
-        if found.run_id is not None:
-            return found.resumed(ctx)
+        run = found.resumed(ctx) if found.run_id is not None else None
+        if run is not None:
+            return run
         return ScanRun(self.create_scan(workload, ctx, found.key, found.identity), {}, len(ctx.layers), False)
 
     def find_scan(self, workload: Workload, config: ScanConfig, fresh: bool = False) -> "FoundScan":
@@ -529,9 +548,10 @@ class LayerWriter:
         Raises the lookup's ``StoreError`` (a foreign or damaged store file)."""
         self._wait()
         found = self._found
-        if found.run_id is not None:
+        run = found.resumed(ctx) if found.run_id is not None else None
+        if run is not None:
             self._run_id = found.run_id
-            return found.resumed(ctx)
+            return run
 
         def create() -> None:
             self._run_id = self.store.create_scan(workload, ctx, found.key, found.identity)

@@ -61,6 +61,24 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, match):
     assert len([line for line in r.stderr.splitlines() if "error" in line]) == 1
 
 
+def test_an_out_path_that_cannot_be_written_is_refused_before_any_work(tmp_path, prunescope_home):
+    (tmp_path / "data.pt").write_bytes(b"x")
+    (tmp_path / "folder").mkdir()
+    model = ["--model", "sample:digits-mlp", "--data", "sample:digits", "--count", "32"]
+    cases = [
+        (["scan", *model, "--out", tmp_path / "data.pt"], "is a file; give a folder"),
+        (["scan", *model, "--out", tmp_path / "data.pt" / "results"], "data.pt is a file"),
+        (["diagnose", *model, "--layer", "fc1", "--sparsity", "0.5", "--out", tmp_path / "data.pt"], "is a file"),
+        (["export", *model, "--schedule", tmp_path / "s.json", "--out", tmp_path / "folder"], "is a folder"),
+        (["runs", "show", "1", "--out", tmp_path / "data.pt"], "is a file; give a folder"),
+    ]
+    for args, match in cases:
+        r = run_cli(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and match in r.stderr, (args, r.stderr)
+    assert (tmp_path / "data.pt").read_bytes() == b"x"
+    assert not (prunescope_home / "runs.sqlite").exists()  # refused before the scan opened the store
+
+
 def test_compare_criteria_from_two_scans(tmp_path):
     for criterion in ("magnitude", "random"):
         r = run_cli("scan", "--model", "sample:digits-mlp", "--data", "sample:digits", "--sparsities", "0.5,0.8",

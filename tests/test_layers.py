@@ -1,5 +1,6 @@
 """Layer discovery: types, order, parameters and FLOPs, in eager, TorchScript and torch.export models."""
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -76,3 +77,23 @@ def test_tracing_leaves_requires_grad_as_it_was():
     trace_channels(model, x, layers)
     assert [p.requires_grad for p in model.parameters()] == [False, True, True, True]
     assert torch.is_grad_enabled()
+
+
+def test_transposed_convolutions_are_named_as_skipped_not_unknown():
+    from analysis.engine import ScanConfig, prepare
+    from analysis.sources import Workload, load_data
+
+    class Up(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.up = nn.Conv2d(1, 4, 3, padding=1), nn.ConvTranspose2d(4, 4, 2, stride=2)
+            self.fc = nn.Linear(4, 10)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.up(torch.relu(self.c1(x)))).mean((2, 3)))
+
+    wl = Workload(Up().eval(), load_data("sample:digits", count=8), "up", 10, (1, 8, 8))
+    ctx = prepare(wl, ScanConfig(sparsities=(0.5,)))
+    assert [l.name for l in ctx.layers] == ["c1", "fc"] and "transposed convolution" in ctx.skipped["up"]
+    with pytest.raises(ValueError, match="'up' is a transposed convolution"):
+        prepare(wl, ScanConfig(sparsities=(0.5,), layers=("up",)))

@@ -189,3 +189,35 @@ def test_export_engine_writes_an_onnx_input_back_as_its_own_graph(onnx_files, tm
     assert [n.op_type for n in written.graph.node] == [n.op_type for n in source.graph.node]
     zeros = {i.name: float((numpy_helper.to_array(i) == 0).mean()) for i in written.graph.initializer}
     assert zeros["block2.0.weight"] == 0.5 and zeros["fc.weight"] == 0.5 and zeros["block1.0.weight"] == 0.0
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_graph_exported_for_a_fixed_batch_size_runs_in_batches_of_it(batch: int, workloads, tmp_path: Path) -> None:
+    """``torch.onnx.export`` without ``dynamic_axes`` (its default) fixes the batch size: scans, verification and
+    latency run in batches of that size, the last one padded."""
+    from analysis.export import export
+
+    torch_wl = workloads["digits-cnn"]
+    path = tmp_path / "static.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torch_wl.model, (torch_wl.data.x[:batch],), str(path), dynamo=False,
+                          do_constant_folding=False)
+    wl = load_workload(str(path), "sample:digits", count=50)
+    assert wl.model.fixed_batch == batch
+    torch.testing.assert_close(wl.model(wl.data.x), torch_wl.model(wl.data.x), atol=1e-5, rtol=1e-5)
+    config = ScanConfig(sparsities=(0.5,), layers=("fc",))
+    ref = scan(load_workload("sample:digits-cnn", "sample:digits", count=50), config).table
+    np.testing.assert_allclose(scan(wl, config).table[METRICS].to_numpy(float), ref[METRICS].to_numpy(float), atol=1e-5)
+    from analysis.schedule import Schedule
+
+    report = export(wl.model, Schedule({"fc": 0.5}), wl.data, tmp_path / "p.onnx", repeats=2)
+    assert all(v.passed for v in report.verifications)
+    assert set(report.latency["batch"]) == {batch}
+
+
+def test_a_pt2_exported_for_a_fixed_batch_size_is_refused_with_the_way_out(workloads, tmp_path: Path) -> None:
+    model = workloads["digits-cnn"].model
+    torch.export.save(torch.export.export(model, (workloads["digits-cnn"].data.x[:1],)), str(tmp_path / "b1.pt2"))
+    with pytest.raises(SpecError, match=r"fixed batch size: export it with a dynamic one.*Dim\('batch'\)"):
+        load_workload(str(tmp_path / "b1.pt2"), "sample:digits", count=8)

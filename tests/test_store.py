@@ -402,3 +402,76 @@ def test_cli_runs_list_show_delete_get_and_fresh(tmp_path: Path, workloads) -> N
     assert deleted.returncode == 2 and "deleted run 1" in deleted.stdout and "no run 7" in deleted.stderr
     with RunStore(home / "runs.sqlite") as s:
         assert list(s.runs()["id"]) == [2]
+
+
+ACTIVATIONS = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, act):
+        super().__init__()
+        self.fc1, self.fc2, self.act = nn.Linear(64, 16), nn.Linear(16, 10), act
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x.flatten(1))))
+
+
+def relu():
+    torch.manual_seed(0)
+    return Net(torch.relu)
+
+
+def tanh():
+    torch.manual_seed(0)
+    return Net(torch.tanh)
+'''
+
+
+def test_the_same_weights_in_other_code_are_another_model(tmp_path: Path) -> None:
+    from analysis.sources import load_workload
+
+    path = tmp_path / "act.py"
+    path.write_text(ACTIVATIONS)
+    relu, tanh = (load_workload(f"{path}:{name}", "sample:digits", count=16) for name in ("relu", "tanh"))
+    assert torch_equal_state(relu.model, tanh.model)
+    assert relu.fingerprint() != tanh.fingerprint()
+    before = relu.fingerprint()
+    path.write_text(ACTIVATIONS.replace("torch.relu)", "torch.sigmoid)"))  # the file edited, same factory name
+    assert load_workload(f"{path}:relu", "sample:digits", count=16).fingerprint() != before
+
+
+def torch_equal_state(a, b) -> bool:  # noqa: ANN001
+    import torch
+
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_a_run_whose_dense_outputs_differ_is_not_resumed(tmp_path: Path) -> None:
+    """Code the identity cannot see (here: a Python API workload, no file) is caught by the dense baseline."""
+    import importlib.util
+
+    from analysis.sources import Workload, load_data
+
+    path = tmp_path / "act_module.py"
+    path.write_text(ACTIVATIONS)
+    spec = importlib.util.spec_from_file_location("act_module", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = load_data("sample:digits", count=64)
+    relu = Workload(module.relu().eval(), data, "api", 10, (1, 8, 8))
+    tanh = Workload(module.tanh().eval(), data, "api", 10, (1, 8, 8))
+    assert relu.fingerprint() == tanh.fingerprint()  # same weights, same module tree, no code to hash
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        first = store.open_scan(relu, prepare(relu, CONFIG))
+        scan(relu, CONFIG, on_result=lambda r: store.add_layer(first.id, r), context=prepare(relu, CONFIG))
+        ctx = prepare(tanh, CONFIG)
+        second = store.open_scan(tanh, ctx)
+        assert not second.resumed and second.id != first.id
+        assert any("other dense outputs" in n for n in ctx.notices)
+        scan(tanh, CONFIG, on_result=lambda r: store.add_layer(second.id, r), context=ctx)
+        relu_ctx = prepare(relu, CONFIG)
+        third = store.open_scan(relu, relu_ctx)  # the newest run of the identity is tanh's: not resumed either
+        assert not third.resumed and third.id not in (first.id, second.id)
+        assert len(store.done(first.id)) == len(store.done(second.id)) == 2  # both kept

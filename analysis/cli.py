@@ -47,7 +47,8 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
                    help="sample:digits, a tensor file (.pt/.npz with x and optional y), an image folder or a .zip "
                         "of one, or random:CxHxW (label-free)")
     g.add_argument("--count", type=int, default=None, metavar="N",
-                   help="use the first N samples (random data: how many to draw; default 256)")
+                   help="use the first N samples (image folders: N spread over the classes, seeded; random "
+                        "data: how many to draw; default 256)")
     g.add_argument("--input-size", type=int, default=224, metavar="PX", help="image folders: resize and crop to PX")
     g.add_argument("--normalize", choices=("imagenet", "none"), default="imagenet",
                    help="image folders: normalisation after scaling to [0, 1] (default imagenet)")
@@ -526,7 +527,8 @@ def _export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--data", default=None, metavar="D",
                    help="example, calibration and verification inputs (default: sample:digits for samples, "
                         "random:3x224x224 for torchvision models)")
-    g.add_argument("--count", type=int, default=None, metavar="N", help="use the first N samples")
+    g.add_argument("--count", type=int, default=None, metavar="N",
+                   help="use the first N samples (image folders: N spread over the classes, seeded)")
     g.add_argument("--input-size", type=int, default=224, metavar="PX", help="image folders: resize and crop to PX")
     g.add_argument("--normalize", choices=("imagenet", "none"), default="imagenet", help="image folders: normalisation")
     g.add_argument("--trust-pickle", action="store_true", help="allow a fully pickled nn.Module")

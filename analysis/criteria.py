@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis.layers import Layer, _storage_key
+from analysis.metrics import _logits
 from analysis.modes import EagerDispatchMode
 
 CRITERIA = ("magnitude", "l1", "l2", "random", "taylor", "activation")
@@ -104,7 +105,7 @@ def collect_stats(
         for start in range(0, len(x), batch_size):
             xb = x[start : start + batch_size].to(device)
             with torch.enable_grad():
-                logits = model(xb)
+                logits = _logits(model(xb))
                 # Without labels the dense model's own top-1 is the target: the KL to the dense outputs has a
                 # zero gradient at the dense model itself, so it cannot rank weights to first order.
                 target = y[start : start + batch_size].to(device) if y is not None else logits.detach().argmax(-1)

@@ -61,7 +61,7 @@ from torch import nn
 
 from analysis import batchnorm, engine, masks
 from analysis.engine import ScanConfig, ScanContext
-from analysis.layers import _CONV_OPS, _MATMUL_OPS, Layer, _storage_key, find_layers
+from analysis.layers import _CONV_OPS, _MATMUL_OPS, Layer, _storage_key, decomposed_attention, find_layers
 from analysis.metrics import Sums, _logits, evaluate, sums_from_logits
 from analysis.modes import EagerDispatchMode
 from analysis.sources import Workload
@@ -228,7 +228,7 @@ def structural_dead(model: nn.Module, layers: list[Layer], example: torch.Tensor
     input (see the module docstring). ``example`` is one small batch; only the weights decide the answer."""
     watched = {_storage_key(l.weight(model)): l.name for l in layers}
     flow = _DeadFlow(watched, example)
-    with torch.inference_mode(), flow:
+    with torch.inference_mode(), decomposed_attention(), flow:
         model(example)
     return {l.name: flow.layers[l.name] for l in layers if l.name in flow.layers}
 
@@ -509,7 +509,7 @@ def diagnose(workload: Workload, config: ScanConfig, calib_x: torch.Tensor | Non
     const_pruned: dict[tuple[int, str], _Constancy] = {}
     sums: dict[int, Sums] = {}
     t_shift = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), decomposed_attention():
         for start in range(0, len(ctx.x), cfg.batch_size):
             xb = ctx.x[start : start + cfg.batch_size].to(device)
             yb = None if ctx.y is None else ctx.y[start : start + cfg.batch_size]

@@ -40,7 +40,7 @@ from torch import nn
 
 from analysis import batchnorm, criteria, masks, shrink
 from analysis.layers import Layer, find_layers
-from analysis.metrics import predict
+from analysis.metrics import as_class_scores, predict
 from analysis.schedule import Schedule
 from analysis.sources import EvalData
 
@@ -282,7 +282,7 @@ def run_onnx(path: str | Path, x: torch.Tensor, batch_size: int = 32, threads: i
     session = _session(Path(path), threads)
     name = session.get_inputs()[0].name
     out = run_batched(lambda xb: session.run(None, {name: xb})[0], x.cpu().numpy(), fixed_batch(session), batch_size)
-    return torch.from_numpy(out).float()
+    return as_class_scores(torch.from_numpy(out).float())
 
 
 def compare(candidate: torch.Tensor, reference: torch.Tensor, tolerance: float, what: tuple[str, str]) -> Verification:

@@ -131,6 +131,19 @@ def gradients_on(model: nn.Module) -> Iterator[None]:
 TRANSPOSED_REASON = "a transposed convolution (ConvTranspose): not pruned by Prunescope yet"
 
 
+@contextmanager
+def decomposed_attention() -> Iterator[None]:
+    """``nn.MultiheadAttention`` (and the Transformer layers) without their fused inference kernel, which reads
+    the projection weights inside one operator: passes that watch each projection's output need the
+    decomposed path. The flag is process-wide and comes back as it was."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
 def find_layers(model: nn.Module, example: torch.Tensor, unsupported: dict[str, str] | None = None) -> list[Layer]:
     """Prunable layers of ``model`` in execution order, measured on one forward pass of ``example``.
 

@@ -118,7 +118,22 @@ def evaluate(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, den
     return total
 
 
+def as_class_scores(t: torch.Tensor) -> torch.Tensor:
+    """(N, C) class scores. A binary classifier's single logit ``z`` (shape (N,) or (N, 1)) becomes ``(0, z)``:
+    its softmax is ``(1 - sigmoid(z), sigmoid(z))``, so accuracy, agreement, cross-entropy and KL are the binary
+    ones (a single column would always agree with itself)."""
+    if t.dim() == 1:
+        t = t[:, None]
+    if t.dim() == 2 and t.shape[1] == 1:
+        return torch.cat([torch.zeros_like(t), t], dim=1)
+    return t
+
+
 def _logits(out: object) -> torch.Tensor:
+    return as_class_scores(_output_tensor(out))
+
+
+def _output_tensor(out: object) -> torch.Tensor:
     """Models may return a tensor, a tuple (take the first), a dict or an object with ``logits`` (torchvision's
     GoogLeNet/Inception outputs in training mode, Hugging Face style outputs), or a dict whose only tensor it is."""
     if isinstance(out, torch.Tensor):

@@ -17,7 +17,9 @@ criteria are refused with a clear error. Exporters that fold BatchNorm into the 
 
 from __future__ import annotations
 
+import ast
 import math
+import re
 import threading
 import warnings
 from collections.abc import Callable
@@ -48,6 +50,7 @@ class _Weight:
     transposed: bool
     node_output: str
     groups: int
+    module: str = ""
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -62,8 +65,9 @@ def _attr(node, name: str, default: int) -> int:  # noqa: ANN001 - onnx.NodeProt
     return default
 
 
-def _find_weights(graph, inits: dict[str, np.ndarray]) -> list[tuple[str, str, bool, str, int]]:  # noqa: ANN001
-    """(initializer, op, stored transposed, output name, groups) for every prunable weight, in graph order.
+def _find_weights(graph, inits: dict[str, np.ndarray]) -> list[tuple[str, str, bool, str, int, str]]:  # noqa: ANN001
+    """(initializer, op, stored transposed, output name, groups, module path of the node) for every prunable
+    weight, in graph order.
 
     A 2-D initializer read through a ``Transpose`` node (what exporters write for ``x @ W.T`` without constant
     folding) counts as the weight itself, with its layout flipped.
@@ -74,7 +78,7 @@ def _find_weights(graph, inits: dict[str, np.ndarray]) -> list[tuple[str, str, b
         if node.op_type == "Transpose" and node.input[0] in inits and inits[node.input[0]].ndim == 2 \
                 and perm in ([], [[1, 0]]):
             flipped[node.output[0]] = node.input[0]
-    found: dict[str, tuple[str, str, bool, str, int]] = {}
+    found: dict[str, tuple[str, str, bool, str, int, str]] = {}
     for node in graph.node:
         if node.op_type not in _WEIGHT_INPUT or len(node.input) <= _WEIGHT_INPUT[node.op_type]:
             continue
@@ -85,12 +89,34 @@ def _find_weights(graph, inits: dict[str, np.ndarray]) -> list[tuple[str, str, b
         if arr is None or name in found or not np.issubdtype(arr.dtype, np.floating):
             continue
         if node.op_type == "Conv" and arr.ndim >= 3:
-            found[name] = (name, "Conv", False, node.output[0], _attr(node, "group", 1))
+            found[name] = (name, "Conv", False, node.output[0], _attr(node, "group", 1), _module_path(node))
         elif node.op_type == "Gemm" and arr.ndim == 2 and not _attr(node, "transA", 0):
-            found[name] = (name, "Gemm", flip == bool(_attr(node, "transB", 0)), node.output[0], 1)
+            found[name] = (name, "Gemm", flip == bool(_attr(node, "transB", 0)), node.output[0], 1, _module_path(node))
         elif node.op_type == "MatMul" and arr.ndim == 2:
-            found[name] = (name, "MatMul", not flip, node.output[0], 1)
+            found[name] = (name, "MatMul", not flip, node.output[0], 1, _module_path(node))
     return list(found.values())
+
+
+_OPAQUE = re.compile(r"^onnx::|^val_\d+$|::")
+
+
+def _module_path(node) -> str:  # noqa: ANN001 - onnx.NodeProto
+    """The PyTorch module a node was exported from, when the exporter says: the node's name with the
+    TorchScript-based exporter (``/layer2/downsample/downsample.0/Conv`` -> ``layer2.downsample.0``), its
+    ``name_scopes`` metadata with the torch.export-based one (``['', 'fc', 'linear']`` -> ``fc``); else ``""``."""
+    if node.name.startswith("/"):
+        scopes = [p for p in node.name.split("/") if p][:-1]
+        return ".".join(part[len(prev) + 1:] if prev and part.startswith(prev + ".") else part
+                        for prev, part in zip(["", *scopes], scopes))
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = [str(x) for x in ast.literal_eval(prop.value)]
+            except (ValueError, SyntaxError, TypeError):
+                return ""
+            modules = [x for x in scopes[:-1] if x]
+            return modules[-1] if modules else ""
+    return ""
 
 
 def _register(root: nn.Module, path: str, tensor: torch.Tensor, parameter: bool, fallback: str) -> str:
@@ -167,11 +193,11 @@ class OnnxModel(nn.Module):
         dims = inputs[0].type.tensor_type.shape.dim
         self.fixed_batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value else None
         self._weights: list[_Weight] = []
-        for i, (name, op, transposed, out, groups) in enumerate(_find_weights(graph, inits)):
+        for i, (name, op, transposed, out, groups, module) in enumerate(_find_weights(graph, inits)):
             arr = inits.pop(name)
             tensor = torch.from_numpy(np.array(arr.T if transposed else arr, order="C", copy=True))
             param_name = _register(self, name, tensor, True, f"onnx_weight_{i}")
-            self._weights.append(_Weight(name, param_name, op, transposed, out, groups))
+            self._weights.append(_Weight(name, param_name, op, transposed, out, groups, module))
         for i, (name, arr) in enumerate(inits.items()):
             if np.issubdtype(arr.dtype, np.floating) and arr.size:
                 _register(self, name, torch.from_numpy(np.array(arr)), False, f"onnx_constant_{i}")
@@ -261,6 +287,9 @@ class OnnxModel(nn.Module):
     def prunable_layers(self, example: torch.Tensor) -> list[Layer]:
         """The Conv/Gemm/MatMul weights as ``Layer``s, FLOPs per sample from ONNX shape inference."""
         shapes = self._output_shapes(tuple(example.shape[1:]))
+        names = [w.module if _OPAQUE.search(w.init_name) and w.module else w.init_name.removesuffix(".weight")
+                 for w in self._weights]
+        names = [n if names.count(n) == 1 else w.init_name for n, w in zip(names, self._weights)]
         layers = []
         for order, w in enumerate(self._weights):
             p = self.get_parameter(w.param_name)
@@ -270,8 +299,7 @@ class OnnxModel(nn.Module):
                 kind, per = f"Conv{len(shape) - 2}d", math.prod(out[2:]) if out else 1
             else:
                 kind, per = "Linear", math.prod(out[1:-1]) if out else 1
-            name = w.init_name.removesuffix(".weight") if w.init_name.endswith(".weight") else w.init_name
-            layers.append(Layer(name=name, param_name=w.param_name, kind=kind, shape=shape, params=p.numel(),
+            layers.append(Layer(name=names[order], param_name=w.param_name, kind=kind, shape=shape, params=p.numel(),
                                 flops=2 * p.numel() * int(per), groups=w.groups, order=order))
         return layers
 

@@ -236,7 +236,7 @@ def load_diagnosis(folder: str | Path) -> object:
     tables = []
     for n in names:
         try:
-            tables.append(pd.read_csv(folder / n, dtype={"indices_created": str}))
+            tables.append(pd.read_csv(folder / n, dtype={"indices_created": str, "layer": str, "observed": str}))
         except pd.errors.EmptyDataError:
             tables.append(pd.DataFrame())
     summary = json.loads((folder / "diagnose.json").read_text()) if (folder / "diagnose.json").is_file() else {}

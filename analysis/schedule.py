@@ -65,7 +65,9 @@ class Schedule:
         if unknown:
             raise ScheduleError(f"{source} has unknown keys: {', '.join(sorted(map(str, unknown)))}")
         try:
-            return cls(dict(d["sparsities"]), d.get("criterion", "magnitude"), d.get("granularity", "unstructured"),
+            named = {str(k) if isinstance(k, int) and not isinstance(k, bool) else k: v  # YAML reads `0:` as 0
+                     for k, v in d["sparsities"].items()}
+            return cls(named, d.get("criterion", "magnitude"), d.get("granularity", "unstructured"),
                        dict(d.get("meta") or {}))
         except ScheduleError:
             raise

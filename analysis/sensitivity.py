@@ -80,7 +80,7 @@ class SensitivityProfile:
         csv, meta = p / "sensitivity.csv", p / "scan.json"
         if not csv.is_file() or not meta.is_file():
             raise FileNotFoundError(f"{p} is not a scan folder: it needs sensitivity.csv and scan.json")
-        table = pd.read_csv(csv)
+        table = pd.read_csv(csv, dtype={"layer": str, "type": str})  # layers named 0, 1, ... stay names
         missing = {"layer", "sparsity", "accuracy", "loss", "agreement"} - set(table.columns)
         if missing:
             raise ValueError(f"{csv} lacks the columns {', '.join(sorted(missing))}")

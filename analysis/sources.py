@@ -382,9 +382,9 @@ def _from_image_folder(path: Path, input_size: int, normalize: str, count: int |
         ds = ImageFolder(str(path), transform=T.Compose(steps))
     except (FileNotFoundError, RuntimeError) as exc:
         raise SpecError(f"{path} is not an image folder (one sub-folder per class holding images): {_short(exc)}") from None
-    n = len(ds) if count is None else min(count, len(ds))
+    chosen = range(len(ds)) if count is None or count >= len(ds) else _spread(len(ds), count)
     xs, ys = [], []
-    for i in range(n):
+    for i in chosen:
         try:
             img, label = ds[i]
         except Exception as exc:  # noqa: BLE001 - a broken image
@@ -392,6 +392,13 @@ def _from_image_folder(path: Path, input_size: int, normalize: str, count: int |
         xs.append(img)
         ys.append(label)
     return EvalData(torch.stack(xs), torch.tensor(ys), str(path), ds.classes)
+
+
+def _spread(total: int, count: int, seed: int = 0) -> list[int]:
+    """``count`` of ``total`` indices, seeded and in order: a folder lists its images class by class, so its
+    first ``count`` would be the first classes only."""
+    gen = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(total, generator=gen)[:count].tolist())
 
 
 def _is_zip_of_images(path: Path) -> bool:

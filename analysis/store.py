@@ -406,7 +406,7 @@ class RunStore:
             ident = json.loads(identity)
             records.append({"id": run_id, "status": status, "layers_done": n_done, "layers": total, "model": model,
                             "data": data, "criterion": ident["criterion"], "granularity": ident["granularity"],
-                            "sparsities": len(ident["sparsities"]),
+                            "sparsities": _grid_text(ident["sparsities"]),
                             "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))})
         return pd.DataFrame.from_records(records, columns=[
             "id", "status", "layers_done", "layers", "model", "data", "criterion", "granularity", "sparsities",
@@ -649,6 +649,13 @@ class _Worker:
         if self._thread.is_alive():
             self._jobs.put(None)
             self._thread.join()
+
+
+def _grid_text(sparsities: list[float]) -> str:
+    """A sparsity grid in a table cell: ``0,0.5,0.9``, or ``0..0.99 (100)`` when long."""
+    if len(sparsities) <= 6:
+        return ",".join(f"{s:g}" for s in sparsities)
+    return f"{min(sparsities):g}..{max(sparsities):g} ({len(sparsities)})"
 
 
 def _run_meta(workload: Workload, ctx: ScanContext) -> dict:

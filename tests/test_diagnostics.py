@@ -308,3 +308,28 @@ def test_cli_scan_bn_recalibrate(tmp_path) -> None:
     assert "does not apply" in proc.stderr
     meta = json.loads((tmp_path / "s" / "scan.json").read_text())
     assert meta["config"]["bn_recalibrate"] is True
+
+
+def test_attention_projections_are_observed_themselves() -> None:
+    """``nn.MultiheadAttention``'s fused inference kernel reads both projections inside one operator; the
+    diagnosis runs the decomposed path, so each projection's own output is measured (distance 0)."""
+    from analysis.engine import ScanConfig
+    from analysis.sources import Workload, load_data
+
+    class Attend(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed, self.attn, self.head = nn.Linear(8, 16), nn.MultiheadAttention(16, 2, batch_first=True), \
+                nn.Linear(16, 10)
+
+        def forward(self, x):
+            h = self.embed(x.flatten(1, 2))
+            return self.head((h + self.attn(h, h, h, need_weights=False)[0]).mean(1))
+
+    wl = Workload(Attend().eval(), load_data("sample:digits", count=32), "attend", 10, (1, 8, 8))
+    for layer in ("attn.in_proj", "attn.out_proj"):
+        shift = diagnose(wl, ScanConfig(sparsities=(0.5,), layers=(layer,)), recalibration=False).shift
+        own = shift[shift["observed"] == layer]
+        assert len(own) == 1 and int(own["distance"].iloc[0]) == 0 and float(own["rel_l2"].iloc[0]) > 0
+    assert torch.backends.mha.get_fastpath_enabled()  # the flag came back

@@ -170,6 +170,18 @@ def test_image_folder_size_normalisation_and_labels(tmp_path: Path) -> None:
         [0.229, 0.224, 0.225]))
 
 
+def test_a_count_below_an_image_folders_size_takes_every_class(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    for label, value in (("a", 0), ("b", 100), ("c", 200)):
+        (root / label).mkdir(parents=True)
+        for i in range(10):
+            (root / label / f"{i}.png").write_bytes(_png(value))
+    some = load_data(str(root), input_size=4, normalize="none", count=9)
+    assert len(some) == 9 and set(some.y.tolist()) == {0, 1, 2}
+    again = load_data(str(root), input_size=4, normalize="none", count=9)
+    assert torch.equal(some.x, again.x) and torch.equal(some.y, again.y)
+
+
 def test_zip_of_an_image_folder_loads_like_the_folder_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
     import tempfile
 
@@ -348,3 +360,40 @@ def test_cli_reports_hostile_inputs_in_one_line(case: str, files, tmp_path: Path
     assert res.returncode == 2, res.stderr
     assert res.stderr.startswith("prunescope: error:") and res.stderr.count("\n") == 1
     assert re.search(match, res.stderr), res.stderr
+
+
+BINARY_MODEL = '''
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 1))
+'''
+
+
+def test_a_binary_classifier_with_one_logit_and_layers_named_by_index(tmp_path: Path, digits) -> None:
+    """A single logit runs through scan, schedule and export. Its layers, an ``nn.Sequential``'s, are named ``1``
+    and ``3``: names, also after a round trip through the CSV and through hand-written YAML."""
+    (tmp_path / "binary.py").write_text(BINARY_MODEL)
+    torch.save({"x": digits.x[:120], "y": (digits.y[:120] == 0).long()}, tmp_path / "binary.pt")
+    model, data = f"{tmp_path / 'binary.py'}:build", str(tmp_path / "binary.pt")
+    scan = run_cli("scan", "--model", model, "--data", data, "--sparsities", "0.5,0.9", "--no-store", "--quiet",
+                   "--out", tmp_path / "scan")
+    assert scan.returncode == 0, scan.stderr
+    from analysis.sensitivity import SensitivityProfile
+
+    table = SensitivityProfile.load(tmp_path / "scan").table
+    assert set(table["layer"]) == {"1", "3"}
+    assert table["kl"].max() > 0 and table["loss"].nunique() > 1
+    schedule = run_cli("schedule", "--scan", tmp_path / "scan", "--target-sparsity", "0.5", "--quiet",
+                       "--out", tmp_path / "s.yaml")
+    assert schedule.returncode == 0, schedule.stderr
+    (tmp_path / "hand.yaml").write_text("sparsities:\n  1: 0.5\n  3: 0.25\n")  # YAML reads these keys as ints
+    from analysis.schedule import Schedule
+
+    assert Schedule.load(tmp_path / "hand.yaml").sparsities == {"1": 0.5, "3": 0.25}
+    export = run_cli("export", "--model", model, "--data", data, "--schedule", tmp_path / "s.yaml",
+                     "--out", tmp_path / "binary.onnx")
+    assert export.returncode == 0, export.stderr

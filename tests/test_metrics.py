@@ -95,3 +95,19 @@ def test_models_returning_dicts_are_read_by_their_logits():
         torch.testing.assert_close(predict(model, x, batch_size=2), model.fc(x))
     with pytest.raises(TypeError, match="dict of features, scores"):
         predict(DictNet(("features", "scores")), x)
+
+
+def test_a_single_logit_is_the_binary_case():
+    from analysis.metrics import as_class_scores
+
+    z = torch.tensor([[2.0], [-1.0], [0.5]])
+    scores = as_class_scores(z)
+    torch.testing.assert_close(scores.softmax(-1)[:, 1], torch.sigmoid(z[:, 0]))
+    torch.testing.assert_close(as_class_scores(z[:, 0]), scores)
+    flipped = sums_from_logits(as_class_scores(-z), scores, torch.tensor([1, 0, 1]))
+    assert flipped.agree == 0 and flipped.correct == 0 and flipped.kl_sum > 0
+    same = sums_from_logits(scores, scores, torch.tensor([1, 0, 1]))
+    assert same.agree == 3 and same.correct == 3
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0], torch.tensor([1.0, 0.0, 1.0]),
+                                                                     reduction="sum")
+    assert abs(same.loss_sum - float(expected)) < 1e-5

@@ -221,3 +221,26 @@ def test_a_pt2_exported_for_a_fixed_batch_size_is_refused_with_the_way_out(workl
     torch.export.save(torch.export.export(model, (workloads["digits-cnn"].data.x[:1],)), str(tmp_path / "b1.pt2"))
     with pytest.raises(SpecError, match=r"fixed batch size: export it with a dynamic one.*Dim\('batch'\)"):
         load_workload(str(tmp_path / "b1.pt2"), "sample:digits", count=8)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_layers_are_named_after_their_modules_when_the_exporter_renames_the_weights(dynamo: bool, workloads,
+                                                                                     tmp_path: Path) -> None:
+    """Folding BatchNorm into a convolution makes a new initializer (``onnx::Conv_62``); the layer keeps the
+    name of the module it came from, read from the node's name or its ``name_scopes`` metadata."""
+    model = workloads["digits-resnet"].model
+    path = tmp_path / "folded.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            torch.onnx.export(model, (workloads["digits-resnet"].data.x[:2],), str(path), dynamo=True,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},))
+        else:
+            torch.onnx.export(model, (workloads["digits-resnet"].data.x[:2],), str(path), dynamo=False,
+                              input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    inits = {i.name for i in onnx.load(str(path)).graph.initializer}
+    onnx_layers = find_layers(load_model(str(path)), workloads["digits-resnet"].data.x[:1])
+    torch_layers = find_layers(model, workloads["digits-resnet"].data.x[:1])
+    assert sorted(l.name for l in onnx_layers) == sorted(l.name for l in torch_layers)
+    if not dynamo:
+        assert any(name.startswith("onnx::") for name in inits)  # the case this is about

@@ -349,7 +349,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
                 for record in df.to_dict(orient="records"):
                     print_json(record)
             else:
-                print(df.to_string(index=False) if len(df) else f"no runs in {store.path}")
+                table = df.drop(columns="sparsities").rename(columns={"grid": "sparsities"})
+                print(table.to_string(index=False) if len(df) else f"no runs in {store.path}")
         elif action == "show":
             info = store.run(args.run_id)
             print(f"run {info['id']}: {info['status']}, {info['done_layers']} of {info['total_layers']} layers done")

@@ -14,7 +14,6 @@ keeps their transactions apart), and other processes (a CLI scan) write beside i
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,13 +69,7 @@ def list_runs(spec: WorkloadSpec) -> list[RunInfo]:
     model_fp, data_fp = fingerprints(spec)
     df = store().runs(model_fp=model_fp, data_fp=data_fp)
     return [RunInfo(int(r.id), r.status, r.criterion, r.granularity, int(r.layers_done), int(r.layers),
-                    _grid_size(r.sparsities), r.created, r.model) for r in df.itertuples()]
-
-
-def _grid_size(grid: str) -> int:
-    """How many sparsities a grid of ``RunStore.runs`` holds: ``0,0.5,0.9`` or ``0..0.95 (7)``."""
-    count = re.search(r"\((\d+)\)$", grid)
-    return int(count.group(1)) if count else len(grid.split(","))
+                    int(r.sparsities), r.created, r.model) for r in df.itertuples()]
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)

@@ -90,6 +90,33 @@ def _load_workload(args: argparse.Namespace):  # noqa: ANN202
                          normalize=args.normalize, trust_pickle=args.trust_pickle)
 
 
+def _add_store_arg(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_argument_group("run store")
+    g.add_argument("--no-store", action="store_true",
+                   help=f"do not keep the {what} in the run store ($PRUNESCOPE_HOME/runs.sqlite; `prunescope runs "
+                        "artifacts` lists what it keeps)")
+
+
+def _store_artifact(kind: str, build: Callable, quiet: bool = False) -> None:
+    """Keep a command's result in the run store, as the dashboard does: ``build(store)`` gives ``(name, payload,
+    run_id)``. Called once the command's files are written, so a store that cannot be used (its one-line
+    ``StoreError``, exit code 2) never costs them."""
+    from analysis import artifacts
+    from analysis.store import RunStore
+
+    with RunStore() as store:
+        name, payload, run_id = build(store)
+        artifact_id = artifacts.save(store, kind, name, payload, run_id)
+    if not quiet:
+        print(f"stored as artifact {artifact_id} in {store.path}", file=sys.stderr)
+
+
+def _workload_id(workload) -> str:  # noqa: ANN001 - a Workload
+    from analysis.artifacts import workload_id
+
+    return workload_id(workload.fingerprint(), workload.data.fingerprint())
+
+
 # ------------------------------------------------------------------------------------------------------- scan
 
 
@@ -307,10 +334,12 @@ def _runs_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     q.add_argument("--out", type=Path, metavar="DIR", help="write sensitivity.csv and scan.json of the run here")
     q = rs.add_parser("delete", help="delete runs and their finished layers")
     q.add_argument("run_ids", type=int, nargs="+", metavar="RUN")
-    q = rs.add_parser("artifacts", help="stored schedules, diagnostics and exports")
-    q.add_argument("--kind", default=None, help="only this kind (schedule, diagnostics, export, ...)")
+    q = rs.add_parser("artifacts", help="stored schedules, diagnostics and exports (from the schedule, diagnose and "
+                                        "export commands and the dashboard), newest first")
+    q.add_argument("--kind", default=None, help="only this kind (schedule, diagnostics, export, calibration, tuning)")
     q.add_argument("--run", type=int, default=None, metavar="RUN", help="only those made from this run")
-    q = rs.add_parser("get", help="write one artifact's payload to a file")
+    q = rs.add_parser("get", help="write one artifact's payload to a file (a schedule: a schedule file that export "
+                                  "reads; a diagnosis or an export: its JSON payload)")
     q.add_argument("artifact_id", type=int, metavar="ID")
     q.add_argument("--out", type=Path, required=True, metavar="FILE")
     q = rs.add_parser("delete-artifact", help="delete stored artifacts")
@@ -331,7 +360,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
                 for record in df.to_dict(orient="records"):
                     print_json(record)
             else:
-                print(df.to_string(index=False) if len(df) else f"no runs in {store.path}")
+                table = df.drop(columns="sparsities").rename(columns={"grid": "sparsities"})
+                print(table.to_string(index=False) if len(df) else f"no runs in {store.path}")
         elif action == "show":
             info = store.run(args.run_id)
             print(f"run {info['id']}: {info['status']}, {info['done_layers']} of {info['total_layers']} layers done")
@@ -385,7 +415,8 @@ def _diagnose_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                        description="Prune one layer (or each layer) at the given sparsity and explain the drop: how "
                                    "far the outputs downstream move, which units die, and how much BatchNorm "
                                    "recalibration gives back. Writes activation_shift.csv, dead_neurons.csv, "
-                                   "bn_recalibration.csv and diagnose.json into DIR.")
+                                   "bn_recalibration.csv and diagnose.json into DIR, and keeps the diagnosis "
+                                   "in the run store (unless --no-store).")
     _add_workload_args(p)
     _add_pruning_args(p)
     g = p.add_argument_group("diagnosis")
@@ -401,6 +432,7 @@ def _diagnose_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="samples used by the taylor and activation criteria (default 256)")
     g.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the tables and diagnose.json")
     g.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_store_arg(p, "diagnosis")
     _add_run_args(p)
     return p
 
@@ -426,6 +458,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     config = ScanConfig(criterion=args.criterion, granularity=args.granularity, sparsities=args.sparsity,
                         layers=layers, batch_size=args.batch_size, device=args.device, seed=args.seed,
                         calib_samples=args.calib_samples, bn_batches=args.bn_batches)
+    workload_id = None if args.no_store else _workload_id(workload)
     result = diagnose(workload, config, calib_x=calib_x)
     result.save(args.out)
     if not args.quiet:
@@ -441,6 +474,13 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
             print(line)
         print(f"wrote {args.out / 'activation_shift.csv'}, {args.out / 'dead_neurons.csv'}, "
               f"{args.out / 'bn_recalibration.csv'} and {args.out / 'diagnose.json'}")
+    if not args.no_store:
+        from analysis import artifacts
+
+        cell = artifacts.diagnosis_cell(result)
+        _store_artifact(artifacts.DIAGNOSIS, lambda store: (
+            artifacts.diagnosis_name(cell, len(result.summary["cells"])),
+            artifacts.diagnosis_payload(workload_id, cell, result), None), args.quiet)
     return 0
 
 
@@ -492,7 +532,8 @@ def _export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        description="Apply a schedule, export the pruned model to one ONNX file (masked, or with "
                                    "--shrink the pruned channels removed), verify it in ONNX Runtime against "
                                    "PyTorch, and report size and latency against the dense model. Writes "
-                                   "FILE.onnx, FILE.schedule.json (the schedule exported) and FILE.md.")
+                                   "FILE.onnx, FILE.schedule.json (the schedule exported) and FILE.md, and "
+                                   "keeps the report in the run store (unless --no-store).")
     g = p.add_argument_group("model and data")
     g.add_argument("--model", required=True, metavar="M", help="the model spec, as for scan")
     g.add_argument("--data", default=None, metavar="D",
@@ -520,6 +561,7 @@ def _export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--ort-threads", type=int, default=1, metavar="T", help="ONNX Runtime threads (default 1)")
     g.add_argument("--json", action="store_true", help="print the report as one JSON object instead of the summary")
     g.add_argument("--out", required=True, type=Path, metavar="FILE.onnx", help="the ONNX file to write")
+    _add_store_arg(p, "export report (the .onnx file stays where --out puts it)")
     _add_run_args(p)
     return p
 
@@ -549,8 +591,9 @@ def _schedule_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 
     p = sub.add_parser("schedule", help="allocate per-layer sparsities from a scan to reach a global target",
                        description="Choose per-layer sparsities that reach a target global sparsity, parameter "
-                                   "count or FLOP count, and write a schedule file. The schedule inherits the "
-                                   "scan's criterion and granularity.")
+                                   "count or FLOP count, write a schedule file and keep the schedule in the run "
+                                   "store (unless --no-store). The schedule inherits the scan's criterion and "
+                                   "granularity.")
     p.add_argument("--scan", required=True, type=Path, metavar="DIR", help="a scan folder (sensitivity.csv, scan.json)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--target-sparsity", metavar="T", help="fraction of prunable weights to remove, in [0, 1)")
@@ -566,16 +609,21 @@ def _schedule_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--model", default=None, metavar="M",
                    help="the scanned model, where scan.json's model spec no longer loads (global, lamp, channel)")
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help="schedule file (.json, or .yaml/.yml)")
+    p.add_argument("--name", default=None, metavar="NAME",
+                   help="the schedule's name in the run store (default: the --out file's name without its suffix)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _add_store_arg(p, "schedule")
     return p
 
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
+    from analysis import artifacts
     from analysis.allocate import Bounds, schedule_from_scan
     from analysis.predict import Predictor
 
     if not args.scan.is_dir():
         raise UsageError(f"scan folder {args.scan} does not exist")
+    stored_name = artifacts.check_name(args.name) if args.name is not None else artifacts.name_from_file(args.out)
     kind, value = next((k, v) for k, v in (("sparsity", args.target_sparsity), ("params", args.target_params),
                                            ("flops", args.target_flops)) if v is not None)
     default, per_layer = args.max_sparsity
@@ -599,7 +647,22 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
         print(f"{args.method}: global sparsity {totals['global_sparsity']:.4f}, params kept "
               f"{totals['params_kept']:.4f}, FLOPs kept {totals['flops_kept']:.4f}; {prediction}")
         print(f"wrote {args.out}")
+    if not args.no_store:
+        _store_artifact(artifacts.SCHEDULE, lambda store: _stored_schedule(store, schedule, stored_name, args.scan),
+                        args.quiet)
     return 0
+
+
+def _stored_schedule(store, schedule, name: str, scan: Path) -> tuple:  # noqa: ANN001
+    """A schedule's artifact: linked to the run its scan folder came from (and so to that run's workload)."""
+    from analysis import artifacts
+
+    try:
+        run_id = artifacts.scan_run(store, json.loads((scan / "scan.json").read_text()))
+    except (OSError, ValueError):
+        run_id = None
+    payload = artifacts.schedule_payload(schedule, name, artifacts.run_workload(store, run_id), run_id)
+    return name, payload, run_id
 
 
 # -------------------------------------------------------------------------------------------------- calibrate
@@ -743,6 +806,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
                          f"{schedule.granularity}. Export it masked (without --shrink)")
     workload = load_workload(args.model, data, count=args.count, input_size=args.input_size,
                              normalize=args.normalize, trust_pickle=args.trust_pickle)
+    workload_id = None if args.no_store else _workload_id(workload)
     try:
         report = export(workload.model, schedule, workload.data, args.out, shrink_channels=args.shrink,
                         bn_recalibrate=args.bn_recalibrate, model_spec=args.model, exporter=args.exporter,
@@ -757,7 +821,31 @@ def _cmd_export(args: argparse.Namespace) -> int:
     else:
         print(report.to_markdown())
         print(f"wrote {report.onnx_path}, {report.schedule_path} and {report.summary_path}")
+    if not args.no_store:
+        from analysis import artifacts
+
+        label = args.schedule.name
+        _store_artifact(artifacts.EXPORT, lambda store: (
+            artifacts.export_name(label, report), artifacts.export_payload(workload_id, label, report),
+            _schedule_run(store, schedule)))
     return 0
+
+
+def _schedule_run(store, schedule) -> int | None:  # noqa: ANN001
+    """The run a schedule came from: the one its ``meta`` names, else the run of the scan folder it was made
+    from (``prunescope schedule`` records the folder), when that folder is still there."""
+    from analysis.artifacts import scan_run
+
+    run_id = schedule.meta.get("run_id")
+    if isinstance(run_id, int) and not isinstance(run_id, bool):
+        return run_id
+    scan = schedule.meta.get("scan")
+    if isinstance(scan, str) and (Path(scan) / "scan.json").is_file():
+        try:
+            return scan_run(store, json.loads((Path(scan) / "scan.json").read_text()))
+        except (OSError, ValueError):
+            return None
+    return None
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

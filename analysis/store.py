@@ -406,11 +406,11 @@ class RunStore:
             ident = json.loads(identity)
             records.append({"id": run_id, "status": status, "layers_done": n_done, "layers": total, "model": model,
                             "data": data, "criterion": ident["criterion"], "granularity": ident["granularity"],
-                            "sparsities": _grid_text(ident["sparsities"]),
+                            "sparsities": len(ident["sparsities"]), "grid": _grid_text(ident["sparsities"]),
                             "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))})
         return pd.DataFrame.from_records(records, columns=[
             "id", "status", "layers_done", "layers", "model", "data", "criterion", "granularity", "sparsities",
-            "created"])
+            "grid", "created"])
 
     def profile(self, run_id: int):  # noqa: ANN201 - SensitivityProfile, imported lazily
         """The profile of a run from the store alone (no model needed): finished layers so far."""

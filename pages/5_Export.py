@@ -61,7 +61,7 @@ if st.button("Export", type="primary"):
     except Exception as exc:  # noqa: BLE001 - an exporter can fail in many ways; the page says how and stays up
         st.error(f"The export failed: {common.load_error(exc)}")
     else:
-        artifact_id = artifacts.save(artifacts.EXPORT, f"{label} ({report.mode})",
+        artifact_id = artifacts.save(artifacts.EXPORT, artifacts.export_name(label, report),
                                      artifacts.export_payload(spec, label, report), run_id=schedule.meta.get("run_id"))
         st.session_state["export"] = {"workload": spec.key, "label": label, "report": report, "html": None,
                                       "artifact": artifact_id}

@@ -155,3 +155,103 @@ def test_a_failure_in_prunescope_itself_keeps_its_traceback(monkeypatch, tmp_pat
     with pytest.raises(RuntimeError, match="a bug of ours"):
         cli.main(["scan", "--model", "sample:digits-mlp", "--data", "sample:digits", "--count", "8",
                   "--sparsities", "0.5", "--quiet", "--no-store", "--out", str(tmp_path / "o")])
+
+
+# ------------------------------------------------------------------------------ artifacts in the run store
+
+MLP = ("--model", "sample:digits-mlp", "--data", "sample:digits", "--count", "64")
+
+
+def _artifacts(kind: str) -> pd.DataFrame:
+    from analysis.store import RunStore
+
+    with RunStore() as store:
+        return store.artifacts(kind=kind)
+
+
+def _stored_id(r, kind: str) -> int:
+    """The artifact id a command printed, the only one of its kind in the store."""
+    line = [l for l in r.stderr.splitlines() if l.startswith("stored as artifact ")]
+    assert len(line) == 1, r.stderr
+    artifact_id = int(line[0].split()[3])
+    assert _artifacts(kind)["id"].tolist() == [artifact_id]
+    return artifact_id
+
+
+def _get(artifact_id: int, out):  # noqa: ANN001, ANN202
+    r = run_cli("runs", "get", artifact_id, "--out", out)
+    assert r.returncode == 0, r.stderr
+    return json.loads(out.read_text())
+
+
+def test_schedule_diagnose_and_export_are_stored_like_the_dashboards(tmp_path, prunescope_home):
+    from analysis import artifacts
+    from analysis.schedule import Schedule
+    from analysis.sources import load_workload
+
+    w = load_workload("sample:digits-mlp", "sample:digits", count=64)
+    workload = artifacts.workload_id(w.fingerprint(), w.data.fingerprint())
+    scan = tmp_path / "scan"
+    assert run_cli("scan", *MLP, "--sparsities", "0.5,0.8", "--out", scan, "--quiet").returncode == 0
+    run_id = json.loads((scan / "scan.json").read_text())["run_id"]
+
+    r = run_cli("schedule", "--scan", scan, "--target-sparsity", "0.5", "--out", tmp_path / "half.json")
+    assert r.returncode == 0, r.stderr
+    sid = _stored_id(r, "schedule")
+    written, got = Schedule.load(tmp_path / "half.json"), _get(sid, tmp_path / "got.json")
+    reopened = Schedule.from_dict(got)  # how the Schedule page reopens a saved schedule
+    assert reopened.sparsities == written.sparsities and reopened.sparsities
+    assert Schedule.load(tmp_path / "got.json").sparsities == written.sparsities
+    assert got["meta"]["name"] == "half" and got["meta"]["run_id"] == run_id
+    assert artifacts.workload_of(got) == workload  # the dashboard lists it with the workload's runs
+    assert _artifacts("schedule")["run_id"].tolist() == [run_id]
+
+    diag = tmp_path / "diag"
+    r = run_cli("diagnose", *MLP, "--layer", "fc1,fc2", "--sparsity", "0.5", "--out", diag)
+    assert r.returncode == 0, r.stderr
+    payload = _get(_stored_id(r, "diagnostics"), tmp_path / "diag.json")
+    assert payload["summary"] == json.loads((diag / "diagnose.json").read_text())
+    assert payload["cell"] == ["fc1", 0.5, "magnitude", "unstructured"] and artifacts.workload_of(payload) == workload
+    _, reopened = artifacts.diagnosis_from(payload)  # how the Diagnostics page reopens a stored diagnosis
+    for table, file in (("shift", "activation_shift.csv"), ("dead", "dead_neurons.csv")):
+        assert getattr(reopened, table).to_csv(index=False) == (diag / file).read_text()
+
+    onnx = tmp_path / "m.onnx"
+    r = run_cli("export", "--model", "sample:digits-mlp", "--count", "64", "--schedule", tmp_path / "half.json",
+                "--exporter", "torchscript", "--no-latency", "--verify-samples", "32", "--json", "--out", onnx)
+    assert r.returncode == 0, r.stderr
+    payload = _get(_stored_id(r, "export"), tmp_path / "export.json")
+    assert payload["report"] == json.loads(r.stdout) and payload["report"]["onnx_path"] == str(onnx)
+    assert Schedule.from_dict(payload["schedule"]).sparsities == Schedule.load(tmp_path / "m.schedule.json").sparsities
+    assert artifacts.export_from(payload).onnx_path.is_file() and artifacts.workload_of(payload) == workload
+    assert _artifacts("export")["run_id"].tolist() == [run_id]  # through the schedule's scan folder
+    listing = run_cli("runs", "artifacts", "--kind", "export")
+    assert listing.returncode == 0, listing.stderr
+    rows = listing.stdout.splitlines()[1:]
+    assert len(rows) == 1 and "half.json (masked)" in rows[0] and f" {run_id} " in rows[0]
+
+
+def test_no_store_leaves_the_store_alone_and_a_bad_store_keeps_the_files(tmp_path, prunescope_home):
+    scan = tmp_path / "scan"
+    assert run_cli("scan", *MLP, "--sparsities", "0.5", "--out", scan, "--quiet", "--no-store").returncode == 0
+    r = run_cli("schedule", "--scan", scan, "--target-sparsity", "0.4", "--out", tmp_path / "s.json", "--no-store")
+    assert r.returncode == 0 and "stored as" not in r.stderr, r.stderr
+    r = run_cli("diagnose", *MLP, "--layer", "fc1", "--sparsity", "0.5", "--out", tmp_path / "d", "--no-store")
+    assert r.returncode == 0 and (tmp_path / "d" / "diagnose.json").is_file(), r.stderr
+    r = run_cli("export", "--model", "sample:digits-mlp", "--count", "64", "--schedule", tmp_path / "s.json",
+                "--exporter", "torchscript", "--no-latency", "--verify-samples", "32", "--out", tmp_path / "m.onnx",
+                "--no-store")
+    assert r.returncode == 0 and (tmp_path / "m.onnx").is_file(), r.stderr
+    assert not (prunescope_home / "runs.sqlite").exists()
+
+    r = run_cli("schedule", "--scan", scan, "--target-sparsity", "0.4", "--out", tmp_path / "t.yaml", "--name", "t 1")
+    assert r.returncode == 0, r.stderr
+    stored = _artifacts("schedule")
+    assert stored["name"].tolist() == ["t 1"] and stored["run_id"].isna().all()  # the scan was not stored
+
+    (prunescope_home / "runs.sqlite").unlink()
+    (prunescope_home / "runs.sqlite").write_bytes(b"not a database, " * 8)
+    r = run_cli("schedule", "--scan", scan, "--target-sparsity", "0.4", "--out", tmp_path / "u.json", "--quiet")
+    assert r.returncode == 2 and r.stderr.startswith("prunescope: error: ") and len(r.stderr.splitlines()) == 1
+    assert "not a Prunescope run store" in r.stderr and (tmp_path / "u.json").is_file()
+    assert (prunescope_home / "runs.sqlite").read_bytes() == b"not a database, " * 8

@@ -391,6 +391,9 @@ def test_cli_runs_list_show_delete_get_and_fresh(tmp_path: Path, workloads) -> N
     rows = [json.loads(line) for line in listing.stdout.splitlines()]
     assert [r["id"] for r in rows] == [2, 1] and all(r["status"] == "complete" for r in rows)
     assert all(r["layers_done"] == r["layers"] == 3 for r in rows)
+    assert rows[0]["sparsities"] == 2 and rows[0]["grid"] == "0,0.5"
+    table = run_cli("runs", "list", PRUNESCOPE_HOME=str(home)).stdout.splitlines()
+    assert "sparsities" in table[0] and "0,0.5" in table[1]
     shown = run_cli("runs", "show", "1", "--out", tmp_path / "shown", PRUNESCOPE_HOME=str(home))
     assert shown.returncode == 0 and "3 of 3 layers done" in shown.stdout
     cols = ["layer", "sparsity", "accuracy", "loss", "agreement"]

@@ -13,12 +13,11 @@ totals, the prediction and any measurement.
 from __future__ import annotations
 
 import json
-import re
-import time
 
 import streamlit as st
 import torch
 
+from analysis import artifacts as artifacts_engine
 from analysis import criteria, masks
 from analysis.allocate import Bounds
 from analysis.layers import Layer
@@ -32,7 +31,6 @@ from ui.common import WorkloadSpec, cached_layers, cached_workload, model_lock
 STATE = "schedule"
 SLIDER = "sparsity::"
 GROUP_ABOVE = 12
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}")
 
 
 # -------------------------------------------------------------------------------------------- cached engines
@@ -187,11 +185,7 @@ def current_schedule(spec: WorkloadSpec) -> tuple[Schedule, SensitivityProfile] 
 
 def check_name(name: str) -> str:
     """A schedule name (letters, digits, spaces, '_', '.', '-'), or a ``ValueError`` that names the bad value."""
-    name = name.strip()
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"schedule name {name!r} must start with a letter or digit and use only letters, digits, "
-                         "spaces, '_', '.' and '-' (at most 64 characters)")
-    return name
+    return artifacts_engine.check_name(name)
 
 
 def save(name: str, schedule: Schedule, spec: WorkloadSpec) -> tuple[int, bool]:
@@ -199,9 +193,11 @@ def save(name: str, schedule: Schedule, spec: WorkloadSpec) -> tuple[int, bool]:
     of that name was replaced."""
     name = check_name(name)
     older = [a for a in artifacts.listed(artifacts.SCHEDULE, spec) if a.name == name]
-    schedule.meta.update({"name": name, "workload_key": spec.key, "workload": artifacts.workload_id(spec),
-                          "saved": time.strftime("%Y-%m-%d %H:%M:%S")})
-    artifact_id = artifacts.save(artifacts.SCHEDULE, name, schedule.to_dict(), run_id=schedule.meta.get("run_id"))
+    run_id = schedule.meta.get("run_id")
+    payload = artifacts_engine.schedule_payload(schedule, name, artifacts.workload_id(spec), run_id,
+                                                workload_key=spec.key)
+    schedule.meta.update(payload["meta"])
+    artifact_id = artifacts.save(artifacts.SCHEDULE, name, payload, run_id=run_id)
     for a in older:
         artifacts.delete(a.id)
     return artifact_id, bool(older)

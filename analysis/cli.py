@@ -440,7 +440,7 @@ def _diagnose_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     from analysis.diagnostics import diagnose
     from analysis.engine import ScanConfig
-    from analysis.sources import load_data
+    from analysis.sources import image_channels, load_data
 
     if not args.sparsity:
         raise UsageError("--sparsity needs at least one value")
@@ -450,7 +450,8 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         raise UsageError("--layer needs a layer name or 'all'")
     calib_x = None
     if args.calib_data:
-        calib = load_data(args.calib_data, input_size=args.input_size, normalize=args.normalize)
+        calib = load_data(args.calib_data, input_size=args.input_size, normalize=args.normalize,
+                          channels=image_channels(workload))
         if tuple(calib.x.shape[1:]) != tuple(workload.data.x.shape[1:]):
             raise UsageError(f"--calib-data {args.calib_data} has inputs of shape {list(calib.x.shape[1:])}, "
                              f"the eval data {list(workload.data.x.shape[1:])}")
@@ -706,7 +707,7 @@ def _calibrate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from analysis.calibrate import calibrate, parse_methods, parse_targets
     from analysis.sensitivity import SensitivityProfile
-    from analysis.sources import load_data, load_workload
+    from analysis.sources import image_channels, load_data, load_workload
 
     if not args.scan.is_dir():
         raise UsageError(f"scan folder {args.scan} does not exist")
@@ -725,7 +726,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                              trust_pickle=args.trust_pickle)
     train = None
     if args.train_data:
-        train = load_data(args.train_data, input_size=args.input_size, normalize=args.normalize)
+        train = load_data(args.train_data, input_size=args.input_size, normalize=args.normalize,
+                          channels=image_channels(workload))
     if args.bn_recalibrate and not _has_batchnorm(workload.model):
         print(f"prunescope: note: {workload.model_spec} has no BatchNorm layers; --bn-recalibrate does not apply",
               file=sys.stderr)
@@ -853,7 +855,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from analysis.measure import measure_schedule
     from analysis.schedule import Schedule
-    from analysis.sources import load_data
+    from analysis.sources import image_channels, load_data
 
     schedule = Schedule.load(args.schedule)
     if args.finetune_steps < 0:
@@ -865,7 +867,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     workload = _load_workload(args)
     train = None
     if args.train_data:
-        train = load_data(args.train_data, input_size=args.input_size, normalize=args.normalize)
+        train = load_data(args.train_data, input_size=args.input_size, normalize=args.normalize,
+                          channels=image_channels(workload))
     bar = tqdm(total=args.finetune_steps, unit="step", disable=args.quiet or not sys.stderr.isatty() or
                not args.finetune_steps, file=sys.stderr)
 

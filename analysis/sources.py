@@ -437,8 +437,9 @@ NORMALIZATIONS = ("imagenet", "none")
 
 
 def _from_image_folder(path: Path, input_size: int, normalize: str, count: int | None,
-                       shown: str | None = None) -> EvalData:
-    """The images of an ``ImageFolder`` tree; messages name it ``shown`` (a zip archive it was extracted from)."""
+                       shown: str | None = None, channels: int = 3) -> EvalData:
+    """The images of an ``ImageFolder`` tree, in colour or (``channels=1``) grayscale; messages name it ``shown``
+    (a zip archive it was extracted from)."""
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
 
@@ -446,9 +447,11 @@ def _from_image_folder(path: Path, input_size: int, normalize: str, count: int |
         text = str(text).replace(str(path), shown) if shown else str(text)
         return _short(Exception(text))
 
-    steps = [T.Resize(input_size), T.CenterCrop(input_size), T.ToTensor()]
+    steps = [T.Grayscale(1)] if channels == 1 else []
+    steps += [T.Resize(input_size), T.CenterCrop(input_size), T.ToTensor()]
     if normalize == "imagenet":
-        steps.append(T.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+        steps.append(T.Normalize(IMAGENET_MEAN, IMAGENET_STD) if channels != 1 else
+                     T.Normalize((sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)))
     try:
         ds = ImageFolder(str(path), transform=T.Compose(steps))
     except (FileNotFoundError, RuntimeError) as exc:
@@ -484,7 +487,7 @@ def _is_zip_of_images(path: Path) -> bool:
         raise SpecError(f"data {path}: {exc}") from None
 
 
-def _from_image_zip(path: Path, input_size: int, normalize: str, count: int | None) -> EvalData:
+def _from_image_zip(path: Path, input_size: int, normalize: str, count: int | None, channels: int = 3) -> EvalData:
     """Extract the archive safely into a temporary folder, read the images into memory, remove the folder."""
     import tempfile
 
@@ -495,12 +498,12 @@ def _from_image_zip(path: Path, input_size: int, normalize: str, count: int | No
             root = safe_extract(path, Path(tmp))
         except UploadError as exc:
             raise SpecError(f"data {path}: {exc}") from None
-        data = _from_image_folder(root, input_size, normalize, count, shown=str(path))
+        data = _from_image_folder(root, input_size, normalize, count, shown=str(path), channels=channels)
     return EvalData(data.x, data.y, str(path), data.class_names)
 
 
 def load_data(spec: str, count: int | None = None, input_size: int = 224, normalize: str = "imagenet",
-              seed: int = 0) -> EvalData:
+              seed: int = 0, channels: int | None = None) -> EvalData:
     """The eval set a spec names; ``count`` keeps the first ``count`` samples (random data: how many)."""
     spec = spec.strip()
     if "\x00" in spec:
@@ -526,9 +529,9 @@ def load_data(spec: str, count: int | None = None, input_size: int = 224, normal
         if not path.exists():
             raise SpecError(f"data {spec} does not exist (a tensor file, an image folder, sample:digits or random:CxHxW)")
         if path.is_dir():
-            return _from_image_folder(path, input_size, normalize, count)
+            return _from_image_folder(path, input_size, normalize, count, channels=channels or 3)
         if _is_zip_of_images(path):
-            return _from_image_zip(path, input_size, normalize, count)
+            return _from_image_zip(path, input_size, normalize, count, channels=channels or 3)
         x, y = _from_tensor_file(path)
         data = EvalData(x, y, spec)
     if count is not None:
@@ -587,8 +590,33 @@ def load_workload(model_spec: str, data_spec: str, count: int | None = None, inp
     """Load a model and its eval set and check that they fit before any work is done."""
     model = load_model(model_spec, trust_pickle=trust_pickle)
     data = load_data(data_spec, count=count, input_size=input_size, normalize=normalize)
-    num_classes = check_fit(model, data, model_spec)
+    try:
+        num_classes = check_fit(model, data, model_spec)
+    except SpecError:
+        if not _colour_images(data, data_spec):
+            raise
+        gray = load_data(data_spec, count=count, input_size=input_size, normalize=normalize, channels=1)
+        try:  # a one-channel model (MNIST-like) on a folder of images: they are read in grayscale
+            num_classes = check_fit(model, gray, model_spec)
+        except SpecError:
+            gray = None
+        if gray is None:
+            raise
+        data = gray
     return Workload(model, data, model_spec, num_classes, tuple(data.x.shape[1:]), code_fp=code_fingerprint(model_spec))
+
+
+def image_channels(workload: Workload) -> int | None:
+    """The channels a workload's images were read with (1: grayscale), for reading more images the same way
+    (calibration or training folders); ``None`` when its inputs are not images."""
+    return workload.input_shape[0] if len(workload.input_shape) == 3 and workload.input_shape[0] in (1, 3) else None
+
+
+def _colour_images(data: EvalData, spec: str) -> bool:
+    """Whether ``data`` are images read in colour from a folder or a zip of one."""
+    path = Path(spec)
+    return data.x.dim() == 4 and data.x.shape[1] == 3 and path.exists() and (
+        path.is_dir() or _is_zip_of_images(path))
 
 
 def code_fingerprint(spec: str) -> str:

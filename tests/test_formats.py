@@ -182,6 +182,21 @@ def test_a_count_below_an_image_folders_size_takes_every_class(tmp_path: Path) -
     assert torch.equal(some.x, again.x) and torch.equal(some.y, again.y)
 
 
+def test_a_one_channel_model_reads_an_image_folder_in_grayscale(tmp_path: Path, digits, workloads) -> None:
+    root = tmp_path / "digits"
+    for i, (x, y) in enumerate(zip(digits.x[:40], digits.y[:40])):
+        (root / str(int(y))).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((x[0].numpy() * 255).round().astype(np.uint8), mode="L").save(root / str(int(y)) / f"{i}.png")
+    wl = load_workload("sample:digits-cnn", str(root), input_size=8, normalize="none")
+    assert wl.data.x.shape[1:] == (1, 8, 8)
+    order = torch.tensor([int(name) for name in wl.data.class_names])[wl.data.y]
+    assert sorted(order.tolist()) == sorted(digits.y[:40].tolist())
+    accuracy = (workloads["digits-cnn"].model(wl.data.x).argmax(1) == order).float().mean()
+    assert accuracy > 0.9  # the same images, read back in grayscale
+    with pytest.raises(SpecError, match="cannot run on"):
+        load_workload("sample:digits-mlp", str(root), input_size=6, normalize="none")  # no fit either way
+
+
 def test_zip_of_an_image_folder_loads_like_the_folder_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
     import tempfile
 

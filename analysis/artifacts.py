@@ -62,6 +62,22 @@ def save(store: RunStore, kind: str, name: str, payload: object, run_id: int | N
     return store.save_artifact(kind, name, jsonable(payload), run_id=run_id)
 
 
+def replace_older(store: RunStore, kind: str, artifact_id: int) -> list[int]:
+    """Delete the artifacts of ``kind`` older than ``artifact_id`` with its name and workload, as the dashboard does
+    when it saves a schedule under a name it already has (a payload without a workload replaces nothing).
+    Returns the ids deleted."""
+    info, payload = store.get_artifact(artifact_id)
+    workload = workload_of(payload)
+    if workload is None:
+        return []
+    table = store.artifacts(kind=kind)
+    older = [int(i) for i, name in zip(table["id"], table["name"]) if name == info["name"] and int(i) < artifact_id]
+    gone = [i for i in older if workload_of(store.get_artifact(i)[1]) == workload]
+    for i in gone:
+        store.delete_artifact(i)
+    return gone
+
+
 def run_workload(store: RunStore, run_id: int | None) -> str | None:
     """The workload of a stored run (its weights and data hashes), or ``None`` when there is no such run."""
     if run_id is None:

@@ -107,8 +107,10 @@ def _store_artifact(kind: str, build: Callable, quiet: bool = False) -> None:
     with RunStore() as store:
         name, payload, run_id = build(store)
         artifact_id = artifacts.save(store, kind, name, payload, run_id)
+        replaced = artifacts.replace_older(store, kind, artifact_id) if kind == artifacts.SCHEDULE else []
     if not quiet:
-        print(f"stored as artifact {artifact_id} in {store.path}", file=sys.stderr)
+        note = f" (replacing the older schedule {name!r} of this model and data)" if replaced else ""
+        print(f"stored as artifact {artifact_id} in {store.path}{note}", file=sys.stderr)
 
 
 def _workload_id(workload) -> str:  # noqa: ANN001 - a Workload

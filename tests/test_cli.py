@@ -205,6 +205,11 @@ def test_schedule_diagnose_and_export_are_stored_like_the_dashboards(tmp_path, p
     assert got["meta"]["name"] == "half" and got["meta"]["run_id"] == run_id
     assert artifacts.workload_of(got) == workload  # the dashboard lists it with the workload's runs
     assert _artifacts("schedule")["run_id"].tolist() == [run_id]
+    r = run_cli("schedule", "--scan", scan, "--target-sparsity", "0.3", "--out", tmp_path / "other" / "half.json")
+    assert r.returncode == 0 and "replacing the older schedule 'half'" in r.stderr, r.stderr
+    assert _artifacts("schedule")["id"].tolist() == [_stored_id(r, "schedule")]  # one schedule of a name, as the page
+    r = run_cli("schedule", "--scan", scan, "--target-sparsity", "0.5", "--out", tmp_path / "half.json", "--quiet")
+    assert r.returncode == 0, r.stderr
 
     diag = tmp_path / "diag"
     r = run_cli("diagnose", *MLP, "--layer", "fc1,fc2", "--sparsity", "0.5", "--out", diag)

@@ -29,6 +29,7 @@ import math
 import re
 import types
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -218,20 +219,30 @@ def _torchvision(arch: str, weights: str | None) -> nn.Module:
     if weights is None:
         return torchvision.models.get_model(arch, weights=None)
     state = _read_state_dict(Path(weights))
-    num_classes = _guess_num_classes(state)
-    kwargs = {"num_classes": num_classes} if num_classes else {}
+    kwargs = {}
     if arch.startswith(("googlenet", "inception")):
         kwargs["aux_logits"] = any("aux" in k for k in state)
         kwargs["init_weights"] = False
+    num_classes = _guess_num_classes(torchvision.models.get_model, arch, kwargs, state)
+    if num_classes:
+        kwargs["num_classes"] = num_classes
     model = torchvision.models.get_model(arch, weights=None, **kwargs)
     return _load_state(model, state, weights)
 
 
-def _guess_num_classes(state: dict[str, torch.Tensor]) -> int | None:
-    """The output size of the last weight of a Linear or Conv layer (dim >= 2; auxiliary heads left out): the
-    classifier of a torchvision model, a 1x1 convolution in SqueezeNet's case."""
-    last = [v for k, v in state.items() if k.endswith("weight") and v.dim() >= 2 and "aux" not in k]
-    return int(last[-1].shape[0]) if last else None
+def _guess_num_classes(build: Callable[..., nn.Module], arch: str, kwargs: dict,
+                       state: dict[str, torch.Tensor]) -> int | None:
+    """The class count of the weights in ``state``: the output size of the architecture's classifier, its last
+    Linear or Conv weight (auxiliary heads left out; a 1x1 convolution in SqueezeNet's case), found in the
+    architecture's own order, not the file's (safetensors sorts its keys). The architecture is built on the meta
+    device: no memory, no initialisation."""
+    with torch.device("meta"):
+        own = build(arch, weights=None, **kwargs).state_dict()
+    last = [k for k, v in own.items() if k.endswith("weight") and v.dim() >= 2 and "aux" not in k]
+    if not last:
+        return None
+    found = [v for k, v in state.items() if k == last[-1] or k.endswith("." + last[-1])]
+    return int(found[0].shape[0]) if found and found[0].dim() >= 2 else None
 
 
 def _from_python_file(path: Path, factory: str, weights: str | None) -> nn.Module:

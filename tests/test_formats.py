@@ -436,14 +436,22 @@ def test_an_equals_sign_without_weights_is_an_error(spec: str, files) -> None:
         load_model(spec.format(py=files["py"]))
 
 
-@pytest.mark.parametrize("arch", ["squeezenet1_0", "mobilenet_v2", "googlenet"])
-def test_torchvision_class_count_from_conv_and_linear_classifiers(arch: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("arch, suffix", [("squeezenet1_0", ".pth"), ("squeezenet1_0", ".safetensors"),
+                                          ("mobilenet_v2", ".pth"), ("resnet18", ".safetensors"),
+                                          ("googlenet", ".pth")])
+def test_torchvision_class_count_from_conv_and_linear_classifiers(arch: str, suffix: str, tmp_path: Path) -> None:
+    """The classifier is found in the architecture's order: safetensors files list their keys sorted."""
     import torchvision
+    from safetensors.torch import save_file
 
     extra = {"aux_logits": False, "init_weights": False} if arch == "googlenet" else {}
     source = torchvision.models.get_model(arch, weights=None, num_classes=10, **extra).eval()
-    torch.save(source.state_dict(), tmp_path / "w.pth")
-    model = load_model(f"torchvision:{arch}={tmp_path / 'w.pth'}")
+    path = tmp_path / f"w{suffix}"
+    if suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    else:
+        torch.save(source.state_dict(), path)
+    model = load_model(f"torchvision:{arch}={path}")
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert model(x).shape == (1, 10)

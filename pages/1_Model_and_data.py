@@ -71,7 +71,8 @@ with right:
 for error in (model_error, data_error):
     if error:
         st.error(error)
-if st.button("Use this model and data", type="primary", disabled=not (model_spec and data_spec)):
+refused = bool(model_error or data_error)  # a refused weights upload must not fall back to random weights
+if st.button("Use this model and data", type="primary", disabled=refused or not (model_spec and data_spec)):
     chosen = common.WorkloadSpec(model_spec, data_spec, int(count) or None, int(input_size))
     try:
         common.try_workload(chosen)

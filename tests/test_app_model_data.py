@@ -9,7 +9,8 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from app_support import app, assert_clean, plotly_specs, texts
+from app_support import ROOT, app, assert_clean, plotly_specs, texts
+from streamlit.testing.v1 import AppTest
 
 from analysis import samples
 from analysis.layers import find_layers
@@ -233,3 +234,46 @@ def test_random_data_with_a_bad_shape_is_a_readable_error():
     at = _use(at.run())
     assert_clean(at)
     assert "random:3x32x32" in texts(at.error)
+
+
+def test_a_refused_weights_upload_keeps_the_button_off():
+    """A refused weights file must not fall back to the architecture's random weights."""
+    at = _pick(app("model"), "torchvision architecture", "Random inputs (no labels)")
+    at.file_uploader[0].upload("weights.pth", b"hello, I am not a state dict\n")
+    at = at.run()
+    assert_clean(at)
+    assert texts(at.error) and at.button[0].disabled
+
+
+def test_the_workload_survives_a_reload_through_the_page_address():
+    at = _pick(app("model"), "torchvision architecture", "Random inputs (no labels)")
+    at.selectbox[0].set_value("squeezenet1_1")
+    at.text_input[0].set_value("3x32x32")
+    at.number_input[0].set_value(8)
+    at = _use(at.run())
+    chosen = at.session_state["workload"]
+    address = {k: at.query_params[k] for k in ("model", "data", "count", "size")}
+    assert address == {"model": "torchvision:squeezenet1_1", "data": "random:3x32x32", "count": "8", "size": "224"}
+    reloaded = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)  # a new session, the same address
+    for key, value in address.items():
+        reloaded.query_params[key] = value
+    reloaded.switch_page("pages/2_Sensitivity.py")
+    reloaded = reloaded.run()
+    assert_clean(reloaded)
+    assert reloaded.session_state["workload"] == chosen
+
+
+def test_a_page_address_names_only_what_the_pages_offer(tmp_path, monkeypatch):
+    from ui.common import spec_from_address
+
+    monkeypatch.setenv("PRUNESCOPE_HOME", str(tmp_path))
+    (tmp_path / "uploads" / "abc").mkdir(parents=True)
+    (tmp_path / "uploads" / "abc" / "upload.pt").write_bytes(b"x")
+    ok = spec_from_address({"model": "torchvision:resnet18=uploaded:abc/upload.pt", "data": "random:3x8x8",
+                            "count": "4", "size": "32"})
+    assert ok == WorkloadSpec(f"torchvision:resnet18={tmp_path / 'uploads' / 'abc' / 'upload.pt'}", "random:3x8x8",
+                              4, 32)
+    for model in ("/etc/passwd", "uploaded:../../etc/passwd", "uploaded:abc/missing.pt", "model.py:build",
+                  "torchvision:resnet18=/etc/passwd"):
+        assert spec_from_address({"model": model, "data": "sample:digits"}) is None, model
+    assert spec_from_address({"model": "sample:digits-cnn", "data": "sample:digits", "count": "-1"}) is None

@@ -53,15 +53,58 @@ def _short_spec(spec: str) -> str:
 
 
 def current_spec() -> WorkloadSpec:
+    """The workload on show: this session's pick, else the one in the page's address (a reload or a shared link
+    keeps it), else the bundled sample. The address is kept up to date on every page."""
     if "workload" not in st.session_state:
-        st.session_state["workload"] = WorkloadSpec()
-    return st.session_state["workload"]
+        st.session_state["workload"] = spec_from_address(dict(st.query_params)) or WorkloadSpec()
+    spec = st.session_state["workload"]
+    _to_address(spec)
+    return spec
 
 
 def set_spec(spec: WorkloadSpec) -> None:
     if st.session_state.get("workload") != spec:
         st.session_state["workload"] = spec
         st.session_state.pop("run_id", None)
+    _to_address(spec)
+
+
+def _to_address(spec: WorkloadSpec) -> None:
+    wanted = {} if spec == WorkloadSpec() else {
+        "model": _short_spec(spec.model), "data": _short_spec(spec.data), "count": str(spec.count or 0),
+        "size": str(spec.input_size)}
+    if {k: st.query_params.get(k) for k in ("model", "data", "count", "size") if k in st.query_params} != wanted:
+        for key in ("model", "data", "count", "size"):
+            st.query_params.pop(key, None)
+        st.query_params.update(wanted)
+
+
+def spec_from_address(params: dict[str, str]) -> WorkloadSpec | None:
+    """The workload a page address names, or ``None``. Only what the pages themselves offer is taken: bundled
+    samples and digits, torchvision architectures, random inputs, and files uploaded to this server (named
+    ``uploaded:FOLDER/FILE``); never another path on the server."""
+    try:
+        model, data = _allowed(params["model"]), _allowed(params["data"])
+        count, size = int(params.get("count", "0")), int(params.get("size", "224"))
+    except (KeyError, ValueError):
+        return None
+    if model is None or data is None or count < 0 or not 8 <= size <= 1024:
+        return None
+    return WorkloadSpec(model, data, count or None, size)
+
+
+def _allowed(spec: str) -> str | None:
+    base, _, weights = spec.partition("=") if spec.startswith("torchvision:") else (spec, "", "")
+    if base.startswith(("sample:", "torchvision:", "random:")) and not weights:
+        return spec
+    upload = weights or base
+    if not upload.startswith("uploaded:"):
+        return None
+    root = (prunescope_home() / "uploads").resolve()
+    path = (root / upload.removeprefix("uploaded:")).resolve()
+    if not path.is_relative_to(root) or not path.exists() or path == root:
+        return None
+    return f"{base}={path}" if weights else str(path)
 
 
 @st.cache_resource(show_spinner="Loading the model and data ...", max_entries=4)

@@ -46,12 +46,19 @@ class Upload:
     name: str
 
 
+_KIND_WORDS = {"unknown": "none of the formats Prunescope reads (text, or another program's file?)",
+               "torch-save": "a torch.save file", "npz": "a NumPy .npz archive", "images-zip": "a zip of images",
+               "torchscript": "a TorchScript model", "export": "a torch.export program", "onnx": "an ONNX model",
+               "safetensors": "a safetensors file"}
+
+
 def _zip_names(data_path: Path) -> list[str]:
     try:
         with zipfile.ZipFile(data_path) as z:
             return z.namelist()
     except (zipfile.BadZipFile, OSError):
-        raise UploadError("the file looks like a zip archive but is damaged or truncated") from None
+        raise UploadError("the file looks like a zip archive (a TorchScript, .pt2, torch.save or image archive) but "
+                          "is damaged or truncated: upload it again, whole") from None
 
 
 def zip_kind(names: list[str]) -> str:
@@ -166,15 +173,20 @@ def received(data: bytes, filename: str, role: str, max_bytes: int | None = None
     try:
         raw = folder / "upload.bin"
         raw.write_bytes(data)
-        kind = sniff(raw)
+        try:
+            kind = sniff(raw)
+        except UploadError as exc:
+            raise UploadError(f"{name}: {exc}") from None
         allowed = MODEL_KINDS if role == "model" else DATA_KINDS
         if kind == "pickle":
+            instead = ("Export the model as ONNX, TorchScript, torch.export (.pt2) or safetensors" if role == "model"
+                       else "Save the tensors with torch.save({'x': x, 'y': y}, path) or numpy.savez")
             raise UploadError(f"{name} is a pickle stream; unpickling runs code, so uploads never accept it. "
-                              "Export the model as ONNX, TorchScript, torch.export (.pt2) or safetensors")
+                              + instead)
         if kind not in allowed:
             what = "a model (ONNX, TorchScript, .pt2, safetensors or a state dict)" if role == "model" else \
                 "data (a .pt/.npz tensor file or a .zip of an image folder)"
-            raise UploadError(f"{name} is not {what}; its content reads as {kind}")
+            raise UploadError(f"{name} is not {what}; its content reads as {_KIND_WORDS.get(kind, kind)}")
         if kind == "images-zip":
             path = safe_extract(raw, folder / "images", max_bytes=limit)
             raw.unlink()

@@ -64,8 +64,11 @@ def test_pickles_are_refused_and_never_unpickled(model_bytes, tmp_path: Path) ->
             return (Path.touch, (marker,))
 
     payload = pickle.dumps(Boom())
-    with pytest.raises(UploadError, match="pickle stream; unpickling runs code"):
+    with pytest.raises(UploadError, match="pickle stream; unpickling runs code.*Export the model"):
         with received(payload, "model.pkl", "model"):
+            pass
+    with pytest.raises(UploadError, match="pickle stream; unpickling runs code.*torch.save.*numpy.savez"):
+        with received(payload, "data.pkl", "data"):
             pass
     assert not marker.exists()
     with received(model_bytes["pickled-module"], "model.pt", "model") as up:
@@ -81,10 +84,10 @@ def test_size_limit_empty_and_wrong_role(model_bytes) -> None:
     with pytest.raises(UploadError, match="is empty"):
         with received(b"", "x.onnx", "model"):
             pass
-    with pytest.raises(UploadError, match="not data .*reads as onnx"):
+    with pytest.raises(UploadError, match="not data .*reads as an ONNX model"):
         with received(model_bytes["onnx"], "data.npz", "data"):
             pass
-    with pytest.raises(UploadError, match="not a model .*reads as unknown"):
+    with pytest.raises(UploadError, match="not a model .*reads as none of the formats"):
         with received(b"just some text", "../../etc/model.onnx", "model"):
             pass
 

@@ -156,7 +156,7 @@ def try_workload(spec: WorkloadSpec) -> tuple[Workload, list[Layer]]:
 
 def load_error(exc: Exception) -> str:
     """A readable one-line reason: the engine's own message for input errors, the type too for anything else."""
-    text = " ".join(str(exc).split())[:400]
+    text = _short_spec(" ".join(str(exc).split()))[:400]  # uploads named as on the page, not by server path
     return text if isinstance(exc, (SpecError, ValueError)) else f"{type(exc).__name__}: {text}"
 
 

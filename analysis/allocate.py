@@ -381,7 +381,7 @@ def scan_setting(scan_dir: str, need_weights: bool = False, model_spec: str | No
     (``global``, ``lamp``) or the granularity is ``channel`` (the channel graph)."""
     from analysis import criteria
     from analysis.layers import find_layers
-    from analysis.sources import load_data, load_model
+    from analysis.sources import image_channels, load_data, load_model
 
     profile = SensitivityProfile.load(scan_dir)
     meta = profile.meta
@@ -404,10 +404,9 @@ def scan_setting(scan_dir: str, need_weights: bool = False, model_spec: str | No
     stats = None
     criterion = meta.get("criterion", "magnitude")
     if gran.kind == "channel" and criterion in criteria.CALIBRATED:
-        shape = meta.get("input_shape") or []
-        image = len(shape) == 3 and shape[0] in (1, 3) and shape[1] == shape[2]  # as an image folder was read
-        data = load_data(meta["data"], count=meta.get("samples"), input_size=shape[1] if image else 224,
-                         channels=shape[0] if image else None)
+        channels = image_channels(shape)  # an image folder is read again as the scan read it
+        data = load_data(meta["data"], count=meta.get("samples"), input_size=shape[1] if channels else 224,
+                         channels=channels)
         calib = min(len(data), meta.get("config", {}).get("calib_samples", 256))
         stats = criteria.collect_stats(model, layers, data.x[:calib], None if data.y is None else data.y[:calib],
                                        criterion)

@@ -453,7 +453,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     calib_x = None
     if args.calib_data:
         calib = load_data(args.calib_data, input_size=args.input_size, normalize=args.normalize,
-                          channels=image_channels(workload))
+                          channels=image_channels(workload.input_shape))
         if tuple(calib.x.shape[1:]) != tuple(workload.data.x.shape[1:]):
             raise UsageError(f"--calib-data {args.calib_data} has inputs of shape {list(calib.x.shape[1:])}, "
                              f"the eval data {list(workload.data.x.shape[1:])}")
@@ -729,7 +729,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     train = None
     if args.train_data:
         train = load_data(args.train_data, input_size=args.input_size, normalize=args.normalize,
-                          channels=image_channels(workload))
+                          channels=image_channels(workload.input_shape))
     if args.bn_recalibrate and not _has_batchnorm(workload.model):
         print(f"prunescope: note: {workload.model_spec} has no BatchNorm layers; --bn-recalibrate does not apply",
               file=sys.stderr)
@@ -870,7 +870,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     train = None
     if args.train_data:
         train = load_data(args.train_data, input_size=args.input_size, normalize=args.normalize,
-                          channels=image_channels(workload))
+                          channels=image_channels(workload.input_shape))
     bar = tqdm(total=args.finetune_steps, unit="step", disable=args.quiet or not sys.stderr.isatty() or
                not args.finetune_steps, file=sys.stderr)
 

@@ -617,10 +617,12 @@ def load_workload(model_spec: str, data_spec: str, count: int | None = None, inp
     return Workload(model, data, model_spec, num_classes, tuple(data.x.shape[1:]), code_fp=code_fingerprint(model_spec))
 
 
-def image_channels(workload: Workload) -> int | None:
-    """The channels a workload's images were read with (1: grayscale), for reading more images the same way
-    (calibration or training folders); ``None`` when its inputs are not images."""
-    return workload.input_shape[0] if len(workload.input_shape) == 3 and workload.input_shape[0] in (1, 3) else None
+def image_channels(input_shape: tuple[int, ...] | list[int]) -> int | None:
+    """The channels images of this input shape were read with (1: grayscale), for reading more images the same
+    way (calibration or training folders, a scan's eval set again); ``None`` when the inputs are not square
+    images, as an image folder gives them."""
+    shape = tuple(input_shape)
+    return shape[0] if len(shape) == 3 and shape[0] in (1, 3) and shape[1] == shape[2] else None
 
 
 def _colour_images(data: EvalData, spec: str) -> bool:

@@ -61,12 +61,16 @@ def test_picking_another_sample_switches_the_workload():
     assert "digits-mlp" in texts(at.success)
 
 
-def test_torchvision_on_random_inputs_with_a_count():
+def _squeezenet_on_eight_random_inputs():  # noqa: ANN202 - AppTest
     at = _pick(app("model"), "torchvision architecture", "Random inputs (no labels)")
     at.selectbox[0].set_value("squeezenet1_1")
     at.text_input[0].set_value("3x32x32")
     at.number_input[0].set_value(8)
-    at = _use(at.run())
+    return _use(at.run())
+
+
+def test_torchvision_on_random_inputs_with_a_count():
+    at = _squeezenet_on_eight_random_inputs()
     assert_clean(at)
     spec = at.session_state["workload"]
     assert (spec.model, spec.data, spec.count) == ("torchvision:squeezenet1_1", "random:3x32x32", 8)
@@ -246,11 +250,7 @@ def test_a_refused_weights_upload_keeps_the_button_off():
 
 
 def test_the_workload_survives_a_reload_through_the_page_address():
-    at = _pick(app("model"), "torchvision architecture", "Random inputs (no labels)")
-    at.selectbox[0].set_value("squeezenet1_1")
-    at.text_input[0].set_value("3x32x32")
-    at.number_input[0].set_value(8)
-    at = _use(at.run())
+    at = _squeezenet_on_eight_random_inputs()
     chosen = at.session_state["workload"]
     address = {k: at.query_params[k] for k in ("model", "data", "count", "size")}
     assert address == {"model": "torchvision:squeezenet1_1", "data": "random:3x32x32", "count": "8", "size": "224"}

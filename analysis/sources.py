@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from analysis import samples
-from analysis.uploads import zip_kind
+from analysis.uploads import kind_words, zip_kind
 
 
 class SpecError(ValueError):
@@ -122,7 +122,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raise SpecError(f"{path} is not a readable safetensors file: {_short(exc)}") from None
     if kind not in ("torch-save", "pickle"):
         raise SpecError(f"{path} is not a state-dict file (torch.save or .safetensors); its content is "
-                        f"{_kind_words(kind)}. Save the weights with torch.save(model.state_dict(), path)")
+                        f"{kind_words(kind)}. Save the weights with torch.save(model.state_dict(), path)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
@@ -200,13 +200,6 @@ def _sniff(path: Path) -> str:
         return sniff(path)
     except UploadError:
         return "damaged-zip"
-
-
-def _kind_words(kind: str) -> str:
-    return {"onnx": "an ONNX model", "torchscript": "a TorchScript model", "export": "a torch.export program",
-            "safetensors": "a safetensors file", "npz": "a numpy .npz archive", "images-zip": "a zip of images",
-            "damaged-zip": "a damaged zip archive", "torch-save": "a torch.save file",
-            "pickle": "a pickle stream"}.get(kind, "text or an unknown format")
 
 
 def _torchvision(arch: str, weights: str | None) -> nn.Module:
@@ -402,7 +395,7 @@ def _from_tensor_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise SpecError(f"data {path} is a zip archive that holds no images: expected {DATA_FORMATS} "
                         "(one sub-folder per class, e.g. cat/001.png)")
     if kind not in ("npz", "torch-save", "pickle"):
-        raise SpecError(f"data {path} is not a torch.save or .npz file (its content is {_kind_words(kind)}); "
+        raise SpecError(f"data {path} is not a torch.save or .npz file (its content is {kind_words(kind)}); "
                         f"expected {DATA_FORMATS}")
     try:
         if kind == "npz":

@@ -46,10 +46,14 @@ class Upload:
     name: str
 
 
-_KIND_WORDS = {"unknown": "none of the formats Prunescope reads (text, or another program's file?)",
-               "torch-save": "a torch.save file", "npz": "a NumPy .npz archive", "images-zip": "a zip of images",
-               "torchscript": "a TorchScript model", "export": "a torch.export program", "onnx": "an ONNX model",
-               "safetensors": "a safetensors file"}
+KIND_WORDS = {"onnx": "an ONNX model", "torchscript": "a TorchScript model", "export": "a torch.export program",
+              "safetensors": "a safetensors file", "npz": "a numpy .npz archive", "images-zip": "a zip of images",
+              "damaged-zip": "a damaged zip archive", "torch-save": "a torch.save file", "pickle": "a pickle stream"}
+
+
+def kind_words(kind: str) -> str:
+    """A ``sniff`` kind in words, for messages."""
+    return KIND_WORDS.get(kind, "text or an unknown format")
 
 
 def _zip_names(data_path: Path) -> list[str]:
@@ -186,7 +190,7 @@ def received(data: bytes, filename: str, role: str, max_bytes: int | None = None
         if kind not in allowed:
             what = "a model (ONNX, TorchScript, .pt2, safetensors or a state dict)" if role == "model" else \
                 "data (a .pt/.npz tensor file or a .zip of an image folder)"
-            raise UploadError(f"{name} is not {what}; its content reads as {_KIND_WORDS.get(kind, kind)}")
+            raise UploadError(f"{name} is not {what}; its content reads as {kind_words(kind)}")
         if kind == "images-zip":
             path = safe_extract(raw, folder / "images", max_bytes=limit)
             raw.unlink()

@@ -130,7 +130,7 @@ def test_bad_model_uploads_are_refused_without_running_them(tmp_path, content):
     assert_clean(at)
     message = texts(at.error)
     assert {"pickle": "never unpickled", "junk": "is not a model", "empty": "is empty",
-            "numpy": "its content reads as a NumPy .npz archive"}[content] in message
+            "numpy": "its content reads as a numpy .npz archive"}[content] in message
     assert at.button[0].disabled, "a refused upload cannot be used"
     assert not marker.exists(), "the upload was unpickled"
     assert at.session_state["workload"] == WorkloadSpec()

@@ -87,7 +87,7 @@ def test_size_limit_empty_and_wrong_role(model_bytes) -> None:
     with pytest.raises(UploadError, match="not data .*reads as an ONNX model"):
         with received(model_bytes["onnx"], "data.npz", "data"):
             pass
-    with pytest.raises(UploadError, match="not a model .*reads as none of the formats"):
+    with pytest.raises(UploadError, match="not a model .*reads as text or an unknown format"):
         with received(b"just some text", "../../etc/model.onnx", "model"):
             pass
 

@@ -97,7 +97,7 @@ def _find_weights(graph, inits: dict[str, np.ndarray]) -> list[tuple[str, str, b
     return list(found.values())
 
 
-_OPAQUE = re.compile(r"^onnx::|^val_\d+$|::")
+_OPAQUE = re.compile(r"::|^val_\d+$")  # onnx::Conv_62, val_14: names the exporter made up
 
 
 def _module_path(node) -> str:  # noqa: ANN001 - onnx.NodeProto

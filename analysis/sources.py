@@ -597,16 +597,10 @@ def load_workload(model_spec: str, data_spec: str, count: int | None = None, inp
     try:
         num_classes = check_fit(model, data, model_spec)
     except SpecError:
-        if not _colour_images(data, data_spec):
+        fitted = _grayscale_fit(model, model_spec, data, data_spec, count, input_size, normalize)
+        if fitted is None:
             raise
-        gray = load_data(data_spec, count=count, input_size=input_size, normalize=normalize, channels=1)
-        try:  # a one-channel model (MNIST-like) on a folder of images: they are read in grayscale
-            num_classes = check_fit(model, gray, model_spec)
-        except SpecError:
-            gray = None
-        if gray is None:
-            raise
-        data = gray
+        data, num_classes = fitted
     return Workload(model, data, model_spec, num_classes, tuple(data.x.shape[1:]), code_fp=code_fingerprint(model_spec))
 
 
@@ -618,11 +612,19 @@ def image_channels(input_shape: tuple[int, ...] | list[int]) -> int | None:
     return shape[0] if len(shape) == 3 and shape[0] in (1, 3) and shape[1] == shape[2] else None
 
 
-def _colour_images(data: EvalData, spec: str) -> bool:
-    """Whether ``data`` are images read in colour from a folder or a zip of one."""
-    path = Path(spec)
-    return data.x.dim() == 4 and data.x.shape[1] == 3 and path.exists() and (
-        path.is_dir() or _is_zip_of_images(path))
+def _grayscale_fit(model: nn.Module, model_spec: str, data: EvalData, data_spec: str, count: int | None,
+                   input_size: int, normalize: str) -> tuple[EvalData, int] | None:
+    """A one-channel model (MNIST-like) on a folder of colour images: the images read in grayscale and the
+    class count, or ``None`` when the data are not such images or the model does not take them either."""
+    path = Path(data_spec)
+    if not (data.x.dim() == 4 and data.x.shape[1] == 3 and path.exists()
+            and (path.is_dir() or _is_zip_of_images(path))):
+        return None
+    gray = load_data(data_spec, count=count, input_size=input_size, normalize=normalize, channels=1)
+    try:
+        return gray, check_fit(model, gray, model_spec)
+    except SpecError:
+        return None
 
 
 def code_fingerprint(spec: str) -> str:

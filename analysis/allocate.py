@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 
 from analysis import masks
 from analysis.layers import Layer
@@ -376,9 +377,11 @@ class ScanSetting:
     model_spec: str | None
 
 
-def scan_setting(scan_dir: str, need_weights: bool = False, model_spec: str | None = None) -> ScanSetting:
-    """Load a scan folder; load its model too (from ``scan.json``, or ``model_spec``) when weights are needed
-    (``global``, ``lamp``) or the granularity is ``channel`` (the channel graph)."""
+def scan_setting(scan_dir: str, need_weights: bool = False, model_spec: str | None = None,
+                 trust_code: bool = False, model: nn.Module | None = None) -> ScanSetting:
+    """Load a scan folder; when weights are needed (``global``, ``lamp``) or the granularity is ``channel`` (the
+    channel graph), take ``model`` or load it (from ``scan.json``, or ``model_spec``; ``trust_code`` as for
+    ``load_model``: a scan folder may come from someone else)."""
     from analysis import criteria
     from analysis.layers import find_layers
     from analysis.sources import image_channels, load_data, load_model
@@ -393,9 +396,10 @@ def scan_setting(scan_dir: str, need_weights: bool = False, model_spec: str | No
         if not layers:
             raise ScheduleError(f"{scan_dir}/scan.json lists no layers")
         return ScanSetting(profile, layers, Accountant(layers), None, spec)
-    if not spec:
+    if model is None and not spec:
         raise ScheduleError(f"{scan_dir}/scan.json does not name its model; pass --model")
-    model = load_model(spec)
+    if model is None:
+        model = load_model(spec, trust_code=trust_code)
     shape = meta.get("input_shape")
     if not shape:
         raise ScheduleError(f"{scan_dir}/scan.json lacks input_shape; it cannot trace the model")
@@ -418,11 +422,12 @@ def scan_setting(scan_dir: str, need_weights: bool = False, model_spec: str | No
 
 def schedule_from_scan(scan_dir: str, method: str, target_kind: str, target_value: str | float,
                        bounds: Bounds | None = None, metric: str | None = None,
-                       model_spec: str | None = None) -> Schedule:
+                       model_spec: str | None = None, trust_code: bool = False) -> Schedule:
     """The schedule ``method`` makes for a scan folder; it inherits the scan's criterion and granularity."""
     if method not in METHODS:
         raise ScheduleError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    setting = scan_setting(scan_dir, need_weights=method in ("global", "lamp"), model_spec=model_spec)
+    setting = scan_setting(scan_dir, need_weights=method in ("global", "lamp"), model_spec=model_spec,
+                           trust_code=trust_code)
     total = setting.accountant.flops if target_kind == "flops" else setting.accountant.weights
     target = parse_target(target_kind, target_value, total)
     meta = setting.profile.meta

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from torch import nn
 
 from analysis.allocate import METHODS, Target, allocate, scan_setting
 from analysis.batchnorm import has_batchnorm
@@ -109,13 +110,14 @@ def parse_methods(text: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def build_schedules(scan_dir: str | Path, targets: Sequence[float], methods: Sequence[str],
-                    model_spec: str | None = None, metric: str | None = None) -> list[tuple[str, float, Schedule]]:
+                    model_spec: str | None = None, metric: str | None = None,
+                    model: nn.Module | None = None) -> list[tuple[str, float, Schedule]]:
     """``(method, target, schedule)`` for every method and target, from the scan's profile.
 
     Every method may prune only the layers the scan measured, so that every schedule can be predicted.
     """
     setting = scan_setting(str(scan_dir), need_weights=any(m in ("global", "lamp") for m in methods),
-                           model_spec=model_spec)
+                           model_spec=model_spec, model=model)
     meta = setting.profile.meta
     out = []
     for method in methods:
@@ -172,7 +174,8 @@ def calibrate(scan_dir: str | Path, workload: Workload, *, targets: Sequence[flo
     predictor = Predictor(profile, metric, stage=stage)
     calib_samples = (profile.meta.get("config") or {}).get("calib_samples", 256)
     samples, dense = [], None
-    for method, target, schedule in build_schedules(scan_dir, targets, methods, model_spec, predictor.metric):
+    for method, target, schedule in build_schedules(scan_dir, targets, methods, model_spec, predictor.metric,
+                                                      workload.model):
         m = measure_schedule(workload, schedule, bn_recalibrate=bn_recalibrate, train=train,
                              batch_size=batch_size, calib_samples=calib_samples,
                              device=device, seed=seed)

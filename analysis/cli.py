@@ -52,8 +52,13 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--input-size", type=int, default=224, metavar="PX", help="image folders: resize and crop to PX")
     g.add_argument("--normalize", choices=("imagenet", "none"), default="imagenet",
                    help="image folders: normalisation after scaling to [0, 1] (default imagenet)")
-    g.add_argument("--trust-pickle", action="store_true",
-                   help="allow a fully pickled nn.Module (unpickling runs code from the file)")
+    _add_trust_arg(g)
+
+
+def _add_trust_arg(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--trust-code", "--trust-pickle", dest="trust_code", action="store_true",
+                   help="allow models that are programs: model.py:factory, TorchScript, .pt2 or a pickled nn.Module "
+                        "(loading them runs code from the file; state dicts, safetensors and ONNX never do)")
 
 
 def _add_pruning_args(p: argparse.ArgumentParser) -> None:
@@ -87,7 +92,7 @@ def _load_workload(args: argparse.Namespace):  # noqa: ANN202
     from analysis.sources import load_workload
 
     return load_workload(args.model, args.data, count=args.count, input_size=args.input_size,
-                         normalize=args.normalize, trust_pickle=args.trust_pickle)
+                         normalize=args.normalize, trust_code=args.trust_code)
 
 
 def _add_store_arg(p: argparse.ArgumentParser, what: str) -> None:
@@ -237,18 +242,12 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             bar.set_postfix_str(p.layer)
             bar.update(p.done - bar.n)
 
-        finished = set(resumed.done) if resumed else set()
-
-        def on_result(result) -> None:  # noqa: ANN001 - LayerResult
-            writer(result)
-            finished.add(result.layer)
-
         try:
             profile = run_scan(workload, config, backend, done=resumed.done if resumed else None,
-                               on_result=on_result if writer else None, progress=on_progress, context=ctx)
+                               on_result=writer or None, progress=on_progress, context=ctx)
         except BaseException as exc:
             if writer:
-                setattr(exc, KEPT_LAYERS, len(finished))
+                setattr(exc, KEPT_LAYERS, writer.committed_layers())
             raise
         bar.close()
         if writer:
@@ -546,7 +545,7 @@ def _export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="use the first N samples (image folders: N spread over the classes, seeded)")
     g.add_argument("--input-size", type=int, default=224, metavar="PX", help="image folders: resize and crop to PX")
     g.add_argument("--normalize", choices=("imagenet", "none"), default="imagenet", help="image folders: normalisation")
-    g.add_argument("--trust-pickle", action="store_true", help="allow a fully pickled nn.Module")
+    _add_trust_arg(g)
     g = p.add_argument_group("export")
     g.add_argument("--schedule", required=True, type=Path, metavar="FILE.json", help="the schedule to apply (JSON/YAML)")
     g.add_argument("--shrink", action="store_true",
@@ -611,6 +610,7 @@ def _schedule_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--keep-dense", type=_name_list, default=(), metavar="NAME,...", help="layers never pruned")
     p.add_argument("--model", default=None, metavar="M",
                    help="the scanned model, where scan.json's model spec no longer loads (global, lamp, channel)")
+    _add_trust_arg(p)
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help="schedule file (.json, or .yaml/.yml)")
     p.add_argument("--name", default=None, metavar="NAME",
                    help="the schedule's name in the run store (default: the --out file's name without its suffix)")
@@ -631,7 +631,8 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
                                            ("flops", args.target_flops)) if v is not None)
     default, per_layer = args.max_sparsity
     bounds = Bounds(default, per_layer, tuple(args.keep_dense))
-    schedule = schedule_from_scan(str(args.scan), args.method, kind, value, bounds, args.metric, args.model)
+    schedule = schedule_from_scan(str(args.scan), args.method, kind, value, bounds, args.metric, args.model,
+                                  trust_code=args.trust_code)
     predictor = Predictor.from_scan(args.scan, args.metric if args.metric in ("accuracy", "agreement") else None)
     unmeasured = predictor.unmeasured(schedule)
     if unmeasured:
@@ -688,7 +689,7 @@ def _calibrate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="use the first N samples (default: as many as the scan used)")
     g.add_argument("--input-size", type=int, default=224, metavar="PX", help="image folders: resize and crop to PX")
     g.add_argument("--normalize", choices=("imagenet", "none"), default="imagenet", help="image folders: normalisation")
-    g.add_argument("--trust-pickle", action="store_true", help="allow a fully pickled nn.Module")
+    _add_trust_arg(g)
     g = p.add_argument_group("calibration")
     targets = ",".join(f"{t:g}" for t in DEFAULT_TARGETS)
     g.add_argument("--targets", default=targets, metavar="T,T,...",
@@ -725,7 +726,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                          f"--{'model' if not model else 'data'}")
     count = args.count if args.count is not None else (meta.get("samples") if data == meta.get("data") else None)
     workload = load_workload(model, data, count=count, input_size=args.input_size, normalize=args.normalize,
-                             trust_pickle=args.trust_pickle)
+                             trust_code=args.trust_code)
     train = None
     if args.train_data:
         train = load_data(args.train_data, input_size=args.input_size, normalize=args.normalize,
@@ -809,7 +810,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"--shrink removes whole channels and needs channel granularity; {args.schedule} has "
                          f"{schedule.granularity}. Export it masked (without --shrink)")
     workload = load_workload(args.model, data, count=args.count, input_size=args.input_size,
-                             normalize=args.normalize, trust_pickle=args.trust_pickle)
+                             normalize=args.normalize, trust_code=args.trust_code)
     workload_id = None if args.no_store else _workload_id(workload)
     try:
         report = export(workload.model, schedule, workload.data, args.out, shrink_channels=args.shrink,
@@ -981,6 +982,9 @@ def _dashboard_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--port", type=_port, default=8501, help="the port to serve on (default 8501)")
     p.add_argument("--address", default="127.0.0.1",
                    help="the address to bind (default 127.0.0.1: only this machine can connect)")
+    p.add_argument("--allow-code-uploads", action="store_true",
+                   help="take TorchScript and .pt2 model uploads too: they are programs, and running them runs code "
+                        "from the uploaded file with this server's rights (default: ONNX and state dicts only)")
     p.add_argument("streamlit_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
 
@@ -999,8 +1003,14 @@ def dashboard_command(port: int = 8501, address: str = "127.0.0.1", extra: list[
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     import os
 
+    from analysis.uploads import CODE_UPLOADS_ENV
+
     command = dashboard_command(args.port, args.address, args.streamlit_args)
     print(f"prunescope dashboard on http://{args.address}:{args.port}", file=sys.stderr, flush=True)
+    if args.allow_code_uploads:
+        os.environ[CODE_UPLOADS_ENV] = "1"
+        print("prunescope: warning: TorchScript and .pt2 uploads are taken; they run code from the uploaded file",
+              file=sys.stderr, flush=True)
     os.chdir(Path(command[4]).parent)
     os.execv(sys.executable, command)
     return 0  # not reached: streamlit replaces this process

@@ -3,13 +3,14 @@
 Model specs
     ``sample:NAME``                      a bundled sample (``sample_models/``)
     ``torchvision:ARCH[=weights]``       a torchvision architecture, random init or a state dict
-    ``file.py:factory[=weights]``        your own code builds the model; weights are a state dict
-    ``model.pt`` / ``model.ts``          TorchScript
-    ``model.pt2``                        a ``torch.export`` program
     ``model.onnx``                       an ONNX graph, run in ONNX Runtime (``analysis.onnx_model``)
-    ``model.pt`` (pickled nn.Module)     only with ``trust_pickle=True``: unpickling runs code
+    ``file.py:factory[=weights]``        your own code builds the model; weights are a state dict (a program)
+    ``model.pt`` / ``model.ts``          TorchScript (a program)
+    ``model.pt2``                        a ``torch.export`` program (a program; its archive is checked first)
+    ``model.pt`` (pickled nn.Module)     a program: unpickling runs code
 
-State dicts (``.pt``/``.pth``/``.bin``) are read with ``torch.load(weights_only=True)``; ``.safetensors`` too.
+Programs run code from their file and load only with ``trust_code=True`` (the CLI's ``--trust-code``). State
+dicts (``.pt``/``.pth``/``.bin``) are read with ``torch.load(weights_only=True)``; ``.safetensors`` too.
 
 Data specs
     ``sample:digits``                    the held-out split of the samples (``sample:digits-train``: training)
@@ -28,6 +29,7 @@ import importlib.util
 import math
 import re
 import types
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,6 +109,14 @@ def _buffer(t: torch.Tensor) -> memoryview:
 # ----------------------------------------------------------------------------------------------------- models
 
 
+def load_plain(source: object) -> object:
+    """``torch.load(weights_only=True)`` on the CPU: tensors and plain containers only, never code. torch's
+    warnings about the file (sparse tensors validated, ...) stay out of the user's one-line messages."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(source, map_location="cpu", weights_only=True)
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise SpecError(f"weights file {path} does not exist")
@@ -123,8 +133,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if kind not in ("torch-save", "pickle"):
         raise SpecError(f"{path} is not a state-dict file (torch.save or .safetensors); its content is "
                         f"{kind_words(kind)}. Save the weights with torch.save(model.state_dict(), path)")
+    _check_unpacked(path, kind, "weights file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_plain(path)
     except Exception as exc:  # noqa: BLE001
         raise SpecError(f"{path} is not a state dict that loads without running code: {_torch_load_problem(exc)}; "
                         "save it with torch.save(model.state_dict(), path)") from None
@@ -202,6 +213,16 @@ def _sniff(path: Path) -> str:
         return "damaged-zip"
 
 
+def _check_unpacked(path: Path, kind: str, what: str) -> None:
+    """An archive whose content would unpack past the limit is refused from its headers (``uploads.check_unpacked``)."""
+    from analysis.uploads import UploadError, check_unpacked
+
+    try:
+        check_unpacked(path, kind)
+    except UploadError as exc:
+        raise SpecError(f"{what} {exc}") from None
+
+
 def _torchvision(arch: str, weights: str | None) -> nn.Module:
     import torchvision
 
@@ -238,9 +259,15 @@ def _guess_num_classes(build: Callable[..., nn.Module], arch: str, kwargs: dict,
     return int(found[0].shape[0]) if found and found[0].dim() >= 2 else None
 
 
-def _from_python_file(path: Path, factory: str, weights: str | None) -> nn.Module:
+TRUST_HINT = "pass --trust-code if you trust where it came from (Python: trust_code=True)"
+
+
+def _from_python_file(path: Path, factory: str, weights: str | None, trust_code: bool) -> nn.Module:
     if not path.is_file():
         raise SpecError(f"model file {path} does not exist")
+    if not trust_code:
+        raise SpecError(f"{path}:{factory} is Python code: building the model runs {path}. It is your own code? "
+                        f"{TRUST_HINT[0].upper()}{TRUST_HINT[1:]}")
     spec = importlib.util.spec_from_file_location(f"prunescope_user_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:
@@ -288,20 +315,69 @@ def sniff_model_file(path: Path) -> str:
 
 
 def _exported_module(path: Path) -> nn.Module:
-    """The unlifted module of a ``torch.export`` program. Its graph was captured in one mode and refuses
-    ``train()``/``eval()``; those calls become no-ops so the rest of the engine can treat it as any module."""
+    """The unlifted module of a ``torch.export`` program, read only once ``check_export_archive`` has passed. Its
+    graph was captured in one mode and refuses ``train()``/``eval()``; those calls become no-ops so the rest of
+    the engine can treat it as any module."""
+    check_export_archive(path)
     module = torch.export.load(str(path)).module()
     module.train = types.MethodType(lambda self, mode=True: self, module)
     module.eval = types.MethodType(lambda self: self, module)
     return module
 
 
-def _from_model_file(path: Path, trust_pickle: bool) -> nn.Module:
+def check_export_archive(path: Path) -> None:
+    """Refuse a ``torch.export`` archive that would unpickle anything: ``torch.export.load`` unpickles weights and
+    constants marked ``use_pickle`` and custom objects, retries a failed safe load of sample inputs with
+    ``weights_only=False``, and falls back to an older format read with pickle. A ``.pt2`` is read only when it is
+    of the current format, every weight and constant is raw tensor bytes, and every pickled member loads with
+    ``weights_only=True``."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            fmt = next((n for n in names if n.rsplit("/", 1)[-1] == "archive_format"), None)
+            if fmt is None or "version" in names or z.read(fmt).strip() != b"pt2":
+                raise SpecError(f"{path} is not a torch.export archive of the current format (older ones are "
+                                "read with pickle); save it again with torch.export.save")
+            root = fmt[: -len("archive_format")]
+            for name in names:
+                _check_export_member(z, name, name.removeprefix(root), path)
+    except SpecError:
+        raise
+    except (zipfile.BadZipFile, OSError, KeyError, ValueError, AttributeError, TypeError, NotImplementedError,
+            RuntimeError) as exc:
+        raise SpecError(f"{path} is a damaged torch.export archive: {_short(exc)}") from None
+
+
+def _check_export_member(z: zipfile.ZipFile, name: str, inner: str, path: Path) -> None:
+    """One member of a ``.pt2``: payload configs must not ask for pickle, pickled files must be plain data."""
+    import io
+    import json
+
+    refuse = f"{path} is a torch.export archive that unpickles {{}} when loaded (unpickling runs code)"
+    if inner.endswith(("_weights_config.json", "_constants_config.json")):
+        config = json.loads(z.read(name)).get("config", {})
+        for key, entry in config.items():
+            if entry.get("use_pickle") or not str(entry.get("path_name", "")).startswith(("weight_", "tensor_")):
+                raise SpecError(refuse.format(repr(key)) + "; export it with plain tensor weights, or to ONNX")
+    elif inner.endswith((".pt", ".pkl")) or inner.startswith("data/sample_inputs/"):
+        try:
+            load_plain(io.BytesIO(z.read(name)))
+        except Exception:  # noqa: BLE001 - anything that is not plain data is refused
+            raise SpecError(refuse.format(repr(inner)) + "; export it again with tensor example inputs") from None
+
+
+PROGRAMS = {"torchscript": "a TorchScript program", "export": "a torch.export program"}
+
+
+def _from_model_file(path: Path, trust_code: bool) -> nn.Module:
     if not path.is_file():
         raise SpecError(f"model file {path} does not exist")
     if path.stat().st_size == 0:
         raise SpecError(f"model file {path} is empty")
     kind = sniff_model_file(path)
+    if kind in PROGRAMS and not trust_code:
+        raise SpecError(f"{path} is {PROGRAMS[kind]}: running it runs code from the file (it can read and write "
+                        f"files). Export the model to ONNX to analyse it as data, or {TRUST_HINT}")
     if kind == "torchscript":
         try:
             return torch.jit.load(str(path), map_location="cpu")
@@ -310,6 +386,8 @@ def _from_model_file(path: Path, trust_pickle: bool) -> nn.Module:
     if kind == "export":
         try:
             return _exported_module(path)
+        except SpecError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise SpecError(f"{path} is a damaged torch.export program: {_short(exc)}") from None
     if kind == "onnx":
@@ -322,15 +400,15 @@ def _from_model_file(path: Path, trust_pickle: bool) -> nn.Module:
     obj = None
     if kind != "safetensors":
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = load_plain(path)
         except Exception:  # noqa: BLE001 - not loadable as plain data: a pickled object
             pass
     if isinstance(obj, dict) or kind == "safetensors":
         raise SpecError(f"{path} is a state dict (weights without an architecture); give the architecture too: "
                         f"torchvision:ARCH={path} or model.py:factory={path}")
-    if not trust_pickle:
-        raise SpecError(f"{path} is a pickled Python object: loading it runs code from the file. Export it with "
-                        "torch.jit.save or torch.export, or pass --trust-pickle if you trust where it came from")
+    if not trust_code:
+        raise SpecError(f"{path} is a pickled Python object: loading it runs code from the file. Export the model "
+                        f"to ONNX, or {TRUST_HINT}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001
@@ -340,8 +418,12 @@ def _from_model_file(path: Path, trust_pickle: bool) -> nn.Module:
     return obj
 
 
-def load_model(spec: str, trust_pickle: bool = False) -> nn.Module:
-    """The model a spec names, in eval mode, on the CPU."""
+def load_model(spec: str, trust_code: bool = False, trust_pickle: bool = False) -> nn.Module:
+    """The model a spec names, in eval mode, on the CPU.
+
+    Models that are programs (``file.py:factory``, TorchScript, ``.pt2``, a pickled module) run code from their
+    file: they load only with ``trust_code`` (``trust_pickle`` is its older name)."""
+    trust_code = trust_code or trust_pickle
     spec = spec.strip()
     if not spec:
         raise SpecError("empty model spec; try sample:digits-cnn")
@@ -361,9 +443,9 @@ def load_model(spec: str, trust_pickle: bool = False) -> nn.Module:
     elif re.match(r"^.+\.py:[A-Za-z_]\w*(=.+)?$", spec):
         file_part, _, rest = spec.partition(".py:")
         factory, _, weights = rest.partition("=")
-        model = _from_python_file(Path(file_part + ".py"), factory, weights or None)
+        model = _from_python_file(Path(file_part + ".py"), factory, weights or None, trust_code)
     else:
-        model = _from_model_file(Path(spec), trust_pickle)
+        model = _from_model_file(Path(spec), trust_code)
     return model.eval()
 
 
@@ -373,7 +455,8 @@ def load_model(spec: str, trust_pickle: bool = False) -> nn.Module:
 MAX_RANDOM_VALUES = 1 << 28  # 1 GiB of float32: a typo such as random:3x2240x2240 must not exhaust memory
 
 
-def _parse_chw(text: str, count: int) -> tuple[int, ...]:
+def parse_shape(text: str, count: int) -> tuple[int, ...]:
+    """The shape of ``random:CxHxW`` (``text`` is ``CxHxW``) for ``count`` samples; refused when malformed or too large."""
     parts = text.lower().split("x")
     if not parts or not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
         raise SpecError(f"random data needs a shape like random:3x32x32, got random:{text}")
@@ -397,13 +480,14 @@ def _from_tensor_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     if kind not in ("npz", "torch-save", "pickle"):
         raise SpecError(f"data {path} is not a torch.save or .npz file (its content is {kind_words(kind)}); "
                         f"expected {DATA_FORMATS}")
+    _check_unpacked(path, kind, "data")
     try:
         if kind == "npz":
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
             obj = {k: torch.from_numpy(v) for k, v in arrays.items()}
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = load_plain(path)
     except Exception as exc:  # noqa: BLE001
         problem = _torch_load_problem(exc) if kind != "npz" else _short(exc)
         hint = " (numpy arrays: convert them with torch.from_numpy before torch.save, or save them with numpy.savez)"
@@ -416,6 +500,10 @@ def _from_tensor_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     x, y = obj["x"], obj.get("y")
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
         raise SpecError(f"'x' in {path} must be a tensor with a batch dimension, got shape {getattr(x, 'shape', None)}")
+    for name, t in (("x", x), ("y", y)):
+        if isinstance(t, torch.Tensor) and (t.layout != torch.strided or t.device.type != "cpu"):
+            what = "a meta tensor (shapes without values)" if t.device.type == "meta" else f"a {t.layout} tensor"
+            raise SpecError(f"'{name}' in {path} is {what}; save a plain dense tensor (x.to_dense().cpu())")
     x = _input_dtype(x)
     if y is not None:
         if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.is_floating_point() and not torch.equal(y, y.round()):
@@ -523,7 +611,7 @@ def load_data(spec: str, count: int | None = None, input_size: int = 224, normal
         x, y = (x_test, y_test) if spec == "sample:digits" else (x_train, y_train)
         data = EvalData(x, y, spec, [str(i) for i in range(10)])
     elif spec.startswith("random:"):
-        shape = _parse_chw(spec.removeprefix("random:"), count or 256)
+        shape = parse_shape(spec.removeprefix("random:"), count or 256)
         gen = torch.Generator().manual_seed(seed)
         return EvalData(torch.randn((count or 256, *shape), generator=gen), None, f"{spec}@{count or 256}")
     elif spec.startswith("sample:"):
@@ -590,9 +678,10 @@ def check_fit(model: nn.Module, data: EvalData, model_spec: str = "the model") -
 
 
 def load_workload(model_spec: str, data_spec: str, count: int | None = None, input_size: int = 224,
-                  normalize: str = "imagenet", trust_pickle: bool = False) -> Workload:
-    """Load a model and its eval set and check that they fit before any work is done."""
-    model = load_model(model_spec, trust_pickle=trust_pickle)
+                  normalize: str = "imagenet", trust_code: bool = False, trust_pickle: bool = False) -> Workload:
+    """Load a model and its eval set and check that they fit before any work is done (``trust_code``: see
+    ``load_model``)."""
+    model = load_model(model_spec, trust_code=trust_code or trust_pickle)
     data = load_data(data_spec, count=count, input_size=input_size, normalize=normalize)
     try:
         num_classes = check_fit(model, data, model_spec)

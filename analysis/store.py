@@ -109,12 +109,15 @@ def default_path() -> Path:
 
 @dataclass
 class FoundScan:
-    """What ``RunStore.find_scan`` found: the scan's identity, and the run to resume (``run_id`` None: none)."""
+    """What ``RunStore.find_scan`` found: the scan's identity, the run to resume (``run_id`` None: none) and the
+    newest run of this identity at the time (``seen``, even with ``fresh``: a run newer than it was started by
+    another process meanwhile, and ``create_scan`` joins it)."""
 
     key: str
     identity: dict
     run_id: int | None
     done: dict[str, LayerResult]
+    seen: int = 0
 
     def resumed(self, ctx: ScanContext) -> "ScanRun | None":
         """The run to resume, or ``None`` when its dense outputs are not this model's (code that changed where
@@ -314,22 +317,32 @@ class RunStore:
         run = found.resumed(ctx) if found.run_id is not None else None
         if run is not None:
             return run
-        return ScanRun(self.create_scan(workload, ctx, found.key, found.identity), {}, len(ctx.layers), False)
+        return ScanRun(self.create_scan(workload, ctx, found.key, found.identity, found.seen), {}, len(ctx.layers),
+                       False)
 
     def find_scan(self, workload: Workload, config: ScanConfig, fresh: bool = False) -> "FoundScan":
         """The reading half of ``open_scan`` (writes nothing, needs no prepared scan): the run to resume and its
         finished layers, or none (``fresh``, or no run of this identity yet)."""
         identity = scan_identity(workload, config)
         key = identity_key(identity)
-        rows = [] if fresh else self._query("SELECT id FROM runs WHERE key = ? ORDER BY id DESC LIMIT 1", (key,))
-        run_id = rows[0][0] if rows else None
-        return FoundScan(key, identity, run_id, self.done(run_id) if rows else {})
+        rows = self._query("SELECT id FROM runs WHERE key = ? ORDER BY id DESC LIMIT 1", (key,))
+        seen = rows[0][0] if rows else 0
+        run_id = None if fresh or not rows else seen
+        return FoundScan(key, identity, run_id, self.done(run_id) if run_id is not None else {}, seen)
 
-    def create_scan(self, workload: Workload, ctx: ScanContext, key: str, identity: dict) -> int:
-        """Insert a new run for this scan (``find_scan`` gives ``key`` and ``identity``); returns its id."""
+    def create_scan(self, workload: Workload, ctx: ScanContext, key: str, identity: dict, seen: int = 0) -> int:
+        """Insert a new run for this scan (``find_scan`` gives ``key``, ``identity`` and ``seen``); returns its id.
+
+        When a run of this identity newer than ``seen`` exists (the same scan started by another process since the
+        lookup), that run's id is returned instead: the two processes share one run, and since their results are
+        the same numbers, a layer committed by both is one row."""
         meta = _run_meta(workload, ctx)
         now = time.time()
         with self._write() as c:
+            joined = c.execute("SELECT id FROM runs WHERE key = ? AND id > ? ORDER BY id LIMIT 1",
+                               (key, seen)).fetchone()
+            if joined:
+                return joined[0]
             cur = c.execute(
                 "INSERT INTO runs (key, kind, status, created, updated, model, data, model_fp, data_fp, identity, "
                 "total_layers, meta) VALUES (?, 'scan', 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -520,6 +533,7 @@ class LayerWriter:
         self._found: FoundScan | None = None
         self._pool = _Worker()
         self._pending: _Task | None = None
+        self.committed: set[str] = set()  # layers this run holds in the store: resumed, or committed by the writer
 
     @classmethod
     def start(cls, workload: Workload, config: ScanConfig, fresh: bool = False,
@@ -551,10 +565,11 @@ class LayerWriter:
         run = found.resumed(ctx) if found.run_id is not None else None
         if run is not None:
             self._run_id = found.run_id
+            self.committed.update(run.done)
             return run
 
         def create() -> None:
-            self._run_id = self.store.create_scan(workload, ctx, found.key, found.identity)
+            self._run_id = self.store.create_scan(workload, ctx, found.key, found.identity, found.seen)
 
         self._pending = self._pool.submit(create)
         return None
@@ -568,7 +583,21 @@ class LayerWriter:
 
     def __call__(self, result: LayerResult) -> None:
         self._wait()
-        self._pending = self._pool.submit(lambda: self.store.add_layer(self._run_id, result, self.config))
+
+        def commit() -> None:
+            self.store.add_layer(self._run_id, result, self.config)
+            self.committed.add(result.layer)
+
+        self._pending = self._pool.submit(commit)
+
+    def committed_layers(self) -> int:
+        """How many finished layers the store holds for this run, once the commit in flight has ended (a commit
+        that failed, say on a full disk, is not counted): what a message may promise is kept."""
+        try:
+            self._wait()
+        except Exception:  # noqa: BLE001 - the failed commit is not counted; its error is on its way out already
+            pass
+        return len(self.committed)
 
     def finish(self, meta: dict, close_store: bool = False) -> None:
         """Queue ``RunStore.finish`` (and ``RunStore.close`` with ``close_store``) behind the last layer."""

@@ -7,17 +7,20 @@ safely (no absolute paths, no ``..``, no links, limits on the total size and the
 
 Nothing here unpickles anything. A plain pickle stream is refused outright; a ``torch.save`` archive is
 accepted as a state dict or tensor file, which Prunescope only ever reads with ``torch.load(weights_only=True)``
-(a pickled ``nn.Module`` then fails to load: it needs ``--trust-pickle``, which uploads never get).
+(a pickled ``nn.Module`` then fails to load: it needs ``--trust-code``, which uploads never get). npz and
+``torch.save`` archives are checked from their headers (``check_unpacked``) before any array is read.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,10 +28,15 @@ from pathlib import Path, PurePosixPath
 
 MiB = 1 << 20
 DEFAULT_MAX_BYTES = int(os.environ.get("PRUNESCOPE_MAX_UPLOAD_MB", "1024")) * MiB
+MAX_UNPACKED_BYTES = int(os.environ.get("PRUNESCOPE_MAX_UNPACKED_MB", "4096")) * MiB
+MAX_RATIO, RATIO_FLOOR = 100, 64 * MiB  # bigger than RATIO_FLOOR and MAX_RATIO times the packed size: a bomb
 MAX_ARCHIVE_FILES = 200_000
+MAX_NAME_CHARS = 255
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 MODEL_KINDS = {"onnx": ".onnx", "torchscript": ".pt", "export": ".pt2", "torch-save": ".pt", "safetensors":
                ".safetensors"}
+PROGRAM_KINDS = {"torchscript", "export"}  # model files that are programs: loading them runs code from the file
+CODE_UPLOADS_ENV = "PRUNESCOPE_ALLOW_CODE_UPLOADS"  # "1": the dashboard takes PROGRAM_KINDS uploads (opt-in)
 DATA_KINDS = {"torch-save": ".pt", "npz": ".npz", "images-zip": ""}
 
 
@@ -110,10 +118,12 @@ def _parses_as_onnx(path: Path) -> bool:
 
 def safe_extract(archive: Path, dest: Path, max_bytes: int = DEFAULT_MAX_BYTES,
                  max_files: int = MAX_ARCHIVE_FILES) -> Path:
-    """Extract a zip archive into ``dest``, refusing escaping paths, links, and archives over the limits.
+    """Extract the image files of a zip archive into ``dest``, refusing escaping paths, links, and archives over
+    the limits; every other entry (code, text, hidden files) stays in the archive.
 
-    Sizes are counted as bytes are written, not read from the archive's own (forgeable) headers. Returns the
-    image folder root: ``dest``, or its single top-level folder when the archive wraps everything in one.
+    Sizes are counted as bytes are written, not read from the archive's own (forgeable) headers. Any entry that
+    cannot be extracted (encrypted, an unknown compression, a damaged stream, a name too long or both a file
+    and a folder) is one ``UploadError``. Returns the image folder root (``image_root(dest)``).
     """
     dest.mkdir(parents=True, exist_ok=True)
     dest = dest.resolve()
@@ -124,32 +134,140 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int = DEFAULT_MAX_BYTES,
             if len(members) > max_files:
                 raise UploadError(f"the archive holds {len(members)} files; the limit is {max_files}")
             for m in members:
-                name = m.filename.replace("\\", "/")
-                parts = PurePosixPath(name).parts
-                if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in parts:
-                    raise UploadError(f"the archive entry {m.filename!r} points outside the archive")
-                if stat.S_ISLNK(m.external_attr >> 16):
-                    raise UploadError(f"the archive entry {m.filename!r} is a link; links are not extracted")
-                if parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
-                    continue
-                target = (dest / Path(*parts)).resolve()
-                if dest not in target.parents:
-                    raise UploadError(f"the archive entry {m.filename!r} points outside the archive")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with z.open(m) as src, open(target, "wb") as out:
-                    while chunk := src.read(MiB):
-                        written += len(chunk)
-                        if written > max_bytes:
-                            raise UploadError(f"the archive unpacks to more than {max_bytes // MiB} MiB, the limit")
-                        out.write(chunk)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
-        raise UploadError(f"the archive is damaged or truncated: {exc}") from None
-    entries = [p for p in dest.iterdir()]
-    if len(entries) == 1 and entries[0].is_dir():
-        inner = entries[0]
-        if any(p.is_dir() for p in inner.iterdir()):
-            return inner
+                target = _member_target(m, dest)
+                if target is not None:
+                    written = _extract_member(z, m, target, written, max_bytes)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
+        raise UploadError(f"the archive is damaged or truncated: {_one_line(exc)}") from None
+    return image_root(dest)
+
+
+def _member_target(m: zipfile.ZipInfo, dest: Path) -> Path | None:
+    """Where an archive entry goes under ``dest``; ``None`` for entries that are not extracted (not an image,
+    hidden, macOS metadata); ``UploadError`` for entries that point outside or are links."""
+    name = m.filename.replace("\\", "/")
+    parts = PurePosixPath(name).parts
+    shown = _shown(m.filename)
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+        raise UploadError(f"the archive entry {shown} points outside the archive")
+    if stat.S_ISLNK(m.external_attr >> 16):
+        raise UploadError(f"the archive entry {shown} is a link; links are not extracted")
+    if parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
+        return None
+    if PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
+        return None
+    if any(len(p.encode()) > MAX_NAME_CHARS for p in parts):
+        raise UploadError(f"the archive entry {shown} has a name longer than {MAX_NAME_CHARS} bytes")
+    target = (dest / Path(*parts)).resolve()
+    if dest not in target.parents:
+        raise UploadError(f"the archive entry {shown} points outside the archive")
+    return target
+
+
+def _extract_member(z: zipfile.ZipFile, m: zipfile.ZipInfo, target: Path, written: int, max_bytes: int) -> int:
+    """Write one entry, counting bytes as they come; returns the archive's running total."""
+    shown = _shown(m.filename)
+    if m.flag_bits & 0x1:
+        raise UploadError(f"the archive entry {shown} is encrypted; upload an archive without a password")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with z.open(m) as src, open(target, "wb") as out:
+            while chunk := src.read(MiB):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise UploadError(f"the archive unpacks to more than {max_bytes // MiB} MiB, the limit")
+                out.write(chunk)
+    except NotImplementedError:
+        raise UploadError(f"the archive entry {shown} uses a compression method Prunescope cannot read; "
+                          "zip it again with the usual (deflate) compression") from None
+    except (RuntimeError, OSError) as exc:
+        raise UploadError(f"the archive entry {shown} cannot be extracted: {_one_line(exc)}") from None
+    return written
+
+
+def _shown(name: str) -> str:
+    return repr(name if len(name) <= 80 else name[:77] + "...")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + " ..."
+
+
+def image_root(dest: Path) -> Path:
+    """The folder of an extracted image archive that holds the class folders: ``dest``, or its single top-level
+    folder when the archive wraps everything in one."""
+    entries = list(dest.iterdir()) if dest.is_dir() else []
+    if len(entries) == 1 and entries[0].is_dir() and any(p.is_dir() for p in entries[0].iterdir()):
+        return entries[0]
     return dest
+
+
+# ------------------------------------------------------------------------------------ unpacked-size limits
+
+
+def check_unpacked(path: Path, kind: str, max_bytes: int = MAX_UNPACKED_BYTES, shown: str | None = None,
+                   setting: str = "PRUNESCOPE_MAX_UNPACKED_MB") -> None:
+    """Refuse an ``npz`` or ``torch-save`` archive whose content would unpack past ``max_bytes``, or like a
+    bomb (over ``MAX_RATIO`` times its packed size, beyond ``RATIO_FLOOR``), from its headers alone: before any
+    array is read. An npz array takes the memory its ``.npy`` header declares; a ``torch.save`` archive is read
+    only when every entry is stored uncompressed (as ``torch.save`` writes it), so it takes no more than the
+    file's size. Messages name the file ``shown`` (default: its path) and the ``setting`` that sets the limit."""
+    try:
+        if kind == "npz":
+            total, packed = _npz_sizes(path)
+        elif kind == "torch-save":
+            total, packed = _stored_sizes(path)
+        else:
+            return
+        _check_size(total, packed, max_bytes, setting)
+    except UploadError as exc:
+        raise UploadError(f"{shown or path}: {exc}") from None
+
+
+def _npz_sizes(path: Path) -> tuple[int, int]:
+    """``(bytes the arrays take, bytes packed)`` from each member's ``.npy`` header."""
+    import numpy as np
+
+    total, packed = 0, 0
+    try:
+        with zipfile.ZipFile(path) as z:
+            for m in z.infolist():
+                if m.flag_bits & 0x1:
+                    raise UploadError(f"the array {m.filename!r} is encrypted")
+                with z.open(m) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                total += math.prod(shape) * dtype.itemsize
+                packed += m.compress_size
+    except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError, ValueError,
+            OSError) as exc:
+        raise UploadError(f"not a readable .npz archive ({_one_line(exc)})") from None
+    return total, packed
+
+
+def _stored_sizes(path: Path) -> tuple[int, int]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = z.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UploadError(f"a damaged archive ({_one_line(exc)})") from None
+    packed = [m for m in members if m.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise UploadError(f"it holds compressed entries ({packed[0].filename!r}); torch.save never compresses, so "
+                          "it was not written by torch.save: save it again with torch.save")
+    return sum(m.file_size for m in members), sum(m.compress_size for m in members)
+
+
+def _check_size(total: int, packed: int, max_bytes: int, setting: str) -> None:
+    if total > max_bytes:
+        raise UploadError(f"its content unpacks to {total / MiB:,.0f} MiB, more than the limit of "
+                          f"{max_bytes / MiB:,.0f} MiB ({setting})")
+    if total > RATIO_FLOOR and total > MAX_RATIO * max(packed, 1):
+        raise UploadError(f"its content unpacks to {total / MiB:,.0f} MiB from {packed / MiB:,.1f} MiB (over "
+                          f"{MAX_RATIO} times its packed size, like a zip bomb); it is not read")
 
 
 def _display_name(filename: str) -> str:
@@ -183,7 +301,7 @@ def received(data: bytes, filename: str, role: str, max_bytes: int | None = None
             raise UploadError(f"{name}: {exc}") from None
         allowed = MODEL_KINDS if role == "model" else DATA_KINDS
         if kind == "pickle":
-            instead = ("Export the model as ONNX, TorchScript, torch.export (.pt2) or safetensors" if role == "model"
+            instead = ("Export the model to ONNX, or save its state dict (torch.save or safetensors)" if role == "model"
                        else "Save the tensors with torch.save({'x': x, 'y': y}, path) or numpy.savez")
             raise UploadError(f"{name} is a pickle stream; unpickling runs code, so uploads never accept it. "
                               + instead)
@@ -191,6 +309,8 @@ def received(data: bytes, filename: str, role: str, max_bytes: int | None = None
             what = "a model (ONNX, TorchScript, .pt2, safetensors or a state dict)" if role == "model" else \
                 "data (a .pt/.npz tensor file or a .zip of an image folder)"
             raise UploadError(f"{name} is not {what}; its content reads as {kind_words(kind)}")
+        if kind in ("npz", "torch-save"):
+            check_unpacked(raw, kind, limit, shown=name, setting="PRUNESCOPE_MAX_UPLOAD_MB")
         if kind == "images-zip":
             path = safe_extract(raw, folder / "images", max_bytes=limit)
             raw.unlink()

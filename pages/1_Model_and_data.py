@@ -35,8 +35,15 @@ with left:
             if weights is not None:
                 model_spec += f"={uploads.save_upload(weights.name, weights.getvalue(), 'weights')}"
         else:
-            upload = st.file_uploader("TorchScript (.pt, .ts), torch.export (.pt2) or ONNX (.onnx). Pickled "
-                                      "models are refused: unpickling runs code. The content decides, not the name")
+            if uploads.code_uploads_allowed():
+                st.warning("This server takes TorchScript and torch.export (.pt2) uploads (it was started with "
+                           "--allow-code-uploads): they are programs, and running them runs code from the file "
+                           "with this server's rights. Upload only models you trust.")
+                label = "ONNX (.onnx), TorchScript (.pt, .ts) or torch.export (.pt2)"
+            else:
+                label = ("ONNX (.onnx). TorchScript and .pt2 files are programs (they run code), taken only by a "
+                         "dashboard started with --allow-code-uploads; pickled models never")
+            upload = st.file_uploader(label + ". The content decides, not the name")
             if upload is not None:
                 model_spec = str(uploads.save_upload(upload.name, upload.getvalue(), "model"))
     except (SpecError, UploadError) as exc:

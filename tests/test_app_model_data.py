@@ -89,7 +89,8 @@ def test_torchvision_weights_upload_that_does_not_fit_is_a_readable_error():
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "export"])
-def test_model_uploads_in_data_formats_load(fmt):
+def test_program_uploads_load_on_a_server_that_takes_them(fmt, monkeypatch):
+    monkeypatch.setenv("PRUNESCOPE_ALLOW_CODE_UPLOADS", "1")  # prunescope dashboard --allow-code-uploads
     model = samples.load_sample("digits-cnn").eval()
     buf = io.BytesIO()
     if fmt == "torchscript":
@@ -136,7 +137,8 @@ def test_bad_model_uploads_are_refused_without_running_them(tmp_path, content):
     assert at.session_state["workload"] == WorkloadSpec()
 
 
-def test_uploads_are_typed_by_content_not_by_name():
+def test_uploads_are_typed_by_content_not_by_name(monkeypatch):
+    monkeypatch.setenv("PRUNESCOPE_ALLOW_CODE_UPLOADS", "1")
     model = samples.load_sample("digits-cnn").eval()
     buf = io.BytesIO()
     torch.jit.save(torch.jit.script(model), buf)
@@ -267,13 +269,13 @@ def test_a_page_address_names_only_what_the_pages_offer(tmp_path, monkeypatch):
     from ui.common import spec_from_address
 
     monkeypatch.setenv("PRUNESCOPE_HOME", str(tmp_path))
-    (tmp_path / "uploads" / "abc").mkdir(parents=True)
-    (tmp_path / "uploads" / "abc" / "upload.pt").write_bytes(b"x")
-    ok = spec_from_address({"model": "torchvision:resnet18=uploaded:abc/upload.pt", "data": "random:3x8x8",
-                            "count": "4", "size": "32"})
-    assert ok == WorkloadSpec(f"torchvision:resnet18={tmp_path / 'uploads' / 'abc' / 'upload.pt'}", "random:3x8x8",
-                              4, 32)
-    for model in ("/etc/passwd", "uploaded:../../etc/passwd", "uploaded:abc/missing.pt", "model.py:build",
-                  "torchvision:resnet18=/etc/passwd"):
+    folder = tmp_path / "uploads" / "0123456789abcdef"
+    folder.mkdir(parents=True)
+    (folder / "upload.pt").write_bytes(_torch_bytes({"w": torch.zeros(1)}))
+    ok = spec_from_address({"model": "torchvision:resnet18=uploaded:0123456789abcdef/upload.pt",
+                            "data": "random:3x8x8", "count": "4", "size": "32"})
+    assert ok == WorkloadSpec(f"torchvision:resnet18={folder / 'upload.pt'}", "random:3x8x8", 4, 32)
+    for model in ("/etc/passwd", "uploaded:../../etc/passwd", "uploaded:0123456789abcdef/missing.pt",
+                  "model.py:build", "torchvision:resnet18=/etc/passwd", "uploaded:0123456789abcdef/upload.pt"):
         assert spec_from_address({"model": model, "data": "sample:digits"}) is None, model
     assert spec_from_address({"model": "sample:digits-cnn", "data": "sample:digits", "count": "-1"}) is None

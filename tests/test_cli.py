@@ -134,7 +134,7 @@ def build():
 def test_a_scan_that_stops_on_the_model_keeps_its_finished_layers(fail, code, match, tmp_path):
     (tmp_path / "net.py").write_text(FAILS_LATE)
     args = ("scan", "--model", f"{tmp_path / 'net.py'}:build", "--data", "sample:digits", "--count", "64",
-            "--sparsities", "0.5", "--engine", "naive", "--quiet", "--out", tmp_path / "o")
+            "--sparsities", "0.5", "--engine", "naive", "--quiet", "--trust-code", "--out", tmp_path / "o")
     res = run_cli(*args, FAIL=fail)
     assert res.returncode == code, res.stderr
     assert re.match(match, res.stderr.strip()) and res.stderr.count("\n") == 1, res.stderr

@@ -76,10 +76,10 @@ def test_model_formats_give_the_same_outputs(kind: str, files, workloads) -> Non
     wl = workloads["digits-cnn"]
     spec = {"ts": str(files["ts"]), "pt2": str(files["pt2"]), "py+sd": f"{files['py']}:cnn={files['sd']}",
             "py+st": f"{files['py']}:cnn={files['st']}"}[kind]
-    model = load_model(spec)
+    model = load_model(spec, trust_code=True)
     x = wl.data.x[:16]
     torch.testing.assert_close(model(x), wl.model(x))
-    loaded = load_workload(spec, "sample:digits", count=32)
+    loaded = load_workload(spec, "sample:digits", count=32, trust_code=True)
     layers = prepare(loaded, ScanConfig(sparsities=(0.5,))).layers
     assert [l.shape for l in layers] == [l.shape for l in prepare(wl, ScanConfig(sparsities=(0.5,))).layers]
 
@@ -106,7 +106,7 @@ def test_training_checkpoints_load_their_state_dict(wrap: str, files, workloads,
                   "lightning": {"state_dict": wrapped, "global_step": 100},
                   "compiled": wrapped}[wrap]
     torch.save(checkpoint, tmp_path / "ckpt.pt")
-    model = load_model(f"{files['py']}:cnn={tmp_path / 'ckpt.pt'}")
+    model = load_model(f"{files['py']}:cnn={tmp_path / 'ckpt.pt'}", trust_code=True)
     x = wl.data.x[:8]
     torch.testing.assert_close(model(x), wl.model(x))
 
@@ -114,13 +114,13 @@ def test_training_checkpoints_load_their_state_dict(wrap: str, files, workloads,
 def test_a_checkpoint_without_weights_names_its_keys(files, tmp_path: Path) -> None:
     torch.save({"epoch": 3, "optimizer": {"lr": torch.tensor(0.1)}}, tmp_path / "ckpt.pt")
     with pytest.raises(SpecError, match=r"not a state dict of tensors \(its keys: epoch, optimizer\)"):
-        load_model(f"{files['py']}:cnn={tmp_path / 'ckpt.pt'}")
+        load_model(f"{files['py']}:cnn={tmp_path / 'ckpt.pt'}", trust_code=True)
 
 
 def test_pickled_module_needs_trust(files, workloads) -> None:
-    with pytest.raises(SpecError, match="pickled Python object.*--trust-pickle"):
+    with pytest.raises(SpecError, match="pickled Python object.*--trust-code"):
         load_model(str(files["pickle"]))
-    model = load_model(str(files["pickle"]), trust_pickle=True)
+    model = load_model(str(files["pickle"]), trust_code=True)
     x = workloads["digits-cnn"].data.x[:4]
     torch.testing.assert_close(model(x), workloads["digits-cnn"].model(x))
     with pytest.raises(SpecError, match="state dict .*give the architecture too"):
@@ -131,8 +131,8 @@ def test_cli_refuses_a_pickle_without_trust_and_runs_with_it(files, tmp_path: Pa
     args = ["scan", "--model", files["pickle"], "--data", "sample:digits", "--count", "32", "--sparsities", "0.5",
             "--layers", "fc", "--no-store", "--quiet", "--out", tmp_path / "out"]
     refused = run_cli(*args)
-    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--trust-pickle" in refused.stderr
-    trusted = run_cli(*args, "--trust-pickle")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--trust-code" in refused.stderr
+    trusted = run_cli(*args, "--trust-code")
     assert trusted.returncode == 0, trusted.stderr
     assert (tmp_path / "out" / "sensitivity.csv").is_file()
     assert not (prunescope_home / "runs.sqlite").exists()  # --no-store: the store is never touched
@@ -270,13 +270,13 @@ def test_token_ids_stay_integers_through_scan_schedule_and_export(tmp_path: Path
     assert data.x.dtype == torch.int64 and torch.equal(data.x, tokens.long())
     model, data_spec = f"{tmp_path / 'text.py'}:build", str(tmp_path / "tokens.pt")
     scan = run_cli("scan", "--model", model, "--data", data_spec, "--granularity", "channel",
-                   "--sparsities", "0.25,0.5", "--quiet", "--out", tmp_path / "scan")
+                   "--sparsities", "0.25,0.5", "--quiet", "--trust-code", "--out", tmp_path / "scan")
     assert scan.returncode == 0, scan.stderr
     schedule = run_cli("schedule", "--scan", tmp_path / "scan", "--target-sparsity", "0.25", "--quiet",
-                       "--out", tmp_path / "s.json")
+                       "--trust-code", "--out", tmp_path / "s.json")
     assert schedule.returncode == 0, schedule.stderr
     export = run_cli("export", "--model", model, "--data", data_spec, "--schedule", tmp_path / "s.json",
-                     "--out", tmp_path / "text.onnx")
+                     "--trust-code", "--out", tmp_path / "text.onnx")
     assert export.returncode == 0, export.stderr
     import onnxruntime as ort
 
@@ -340,9 +340,9 @@ def test_fit_checks_name_shape_and_class_count(files, digits, workloads) -> None
     with pytest.raises(SpecError, match="labels of sample:digits run from 0 to 9, but the head has 5 classes"):
         check_fit(small, digits, "the head")
     with pytest.raises(SpecError, match="always fails"):
-        load_workload(f"{files['py']}:broken", "sample:digits")
+        load_workload(f"{files['py']}:broken", "sample:digits", trust_code=True)
     with pytest.raises(SpecError, match="returned int, not a torch.nn.Module"):
-        load_model(f"{files['py']}:not_a_model")
+        load_model(f"{files['py']}:not_a_model", trust_code=True)
 
 
 def test_nan_and_inf_weights_are_named(workloads, digits) -> None:
@@ -373,7 +373,8 @@ def test_cli_reports_hostile_inputs_in_one_line(case: str, files, tmp_path: Path
     else:
         torch.save({"x": torch.rand(4, 1, 8, 8), "y": torch.tensor([0, 1, 2, 12])}, tmp_path / "d.pt")
         data, match = str(tmp_path / "d.pt"), "labels .* run from 0 to 12, but .* has 10 classes"
-    res = run_cli("scan", "--model", model, "--data", data, "--sparsities", "0.5", "--quiet", "--out", tmp_path / "o")
+    res = run_cli("scan", "--model", model, "--data", data, "--sparsities", "0.5", "--quiet", "--trust-code",
+                  "--out", tmp_path / "o")
     assert res.returncode == 2, res.stderr
     assert res.stderr.startswith("prunescope: error:") and res.stderr.count("\n") == 1
     assert re.search(match, res.stderr), res.stderr
@@ -416,7 +417,7 @@ def test_zip_data_errors_name_the_zip_and_its_entry(tmp_path: Path) -> None:
 def test_weights_that_are_not_a_state_dict_file(content: bytes, match: str, files, tmp_path: Path) -> None:
     (tmp_path / "w.pth").write_bytes(content)
     with pytest.raises(SpecError, match=match):
-        load_model(f"{files['py']}:cnn={tmp_path / 'w.pth'}")
+        load_model(f"{files['py']}:cnn={tmp_path / 'w.pth'}", trust_code=True)
 
 
 def test_safetensors_weights_are_read_by_content_and_need_an_architecture(files, workloads, tmp_path: Path) -> None:
@@ -425,7 +426,7 @@ def test_safetensors_weights_are_read_by_content_and_need_an_architecture(files,
         load_model(str(files["st"]))
     renamed = tmp_path / "cnn.pth"  # safetensors content under a torch name
     renamed.write_bytes(files["st"].read_bytes())
-    model = load_model(f"{files['py']}:cnn={renamed}")
+    model = load_model(f"{files['py']}:cnn={renamed}", trust_code=True)
     x = workloads["digits-cnn"].data.x[:4]
     torch.testing.assert_close(model(x), workloads["digits-cnn"].model(x))
 
@@ -433,7 +434,7 @@ def test_safetensors_weights_are_read_by_content_and_need_an_architecture(files,
 @pytest.mark.parametrize("spec", ["torchvision:resnet18=", "{py}:cnn="])
 def test_an_equals_sign_without_weights_is_an_error(spec: str, files) -> None:
     with pytest.raises(SpecError, match="ends in '=' with no weights file"):
-        load_model(spec.format(py=files["py"]))
+        load_model(spec.format(py=files["py"]), trust_code=True)
 
 
 @pytest.mark.parametrize("arch, suffix", [("squeezenet1_0", ".pth"), ("squeezenet1_0", ".safetensors"),
@@ -474,7 +475,7 @@ def test_a_torchscript_model_that_fails_on_a_batch_is_named(tmp_path: Path) -> N
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.trace(Small(), torch.rand(2, 4)), str(tmp_path / "small.ts"))
-    model = load_model(str(tmp_path / "small.ts"))
+    model = load_model(str(tmp_path / "small.ts"), trust_code=True)
     with pytest.raises(RuntimeError) as err:
         model(torch.rand(2, 5))
     line = model_failure(err.value, "small.ts")
@@ -504,7 +505,7 @@ def test_a_binary_classifier_with_one_logit_and_layers_named_by_index(tmp_path: 
     torch.save({"x": digits.x[:120], "y": (digits.y[:120] == 0).long()}, tmp_path / "binary.pt")
     model, data = f"{tmp_path / 'binary.py'}:build", str(tmp_path / "binary.pt")
     scan = run_cli("scan", "--model", model, "--data", data, "--sparsities", "0.5,0.9", "--no-store", "--quiet",
-                   "--out", tmp_path / "scan")
+                   "--trust-code", "--out", tmp_path / "scan")
     assert scan.returncode == 0, scan.stderr
     from analysis.sensitivity import SensitivityProfile
 
@@ -519,5 +520,5 @@ def test_a_binary_classifier_with_one_logit_and_layers_named_by_index(tmp_path: 
 
     assert Schedule.load(tmp_path / "hand.yaml").sparsities == {"1": 0.5, "3": 0.25}
     export = run_cli("export", "--model", model, "--data", data, "--schedule", tmp_path / "s.yaml",
-                     "--out", tmp_path / "binary.onnx")
+                     "--trust-code", "--out", tmp_path / "binary.onnx")
     assert export.returncode == 0, export.stderr

@@ -220,7 +220,7 @@ def test_a_pt2_exported_for_a_fixed_batch_size_is_refused_with_the_way_out(workl
     model = workloads["digits-cnn"].model
     torch.export.save(torch.export.export(model, (workloads["digits-cnn"].data.x[:1],)), str(tmp_path / "b1.pt2"))
     with pytest.raises(SpecError, match=r"fixed batch size: export it with a dynamic one.*Dim\('batch'\)"):
-        load_workload(str(tmp_path / "b1.pt2"), "sample:digits", count=8)
+        load_workload(str(tmp_path / "b1.pt2"), "sample:digits", count=8, trust_code=True)
 
 
 @pytest.mark.parametrize("dynamo", [False, True])

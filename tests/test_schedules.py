@@ -446,7 +446,7 @@ def test_torchscript_models_fine_tune_on_a_copy(workloads, tmp_path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.trace(wl.model, wl.data.x[:2]), str(tmp_path / "cnn.ts"))
-    scripted = load_workload(str(tmp_path / "cnn.ts"), "sample:digits", count=64)
+    scripted = load_workload(str(tmp_path / "cnn.ts"), "sample:digits", count=64, trust_code=True)
     before = {n: p.detach().clone() for n, p in scripted.model.named_parameters()}
     layers = find_layers(scripted.model, scripted.data.x[:1])
     schedule = Schedule({l.name: 0.5 for l in layers})

@@ -71,7 +71,7 @@ def test_python_factory_with_state_dict(tmp_path):
         "def build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n")
     ref = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     torch.save(ref.state_dict(), tmp_path / "net.pth")
-    m = load_model(f"{tmp_path / 'net.py'}:build={tmp_path / 'net.pth'}")
+    m = load_model(f"{tmp_path / 'net.py'}:build={tmp_path / 'net.pth'}", trust_code=True)
     assert torch.equal(m[1].weight, ref[1].weight)
 
 
@@ -101,9 +101,10 @@ def test_state_dict_without_architecture_and_pickled_module(tmp_path):
     with pytest.raises(SpecError, match="state dict"):
         load_model(str(tmp_path / "sd.pt"))
     torch.save(model, tmp_path / "full.pt")
-    with pytest.raises(SpecError, match="--trust-pickle"):
+    with pytest.raises(SpecError, match="--trust-code"):
         load_model(str(tmp_path / "full.pt"))
-    assert isinstance(load_model(str(tmp_path / "full.pt"), trust_pickle=True), nn.Sequential)
+    assert isinstance(load_model(str(tmp_path / "full.pt"), trust_code=True), nn.Sequential)
+    assert isinstance(load_model(str(tmp_path / "full.pt"), trust_pickle=True), nn.Sequential)  # the older name
 
 
 def test_nan_weights_are_refused(digits):
@@ -124,11 +125,11 @@ def test_torchscript_and_torch_export_files(tmp_path, digits):
     with torch.no_grad():
         expected = model(digits.x[:5])
     for name in ("m.ts", "m.pt2"):
-        w = load_workload(str(tmp_path / name), "sample:digits")
+        w = load_workload(str(tmp_path / name), "sample:digits", trust_code=True)
         with torch.no_grad():
             assert torch.allclose(w.model(digits.x[:5]), expected, atol=1e-5)
     with pytest.raises(SpecError, match="dynamic batch"):
-        load_workload(str(tmp_path / "static.pt2"), "sample:digits")
+        load_workload(str(tmp_path / "static.pt2"), "sample:digits", trust_code=True)
 
 
 @pytest.mark.parametrize("body, match", [
@@ -139,7 +140,7 @@ def test_torchscript_and_torch_export_files(tmp_path, digits):
 def test_a_factory_that_raises_is_named(tmp_path, body, match):
     (tmp_path / "net.py").write_text(body)
     with pytest.raises(SpecError, match=match):
-        load_model(f"{tmp_path / 'net.py'}:build")
+        load_model(f"{tmp_path / 'net.py'}:build", trust_code=True)
 
 
 class _Divides(nn.Module):

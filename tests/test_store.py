@@ -331,7 +331,7 @@ def test_cli_scan_killed_midway_resumes_and_equals_an_uninterrupted_scan(tmp_pat
     (tmp_path / "deep.py").write_text(SLOW_MODEL)
     home = tmp_path / "home"
     args = ["scan", "--model", f"{tmp_path / 'deep.py'}:deep", "--data", "random:1x8x8", "--count", "3000",
-            "--sparsities", "0.3,0.6,0.9", "--quiet"]
+            "--sparsities", "0.3,0.6,0.9", "--quiet", "--trust-code"]
     env = cli_env(PRUNESCOPE_HOME=str(home))
     proc = subprocess.Popen([sys.executable, "-m", "analysis", *args, "--out", str(tmp_path / "killed")], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -366,7 +366,7 @@ def test_cli_scan_killed_midway_resumes_and_equals_an_uninterrupted_scan(tmp_pat
 
     from analysis.sources import load_workload
 
-    workload = load_workload(f"{tmp_path / 'deep.py'}:deep", "random:1x8x8", count=3000)
+    workload = load_workload(f"{tmp_path / 'deep.py'}:deep", "random:1x8x8", count=3000, trust_code=True)
     scan(workload, ScanConfig(sparsities=(0.3, 0.6, 0.9))).save(tmp_path / "plain")
     a = pd.read_csv(tmp_path / "resumed" / "sensitivity.csv")
     b = pd.read_csv(tmp_path / "plain" / "sensitivity.csv")
@@ -437,12 +437,13 @@ def test_the_same_weights_in_other_code_are_another_model(tmp_path: Path) -> Non
 
     path = tmp_path / "act.py"
     path.write_text(ACTIVATIONS)
-    relu, tanh = (load_workload(f"{path}:{name}", "sample:digits", count=16) for name in ("relu", "tanh"))
+    relu, tanh = (load_workload(f"{path}:{name}", "sample:digits", count=16, trust_code=True)
+                  for name in ("relu", "tanh"))
     assert torch_equal_state(relu.model, tanh.model)
     assert relu.fingerprint() != tanh.fingerprint()
     before = relu.fingerprint()
     path.write_text(ACTIVATIONS.replace("torch.relu)", "torch.sigmoid)"))  # the file edited, same factory name
-    assert load_workload(f"{path}:relu", "sample:digits", count=16).fingerprint() != before
+    assert load_workload(f"{path}:relu", "sample:digits", count=16, trust_code=True).fingerprint() != before
 
 
 def torch_equal_state(a, b) -> bool:  # noqa: ANN001

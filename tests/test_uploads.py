@@ -44,7 +44,7 @@ def model_bytes(workloads) -> dict[str, bytes]:
 def test_model_uploads_are_typed_by_content_whatever_their_name(kind: str, model_bytes, workloads) -> None:
     with received(model_bytes[kind], "innocent.txt", "model") as up:
         assert up.kind == kind and up.path.is_file() and up.size == len(model_bytes[kind])
-        model = load_model(str(up.path))
+        model = load_model(str(up.path), trust_code=kind == "torchscript")
         x = workloads["digits-mlp"].data.x[:8]
         torch.testing.assert_close(model(x), workloads["digits-mlp"].model(x), atol=1e-5, rtol=1e-5)
         folder = up.path.parent
@@ -73,7 +73,7 @@ def test_pickles_are_refused_and_never_unpickled(model_bytes, tmp_path: Path) ->
     assert not marker.exists()
     with received(model_bytes["pickled-module"], "model.pt", "model") as up:
         assert up.kind == "torch-save"
-        with pytest.raises(Exception, match="pickled Python object.*--trust-pickle"):
+        with pytest.raises(Exception, match="pickled Python object.*--trust-code"):
             load_model(str(up.path))
 
 

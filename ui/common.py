@@ -11,16 +11,22 @@ time per model, so no session ever sees another's pruned weights.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import streamlit as st
 
+from analysis import samples
 from analysis.layers import Layer, find_layers, layer_table
-from analysis.sources import SpecError, Workload, load_workload
+from analysis.sources import SpecError, Workload, load_workload, parse_shape
 from analysis.store import home as prunescope_home
+from analysis.uploads import UploadError, image_root, sniff
+from ui import uploads
+from ui.uploads import TENSOR_FILE, WEIGHTS_FILE
 
 DEFAULT_MODEL = "sample:digits-cnn"
 DEFAULT_DATA = "sample:digits"
@@ -80,12 +86,11 @@ def _to_address(spec: WorkloadSpec) -> None:
 
 
 def spec_from_address(params: dict[str, str]) -> WorkloadSpec | None:
-    """The workload a page address names, or ``None``. Only what the pages themselves offer is taken: bundled
-    samples and digits, torchvision architectures, random inputs, and files uploaded to this server (named
-    ``uploaded:FOLDER/FILE``); never another path on the server."""
+    """The workload a page address names, or ``None``. Only what the pages themselves write is taken (see
+    ``address_model`` and ``address_data``); never a ``file.py:factory`` spec or another path on the server."""
     try:
-        model, data = _allowed(params["model"]), _allowed(params["data"])
         count, size = int(params.get("count", "0")), int(params.get("size", "224"))
+        model, data = address_model(params["model"]), address_data(params["data"], count or 256)
     except (KeyError, ValueError):
         return None
     if model is None or data is None or count < 0 or not 8 <= size <= 1024:
@@ -93,23 +98,70 @@ def spec_from_address(params: dict[str, str]) -> WorkloadSpec | None:
     return WorkloadSpec(model, data, count or None, size)
 
 
-def _allowed(spec: str) -> str | None:
-    base, _, weights = spec.partition("=") if spec.startswith("torchvision:") else (spec, "", "")
-    if base.startswith(("sample:", "torchvision:", "random:")) and not weights:
-        return spec
-    upload = weights or base
-    if not upload.startswith("uploaded:"):
+UPLOAD = re.compile(r"^uploaded:([0-9a-f]{16})/(upload\.(?:onnx|pt|pt2|safetensors|npz)|images(?:/[^/]+)?)$")
+
+
+def address_model(text: str) -> str | None:
+    """A model spec from a page address: a bundled sample, a torchvision architecture from torchvision's own
+    list (with an uploaded state dict or none), or an uploaded model file of a kind this server takes."""
+    if text.startswith("sample:"):
+        return text if text.removeprefix("sample:") in samples.sample_names() else None
+    if text.startswith("torchvision:"):
+        arch, eq, weights = text.removeprefix("torchvision:").partition("=")
+        if arch not in torchvision_archs():
+            return None
+        if not eq:
+            return text
+        path = _upload_file(weights, WEIGHTS_FILE)
+        return f"torchvision:{arch}={path}" if path else None
+    path = _upload_file(text, uploads.model_kinds())
+    return str(path) if path else None
+
+
+def address_data(text: str, count: int) -> str | None:
+    """A data spec from a page address: the bundled digits, ``random:`` shapes that parse, an uploaded tensor
+    file, or the image folder extracted from an uploaded zip."""
+    if text in ("sample:digits", "sample:digits-train"):
+        return text
+    if text.startswith("random:"):
+        try:
+            parse_shape(text.removeprefix("random:"), count)
+        except SpecError:
+            return None
+        return text
+    match = UPLOAD.match(text)
+    if match and match.group(2).startswith("images"):
+        root = prunescope_home() / "uploads" / match.group(1) / "images"
+        path = prunescope_home() / "uploads" / match.group(1) / match.group(2)
+        return str(path) if root.is_dir() and path == image_root(root) else None
+    path = _upload_file(text, TENSOR_FILE)
+    return str(path) if path else None
+
+
+def _upload_file(text: str, kinds: set[str]) -> Path | None:
+    """The file ``uploaded:HASH/upload.SUFFIX`` names when it exists and its content is of one of ``kinds``."""
+    match = UPLOAD.match(text)
+    if not match or match.group(2).startswith("images"):
         return None
-    root = (prunescope_home() / "uploads").resolve()
-    path = (root / upload.removeprefix("uploaded:")).resolve()
-    if not path.is_relative_to(root) or not path.exists() or path == root:
+    path = prunescope_home() / "uploads" / match.group(1) / match.group(2)
+    try:
+        return path if path.is_file() and not path.is_symlink() and sniff(path) in kinds else None
+    except (OSError, UploadError):
         return None
-    return f"{base}={path}" if weights else str(path)
 
 
 @st.cache_resource(show_spinner="Loading the model and data ...", max_entries=4)
 def cached_workload(spec: WorkloadSpec) -> Workload:
-    return load_workload(spec.model, spec.data, count=spec.count, input_size=spec.input_size)
+    """The workload of ``spec``; programs load only when this server takes them as uploads, and only from its
+    uploads folder (the pages never build another program spec)."""
+    return load_workload(spec.model, spec.data, count=spec.count, input_size=spec.input_size,
+                         trust_code=uploads.code_uploads_allowed() and is_upload(spec.model))
+
+
+def is_upload(spec: str) -> bool:
+    """Whether a spec names a file of this server's uploads folder."""
+    root = (prunescope_home() / "uploads").resolve()
+    return Path(spec).resolve().is_relative_to(root)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

@@ -2,33 +2,46 @@
 
 Uploads are data, never code. ``analysis.uploads.check`` types the bytes by their content (never by the file
 name), enforces the size limit (``PRUNESCOPE_MAX_UPLOAD_MB``) and test-extracts archives without trusting their
-declared sizes; nothing is unpickled. What passes is kept under ``$PRUNESCOPE_HOME/uploads/<hash>/`` with the
-suffix its content deserves, so the spec loaders (pickling off) read it, and a workload spec that names it
-stays valid after a restart. Every refusal is an ``UploadError`` (a ``ValueError``) whose message a page shows.
+declared sizes; nothing is unpickled. The model box takes ONNX only: TorchScript and ``.pt2`` files are programs
+(running them runs code from the file), taken only by a dashboard started with ``prunescope dashboard
+--allow-code-uploads`` (``PRUNESCOPE_ALLOW_CODE_UPLOADS=1``), behind a warning. What passes is kept under
+``$PRUNESCOPE_HOME/uploads/<hash>/upload<suffix>`` (the suffix from the content; an image zip's images under
+``images/``), so the spec loaders read it, and a workload spec that names it stays valid after a restart. Every
+refusal is an ``UploadError`` (a ``ValueError``) whose message a page shows.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from analysis.store import home
-from analysis.uploads import UploadError, check, safe_extract
+from analysis.uploads import CODE_UPLOADS_ENV, PROGRAM_KINDS, UploadError, check, safe_extract
 
 WHAT = {"onnx": "an ONNX model", "torchscript": "a TorchScript model", "export": "a torch.export program",
         "torch-save": "a torch.save archive (a state dict, or a pickled model)",
         "safetensors": "a safetensors state dict",
         "npz": "a NumPy .npz file", "images-zip": "a zip of images"}
 
+
+def code_uploads_allowed() -> bool:
+    """Whether this server takes programs (TorchScript, ``.pt2``) as model uploads: only when started so."""
+    return os.environ.get(CODE_UPLOADS_ENV, "") == "1"
+
+
 # What each upload box takes, by content, and what to do instead when the content is of another kind.
-MODEL_FILE = {"onnx", "torchscript", "export"}
+MODEL_FILE = {"onnx"}
 WEIGHTS_FILE = {"torch-save", "safetensors"}
 TENSOR_FILE = {"torch-save", "npz"}
 IMAGES_FILE = {"images-zip"}
 ADVICE = {
     "model": "a state dict goes with a torchvision architecture (upload it there as its weights); a whole model "
-             "must be exported as TorchScript, torch.export (.pt2) or ONNX. Uploads are never unpickled: a pickled "
-             "nn.Module loads only from the CLI with --trust-pickle",
+             "must be exported to ONNX. Uploads are never unpickled: a pickled nn.Module loads only from the CLI "
+             "with --trust-code",
+    "program": "TorchScript and torch.export (.pt2) files are programs: running them runs code from the file, so "
+               "this dashboard does not take them. Export the model to ONNX, use the CLI with --trust-code, or "
+               "start the dashboard with prunescope dashboard --allow-code-uploads",
     "weights": "upload a state dict (torch.save of model.state_dict(), or safetensors); whole models go under "
                "'Upload a model file'",
     "tensors": "upload a .pt (torch.save of a tensor or of a dict with x and y) or a .npz with x and y; a zip of "
@@ -44,13 +57,19 @@ def _folder(content: bytes) -> Path:
 def _checked(name: str, content: bytes, role: str, allowed: set[str], advice: str) -> tuple[str, str]:
     kind, suffix = check(content, name, "model" if role in ("model", "weights") else "data")
     if kind not in allowed:
-        raise UploadError(f"{name} holds {WHAT.get(kind, kind)}, which this box does not take: {ADVICE[advice]}")
+        why = ADVICE["program" if kind in PROGRAM_KINDS and role == "model" else advice]
+        raise UploadError(f"{name} holds {WHAT.get(kind, kind)}, which this box does not take: {why}")
     return kind, suffix
+
+
+def model_kinds() -> set[str]:
+    """What the model box takes on this server."""
+    return MODEL_FILE | (PROGRAM_KINDS if code_uploads_allowed() else set())
 
 
 def save_upload(name: str, content: bytes, role: str) -> Path:
     """Check an upload for ``role`` (``model``, ``weights`` or ``tensors``) and keep it; return its path."""
-    allowed = {"model": MODEL_FILE, "weights": WEIGHTS_FILE, "tensors": TENSOR_FILE}[role]
+    allowed = {"model": model_kinds(), "weights": WEIGHTS_FILE, "tensors": TENSOR_FILE}[role]
     _, suffix = _checked(name, content, role, allowed, role)
     folder = _folder(content)
     folder.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,8 @@ sensitivity, diagnostics, schedule, export. All numbers come from ``analysis/``;
 
 import streamlit as st
 
-from analysis import plots
-from analysis.engine import ScanConfig
+from analysis.report import plots
+from analysis.scan.config import ScanConfig
 from ui import common, runs, scanning
 
 

@@ -18,10 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis.diagnostics import diagnose  # noqa: E402
-from analysis.engine import ScanConfig  # noqa: E402
-from analysis.sensitivity import scan  # noqa: E402
-from analysis.sources import load_workload  # noqa: E402
+from analysis.diagnose.diagnostics import diagnose  # noqa: E402
+from analysis.scan.config import ScanConfig  # noqa: E402
+from analysis.scan.driver import scan  # noqa: E402
+from analysis.workload.workload import load_workload  # noqa: E402
 
 
 def timed(fn) -> float:  # noqa: ANN001

@@ -35,11 +35,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis import fxgraph  # noqa: E402
-from analysis.batchnorm import recalibrate  # noqa: E402
-from analysis.bnscan import RecalState  # noqa: E402
-from analysis.engine import ScanConfig, fast_state, prepare, run_layer_fast, run_layer_naive  # noqa: E402
-from analysis.sources import load_workload  # noqa: E402
+from analysis.core.batchnorm import recalibrate  # noqa: E402
+from analysis.scan import fxgraph  # noqa: E402
+from analysis.scan.bnscan import RecalState  # noqa: E402
+from analysis.scan.config import ScanConfig  # noqa: E402
+from analysis.scan.context import prepare  # noqa: E402
+from analysis.scan.engines import fast_state, run_layer_fast  # noqa: E402
+from analysis.scan.naive import run_layer_naive  # noqa: E402
+from analysis.workload.workload import load_workload  # noqa: E402
 
 
 class PeakMemory:

@@ -17,11 +17,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from analysis.export import export
-from analysis.layers import find_layers
-from analysis.masks import supports, parse_granularity
-from analysis.schedule import Schedule
-from analysis.sources import load_workload
+from analysis.core.layers import find_layers
+from analysis.core.masks import parse_granularity, supports
+from analysis.export.export import export
+from analysis.schedule.schedule import Schedule
+from analysis.workload.workload import load_workload
 
 MODELS = [
     ("torchvision:resnet18", "random:3x128x128"),

@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis.onnx_model import load_onnx  # noqa: E402
+from analysis.workload.onnx import load_onnx  # noqa: E402
 
 SPARSITIES = 9
 
@@ -161,10 +161,10 @@ def measure(arch: str, samples: int, repeats: int, tmp: Path) -> dict:
 def compare_scans(arch: str, samples: int, tmp: Path) -> str:
     """A real ONNX scan (3 sparsities) with one-input sessions (today's ``OnnxModel``) and with the all-inputs
     session forced, side by side: the end-to-end gain of step (1) and the largest difference in the numbers."""
-    from analysis.engine import ScanConfig
-    from analysis.onnx_model import OnnxModel
-    from analysis.sensitivity import scan
-    from analysis.sources import load_workload
+    from analysis.scan.config import ScanConfig
+    from analysis.scan.driver import scan
+    from analysis.workload.onnx import OnnxModel
+    from analysis.workload.workload import load_workload
 
     path = tmp / f"{arch}.onnx"
     export(arch, path)

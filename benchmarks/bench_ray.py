@@ -52,10 +52,11 @@ def main() -> None:
     import ray
     import torch
 
-    from analysis.backends import Backend, run_scan
-    from analysis.batchnorm import recalibrate
-    from analysis.engine import ScanConfig
-    from analysis.sources import load_workload
+    from analysis.core.batchnorm import recalibrate
+    from analysis.scan.backends import Backend
+    from analysis.scan.config import ScanConfig
+    from analysis.scan.driver import run_scan
+    from analysis.workload.workload import load_workload
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()

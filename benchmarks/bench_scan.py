@@ -14,10 +14,10 @@ import time
 
 import torch
 
-from analysis.batchnorm import recalibrate
-from analysis.engine import ScanConfig
-from analysis.sensitivity import scan
-from analysis.sources import load_workload
+from analysis.core.batchnorm import recalibrate
+from analysis.scan.config import ScanConfig
+from analysis.scan.driver import scan
+from analysis.workload.workload import load_workload
 
 CASES = [
     ("sample:digits-cnn", "sample:digits", None),

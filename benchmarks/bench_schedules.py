@@ -21,12 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from analysis.allocate import Target, allocate, scan_setting  # noqa: E402
-from analysis.engine import ScanConfig  # noqa: E402
-from analysis.measure import measure_schedule  # noqa: E402
-from analysis.predict import Predictor  # noqa: E402
-from analysis.sensitivity import scan  # noqa: E402
-from analysis.sources import load_data, load_workload  # noqa: E402
+from analysis.scan.config import ScanConfig  # noqa: E402
+from analysis.scan.driver import scan  # noqa: E402
+from analysis.schedule.allocate import Target, allocate, scan_setting  # noqa: E402
+from analysis.schedule.measure import measure_schedule  # noqa: E402
+from analysis.schedule.predict import Predictor  # noqa: E402
+from analysis.workload.data import load_data  # noqa: E402
+from analysis.workload.workload import load_workload  # noqa: E402
 
 MODELS = ("digits-cnn", "digits-resnet", "digits-mlp")
 TARGETS = (0.5, 0.7, 0.9)

@@ -32,10 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis.engine import ScanConfig, prepare  # noqa: E402
-from analysis.sensitivity import scan, tolerance_table  # noqa: E402
-from analysis.sources import load_workload  # noqa: E402
-from analysis.store import LayerWriter, RunStore  # noqa: E402
+from analysis.core.profile import tolerance_table  # noqa: E402
+from analysis.scan.config import ScanConfig  # noqa: E402
+from analysis.scan.context import prepare  # noqa: E402
+from analysis.scan.driver import scan  # noqa: E402
+from analysis.store.runs import LayerWriter, RunStore  # noqa: E402
+from analysis.workload.workload import load_workload  # noqa: E402
 
 
 class Clock:

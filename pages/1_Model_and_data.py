@@ -1,15 +1,16 @@
 """Model & data: pick a bundled sample, a torchvision architecture or an uploaded file, and an eval set.
 
 Uploads are data, never code: ``analysis.uploads`` types them by content and limits their size, then they are
-written to a file and read by ``analysis.sources`` with pickling off.
+written to a file and read by ``analysis.workload`` with pickling off.
 """
 
 import streamlit as st
 
-from analysis import plots, samples
-from analysis.layers import layer_table
-from analysis.sources import SpecError
-from analysis.uploads import UploadError
+from analysis.core.layers import layer_table
+from analysis.report import plots
+from analysis.workload import samples
+from analysis.workload.errors import SpecError
+from analysis.workload.uploads import UploadError
 from ui import common, uploads
 
 spec = common.header("Model & data")

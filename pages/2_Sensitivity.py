@@ -4,12 +4,13 @@ import json
 
 import streamlit as st
 
-from analysis import plots
-from analysis.backends import cluster_backend
-from analysis.criteria import CRITERIA
-from analysis.engine import DEFAULT_SPARSITIES, ScanConfig
-from analysis.masks import check_sparsity
-from analysis.sensitivity import METRICS, tolerance_table
+from analysis.core.criteria import CRITERIA
+from analysis.core.masks import check_sparsity
+from analysis.core.metric_table import METRICS
+from analysis.core.profile import tolerance_table
+from analysis.report import plots
+from analysis.scan.backends import cluster_backend
+from analysis.scan.config import DEFAULT_SPARSITIES, ScanConfig
 from ui import common, runs, scanning
 from ui.scanning import SCAN_MODES, adaptive_settings
 

@@ -2,11 +2,11 @@
 
 import streamlit as st
 
-from analysis import plots
-from analysis.criteria import CRITERIA
-from analysis.diagnostics import diagnose
-from analysis.engine import ScanConfig
-from analysis.sensitivity import tolerance_table
+from analysis.core.criteria import CRITERIA
+from analysis.core.profile import tolerance_table
+from analysis.diagnose.diagnostics import diagnose
+from analysis.report import plots
+from analysis.scan.config import ScanConfig
 from ui import artifacts, common, runs
 
 spec = common.header("Diagnostics")

@@ -5,12 +5,12 @@ import json
 import pandas as pd
 import streamlit as st
 
-from analysis import plots
-from analysis.allocate import METHODS, TARGET_KINDS, Bounds, allocate, parse_target
-from analysis.batchnorm import has_batchnorm
-from analysis.calibrate import DEFAULT_METHODS, calibrate, parse_targets, read_calibration
-from analysis.measure import measure_schedule
-from analysis.sensitivity import HIGHER_IS_BETTER
+from analysis.core.batchnorm import has_batchnorm
+from analysis.core.metric_table import HIGHER_IS_BETTER
+from analysis.report import plots
+from analysis.schedule.allocate import METHODS, TARGET_KINDS, Bounds, allocate, parse_target
+from analysis.schedule.calibrate import DEFAULT_METHODS, calibrate, parse_targets, read_calibration
+from analysis.schedule.measure import measure_schedule
 from ui import common, runs, schedules
 
 spec = common.header("Schedule")

@@ -6,9 +6,9 @@ import time
 import pandas as pd
 import streamlit as st
 
-from analysis.batchnorm import has_batchnorm
-from analysis.export import EXPORTERS, VerificationError, export
-from analysis.report import build_report
+from analysis.core.batchnorm import has_batchnorm
+from analysis.export.export import EXPORTERS, VerificationError, export
+from analysis.report.html import build_report
 from ui import artifacts, common, runs, schedules
 from ui.common import prunescope_home
 

@@ -11,7 +11,7 @@ import json
 import torch
 from torch import nn
 
-from analysis.samples import ARCHITECTURES, SAMPLE_DIR, SPLIT_SEED, digits_split
+from analysis.workload.samples import ARCHITECTURES, SAMPLE_DIR, SPLIT_SEED, digits_split
 
 EPOCHS = {"digits-cnn": 40, "digits-resnet": 40, "digits-mlp": 80}
 

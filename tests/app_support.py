@@ -62,13 +62,13 @@ def assert_clean(at: AppTest) -> None:
 def sample_scan():
     """The default scan (magnitude, unstructured, 0.1..0.9) of the CNN sample, computed once: its context, its
     finished units and its profile."""
-    from analysis import engine
-    from analysis.engine import ScanConfig
-    from analysis.sensitivity import scan
-    from analysis.sources import load_workload
+    from analysis.scan.config import ScanConfig
+    from analysis.scan.context import prepare
+    from analysis.scan.driver import scan
+    from analysis.workload.workload import load_workload
 
     workload = load_workload("sample:digits-cnn", "sample:digits")
-    ctx = engine.prepare(workload, ScanConfig())
+    ctx = prepare(workload, ScanConfig())
     results = []
     profile = scan(workload, ScanConfig(), on_result=results.append, context=ctx)
     return workload, ctx, results, profile

@@ -39,7 +39,7 @@ def run_cli(*args: str, timeout: float = 300, **env: str) -> subprocess.Complete
 
 @pytest.fixture(scope="session")
 def digits():
-    from analysis.sources import load_data
+    from analysis.workload.data import load_data
 
     return load_data("sample:digits")
 
@@ -47,6 +47,6 @@ def digits():
 @pytest.fixture(scope="session")
 def workloads():
     """The three bundled samples on their held-out split, loaded once per session (treat as read-only)."""
-    from analysis.sources import load_workload
+    from analysis.workload.workload import load_workload
 
     return {name: load_workload(f"sample:{name}", "sample:digits") for name in ("digits-cnn", "digits-resnet", "digits-mlp")}

@@ -14,13 +14,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import ray
-
-from analysis.backends import Backend, run_scan
-from analysis.batchnorm import recalibrate
-from analysis.engine import ScanConfig, prepare
-from analysis.sensitivity import SensitivityProfile
-from analysis.sources import load_workload
 from conftest import run_cli
+
+from analysis.core.batchnorm import recalibrate
+from analysis.core.profile import SensitivityProfile
+from analysis.scan.backends import Backend
+from analysis.scan.config import ScanConfig
+from analysis.scan.context import prepare
+from analysis.scan.driver import run_scan
+from analysis.workload.workload import load_workload
 
 COUNTS = ["layer", "sparsity", "actual_sparsity", "n", "correct", "agree"]
 

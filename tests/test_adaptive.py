@@ -5,10 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from analysis import adaptive
-from analysis.engine import ScanConfig, prepare
-from analysis.sensitivity import SensitivityProfile, scan, tolerance_table
-from analysis.store import RunStore, identity_key, scan_identity
+from analysis.core.profile import SensitivityProfile, tolerance_table
+from analysis.scan import adaptive
+from analysis.scan.config import ScanConfig
+from analysis.scan.context import prepare
+from analysis.scan.driver import scan
+from analysis.store.runs import RunStore, identity_key, scan_identity
 from tests.conftest import run_cli
 
 GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
@@ -18,7 +20,7 @@ SUMS = ["n", "correct", "agree"]
 @pytest.fixture(scope="session")
 def small():
     """The CNN and MLP samples on 150 held-out digits."""
-    from analysis.sources import load_workload
+    from analysis.workload.workload import load_workload
 
     return {name: load_workload(f"sample:{name}", "sample:digits", count=150) for name in ("digits-cnn", "digits-mlp")}
 
@@ -157,7 +159,7 @@ def test_bad_adaptive_settings_are_named(config, match):
 
 
 def test_accuracy_needs_labels(small):
-    from analysis.sources import load_workload
+    from analysis.workload.workload import load_workload
 
     wl = load_workload("sample:digits-mlp", "random:1x8x8", count=16)
     with pytest.raises(ValueError, match="accuracy needs labelled data"):

@@ -7,11 +7,11 @@ import threading
 import torch
 from conftest import run_cli
 
-from analysis.engine import ScanConfig
-from analysis.measure import measure_schedule
-from analysis.schedule import Schedule
-from analysis.sensitivity import scan
-from analysis.sources import load_workload
+from analysis.scan.config import ScanConfig
+from analysis.scan.driver import scan
+from analysis.schedule.measure import measure_schedule
+from analysis.schedule.schedule import Schedule
+from analysis.workload.workload import load_workload
 from ui import runs, scanning
 from ui.common import WorkloadSpec, cached_workload, model_lock
 

@@ -6,11 +6,10 @@ import pytest
 from app_support import app, assert_clean, plotly_specs, sample_profile, sample_scan, stored_run, texts  # noqa: F401
 
 
-
 def test_diagnose_the_most_fragile_layer_of_the_run_on_show(stored_run, sample_profile):  # noqa: F811
-    from analysis.diagnostics import diagnose
-    from analysis.engine import ScanConfig
-    from analysis.sensitivity import tolerance_table
+    from analysis.core.profile import tolerance_table
+    from analysis.diagnose.diagnostics import diagnose
+    from analysis.scan.config import ScanConfig
     from ui.common import WorkloadSpec, cached_workload
 
     at = app("diagnostics")
@@ -62,7 +61,7 @@ def test_a_cell_the_granularity_cannot_take_is_a_readable_error():
 
 
 def test_a_diagnosis_is_stored_reopened_after_a_reload_and_deleted(stored_run, monkeypatch):  # noqa: F811
-    import analysis.diagnostics
+    import analysis.diagnose.diagnostics
     from ui import runs
 
     at = app("diagnostics")
@@ -77,7 +76,7 @@ def test_a_diagnosis_is_stored_reopened_after_a_reload_and_deleted(stored_run, m
     def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("a stored diagnosis must reopen without diagnosing again")
 
-    monkeypatch.setattr(analysis.diagnostics, "diagnose", refuse)
+    monkeypatch.setattr(analysis.diagnose.diagnostics, "diagnose", refuse)
     again = app("diagnostics")
     assert_clean(again)
     assert plotly_specs(again)[0]["data"] == shift["data"]

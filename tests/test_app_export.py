@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import onnxruntime as ort
-import pytest
 from app_support import app, assert_clean, downloads, sample_profile, sample_scan, stored_run, texts  # noqa: F401
 
-from analysis.engine import ScanConfig
-from analysis.metrics import predict
-from analysis.schedule import Schedule
+from analysis.core.metrics import predict
+from analysis.scan.config import ScanConfig
+from analysis.schedule.schedule import Schedule
 from ui import runs, scanning, schedules
 from ui.common import WorkloadSpec, cached_workload, model_lock
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import pickle
 import zipfile
 
 import numpy as np
@@ -12,8 +11,8 @@ import torch
 from app_support import ROOT, app, assert_clean, plotly_specs, texts
 from streamlit.testing.v1 import AppTest
 
-from analysis import samples
-from analysis.layers import find_layers
+from analysis.core.layers import find_layers
+from analysis.workload import samples
 from ui.common import WorkloadSpec
 
 
@@ -157,7 +156,7 @@ def test_uploads_are_typed_by_content_not_by_name(monkeypatch):
 
 
 def test_the_upload_size_limit_is_a_readable_error(monkeypatch):
-    from analysis import uploads
+    from analysis.workload import uploads
 
     monkeypatch.setattr(uploads, "DEFAULT_MAX_BYTES", 1000)
     at = _pick(app("model"), data_kind="Upload tensors (.pt, .npz)")

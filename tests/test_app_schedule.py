@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from app_support import (app, assert_clean, downloads, plotly_specs, sample_profile, sample_scan,  # noqa: F401
-                         stored_run, texts)
+from app_support import app, assert_clean, downloads, plotly_specs, sample_profile, sample_scan, stored_run, texts  # noqa: F401
 
-from analysis.allocate import Bounds, Target, allocate
-from analysis.measure import measure_schedule
-from analysis.predict import Predictor
-from analysis.schedule import Schedule
-from analysis.totals import Accountant
+from analysis.schedule.allocate import Bounds, Target, allocate
+from analysis.schedule.measure import measure_schedule
+from analysis.schedule.predict import Predictor
+from analysis.schedule.schedule import Schedule
+from analysis.schedule.totals import Accountant
 from ui import runs, schedules
 from ui.common import WorkloadSpec, cached_layers, cached_workload
 
@@ -261,7 +260,7 @@ def test_a_reload_finds_the_schedule_being_tuned(stored_run):  # noqa: F811
 def test_calibrate_the_prediction_from_the_page(stored_run, sample_profile, prunescope_home, tmp_path):  # noqa: F811
     import shutil
 
-    from analysis.calibrate import calibrate
+    from analysis.schedule.calibrate import calibrate
 
     at = app("schedule")
     assert "Not calibrated yet" in texts(at.info)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from app_support import app, assert_clean, plotly_specs, sample_profile, sample_scan, stored_run, texts  # noqa: F401
-
 from conftest import run_cli
 
-from analysis import engine
-from analysis.engine import ScanConfig
-from analysis.sensitivity import scan, tolerance_table
+from analysis.core.profile import tolerance_table
+from analysis.scan import backends
+from analysis.scan.config import ScanConfig
+from analysis.scan.context import prepare
+from analysis.scan.driver import scan
+from analysis.scan.engines import ENGINES
 from ui import runs, scanning
 from ui.common import WorkloadSpec, cached_workload
 
@@ -125,7 +127,7 @@ def _engine_must_not_run(monkeypatch) -> None:  # noqa: ANN001
 
     monkeypatch.setattr(scanning, "run_on_backend", refuse)
     monkeypatch.setattr(scanning, "prepare_for", refuse)
-    monkeypatch.setattr(engine, "prepare", refuse)
+    monkeypatch.setattr(backends, "prepare", refuse)
 
 
 def test_a_scan_survives_a_reload_and_reopens_without_recomputing(monkeypatch):
@@ -164,10 +166,10 @@ def test_cancel_keeps_finished_layers_and_run_resumes(prunescope_home):
     """A Cancel click stops the script mid-scan: the layers it finished are in the store, and Run resumes there."""
     config = ScanConfig(sparsities=(0.5, 0.9))
     workload = cached_workload(SPEC)
-    ctx = engine.prepare(workload, config)
+    ctx = prepare(workload, config)
     store = runs.store()
     interrupted = store.open_scan(workload, ctx)
-    store.add_layer(interrupted.id, engine.ENGINES["naive"](ctx, ctx.layers[0], None), ctx.config)  # any engine
+    store.add_layer(interrupted.id, ENGINES["naive"](ctx, ctx.layers[0], None), ctx.config)  # any engine
     at = app("sensitivity")
     at.session_state[scanning.SCANNING] = interrupted.id  # what run_scan leaves when Cancel interrupts it
     at.button[1].click()
@@ -226,16 +228,17 @@ def test_cancel_with_nothing_running_says_so():
 
 
 def test_a_configured_ray_cluster_is_offered_and_used(monkeypatch):
-    import analysis.backends
-    from analysis.backends import Backend
+    import analysis.scan.backends
+    from analysis.scan.backends import Backend
+    from analysis.scan.driver import run_scan
 
     cluster = Backend("ray", address="10.0.0.5:6379")
-    monkeypatch.setattr(analysis.backends, "cluster_backend", lambda: cluster)
+    monkeypatch.setattr(analysis.scan.backends, "cluster_backend", lambda: cluster)
     used = []
 
     def local_instead(workload, config, backend, **kwargs):  # noqa: ANN001, ANN003, ANN202 - no cluster in tests
         used.append(backend)
-        return analysis.backends.run_scan(workload, config, "local", **kwargs)
+        return run_scan(workload, config, "local", **kwargs)
 
     monkeypatch.setattr(scanning, "run_on_backend", local_instead)
     at = app("sensitivity")

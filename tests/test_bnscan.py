@@ -5,12 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from test_fast_engine import assert_same, compare, random_workload
 from torch import nn
 
-from analysis import bnscan
-from analysis.engine import ScanConfig, combine_shards, engine_report, prepare, run_layer_fast, run_layer_naive
-from analysis.sources import load_workload
-from test_fast_engine import assert_same, compare, random_workload
+from analysis.scan import bnscan
+from analysis.scan.config import ScanConfig
+from analysis.scan.context import combine_shards, prepare
+from analysis.scan.engines import run_layer_fast
+from analysis.scan.naive import run_layer_naive
+from analysis.workload.workload import load_workload
 
 RECAL = {"bn_recalibrate": True, "bn_batches": 2, "batch_size": 32}
 

@@ -9,10 +9,10 @@ import shutil
 import pandas as pd
 import pytest
 
-from analysis.calibrate import build_schedules, fit, parse_methods, parse_targets
 from analysis.cli import main
-from analysis.predict import MODELS, Predictor
-from analysis.schedule import Schedule
+from analysis.schedule.calibrate import build_schedules, fit, parse_methods, parse_targets
+from analysis.schedule.predict import MODELS, Predictor
+from analysis.schedule.schedule import Schedule
 from tests.conftest import run_cli
 
 TARGETS = (0.5, 0.8)
@@ -22,8 +22,8 @@ METHODS = ("uniform", "sensitivity")
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory, workloads):
     """A digits-mlp scan folder, calibrated through the command line on 2 methods x 2 targets."""
-    from analysis.engine import ScanConfig
-    from analysis.sensitivity import scan
+    from analysis.scan.config import ScanConfig
+    from analysis.scan.driver import scan
 
     out = tmp_path_factory.mktemp("calibrated")
     scan(workloads["digits-mlp"], ScanConfig(sparsities=(0.3, 0.6, 0.8, 0.9))).save(out)
@@ -133,8 +133,8 @@ def test_parsers_and_fit_validate_their_inputs(calibrated) -> None:
 
 
 def test_schedule_without_a_measured_layer_is_written_without_a_prediction(workloads, tmp_path, capsys) -> None:
-    from analysis.engine import ScanConfig
-    from analysis.sensitivity import scan
+    from analysis.scan.config import ScanConfig
+    from analysis.scan.driver import scan
 
     partial = tmp_path / "partial"
     scan(workloads["digits-mlp"], ScanConfig(sparsities=(0.5, 0.9), layers=("fc1", "fc2"))).save(partial)

@@ -145,13 +145,14 @@ def test_a_scan_that_stops_on_the_model_keeps_its_finished_layers(fail, code, ma
 
 
 def test_a_failure_in_prunescope_itself_keeps_its_traceback(monkeypatch, tmp_path):
-    from analysis import cli, metrics
+    from analysis import cli
+    from analysis.core import metrics
 
     def broken(*args, **kwargs):  # noqa: ANN002, ANN003
         raise RuntimeError("a bug of ours")
 
     monkeypatch.setattr(metrics, "predict", broken)
-    monkeypatch.setattr("analysis.engine.predict", broken)
+    monkeypatch.setattr("analysis.scan.context.predict", broken)
     with pytest.raises(RuntimeError, match="a bug of ours"):
         cli.main(["scan", "--model", "sample:digits-mlp", "--data", "sample:digits", "--count", "8",
                   "--sparsities", "0.5", "--quiet", "--no-store", "--out", str(tmp_path / "o")])
@@ -163,7 +164,7 @@ MLP = ("--model", "sample:digits-mlp", "--data", "sample:digits", "--count", "64
 
 
 def _artifacts(kind: str) -> pd.DataFrame:
-    from analysis.store import RunStore
+    from analysis.store.runs import RunStore
 
     with RunStore() as store:
         return store.artifacts(kind=kind)
@@ -185,9 +186,9 @@ def _get(artifact_id: int, out):  # noqa: ANN001, ANN202
 
 
 def test_schedule_diagnose_and_export_are_stored_like_the_dashboards(tmp_path, prunescope_home):
-    from analysis import artifacts
-    from analysis.schedule import Schedule
-    from analysis.sources import load_workload
+    from analysis.schedule.schedule import Schedule
+    from analysis.store import artifacts
+    from analysis.workload.workload import load_workload
 
     w = load_workload("sample:digits-mlp", "sample:digits", count=64)
     workload = artifacts.workload_id(w.fingerprint(), w.data.fingerprint())

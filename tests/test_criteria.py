@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.criteria import collect_stats, importance
-from analysis.layers import find_layers
+from analysis.core.criteria import collect_stats, importance
+from analysis.core.layers import find_layers
 
 
 def _model():

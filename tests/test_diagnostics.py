@@ -9,17 +9,23 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_cli
 from torch import nn
 
-from analysis import batchnorm, masks
-from analysis.diagnostics import LOGITS, compare_criteria, diagnose, structural_dead
-from analysis.engine import ScanConfig, prepare
-from analysis.layers import find_layers
-from analysis.plots import (activation_shift_figure, criterion_comparison_figure, dead_neurons_figure,
-                            recalibration_figure)
-from analysis.sensitivity import scan
-from analysis.sources import EvalData, Workload, load_workload
-from conftest import run_cli
+from analysis.core import batchnorm, masks
+from analysis.core.data import EvalData
+from analysis.core.layers import find_layers
+from analysis.diagnose.diagnostics import LOGITS, compare_criteria, diagnose, structural_dead
+from analysis.report.plots import (
+    activation_shift_figure,
+    criterion_comparison_figure,
+    dead_neurons_figure,
+    recalibration_figure,
+)
+from analysis.scan.config import ScanConfig
+from analysis.scan.context import prepare
+from analysis.scan.driver import scan
+from analysis.workload.workload import Workload, load_workload
 
 SMALL = ScanConfig(batch_size=64)
 
@@ -313,8 +319,9 @@ def test_cli_scan_bn_recalibrate(tmp_path) -> None:
 def test_attention_projections_are_observed_themselves() -> None:
     """``nn.MultiheadAttention``'s fused inference kernel reads both projections inside one operator; the
     diagnosis runs the decomposed path, so each projection's own output is measured (distance 0)."""
-    from analysis.engine import ScanConfig
-    from analysis.sources import Workload, load_data
+    from analysis.scan.config import ScanConfig
+    from analysis.workload.data import load_data
+    from analysis.workload.workload import Workload
 
     class Attend(nn.Module):
         def __init__(self) -> None:

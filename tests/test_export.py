@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
-from analysis import export as ex
-from analysis import shrink
-from analysis.batchnorm import recalibrate
-from analysis.layers import find_layers
-from analysis.masks import applied, is_nm
-from analysis.metrics import predict
-from analysis.schedule import Schedule, ScheduleError
-from analysis.sources import EvalData
+from analysis.core.batchnorm import recalibrate
+from analysis.core.data import EvalData
+from analysis.core.layers import find_layers
+from analysis.core.masks import applied, is_nm
+from analysis.core.metrics import predict
+from analysis.export import export as ex
+from analysis.schedule import coupling as shrink
+from analysis.schedule.schedule import Schedule, ScheduleError
 from tests.conftest import run_cli
 
 FAST = dict(exporter="torchscript", measure_latency=False, verify_samples=64)

@@ -7,13 +7,17 @@ import json
 import pytest
 import torch
 import torchvision
+from conftest import run_cli
 from torch import nn
 
-from analysis import fxgraph
-from analysis.batchnorm import recalibrate
-from analysis.engine import ScanConfig, engine_report, prepare, run_layer_fast, run_layer_naive
-from analysis.sources import EvalData, Workload, load_workload
-from conftest import run_cli
+from analysis.core.batchnorm import recalibrate
+from analysis.core.data import EvalData
+from analysis.scan import fxgraph
+from analysis.scan.config import ScanConfig
+from analysis.scan.context import prepare
+from analysis.scan.engines import engine_report, run_layer_fast
+from analysis.scan.naive import run_layer_naive
+from analysis.workload.workload import Workload, load_workload
 
 
 def assert_same(naive_rows: list[dict], fast_rows: list[dict], where: str) -> None:
@@ -217,17 +221,17 @@ class BatchFromInput(nn.Module):
 
 
 def test_variants_fold_into_the_batch_only_when_that_is_safe(monkeypatch):
-    from analysis import engine
+    from analysis.scan import fast
 
     folded: dict[str, list] = {}
-    real_fold = engine._fold
+    real_fold = fast._fold
 
     def spy(gm, cut, *rest):
         out = real_fold(gm, cut, *rest)
         folded.setdefault(cut.roots[0].target, []).append(out is not None)
         return out
 
-    monkeypatch.setattr(engine, "_fold", spy)
+    monkeypatch.setattr(fast, "_fold", spy)
     torch.manual_seed(0)
     report = compare(random_workload(BatchFromInput(), (1, 8, 8), n=40), sparsities=(0.4, 0.8), chunk_size=16)
     assert report["used"] == "fast"

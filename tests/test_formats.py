@@ -13,14 +13,18 @@ import torch
 from PIL import Image
 from torch import nn
 
-from analysis.engine import ScanConfig, prepare
-from analysis.sources import SpecError, check_fit, load_data, load_model, load_workload
+from analysis.scan.config import ScanConfig
+from analysis.scan.context import prepare
+from analysis.workload.data import load_data
+from analysis.workload.errors import SpecError
+from analysis.workload.models import load_model
+from analysis.workload.workload import check_fit, load_workload
 from tests.conftest import run_cli
 
 FACTORY = '''
 import torch
 from torch import nn
-from analysis.samples import DigitsCNN
+from analysis.workload.samples import DigitsCNN
 
 
 def cnn():
@@ -358,7 +362,7 @@ def test_nan_and_inf_weights_are_named(workloads, digits) -> None:
 
 
 def test_nan_data_is_named(workloads) -> None:
-    from analysis.sources import EvalData
+    from analysis.core.data import EvalData
 
     data = EvalData(torch.full((4, 1, 8, 8), float("nan")), None, "nan.pt")
     with pytest.raises(SpecError, match="the data nan.pt contains NaN or infinite values"):
@@ -460,7 +464,7 @@ def test_torchvision_class_count_from_conv_and_linear_classifiers(arch: str, suf
 
 
 def test_a_torchscript_model_that_fails_on_a_batch_is_named(tmp_path: Path) -> None:
-    from analysis.usercode import model_failure
+    from analysis.workload.usercode import model_failure
 
     class Small(nn.Module):
         def __init__(self) -> None:
@@ -507,7 +511,7 @@ def test_a_binary_classifier_with_one_logit_and_layers_named_by_index(tmp_path: 
     scan = run_cli("scan", "--model", model, "--data", data, "--sparsities", "0.5,0.9", "--no-store", "--quiet",
                    "--trust-code", "--out", tmp_path / "scan")
     assert scan.returncode == 0, scan.stderr
-    from analysis.sensitivity import SensitivityProfile
+    from analysis.core.profile import SensitivityProfile
 
     table = SensitivityProfile.load(tmp_path / "scan").table
     assert set(table["layer"]) == {"1", "3"}
@@ -516,7 +520,7 @@ def test_a_binary_classifier_with_one_logit_and_layers_named_by_index(tmp_path: 
                        "--out", tmp_path / "s.yaml")
     assert schedule.returncode == 0, schedule.stderr
     (tmp_path / "hand.yaml").write_text("sparsities:\n  1: 0.5\n  3: 0.25\n")  # YAML reads these keys as ints
-    from analysis.schedule import Schedule
+    from analysis.schedule.schedule import Schedule
 
     assert Schedule.load(tmp_path / "hand.yaml").sparsities == {"1": 0.5, "3": 0.25}
     export = run_cli("export", "--model", model, "--data", data, "--schedule", tmp_path / "s.yaml",

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from analysis.layers import find_layers, layer_table, select_layers
+from analysis.core.layers import find_layers, layer_table, select_layers
 
 
 class Tiny(nn.Module):
@@ -68,7 +68,7 @@ def test_table_shares_and_selection(workloads):
 
 
 def test_tracing_leaves_requires_grad_as_it_was():
-    from analysis.graph import trace_channels
+    from analysis.schedule.channels import trace_channels
 
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10)).eval()
     model[0].weight.requires_grad_(False)
@@ -80,8 +80,10 @@ def test_tracing_leaves_requires_grad_as_it_was():
 
 
 def test_transposed_convolutions_are_named_as_skipped_not_unknown():
-    from analysis.engine import ScanConfig, prepare
-    from analysis.sources import Workload, load_data
+    from analysis.scan.config import ScanConfig
+    from analysis.scan.context import prepare
+    from analysis.workload.data import load_data
+    from analysis.workload.workload import Workload
 
     class Up(nn.Module):
         def __init__(self) -> None:

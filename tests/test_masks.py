@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.masks import applied, check_sparsity, is_nm, make_mask, make_masks, parse_granularity, supports
+from analysis.core.masks import applied, check_sparsity, is_nm, make_mask, make_masks, parse_granularity, supports
 
 
 def test_magnitude_removes_exactly_the_smallest():

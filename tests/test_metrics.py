@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from analysis.metrics import Sums, evaluate, predict, sums_from_logits, sums_per_variant
+from analysis.core.metrics import Sums, evaluate, predict, sums_from_logits, sums_per_variant
 
 
 def test_sums_from_logits_by_hand():
@@ -49,9 +49,9 @@ def test_logit_shift_columns():
 
 def test_scan_logit_columns_agree_with_the_diagnosis(workloads):
     """Two independent computations of the same quantity: the scan's sums and the diagnosis's streamed stats."""
-    from analysis.diagnostics import diagnose
-    from analysis.engine import ScanConfig
-    from analysis.sensitivity import scan
+    from analysis.diagnose.diagnostics import diagnose
+    from analysis.scan.config import ScanConfig
+    from analysis.scan.driver import scan
 
     w = workloads["digits-mlp"]
     config = ScanConfig(sparsities=(0.7,), layers=("fc2",))
@@ -98,7 +98,7 @@ def test_models_returning_dicts_are_read_by_their_logits():
 
 
 def test_a_single_logit_is_the_binary_case():
-    from analysis.metrics import as_class_scores
+    from analysis.core.metrics import as_class_scores
 
     z = torch.tensor([[2.0], [-1.0], [0.5]])
     scores = as_class_scores(z)

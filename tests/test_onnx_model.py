@@ -14,12 +14,15 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from analysis.engine import ScanConfig, prepare
-from analysis.layers import find_layers
-from analysis.masks import applied, make_mask
-from analysis.onnx_model import OnnxModel, save_pruned
-from analysis.sensitivity import scan
-from analysis.sources import SpecError, load_model, load_workload
+from analysis.core.layers import find_layers
+from analysis.core.masks import applied, make_mask
+from analysis.scan.config import ScanConfig
+from analysis.scan.context import prepare
+from analysis.scan.driver import scan
+from analysis.workload.errors import SpecError
+from analysis.workload.models import load_model
+from analysis.workload.onnx import OnnxModel, save_pruned
+from analysis.workload.workload import load_workload
 
 CONFIG = ScanConfig(sparsities=(0.5, 0.9), batch_size=256)
 METRICS = ["accuracy", "loss", "agreement", "kl"]
@@ -178,8 +181,8 @@ def test_scan_table_columns_are_the_same_for_onnx(onnx_files) -> None:
 
 
 def test_export_engine_writes_an_onnx_input_back_as_its_own_graph(onnx_files, tmp_path: Path) -> None:
-    from analysis.export import export
-    from analysis.schedule import Schedule
+    from analysis.export.export import export
+    from analysis.schedule.schedule import Schedule
 
     wl = load_workload(str(onnx_files["digits-cnn"]), "sample:digits", count=64)
     report = export(wl.model, Schedule({"block2.0": 0.5, "fc": 0.5}), wl.data, tmp_path / "p.onnx",
@@ -195,7 +198,7 @@ def test_export_engine_writes_an_onnx_input_back_as_its_own_graph(onnx_files, tm
 def test_a_graph_exported_for_a_fixed_batch_size_runs_in_batches_of_it(batch: int, workloads, tmp_path: Path) -> None:
     """``torch.onnx.export`` without ``dynamic_axes`` (its default) fixes the batch size: scans, verification and
     latency run in batches of that size, the last one padded."""
-    from analysis.export import export
+    from analysis.export.export import export
 
     torch_wl = workloads["digits-cnn"]
     path = tmp_path / "static.onnx"
@@ -209,7 +212,7 @@ def test_a_graph_exported_for_a_fixed_batch_size_runs_in_batches_of_it(batch: in
     config = ScanConfig(sparsities=(0.5,), layers=("fc",))
     ref = scan(load_workload("sample:digits-cnn", "sample:digits", count=50), config).table
     np.testing.assert_allclose(scan(wl, config).table[METRICS].to_numpy(float), ref[METRICS].to_numpy(float), atol=1e-5)
-    from analysis.schedule import Schedule
+    from analysis.schedule.schedule import Schedule
 
     report = export(wl.model, Schedule({"fc": 0.5}), wl.data, tmp_path / "p.onnx", repeats=2)
     assert all(v.passed for v in report.verifications)
@@ -247,9 +250,9 @@ def test_layers_are_named_after_their_modules_when_the_exporter_renames_the_weig
 
 
 def test_diagnose_and_fine_tuning_say_they_need_the_model_in_pytorch_form(onnx_files) -> None:
-    from analysis.diagnostics import diagnose
-    from analysis.measure import measure_schedule
-    from analysis.schedule import Schedule
+    from analysis.diagnose.diagnostics import diagnose
+    from analysis.schedule.measure import measure_schedule
+    from analysis.schedule.schedule import Schedule
 
     wl = load_workload(str(onnx_files["digits-mlp"]), "sample:digits", count=16)
     pytorch_form = r"Give the model in PyTorch form: TorchScript \(.pt\), a torch.export program \(.pt2\) or model.py"

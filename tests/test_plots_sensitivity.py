@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from analysis import plots
-from analysis.engine import ScanConfig
-from analysis.layers import find_layers, layer_table
-from analysis.sensitivity import scan
+from analysis.core.layers import find_layers, layer_table
+from analysis.report import plots
+from analysis.scan.config import ScanConfig
+from analysis.scan.driver import scan
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,8 @@ def test_heatmap_is_the_drop_in_points_per_layer_and_sparsity(profiles):
 
 
 def test_label_free_profile_has_no_accuracy_views(workloads):
-    from analysis.sources import EvalData, Workload
+    from analysis.core.data import EvalData
+    from analysis.workload.workload import Workload
 
     cnn = workloads["digits-cnn"]
     unlabelled = Workload(cnn.model, EvalData(cnn.data.x[:64], None, "x-only"), cnn.model_spec, 10, cnn.input_shape)

@@ -11,9 +11,11 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from analysis.masks import applied, is_nm, make_mask, make_masks, parse_granularity
-from analysis.schedule import Schedule, ScheduleError
-from analysis.sources import SpecError, load_data, load_model
+from analysis.core.masks import applied, is_nm, make_mask, make_masks, parse_granularity
+from analysis.schedule.schedule import Schedule, ScheduleError
+from analysis.workload.data import load_data
+from analysis.workload.errors import SpecError
+from analysis.workload.models import load_model
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -172,7 +174,7 @@ def test_spec_parser_refuses_huge_random_shapes() -> None:
 def test_fuzz_sparsity_list_parser(text) -> None:
     import argparse
 
-    from analysis.cli import _sparsity_list
+    from analysis.cli.commands import _sparsity_list
 
     try:
         values = _sparsity_list(text)

@@ -14,10 +14,10 @@ from app_support import sample_profile, sample_scan  # noqa: F401
 from conftest import cli_env, run_cli
 
 from analysis.cli import main
-from analysis.export import export
-from analysis.predict import Predictor
-from analysis.report import build_report, load_export
-from analysis.schedule import Schedule
+from analysis.export.export import export
+from analysis.report.html import build_report, load_export
+from analysis.schedule.predict import Predictor
+from analysis.schedule.schedule import Schedule
 
 SCHEDULE = {"block2.0": 0.5, "block3.0": 0.7, "fc": 0.3}
 

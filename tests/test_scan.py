@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.utils.prune as tprune
 
-from analysis.engine import ScanConfig
-from analysis.sensitivity import SensitivityProfile, scan, tolerance_table
+from analysis.core.profile import SensitivityProfile, tolerance_table
+from analysis.scan.config import ScanConfig
+from analysis.scan.driver import scan
 
 
 def test_mlp_scan_equals_a_hand_loop_over_torch_prune(workloads):

@@ -10,16 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from analysis import masks
-from analysis.allocate import METHODS, Bounds, Target, allocate, parse_target
 from analysis.cli import main
-from analysis.finetune import finetune
-from analysis.graph import trace_channels
-from analysis.layers import find_layers
-from analysis.predict import MODELS, Predictor, isotonic
-from analysis.schedule import Schedule, ScheduleError
-from analysis.sensitivity import SensitivityProfile
-from analysis.totals import Accountant, totals, unit_size
+from analysis.core import masks
+from analysis.core.layers import find_layers
+from analysis.core.profile import SensitivityProfile
+from analysis.schedule.allocate import METHODS, Bounds, Target, allocate, parse_target
+from analysis.schedule.channels import trace_channels
+from analysis.schedule.finetune import finetune
+from analysis.schedule.predict import MODELS, Predictor, isotonic
+from analysis.schedule.schedule import Schedule, ScheduleError
+from analysis.schedule.totals import Accountant, totals, unit_size
 from tests.conftest import run_cli
 
 # --------------------------------------------------------------------------------------------- hand-built models
@@ -320,7 +320,7 @@ def test_predictor_rejects_layers_the_profile_lacks(cnn) -> None:
 def test_masks_stay_fixed_during_finetuning(workloads) -> None:
     import copy
 
-    from analysis.sources import load_data
+    from analysis.workload.data import load_data
 
     wl = workloads["digits-resnet"]
     model = copy.deepcopy(wl.model)
@@ -361,8 +361,8 @@ def test_finetuning_without_labels_learns_from_soft_targets(workloads) -> None:
 
 @pytest.fixture(scope="module")
 def mlp_scan(tmp_path_factory, workloads):
-    from analysis.engine import ScanConfig
-    from analysis.sensitivity import scan
+    from analysis.scan.config import ScanConfig
+    from analysis.scan.driver import scan
 
     out = tmp_path_factory.mktemp("scan")
     scan(workloads["digits-mlp"], ScanConfig(sparsities=(0.3, 0.6, 0.8, 0.9))).save(out)
@@ -439,8 +439,9 @@ def test_unit_size_is_a_weight_or_a_channel(cnn) -> None:
 def test_torchscript_models_fine_tune_on_a_copy(workloads, tmp_path) -> None:
     import warnings
 
-    from analysis.measure import measure_schedule
-    from analysis.sources import load_data, load_workload
+    from analysis.schedule.measure import measure_schedule
+    from analysis.workload.data import load_data
+    from analysis.workload.workload import load_workload
 
     wl = workloads["digits-cnn"]
     with warnings.catch_warnings():

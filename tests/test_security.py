@@ -20,8 +20,10 @@ from app_support import ROOT, app, assert_clean, texts
 from conftest import cli_env, run_cli
 from streamlit.testing.v1 import AppTest
 
-from analysis.sources import SpecError, load_model, load_workload
-from analysis.uploads import UploadError, received
+from analysis.workload.errors import SpecError
+from analysis.workload.models import load_model
+from analysis.workload.uploads import UploadError, received
+from analysis.workload.workload import load_workload
 
 
 class Marker:
@@ -414,7 +416,7 @@ def test_a_failed_commit_is_not_counted_as_kept(tmp_path: Path, monkeypatch, cap
     import sqlite3
 
     from analysis.cli import main
-    from analysis.store import RunStore
+    from analysis.store.runs import RunStore
 
     real, calls = RunStore.add_layer, []
 
@@ -441,7 +443,7 @@ def test_the_same_scan_started_twice_at_once_shares_one_run(tmp_path: Path, prun
                               env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()
-    from analysis.store import RunStore
+    from analysis.store.runs import RunStore
 
     with RunStore() as store:
         runs = store.runs()
@@ -451,8 +453,9 @@ def test_the_same_scan_started_twice_at_once_shares_one_run(tmp_path: Path, prun
 
 
 def test_a_lookup_that_raced_joins_the_run_made_meanwhile(workloads) -> None:
-    from analysis.engine import ScanConfig, prepare
-    from analysis.store import RunStore
+    from analysis.scan.config import ScanConfig
+    from analysis.scan.context import prepare
+    from analysis.store.runs import RunStore
 
     wl = workloads["digits-mlp"]
     config = ScanConfig(sparsities=(0.5,))

@@ -6,11 +6,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from analysis.sources import SpecError, check_fit, load_data, load_model, load_workload
+from analysis.workload.data import load_data
+from analysis.workload.errors import SpecError
+from analysis.workload.models import load_model
+from analysis.workload.workload import check_fit, load_workload
 
 
 def test_samples_load_in_eval_mode_and_reach_their_recorded_accuracy(workloads):
-    from analysis.samples import sample_info
+    from analysis.workload.samples import sample_info
 
     for name, w in workloads.items():
         assert not w.model.training
@@ -30,7 +33,7 @@ def test_digits_split_is_fixed_and_disjoint():
 def test_digits_read_without_sklearn_equal_sklearns_loader():
     from sklearn.datasets import load_digits as from_sklearn
 
-    from analysis.samples import load_digits
+    from analysis.workload.samples import load_digits
 
     images, target = load_digits()
     reference = from_sklearn()

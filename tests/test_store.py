@@ -15,9 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.engine import ScanConfig, prepare
-from analysis.sensitivity import scan
-from analysis.store import LayerWriter, RunStore, StoreError, default_path, identity_key, scan_identity
+from analysis.scan.config import ScanConfig
+from analysis.scan.context import prepare
+from analysis.scan.driver import scan
+from analysis.store.runs import LayerWriter, RunStore, StoreError, default_path, identity_key, scan_identity
 from tests.conftest import ROOT, cli_env, run_cli
 
 CONFIG = ScanConfig(sparsities=(0.5, 0.9), batch_size=256)
@@ -265,8 +266,8 @@ def test_cli_reports_a_foreign_store_in_one_line(tmp_path: Path) -> None:
 
 WRITER = """
 import sys
-from analysis.engine import LayerResult
-from analysis.store import RunStore
+from analysis.scan.context import LayerResult
+from analysis.store.runs import RunStore
 path, who, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 with RunStore(path) as s:
     for i in range(n):
@@ -364,7 +365,7 @@ def test_cli_scan_killed_midway_resumes_and_equals_an_uninterrupted_scan(tmp_pat
     assert meta["resumed_layers"] == kept and meta["complete"] and meta["run_id"] == 1
     assert set(meta["timings"]["per_layer_s"]) >= {l["name"] for l in meta["layers"]}
 
-    from analysis.sources import load_workload
+    from analysis.workload.workload import load_workload
 
     workload = load_workload(f"{tmp_path / 'deep.py'}:deep", "random:1x8x8", count=3000, trust_code=True)
     scan(workload, ScanConfig(sparsities=(0.3, 0.6, 0.9))).save(tmp_path / "plain")
@@ -433,7 +434,7 @@ def tanh():
 
 
 def test_the_same_weights_in_other_code_are_another_model(tmp_path: Path) -> None:
-    from analysis.sources import load_workload
+    from analysis.workload.workload import load_workload
 
     path = tmp_path / "act.py"
     path.write_text(ACTIVATIONS)
@@ -456,7 +457,8 @@ def test_a_run_whose_dense_outputs_differ_is_not_resumed(tmp_path: Path) -> None
     """Code the identity cannot see (here: a Python API workload, no file) is caught by the dense baseline."""
     import importlib.util
 
-    from analysis.sources import Workload, load_data
+    from analysis.workload.data import load_data
+    from analysis.workload.workload import Workload
 
     path = tmp_path / "act_module.py"
     path.write_text(ACTIVATIONS)

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.sources import load_data, load_model
-from analysis.uploads import UploadError, received, safe_extract
+from analysis.workload.data import load_data
+from analysis.workload.models import load_model
+from analysis.workload.uploads import UploadError, received, safe_extract
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,7 @@ def test_too_many_files_are_refused(tmp_path: Path) -> None:
 
 
 def test_check_names_the_kind_and_the_suffix_from_content(model_bytes) -> None:
-    from analysis.uploads import check
+    from analysis.workload.uploads import check
 
     assert check(model_bytes["onnx"], "weights.pth", "model") == ("onnx", ".onnx")
     assert check(model_bytes["safetensors"], "x.onnx", "model") == ("safetensors", ".safetensors")

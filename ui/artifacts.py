@@ -11,12 +11,21 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from analysis import artifacts as engine
-from analysis.artifacts import (DIAGNOSIS, EXPORT, SCHEDULE, TUNING, diagnosis_from, diagnosis_name, export_from,
-                                export_name, jsonable)
-from analysis.diagnostics import Diagnosis
-from analysis.export import ExportReport
-from analysis.store import StoreError
+from analysis.diagnose.diagnostics import Diagnosis
+from analysis.export.export import ExportReport
+from analysis.store import artifacts as engine
+from analysis.store.artifacts import (
+    DIAGNOSIS,
+    EXPORT,
+    SCHEDULE,
+    TUNING,
+    diagnosis_from,
+    diagnosis_name,
+    export_from,
+    export_name,
+    jsonable,
+)
+from analysis.store.runs import StoreError
 from ui import runs
 from ui.common import WorkloadSpec, fingerprints
 

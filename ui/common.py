@@ -20,11 +20,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from analysis import samples
-from analysis.layers import Layer, find_layers, layer_table
-from analysis.sources import SpecError, Workload, load_workload, parse_shape
-from analysis.store import home as prunescope_home
-from analysis.uploads import UploadError, image_root, sniff
+from analysis.core.layers import Layer, find_layers, layer_table
+from analysis.store.runs import home as prunescope_home
+from analysis.workload import samples
+from analysis.workload.data import parse_shape
+from analysis.workload.errors import SpecError
+from analysis.workload.uploads import UploadError, image_root, sniff
+from analysis.workload.workload import Workload, load_workload
 from ui import uploads
 from ui.uploads import TENSOR_FILE, WEIGHTS_FILE
 
@@ -226,7 +228,7 @@ def workload_or_stop() -> tuple[WorkloadSpec, Workload, list[Layer]]:
 
 def best_engine() -> str:
     """The fastest scan engine this checkout has (they all give the same numbers)."""
-    from analysis.engine import ENGINES
+    from analysis.scan.engines import ENGINES
 
     return "fast" if "fast" in ENGINES else "naive"
 

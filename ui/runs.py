@@ -20,9 +20,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from analysis.calibrate import CALIBRATION_CSV, CALIBRATION_JSON
-from analysis.sensitivity import SensitivityProfile
-from analysis.store import RunStore, StoreError, default_path, home
+from analysis.core.profile import SensitivityProfile
+from analysis.schedule.calibrate import CALIBRATION_CSV, CALIBRATION_JSON
+from analysis.store.runs import RunStore, StoreError, default_path, home
 from ui.common import WorkloadSpec, fingerprints
 
 RUN_ID = "run_id"

@@ -16,12 +16,15 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from analysis import adaptive, plots
-from analysis.backends import Backend, prepare_for, run_scan as run_on_backend
-from analysis.engine import LayerResult, ScanConfig
-from analysis.sensitivity import Progress
-from analysis.sources import Workload
-from analysis.store import RunStore, ScanRun
+from analysis.report import plots
+from analysis.scan import adaptive
+from analysis.scan.backends import Backend, prepare_for
+from analysis.scan.config import ScanConfig
+from analysis.scan.context import LayerResult
+from analysis.scan.driver import Progress
+from analysis.scan.driver import run_scan as run_on_backend
+from analysis.store.runs import RunStore, ScanRun
+from analysis.workload.workload import Workload
 from ui import common, runs
 from ui.common import WorkloadSpec
 

@@ -17,14 +17,14 @@ import json
 import streamlit as st
 import torch
 
-from analysis import artifacts as artifacts_engine
-from analysis import criteria, masks
-from analysis.allocate import Bounds
-from analysis.layers import Layer
-from analysis.predict import Predictor
-from analysis.schedule import Schedule, ScheduleError
-from analysis.sensitivity import SensitivityProfile
-from analysis.totals import Accountant
+from analysis.core import criteria, masks
+from analysis.core.layers import Layer
+from analysis.core.profile import SensitivityProfile
+from analysis.schedule.allocate import Bounds
+from analysis.schedule.predict import Predictor
+from analysis.schedule.schedule import Schedule, ScheduleError
+from analysis.schedule.totals import Accountant
+from analysis.store import artifacts as artifacts_engine
 from ui import artifacts, runs
 from ui.common import WorkloadSpec, cached_layers, cached_workload, model_lock
 

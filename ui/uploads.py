@@ -16,8 +16,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from analysis.store import home
-from analysis.uploads import CODE_UPLOADS_ENV, PROGRAM_KINDS, UploadError, check, safe_extract
+from analysis.store.runs import home
+from analysis.workload.uploads import CODE_UPLOADS_ENV, PROGRAM_KINDS, UploadError, check, safe_extract
 
 WHAT = {"onnx": "an ONNX model", "torchscript": "a TorchScript model", "export": "a torch.export program",
         "torch-save": "a torch.save archive (a state dict, or a pickled model)",

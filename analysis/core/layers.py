@@ -1,0 +1,207 @@
+"""Find the prunable layers of a model, with their shapes, parameter counts and FLOPs.
+
+A prunable layer is a weight that a convolution or a matrix multiplication reads: ``Conv1d/2d/3d``,
+``Linear``, and the projections inside ``nn.MultiheadAttention`` (``in_proj_weight``, ``out_proj``). Layers are
+found by watching one forward pass at the ATen level rather than by module type, so the same code finds
+them in a plain ``nn.Module``, a TorchScript module and an unlifted ``torch.export`` program. FLOPs come from
+``torch.utils.flop_counter``'s formulas, attributed to the weight each operation reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.flop_counter import flop_registry
+
+from analysis.core.dispatch import EagerDispatchMode, storage_key
+from analysis.core.ops import CONV_OPS, WEIGHT_OPS, conv_groups, is_transposed_conv
+
+
+@dataclass
+class Layer:
+    """One prunable weight: where it lives, what it is, and what it costs on the workload's input."""
+
+    name: str
+    param_name: str
+    kind: str
+    shape: tuple[int, ...]
+    params: int
+    flops: int
+    groups: int = 1
+    order: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def out_channels(self) -> int:
+        return self.shape[0]
+
+    def weight(self, model: nn.Module) -> torch.Tensor:
+        """The live weight tensor of this layer inside ``model`` (TorchScript modules lack ``get_parameter``)."""
+        if isinstance(model, torch.jit.ScriptModule):
+            return dict(model.named_parameters())[self.param_name]
+        return model.get_parameter(self.param_name)
+
+
+def _layer_name(param_name: str) -> str:
+    """``block.conv.weight`` -> ``block.conv``; ``attn.in_proj_weight`` -> ``attn.in_proj``."""
+    if param_name.endswith(".weight"):
+        return param_name[: -len(".weight")]
+    if param_name.endswith("_weight"):
+        return param_name[: -len("_weight")]
+    return param_name
+
+
+class _WeightUseRecorder(EagerDispatchMode):
+    """Records, for every conv/matmul operation, which watched weights it reads and how many FLOPs it does."""
+
+    def __init__(self, watched: dict[int, str]) -> None:
+        super().__init__()
+        self.watched = watched
+        self.uses: dict[str, dict] = {}
+        self.total_flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        flops = 0
+        if packet in flop_registry:
+            try:
+                flops = int(flop_registry[packet](*args, **kwargs, out_val=out))
+            except TypeError:
+                flops = 0
+        self.total_flops += flops
+        op = str(packet)
+        if op not in WEIGHT_OPS:
+            return out
+        for arg in args:
+            if isinstance(arg, torch.Tensor) and arg.dim() >= 2:
+                name = self.watched.get(storage_key(arg))
+                if name is None:
+                    continue
+                use = self.uses.setdefault(name, {"op": op, "flops": 0, "groups": 1, "transposed": False})
+                use["flops"] += flops
+                if op in CONV_OPS:
+                    use["transposed"] = is_transposed_conv(op, args)
+                    use["groups"] = conv_groups(op, args)
+        return out
+
+
+def _kind(op: str, shape: tuple[int, ...], param_name: str) -> str:
+    if op in CONV_OPS:
+        return f"Conv{len(shape) - 2}d"
+    if param_name.endswith("in_proj_weight"):
+        return "MultiheadAttention.in_proj"
+    return "Linear"
+
+
+@contextmanager
+def gradients_on(model: nn.Module) -> Iterator[None]:
+    """Every parameter requires grad and autograd is on for the block; each flag comes back as it was.
+
+    Tracing passes use it: fused inference fast paths (e.g. in ``nn.TransformerEncoderLayer``) would otherwise
+    hide the weights, and tracers that need autograd (Torch-Pruning's) see every parameter.
+    """
+    params = list(model.named_parameters())
+    restore = {n: p.requires_grad for n, p in params}
+    try:
+        for _, p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            yield
+    finally:
+        for n, p in params:
+            p.requires_grad_(restore[n])
+
+
+TRANSPOSED_REASON = "a transposed convolution (ConvTranspose): not pruned by Prunescope yet"
+
+
+@contextmanager
+def decomposed_attention() -> Iterator[None]:
+    """``nn.MultiheadAttention`` (and the Transformer layers) without their fused inference kernel, which reads
+    the projection weights inside one operator: passes that watch each projection's output need the
+    decomposed path. The flag is process-wide and comes back as it was."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
+def find_layers(model: nn.Module, example: torch.Tensor, unsupported: dict[str, str] | None = None) -> list[Layer]:
+    """Prunable layers of ``model`` in execution order, measured on one forward pass of ``example``.
+
+    ``example`` should be a small batch (one sample is enough); FLOPs are reported per sample. A model that
+    does not run through PyTorch's operators (``analysis.onnx_model.OnnxModel``) lists its own layers. Weights
+    found but not prunable (transposed convolutions) go to ``unsupported``, by layer name, with the reason.
+    """
+    if callable(getattr(model, "prunable_layers", None)):
+        return model.prunable_layers(example)
+    params = dict(model.named_parameters())
+    watched = {storage_key(p): n for n, p in params.items() if p.dim() >= 2}
+    recorder = _WeightUseRecorder(watched)
+    with gradients_on(model), recorder:
+        model(example)
+    batch = max(1, example.shape[0])
+    layers = []
+    for order, (param_name, use) in enumerate(recorder.uses.items()):
+        if use["transposed"]:
+            if unsupported is not None:
+                unsupported[_layer_name(param_name)] = TRANSPOSED_REASON
+            continue
+        p = params[param_name]
+        shape = tuple(p.shape)
+        layers.append(
+            Layer(
+                name=_layer_name(param_name),
+                param_name=param_name,
+                kind=_kind(use["op"], shape, param_name),
+                shape=shape,
+                params=p.numel(),
+                flops=use["flops"] // batch,
+                groups=use["groups"],
+                order=order,
+            )
+        )
+    return layers
+
+
+def layer_table(layers: list[Layer]) -> pd.DataFrame:
+    """A summary table: one row per layer with type, shape, parameters, FLOPs and their shares of the total."""
+    df = pd.DataFrame(
+        {
+            "layer": [l.name for l in layers],
+            "type": [l.kind for l in layers],
+            "shape": ["x".join(map(str, l.shape)) for l in layers],
+            "params": [l.params for l in layers],
+            "flops": [l.flops for l in layers],
+        }
+    )
+    total_p, total_f = max(1, df["params"].sum()), max(1, df["flops"].sum())
+    df["params_share"] = df["params"] / total_p
+    df["flops_share"] = df["flops"] / total_f
+    return df
+
+
+def select_layers(layers: list[Layer], names: list[str] | None,
+                  unsupported: dict[str, str] | None = None) -> list[Layer]:
+    """The layers named in ``names`` (all when ``None``), in model order; an unknown name is a ``ValueError``
+    (which says why for a layer in ``unsupported``)."""
+    if not names:
+        return list(layers)
+    by_name = {l.name: l for l in layers}
+    unknown = [n for n in names if n not in by_name]
+    if unknown and unknown[0] in (unsupported or {}):
+        raise ValueError(f"layer {unknown[0]!r} is {unsupported[unknown[0]]}")
+    if unknown:
+        sample = ", ".join(list(by_name)[:8]) + (", ..." if len(by_name) > 8 else "")
+        raise ValueError(f"unknown layer {unknown[0]!r}; the model's prunable layers are: {sample}")
+    wanted = set(names)
+    return [l for l in layers if l.name in wanted]

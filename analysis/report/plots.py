@@ -1,0 +1,312 @@
+"""Plotly figures from profiles, layer tables and diagnostics, shared by the dashboard, report and tests.
+
+Every function takes data (a ``SensitivityProfile`` or a tidy ``DataFrame``) and returns a ``go.Figure``;
+nothing here draws on a screen or knows about Streamlit. Drops are shown in points (percent of the metric
+for accuracy and agreement, raw units for loss and KL) so that "1 point" reads the same everywhere.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+from analysis.core.metric_table import METRICS
+from analysis.core.profile import SensitivityProfile
+
+# ------------------------------------------------------------------------------------------- diagnostics
+
+
+def _cell_label(df: pd.DataFrame) -> pd.Series:
+    return df["layer"] + " @ " + df["sparsity"].map(lambda s: f"{s:g}")
+
+
+def activation_shift_figure(shift: pd.DataFrame, metric: str = "rel_l2") -> go.Figure:
+    """How far each observed output moves, downstream of each pruned (layer, sparsity): one line per cell.
+
+    ``shift`` is ``Diagnosis.shift``; ``metric`` any of its statistic columns (``rel_l2``, ``cosine``,
+    ``cosine_worst_decile``, ``mean_shift``, ``std_shift``, ``hellinger``, ...).
+    """
+    if metric not in shift.columns:
+        raise ValueError(f"unknown activation-shift statistic {metric!r}; choose one of "
+                         f"{', '.join(c for c in shift.columns if c not in ('layer', 'sparsity', 'observed'))}")
+    df = shift.assign(cell=_cell_label(shift)).sort_values(["layer", "sparsity", "distance"], kind="stable")
+    fig = px.line(df, x="observed", y=metric, color="cell", markers=True,
+                  hover_data=["distance", "rel_l2", "cosine", "cosine_worst_decile"],
+                  labels={"observed": "observed layer (downstream of the pruned one)", "cell": "pruned layer @ sparsity"})
+    fig.update_layout(title=f"Activation shift downstream ({metric})", xaxis={"categoryorder": "array",
+                      "categoryarray": list(dict.fromkeys(df.sort_values("distance", kind="stable")["observed"]))})
+    return fig
+
+
+def dead_neurons_figure(dead: pd.DataFrame, layer: str | None = None, sparsity: float | None = None) -> go.Figure:
+    """Dead-unit fractions per observed layer, before and after pruning one (layer, sparsity) cell, with one
+    panel per kind (structural, functional). Without ``layer``/``sparsity`` the table's first cell is drawn."""
+    if dead.empty:
+        raise ValueError("the dead-neuron table is empty")
+    layer = layer if layer is not None else dead["layer"].iloc[0]
+    sparsity = sparsity if sparsity is not None else float(dead[dead["layer"] == layer]["sparsity"].iloc[0])
+    cell = dead[(dead["layer"] == layer) & (dead["sparsity"] == sparsity)]
+    if cell.empty:
+        raise ValueError(f"no dead-neuron rows for layer {layer!r} at sparsity {sparsity:g}")
+    long = cell.melt(id_vars=["observed", "kind", "units"], value_vars=["fraction_before", "fraction_after"],
+                     var_name="when", value_name="fraction")
+    long["when"] = long["when"].map({"fraction_before": "dense", "fraction_after": "pruned"})
+    fig = px.bar(long, x="observed", y="fraction", color="when", barmode="group", facet_row="kind",
+                 hover_data=["units"], range_y=[0, 1],
+                 labels={"observed": "observed layer", "fraction": "dead fraction", "when": ""})
+    fig.update_layout(title=f"Dead units after pruning {layer} to {sparsity:g}")
+    return fig
+
+
+def recalibration_figure(recal: pd.DataFrame) -> go.Figure:
+    """The metric after pruning each cell, without and with BatchNorm recalibration, against the dense one."""
+    if recal.empty:
+        raise ValueError("no recalibration results (the model may have no BatchNorm layers)")
+    df = recal.assign(cell=_cell_label(recal))
+    long = df.melt(id_vars=["cell"], value_vars=["pruned", "recalibrated"], var_name="statistics", value_name="value")
+    metric = str(recal["metric"].iloc[0])
+    fig = px.bar(long, x="cell", y="value", color="statistics", barmode="group",
+                 labels={"cell": "pruned layer @ sparsity", "value": metric, "statistics": "BatchNorm statistics"})
+    fig.add_hline(y=float(recal["dense"].iloc[0]), line_dash="dot", annotation_text="dense")
+    fig.update_layout(title=f"{metric} after pruning, without and with BatchNorm recalibration")
+    return fig
+
+
+def criterion_comparison_figure(comparison: pd.DataFrame) -> go.Figure:
+    """Drop against sparsity, one line per criterion, one panel per layer (``diagnostics.compare_criteria``)."""
+    labels = [c for c in comparison.columns if c not in ("layer", "sparsity", "best", "spread")]
+    long = comparison.melt(id_vars=["layer", "sparsity"], value_vars=labels, var_name="criterion", value_name="drop")
+    metric = comparison.attrs.get("metric", "metric")
+    fig = px.line(long, x="sparsity", y="drop", color="criterion", facet_col="layer", facet_col_wrap=4, markers=True,
+                  labels={"drop": f"{metric} drop"})
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    fig.update_layout(title=f"Criteria side by side: {metric} drop per layer")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------- sensitivity
+
+PERCENT_METRICS = {"accuracy", "agreement"}
+
+
+def _check_metric(profile: SensitivityProfile, metric: str | None) -> str:
+    metric = metric or profile.default_metric
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if metric == "accuracy" and not profile.labelled:
+        raise ValueError("this profile has no labels, so no accuracy; use agreement, loss or kl")
+    return metric
+
+
+def drop_scale(metric: str) -> tuple[float, str]:
+    """The factor that turns a drop of ``metric`` into the unit shown, and that unit's name."""
+    return (100.0, "points") if metric in PERCENT_METRICS else (1.0, metric)
+
+
+def _drop_frame(profile: SensitivityProfile, metric: str) -> pd.DataFrame:
+    df = profile.drop(metric)
+    scale, _ = drop_scale(metric)
+    df["drop_shown"] = df["drop"] * scale
+    return df
+
+
+def sensitivity_heatmap(profile: SensitivityProfile, metric: str | None = None) -> go.Figure:
+    """Layers (rows, model order) x sparsity (columns), coloured by the drop of ``metric`` from dense."""
+    metric = _check_metric(profile, metric)
+    df = _drop_frame(profile, metric)
+    _, unit = drop_scale(metric)
+    grid = df.pivot_table(index="layer", columns="sparsity", values="drop_shown", aggfunc="first")
+    grid = grid.reindex(index=[l for l in profile.layers if l in grid.index])
+    values = df.pivot_table(index="layer", columns="sparsity", values=metric, aggfunc="first").reindex(grid.index)
+    limit = max(float(grid.abs().max().max()) if grid.size else 0.0, 1e-9)
+    fig = go.Figure(go.Heatmap(
+        z=grid.to_numpy(),
+        x=[f"{s:g}" for s in grid.columns],
+        y=list(grid.index),
+        customdata=values.to_numpy(),
+        colorscale="RdBu_r",
+        zmid=0.0,
+        zmin=-limit,
+        zmax=limit,
+        colorbar={"title": {"text": f"drop ({unit})"}},
+        hovertemplate=(f"layer %{{y}}<br>sparsity %{{x}}<br>{metric} %{{customdata:.4f}}"
+                       f"<br>drop %{{z:.3f}} {unit}<extra></extra>"),
+    ))
+    _mark_filled(fig, df)
+    fig.update_layout(
+        title=f"{metric} drop when one layer is pruned ({profile.meta.get('criterion', '')}, "
+              f"{profile.meta.get('granularity', '')})",
+        xaxis_title="sparsity",
+        yaxis_title="layer",
+        yaxis={"autorange": "reversed", "type": "category"},
+        xaxis={"type": "category"},
+        height=max(320, 40 + 28 * len(grid.index)),
+        margin={"l": 10, "r": 10, "t": 50, "b": 40},
+    )
+    return fig
+
+
+def _mark_filled(fig: go.Figure, df: pd.DataFrame) -> None:
+    """Cross out the cells an adaptive scan filled in instead of measuring (``measured`` false)."""
+    if "measured" not in df or df["measured"].astype(bool).all():
+        return
+    filled = df[~df["measured"].astype(bool)]
+    fig.add_trace(go.Scatter(
+        x=[f"{s:g}" for s in filled["sparsity"]], y=list(filled["layer"]), mode="markers",
+        marker={"symbol": "x-thin", "size": 10, "line": {"width": 2, "color": "black"}},
+        name="filled, not measured", showlegend=True,
+        hovertemplate="layer %{y}<br>sparsity %{x}<br>not measured: the layer had collapsed; "
+                      "copied from its last measured sparsity<extra></extra>"))
+    fig.update_layout(legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0})
+
+
+def _curve_hover(metric: str, unit: str, label: str = "") -> str:
+    prefix = f"{label} " if label else ""
+    return (f"{prefix}layer %{{customdata[0]}}<br>sparsity %{{x:.3f}} (actual %{{customdata[1]:.4f}})"
+            f"<br>{metric} %{{customdata[2]:.4f}}<br>drop %{{y:.4f}} {unit}<extra></extra>")
+
+
+def _curve_traces(profile: SensitivityProfile, metric: str, layers: list[str] | None, label: str = "",
+                  dash: str | None = None) -> list[go.Scatter]:
+    df = _drop_frame(profile, metric)
+    _, unit = drop_scale(metric)
+    wanted = profile.layers if not layers else [l for l in profile.layers if l in set(layers)]
+    palette = qualitative.Plotly
+    traces = []
+    for i, layer in enumerate(wanted):
+        cells = df[df["layer"] == layer].sort_values("sparsity")
+        traces.append(go.Scatter(
+            x=cells["sparsity"],
+            y=cells["drop_shown"],
+            mode="lines+markers",
+            name=f"{layer} ({label})" if label else layer,
+            legendgroup=layer,
+            line={"color": palette[i % len(palette)], "dash": dash},
+            marker={"symbol": ["circle" if m else "circle-open" for m in cells["measured"].astype(bool)]}
+            if "measured" in cells else None,
+            customdata=cells[["layer", "actual_sparsity", metric]].to_numpy(dtype=object),
+            hovertemplate=_curve_hover(metric, unit, label),
+        ))
+    return traces
+
+
+def sensitivity_curves(profile: SensitivityProfile, metric: str | None = None,
+                       layers: list[str] | None = None) -> go.Figure:
+    """One line per layer: drop of ``metric`` against sparsity; hovering shows the exact numbers."""
+    metric = _check_metric(profile, metric)
+    _, unit = drop_scale(metric)
+    fig = go.Figure(_curve_traces(profile, metric, layers))
+    fig.update_layout(
+        title=f"{metric} drop per layer",
+        xaxis_title="sparsity of the layer",
+        yaxis_title=f"drop ({unit}, higher is worse)",
+        hovermode="closest",
+        legend_title="layer",
+        margin={"l": 10, "r": 10, "t": 50, "b": 40},
+    )
+    return fig
+
+
+def profile_overlay(first: SensitivityProfile, second: SensitivityProfile, metric: str | None = None,
+                    labels: tuple[str, str] | None = None, layers: list[str] | None = None) -> go.Figure:
+    """Two profiles of the same model on one chart: solid lines for the first, dashed for the second."""
+    metric = _check_metric(first, metric)
+    _check_metric(second, metric)
+    a, b = labels or (_profile_label(first), _profile_label(second))
+    if a == b:
+        when = first.meta.get("created"), second.meta.get("created")
+        a, b = (f"{a} {when[0]}", f"{b} {when[1]}") if all(when) and when[0] != when[1] else (f"{a} #1", f"{b} #2")
+    shared = [l for l in first.layers if l in set(second.layers)]
+    if layers:
+        shared = [l for l in shared if l in set(layers)]
+    if not shared:
+        raise ValueError("the two profiles have no layer in common; they are not of the same model")
+    _, unit = drop_scale(metric)
+    fig = go.Figure(_curve_traces(first, metric, shared, a) + _curve_traces(second, metric, shared, b, dash="dash"))
+    fig.update_layout(
+        title=f"{metric} drop: {a} (solid) vs {b} (dashed)",
+        xaxis_title="sparsity of the layer",
+        yaxis_title=f"drop ({unit}, higher is worse)",
+        hovermode="closest",
+        margin={"l": 10, "r": 10, "t": 50, "b": 40},
+    )
+    return fig
+
+
+def _profile_label(profile: SensitivityProfile) -> str:
+    return f"{profile.meta.get('criterion', '?')}/{profile.meta.get('granularity', '?')}"
+
+
+def layer_summary_bar(table: pd.DataFrame) -> go.Figure:
+    """Each layer's share of the prunable parameters and of the FLOPs, side by side (from ``layer_table``)."""
+    missing = {"layer", "params_share", "flops_share", "params", "flops"} - set(table.columns)
+    if missing:
+        raise ValueError(f"the layer table lacks the columns {', '.join(sorted(missing))}")
+    fig = go.Figure([
+        go.Bar(x=table["layer"], y=table["params_share"] * 100, name="parameters", customdata=table["params"],
+               hovertemplate="%{x}<br>%{customdata:,} parameters (%{y:.2f}%)<extra></extra>"),
+        go.Bar(x=table["layer"], y=table["flops_share"] * 100, name="FLOPs", customdata=table["flops"],
+               hovertemplate="%{x}<br>%{customdata:,} FLOPs per sample (%{y:.2f}%)<extra></extra>"),
+    ])
+    fig.update_layout(
+        title="share of the prunable parameters and FLOPs per layer",
+        barmode="group",
+        xaxis_title="layer",
+        yaxis_title="share of the total (%)",
+        xaxis={"type": "category"},
+        margin={"l": 10, "r": 10, "t": 50, "b": 40},
+    )
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- schedules
+
+
+def schedule_bars(schedules: dict[str, dict[str, float]], layers: list[str]) -> go.Figure:
+    """Per-layer sparsity of one or more schedules (name -> {layer: sparsity}), grouped by layer.
+
+    ``layers`` fixes the order (model order); a layer a schedule does not name is dense (0).
+    """
+    if not schedules:
+        raise ValueError("no schedules to draw")
+    fig = go.Figure([
+        go.Bar(x=list(layers), y=[float(s.get(l, 0.0)) for l in layers], name=name,
+               hovertemplate=f"{name}<br>%{{x}}: sparsity %{{y:.3f}}<extra></extra>")
+        for name, s in schedules.items()
+    ])
+    fig.update_layout(
+        title="per-layer sparsity" + ("" if len(schedules) == 1 else ": schedules side by side"),
+        barmode="group",
+        xaxis_title="layer",
+        yaxis_title="sparsity (fraction removed)",
+        yaxis={"range": [0, 1]},
+        xaxis={"type": "category"},
+        showlegend=len(schedules) > 1,
+        margin={"l": 10, "r": 10, "t": 50, "b": 40},
+    )
+    return fig
+
+
+def schedule_tradeoff(table: pd.DataFrame, metric: str) -> go.Figure:
+    """Schedules as points: global sparsity against the predicted (and, where measured, the measured) metric.
+
+    ``table`` has columns ``name``, ``global_sparsity``, ``predicted`` and optionally ``measured``.
+    """
+    missing = {"name", "global_sparsity", "predicted"} - set(table.columns)
+    if missing:
+        raise ValueError(f"the schedule table lacks the columns {', '.join(sorted(missing))}")
+    traces = [go.Scatter(x=table["global_sparsity"], y=table["predicted"], mode="markers+text", name="predicted",
+                         text=table["name"], textposition="top center", marker={"size": 11},
+                         hovertemplate="%{text}<br>global sparsity %{x:.4f}<br>predicted %{y:.4f}<extra></extra>")]
+    if "measured" in table.columns and table["measured"].notna().any():
+        done = table[table["measured"].notna()]
+        traces.append(go.Scatter(x=done["global_sparsity"], y=done["measured"], mode="markers", name="measured",
+                                 text=done["name"], marker={"size": 11, "symbol": "diamond"},
+                                 hovertemplate="%{text}<br>global sparsity %{x:.4f}<br>measured %{y:.4f}"
+                                               "<extra></extra>"))
+    fig = go.Figure(traces)
+    fig.update_layout(title=f"{metric} against global sparsity", xaxis_title="global sparsity",
+                      yaxis_title=metric, margin={"l": 10, "r": 10, "t": 50, "b": 40})
+    return fig

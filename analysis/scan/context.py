@@ -1,0 +1,134 @@
+"""What a scan needs prepared once (``ScanContext``: the model, the data, the dense outputs, the layers' scores)
+and its unit of work's result (``LayerResult``: one layer's metric sums over one shard, summable over shards)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from analysis.core import criteria, masks
+from analysis.core.layers import Layer, find_layers, select_layers
+from analysis.core.metrics import Sums, predict, sums_from_logits
+from analysis.scan.config import ScanConfig
+from analysis.scan.device import arithmetic, check_device
+from analysis.workload.workload import Workload
+
+
+@dataclass
+class LayerResult:
+    """One finished unit: the metric sums of one layer at every sparsity, over one shard."""
+
+    layer: str
+    shard: tuple[int, int]
+    rows: list[dict]
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "shard": list(self.shard), "rows": self.rows, "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LayerResult":
+        return cls(d["layer"], tuple(d["shard"]), d["rows"], d["seconds"])
+
+
+def combine_shards(parts: list[LayerResult]) -> LayerResult:
+    """One layer's results over adjacent shards of the eval set, summed into the result over their union.
+
+    Counts add exactly; the float64 sums may differ from a one-shard run in the last bits only (another
+    order of addition). The shards must belong to one layer, share the sparsities, and tile a range
+    without gaps or overlaps; ``seconds`` is the total compute time.
+    """
+    if not parts:
+        raise ValueError("no shard results to combine")
+    parts = sorted(parts, key=lambda r: r.shard)
+    layer = parts[0].layer
+    for prev, part in zip(parts, parts[1:]):
+        if part.layer != layer:
+            raise ValueError(f"cannot combine results of layers {layer!r} and {part.layer!r}")
+        if part.shard[0] != prev.shard[1]:
+            raise ValueError(f"shards {list(prev.shard)} and {list(part.shard)} of layer {layer} do not tile "
+                             "the eval set (a gap or an overlap)")
+    sparsities = [row["sparsity"] for row in parts[0].rows]
+    rows = [dict(row) for row in parts[0].rows]
+    for part in parts[1:]:
+        if [row["sparsity"] for row in part.rows] != sparsities:
+            raise ValueError(f"shard {list(part.shard)} of layer {layer} has other sparsities than "
+                             f"shard {list(parts[0].shard)}")
+        for total, row in zip(rows, part.rows):
+            total.update((Sums.from_dict(total) + Sums.from_dict(row)).to_dict())
+    return LayerResult(layer, (parts[0].shard[0], parts[-1].shard[1]), rows, sum(p.seconds for p in parts))
+
+
+@dataclass
+class ScanContext:
+    """What every unit of a scan shares: the model, the data, the dense outputs and the layers' scores."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor | None
+    dense_logits: torch.Tensor
+    layers: list[Layer]
+    skipped: dict[str, str]
+    config: ScanConfig
+    stats: criteria.CalibrationStats
+    device: torch.device
+    notices: list[str] = field(default_factory=list)
+    _maker: "tuple[str, masks.MaskMaker] | None" = None
+    _masks: dict[tuple[str, float], torch.Tensor] = field(default_factory=dict)
+    fast: object | None = None  # the fast engine's state (``engines.fast_state``), made on first use
+
+    def masks_for(self, layer: Layer, sparsities: "tuple[float, ...] | None" = None) -> list[torch.Tensor]:
+        """Keep-masks of ``layer`` at ``sparsities`` (default: the config's).
+
+        Scores, their sort and the masks are kept for the layer asked for last only (a scan asks layer after
+        layer; an adaptive scan asks one layer several times): a whole model's worth would cost more memory
+        than the model itself.
+        """
+        wanted = list(self.config.sparsities if sparsities is None else sparsities)
+        if self._maker is None or self._maker[0] != layer.name:
+            weight = layer.weight(self.model)
+            scores = criteria.importance(layer, weight, self.config.criterion, self.stats, self.config.seed)
+            self._maker = (layer.name, masks.MaskMaker(scores, self.config.granularity, self.config.criterion))
+            self._masks = {}
+        maker = self._maker[1]
+        for s in wanted:
+            if (layer.name, s) not in self._masks:
+                self._masks[(layer.name, s)] = maker(s)
+        return [self._masks[(layer.name, s)] for s in wanted]
+
+    def baseline(self) -> Sums:
+        return sums_from_logits(self.dense_logits, self.dense_logits, self.y)
+
+
+def prepare(workload: Workload, config: ScanConfig) -> ScanContext:
+    """Validate the config against the model, find its layers, and compute the dense outputs and scores."""
+    config = config.validated()
+    device = check_device(config.device)
+    model = workload.model.to(device).eval()
+    x, y = workload.data.x, workload.data.y
+    unsupported: dict[str, str] = {}
+    all_layers = find_layers(model, x[:1].to(device), unsupported)
+    if not all_layers:
+        raise ValueError(f"{workload.model_spec} has no prunable layers (Conv, Linear or attention projections)"
+                         + (f"; {', '.join(unsupported)}: {next(iter(unsupported.values()))}" if unsupported else ""))
+    chosen = select_layers(all_layers, list(config.layers) if config.layers else None, unsupported)
+    gran = masks.parse_granularity(config.granularity)
+    skipped = {l.name: reason for l in chosen if (reason := masks.supports(gran, l.shape))}
+    if config.layers and skipped:
+        name, reason = next(iter(skipped.items()))
+        raise ValueError(f"layer {name} cannot take granularity {gran}: {reason}")
+    layers = [l for l in chosen if l.name not in skipped]
+    if not config.layers:
+        skipped.update(unsupported)
+    calib = min(len(x), config.calib_samples)
+    with arithmetic("exact", device):
+        stats = criteria.collect_stats(model, layers, x[:calib], None if y is None else y[:calib],
+                                       config.criterion, config.batch_size, device)
+        dense = predict(model, x, config.batch_size, device)
+    return ScanContext(model, x, y, dense, layers, skipped, config, stats, device)
+
+
+def kept_fraction(mask: torch.Tensor) -> float:
+    return float(mask.float().mean())

@@ -1,0 +1,190 @@
+"""The scan driver: every layer of a prepared scan measured, here or on a Ray cluster, one finished unit at a time.
+
+``iter_scan`` is a generator of finished ``LayerResult`` units; ``run_scan`` consumes it into a profile and hands
+each unit to ``on_result``, so a run store, a progress bar or a dashboard are only sources and sinks of units
+(``done`` holds the units finished earlier, which are not run again)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+
+from analysis.core.layers import Layer
+from analysis.core.metrics import Sums
+from analysis.core.profile import SensitivityProfile
+from analysis.core.version import environment
+from analysis.scan import adaptive, cluster
+from analysis.scan.backends import Backend, prepare_for, ray_available, validated_config
+from analysis.scan.config import ScanConfig
+from analysis.scan.context import LayerResult, ScanContext
+from analysis.scan.engines import engine_report
+from analysis.workload.workload import Workload
+
+
+@dataclass
+class Progress:
+    """How far a scan is: units finished of the total, the layer just finished, and an estimate of time left."""
+
+    done: int
+    total: int
+    layer: str
+    elapsed: float
+    eta: float | None
+
+
+class LocalSource:
+    """Units measured in this process, one layer after the other."""
+
+    def __init__(self) -> None:
+        self.info: dict = {"kind": "local"}
+
+    def __enter__(self) -> "LocalSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def results(self, ctx: ScanContext, todo: list[Layer]) -> Iterator[LayerResult]:
+        run_layer = adaptive.runner(ctx)
+        for layer in todo:
+            yield run_layer(ctx, layer, None)
+
+
+def source_for(backend: Backend, config: ScanConfig, samples: int) -> "LocalSource | cluster.RaySource":
+    """Where the units of a scan are measured: this process, or a Ray cluster (opened when entered)."""
+    if backend.kind == "local":
+        return LocalSource()
+    if not ray_available():
+        raise ValueError("the ray backend needs Ray: pip install 'prunescope[ray]'")
+    return cluster.RaySource(backend, config, samples)
+
+
+def iter_scan(ctx: ScanContext, todo: list[Layer] | None = None,
+              source: "LocalSource | cluster.RaySource | None" = None) -> Iterator[LayerResult]:
+    """The finished units of a prepared scan, one per layer of ``todo`` (default: all its layers), each over the
+    whole eval set, as they finish. Stop iterating to stop the scan (closing the iterator).
+    """
+    source = source or LocalSource()
+    yield from source.results(ctx, list(ctx.layers if todo is None else todo))
+
+
+def run_scan(
+    workload: Workload,
+    config: ScanConfig,
+    backend: Backend | str = "local",
+    done: dict[str, LayerResult] | None = None,
+    on_result: Callable[[LayerResult], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    context: ScanContext | None = None,
+) -> SensitivityProfile:
+    """Measure every selected layer at every sparsity on ``backend`` (a ``Backend`` or its kind); the profile.
+
+    ``done`` holds layers finished earlier, which are not run again; ``on_result`` receives each newly finished
+    layer (over the whole eval set, on either backend); ``should_stop`` is asked between units, and when it
+    returns true the scan returns what it has so far (``meta['complete']`` is then false); ``context`` is a scan
+    already prepared (``prepare_for``) for this workload and config.
+    """
+    t0 = time.perf_counter()
+    backend = (Backend(backend) if isinstance(backend, str) else backend).validated()
+    with source_for(backend, validated_config(config, backend), len(workload.data)) as source:
+        t_prepare = time.perf_counter()
+        ctx = context or prepare_for(workload, config, backend)
+        prepare_s = time.perf_counter() - t_prepare
+        results: dict[str, LayerResult] = dict(done or {})
+        todo = [layer for layer in ctx.layers if layer.name not in results]
+        resumed, t_run = len(ctx.layers) - len(todo), time.perf_counter()
+        units = iter_scan(ctx, todo, source)
+        for i in range(1, len(todo) + 1):
+            if should_stop and should_stop():
+                break
+            result = next(units)
+            results[result.layer] = result
+            if on_result:
+                on_result(result)
+            if progress:
+                elapsed = time.perf_counter() - t_run
+                progress(Progress(resumed + i, len(ctx.layers), result.layer, elapsed, elapsed / i * (len(todo) - i)))
+        units.close()
+    profile = build_profile(ctx, workload, results, resumed, prepare_s, time.perf_counter() - t0)
+    profile.meta["backend"] = source.info
+    return profile
+
+
+def scan(workload: Workload, config: ScanConfig, done: dict[str, LayerResult] | None = None,
+         on_result: Callable[[LayerResult], None] | None = None, progress: Callable[[Progress], None] | None = None,
+         should_stop: Callable[[], bool] | None = None, context: ScanContext | None = None) -> SensitivityProfile:
+    """``run_scan`` in this process: every selected layer at every sparsity, a ``SensitivityProfile``."""
+    return run_scan(workload, config, "local", done, on_result, progress, should_stop, context)
+
+
+def build_profile(ctx: ScanContext, workload: Workload, results: dict[str, LayerResult], resumed: int = 0,
+                  prepare_s: float = 0.0, total_s: float = 0.0) -> SensitivityProfile:
+    """Assemble the tidy table and metadata from finished units (summing shards of the same layer)."""
+    records = []
+    for layer in ctx.layers:
+        if layer.name not in results:
+            continue
+        for row in results[layer.name].rows:
+            sums = Sums.from_dict(row)
+            records.append({
+                "layer": layer.name,
+                "type": layer.kind,
+                "sparsity": row["sparsity"],
+                "actual_sparsity": row["actual_sparsity"],
+                **sums.metrics(),
+                "n": sums.n,
+                "correct": sums.correct,
+                "agree": sums.agree,
+                "loss_sum": sums.loss_sum,
+                "kl_sum": sums.kl_sum,
+                "params": layer.params,
+                "flops": layer.flops,
+                **({"measured": bool(row["measured"])} if "measured" in row else {}),
+            })
+    table = pd.DataFrame.from_records(records, columns=[
+        "layer", "type", "sparsity", "actual_sparsity", "accuracy", "loss", "agreement", "kl", "logit_cosine",
+        "logit_rel_l2", "n", "correct", "agree", "loss_sum", "kl_sum", "params", "flops",
+        *(["measured"] if any("measured" in r for r in records) else [])])
+    meta = {
+        **describe(workload, ctx),
+        "baseline": ctx.baseline().metrics(),
+        "complete": all(l.name in results for l in ctx.layers),
+        "resumed_layers": resumed,
+        "timings": {
+            "prepare_s": round(prepare_s, 4),
+            "total_s": round(total_s, 4),
+            "per_layer_s": {name: round(r.seconds, 4) for name, r in results.items()},
+        },
+        "versions": environment(),
+        "engine": engine_report(ctx) if isinstance(ctx, ScanContext) else {},
+    }
+    return SensitivityProfile(table, meta)
+
+
+def describe(workload: Workload, ctx: ScanContext) -> dict:
+    """What a scan is, independent of its results: model, data, configuration and layers (``scan.json``'s core,
+    also what the run store records when a run starts)."""
+    config = ctx.config
+    described = {
+        "model": workload.model_spec,
+        "data": workload.data.spec,
+        "samples": len(ctx.x),
+        "labelled": ctx.y is not None,
+        "num_classes": workload.num_classes,
+        "input_shape": list(workload.input_shape),
+        "input_dtype": workload.input_dtype,
+        "config": asdict(config),
+        "criterion": config.criterion,
+        "granularity": config.granularity,
+        "sparsities": list(config.sparsities),
+        "layers": [{"name": l.name, "type": l.kind, "shape": list(l.shape), "params": l.params, "flops": l.flops}
+                   for l in ctx.layers],
+        "skipped_layers": ctx.skipped,
+    }
+    if config.adaptive != "off":
+        described["adaptive"] = adaptive.describe(ctx)
+    return described

@@ -1,0 +1,117 @@
+"""Apply a whole schedule to a model and measure it: pruned, after BatchNorm recalibration, after fine-tuning.
+
+``measure_schedule`` works on a copy of the workload's model, so the workload stays dense. Each stage is
+measured on the eval set against the dense model's outputs; the totals (global sparsity, parameters and
+FLOPs kept) come from the same masks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from analysis.core import batchnorm, criteria
+from analysis.core.data import EvalData
+from analysis.core.layers import find_layers
+from analysis.core.metrics import evaluate, predict
+from analysis.scan.device import check_device
+from analysis.schedule.finetune import FinetuneProgress, apply_masks, finetune
+from analysis.schedule.schedule import Schedule
+from analysis.schedule.totals import Accountant
+from analysis.workload.workload import Workload
+
+
+@dataclass
+class Measurement:
+    """Metrics of each stage (``pruned``, ``bn_recalibrated``, ``finetuned``) and the schedule's totals."""
+
+    dense: dict
+    stages: dict[str, dict]
+    totals: dict
+    final: str
+    info: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The flat object ``prunescope evaluate`` prints: the final stage's metrics at the top level."""
+        return {**self.stages[self.final], **self.totals, "stage": self.final, "dense": self.dense,
+                **{name: self.stages.get(name) for name in ("pruned", "bn_recalibrated", "finetuned")},
+                **self.info}
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """An independent copy of ``model``. A TorchScript module goes through its own serialisation: its
+    ``deepcopy`` gives parameters that are not leaves of autograd, which an optimizer refuses."""
+    if isinstance(model, torch.jit.ScriptModule):
+        buffer = io.BytesIO()
+        torch.jit.save(model, buffer)
+        buffer.seek(0)
+        return torch.jit.load(buffer, map_location="cpu")
+    return copy.deepcopy(model)
+
+
+def measure_schedule(workload: Workload, schedule: Schedule, *, bn_recalibrate: bool = False,
+                     train: EvalData | None = None, finetune_steps: int = 0, lr: float = 0.01,
+                     batch_size: int = 128, calib_samples: int = 256, bn_batches: int = 8,
+                     device: str = "cpu", seed: int = 0,
+                     progress: Callable[[FinetuneProgress], None] | None = None) -> Measurement:
+    """Prune a copy of the model by ``schedule`` and measure it at each stage.
+
+    BatchNorm recalibration (on ``train`` if given, else on the eval set) is always measured when the model
+    has BatchNorm; ``bn_recalibrate`` says whether fine-tuning starts from it and whether it is the final
+    stage. ``finetune_steps`` > 0 needs ``train``.
+    """
+    if finetune_steps < 0:
+        raise ValueError(f"fine-tuning steps must be zero or more, got {finetune_steps}")
+    if finetune_steps and train is None:
+        raise ValueError("fine-tuning needs training data (--train-data); the eval set is for measuring only")
+    if finetune_steps:
+        from analysis.workload.onnx import refuse
+
+        refuse(workload.model, "fine-tuning", "it needs gradients")
+    dev = check_device(device)
+    x, y = workload.data.x, workload.data.y
+    model = copy_model(workload.model).to(dev).eval()
+    layers = find_layers(model, x[:1].to(dev))
+    schedule.validate(layers)
+    calib = min(len(x), calib_samples)
+    stats = criteria.collect_stats(model, layers, x[:calib], None if y is None else y[:calib], schedule.criterion,
+                                   batch_size, dev)
+    keep = schedule.masks(model, layers, stats, seed)
+    accountant = Accountant.from_model(model, x[:1].to(dev), layers, schedule.criterion, schedule.granularity,
+                                       stats, seed)
+    totals = accountant.totals(schedule).fractions()
+    dense_logits = predict(model, x, batch_size, dev)
+
+    def measure() -> dict:
+        return evaluate(model, x, y, dense_logits, batch_size, dev).metrics()
+
+    dense = measure()
+    apply_masks(model, keep)
+    stages = {"pruned": measure()}
+    bn_data = train.x if train is not None else x
+    info = {"criterion": schedule.criterion, "granularity": schedule.granularity,
+            "layers_pruned": len(keep), "has_batchnorm": batchnorm.has_batchnorm(model)}
+    final = "pruned"
+    if batchnorm.has_batchnorm(model):
+        # Without bn_recalibrate the recalibrated statistics are measured, then put back as they were.
+        with contextlib.nullcontext() if bn_recalibrate else batchnorm.preserved(model):
+            batchnorm.recalibrate(model, bn_data, batches=bn_batches, batch_size=64, device=dev)
+            stages["bn_recalibrated"] = measure()
+        if bn_recalibrate:
+            final = "bn_recalibrated"
+        info["bn_data"] = train.spec if train is not None else workload.data.spec
+    if finetune_steps:
+        soft = predict(workload.model.to(dev), train.x, batch_size, dev) if train.y is None else None
+        losses = finetune(model, keep, train.x, train.y, finetune_steps, lr=lr, soft_targets=soft, seed=seed,
+                          device=dev, progress=progress)
+        stages["finetuned"] = measure()
+        info.update(finetune_steps=finetune_steps, finetune_lr=lr, train_data=train.spec,
+                    finetune_loss_first=losses[0], finetune_loss_last=losses[-1])
+        final = "finetuned"
+    return Measurement(dense, stages, totals, final, info)

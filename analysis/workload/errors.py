@@ -1,0 +1,29 @@
+"""What goes wrong when a user's spec or file is read: ``SpecError``, and short one-line texts of exceptions."""
+
+from __future__ import annotations
+
+import re
+
+
+class SpecError(ValueError):
+    """A model or data spec that cannot be turned into a workload; the message says why and what to do."""
+
+
+def short_error(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(_ANSI.sub("", str(exc)).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def torch_load_problem(exc: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` refused, in a few words: torch's own text suggests loading without
+    ``weights_only``, which runs code from the file, and is never passed on."""
+    text = _ANSI.sub("", str(exc))
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it holds Python objects other than tensors (found {found.group(1)})"
+    if "Weights only load failed" in text or isinstance(exc, KeyError):
+        return "it is damaged, or not a torch.save file"
+    return short_error(exc)

@@ -1,0 +1,144 @@
+"""A model spec and a data spec -> a ``Workload``: a model in eval mode, an eval set, and their shapes, checked to
+fit each other before any work is done."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from analysis.core.data import EvalData, tensor_bytes
+from analysis.core.metrics import class_scores
+from analysis.workload.data import is_image_zip, load_data
+from analysis.workload.errors import SpecError, short_error
+from analysis.workload.models import load_model
+
+
+@dataclass
+class Workload:
+    """A model ready to analyse, with the eval set it is measured on."""
+
+    model: nn.Module
+    data: EvalData
+    model_spec: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    meta: dict = field(default_factory=dict)
+    code_fp: str = ""
+
+    @property
+    def input_dtype(self) -> str:
+        """The inputs' dtype: ``float32``, or ``int64`` for token ids."""
+        return str(self.data.x.dtype).removeprefix("torch.")
+
+    def fingerprint(self) -> str:
+        """A hash of what decides the model's outputs: its weights and buffers, its module tree and the code it
+        was loaded from (``code_fp``), so that the same weights in an edited ``forward`` are another model."""
+        h = hashlib.sha256()
+        for name, t in sorted(self.model.state_dict().items()):
+            if isinstance(t, torch.Tensor):
+                h.update(name.encode())
+                h.update(tensor_bytes(t.detach().float()))
+        h.update(re.sub(r" at 0x[0-9a-f]+", "", repr(self.model)).encode())
+        h.update(self.code_fp.encode())
+        return h.hexdigest()[:16]
+
+
+def check_fit(model: nn.Module, data: EvalData, model_spec: str = "the model") -> int:
+    """Run one small batch through the model; return its class count or raise a ``SpecError`` naming both sides."""
+    if len(data) == 0:
+        raise SpecError(f"the data {data.spec} holds no samples")
+    if not torch.isfinite(data.x).all():
+        raise SpecError(f"the data {data.spec} contains NaN or infinite values")
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise SpecError(f"{model_spec} has NaN or infinite values in {name}")
+    batch = data.x[:2]
+    try:
+        with torch.inference_mode():
+            out = class_scores(model(batch))
+    except Exception as exc:  # noqa: BLE001 - any failure here is a mismatch between the two sides
+        fixed = "Guard failed" in str(exc) and ".size()[0]" in str(exc)
+        hint = ("; the program was exported for a fixed batch size: export it with a dynamic one, torch.export."
+                "export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},))") if fixed else ""
+        raise SpecError(f"{model_spec} cannot run on {data.spec}: inputs of shape {list(data.x.shape[1:])} "
+                        f"({data.x.dtype}) failed with {type(exc).__name__}: {short_error(exc)}{hint}") from None
+    try:
+        with torch.inference_mode():
+            model(data.x[:1])
+    except Exception as exc:  # noqa: BLE001
+        raise SpecError(f"{model_spec} runs on a batch of {len(batch)} but not on a batch of 1 ({short_error(exc, 120)}); "
+                        "export it with a dynamic batch dimension (torch.export dynamic_shapes, Dim('batch'))") from None
+    if out.dim() != 2 or out.shape[0] != batch.shape[0]:
+        raise SpecError(f"{model_spec} returned outputs of shape {list(out.shape)} for {len(batch)} inputs; "
+                        "expected (batch, classes) class scores")
+    if not torch.isfinite(out).all():
+        raise SpecError(f"{model_spec} returns NaN or infinite outputs on the first inputs of {data.spec}: the "
+                        "metrics need finite class scores; check the model's forward (a division by zero, a log "
+                        "of zero) or its input scaling")
+    num_classes = int(out.shape[1])
+    if data.y is not None and len(data.y):
+        low, high = int(data.y.min()), int(data.y.max())
+        if low < 0 or high >= num_classes:
+            raise SpecError(f"the labels of {data.spec} run from {low} to {high}, but {model_spec} has "
+                            f"{num_classes} classes (0 to {num_classes - 1})")
+    return num_classes
+
+
+def load_workload(model_spec: str, data_spec: str, count: int | None = None, input_size: int = 224,
+                  normalize: str = "imagenet", trust_code: bool = False, trust_pickle: bool = False) -> Workload:
+    """Load a model and its eval set and check that they fit before any work is done (``trust_code``: see
+    ``load_model``)."""
+    model = load_model(model_spec, trust_code=trust_code or trust_pickle)
+    data = load_data(data_spec, count=count, input_size=input_size, normalize=normalize)
+    try:
+        num_classes = check_fit(model, data, model_spec)
+    except SpecError:
+        fitted = _grayscale_fit(model, model_spec, data, data_spec, count, input_size, normalize)
+        if fitted is None:
+            raise
+        data, num_classes = fitted
+    return Workload(model, data, model_spec, num_classes, tuple(data.x.shape[1:]), code_fp=code_fingerprint(model_spec))
+
+
+def image_channels(input_shape: tuple[int, ...] | list[int]) -> int | None:
+    """The channels images of this input shape were read with (1: grayscale), for reading more images the same
+    way (calibration or training folders, a scan's eval set again); ``None`` when the inputs are not square
+    images, as an image folder gives them."""
+    shape = tuple(input_shape)
+    return shape[0] if len(shape) == 3 and shape[0] in (1, 3) and shape[1] == shape[2] else None
+
+
+def _grayscale_fit(model: nn.Module, model_spec: str, data: EvalData, data_spec: str, count: int | None,
+                   input_size: int, normalize: str) -> tuple[EvalData, int] | None:
+    """A one-channel model (MNIST-like) on a folder of colour images: the images read in grayscale and the
+    class count, or ``None`` when the data are not such images or the model does not take them either."""
+    path = Path(data_spec)
+    if not (data.x.dim() == 4 and data.x.shape[1] == 3 and path.exists()
+            and (path.is_dir() or is_image_zip(path))):
+        return None
+    gray = load_data(data_spec, count=count, input_size=input_size, normalize=normalize, channels=1)
+    try:
+        return gray, check_fit(model, gray, model_spec)
+    except SpecError:
+        return None
+
+
+def code_fingerprint(spec: str) -> str:
+    """A hash of the code a model spec runs, beyond its weights: the ``.py`` file of ``file.py:factory``, the whole
+    file of a TorchScript, ``.pt2``, ONNX or pickled model (their code is inside), the name of a sample or a
+    torchvision architecture. A ``.py`` file's own imports are not followed."""
+    spec = spec.strip()
+    if spec.startswith(("sample:", "torchvision:")):
+        return spec.partition("=")[0]
+    match = re.match(r"^(.+\.py):([A-Za-z_]\w*)(=.+)?$", spec)
+    path, label = (Path(match.group(1)), match.group(2)) if match else (Path(spec), "")
+    h = hashlib.sha256(label.encode())
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()[:16]

@@ -7,7 +7,7 @@ sensitivity, diagnostics, schedule, export. All numbers come from ``analysis/``;
 import streamlit as st
 
 from analysis.report import plots
-from analysis.scan.config import ScanConfig
+from analysis.sensitivity.config import ScanConfig
 from ui import common, runs, scanning
 
 

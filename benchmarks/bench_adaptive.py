@@ -27,10 +27,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis.core.profile import tolerance_table  # noqa: E402
-from analysis.scan import adaptive  # noqa: E402
-from analysis.scan.config import ScanConfig  # noqa: E402
-from analysis.scan.context import prepare  # noqa: E402
-from analysis.scan.driver import scan  # noqa: E402
+from analysis.sensitivity import adaptive  # noqa: E402
+from analysis.sensitivity.config import (
+    ScanConfig,  # noqa: E402
+    search_grid,
+)
+from analysis.sensitivity.context import prepare  # noqa: E402
+from analysis.sensitivity.driver import scan  # noqa: E402
 from analysis.workload.workload import load_workload  # noqa: E402
 
 DATA = {"sample": ("sample:digits", None), "torchvision": ("random:3x32x32", 128)}
@@ -46,7 +49,7 @@ def timed_scan(workload, config: ScanConfig):  # noqa: ANN001, ANN201
 def bench(model: str, count: int | None, collapse_at: float, tolerance: float, k: int) -> list[dict]:
     data, default_count = DATA[model.split(":")[0]]
     workload = load_workload(model, data, count=count or default_count)
-    grid = adaptive.search_grid(0.01)
+    grid = search_grid(0.01)
     common = {"adaptive_metric": "agreement", "points_per_call": k}
     full, t_full = timed_scan(workload, ScanConfig(sparsities=grid))
     collapsed, t_col = timed_scan(workload, ScanConfig(sparsities=grid, adaptive="collapse", collapse_at=collapse_at,

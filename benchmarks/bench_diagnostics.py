@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis.diagnose.diagnostics import diagnose  # noqa: E402
-from analysis.scan.config import ScanConfig  # noqa: E402
-from analysis.scan.driver import scan  # noqa: E402
+from analysis.diagnostics.diagnosis import diagnose  # noqa: E402
+from analysis.sensitivity.config import ScanConfig  # noqa: E402
+from analysis.sensitivity.driver import scan  # noqa: E402
 from analysis.workload.workload import load_workload  # noqa: E402
 
 

@@ -36,12 +36,12 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis.core.batchnorm import recalibrate  # noqa: E402
-from analysis.scan import fxgraph  # noqa: E402
-from analysis.scan.bnscan import RecalState  # noqa: E402
-from analysis.scan.config import ScanConfig  # noqa: E402
-from analysis.scan.context import prepare  # noqa: E402
-from analysis.scan.engines import fast_state, run_layer_fast  # noqa: E402
-from analysis.scan.naive import run_layer_naive  # noqa: E402
+from analysis.sensitivity import fxgraph  # noqa: E402
+from analysis.sensitivity.bnscan import RecalState  # noqa: E402
+from analysis.sensitivity.config import ScanConfig  # noqa: E402
+from analysis.sensitivity.context import prepare  # noqa: E402
+from analysis.sensitivity.engines import fast_state, run_layer_fast  # noqa: E402
+from analysis.sensitivity.naive import run_layer_naive  # noqa: E402
 from analysis.workload.workload import load_workload  # noqa: E402
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from analysis.core.granularity import parse_granularity, supports
 from analysis.core.layers import find_layers
-from analysis.core.masks import parse_granularity, supports
-from analysis.export.export import export
+from analysis.deploy.export import export
 from analysis.schedule.schedule import Schedule
 from analysis.workload.workload import load_workload
 

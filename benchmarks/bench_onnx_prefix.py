@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_onnx_prefix.py [--samples 128] [--repeats 3]
     OMP_NUM_THREADS=1 python benchmarks/bench_onnx_prefix.py --scans   # step (1), built: real scans
 
-An ONNX scan today (``analysis/onnx_model.py``) runs the whole graph for every (layer, sparsity) cell: one
+An ONNX scan today (``analysis/workload/onnx.py``) runs the whole graph for every (layer, sparsity) cell: one
 ``InferenceSession`` whose Conv/Gemm weights are overridable inputs. Prefix reuse would instead run the dense
 graph once with the input of every layer as extra outputs, and for each layer run only a *suffix* session,
 cut with ``onnx.utils.Extractor`` (``extract_model``'s engine): its inputs are the activations that the
@@ -161,8 +161,8 @@ def measure(arch: str, samples: int, repeats: int, tmp: Path) -> dict:
 def compare_scans(arch: str, samples: int, tmp: Path) -> str:
     """A real ONNX scan (3 sparsities) with one-input sessions (today's ``OnnxModel``) and with the all-inputs
     session forced, side by side: the end-to-end gain of step (1) and the largest difference in the numbers."""
-    from analysis.scan.config import ScanConfig
-    from analysis.scan.driver import scan
+    from analysis.sensitivity.config import ScanConfig
+    from analysis.sensitivity.driver import scan
     from analysis.workload.onnx import OnnxModel
     from analysis.workload.workload import load_workload
 

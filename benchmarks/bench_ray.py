@@ -53,9 +53,9 @@ def main() -> None:
     import torch
 
     from analysis.core.batchnorm import recalibrate
-    from analysis.scan.backends import Backend
-    from analysis.scan.config import ScanConfig
-    from analysis.scan.driver import run_scan
+    from analysis.sensitivity.backends import Backend
+    from analysis.sensitivity.config import ScanConfig
+    from analysis.sensitivity.driver import run_scan
     from analysis.workload.workload import load_workload
 
     torch.set_num_threads(1)

@@ -15,8 +15,8 @@ import time
 import torch
 
 from analysis.core.batchnorm import recalibrate
-from analysis.scan.config import ScanConfig
-from analysis.scan.driver import scan
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.driver import scan
 from analysis.workload.workload import load_workload
 
 CASES = [

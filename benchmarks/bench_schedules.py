@@ -21,11 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from analysis.scan.config import ScanConfig  # noqa: E402
-from analysis.scan.driver import scan  # noqa: E402
-from analysis.schedule.allocate import Target, allocate, scan_setting  # noqa: E402
+from analysis.cli.folders import scan_setting  # noqa: E402
+from analysis.schedule.allocate import Target, allocate  # noqa: E402
 from analysis.schedule.measure import measure_schedule  # noqa: E402
 from analysis.schedule.predict import Predictor  # noqa: E402
+from analysis.sensitivity.config import ScanConfig  # noqa: E402
+from analysis.sensitivity.driver import scan  # noqa: E402
 from analysis.workload.data import load_data  # noqa: E402
 from analysis.workload.workload import load_workload  # noqa: E402
 
@@ -49,7 +50,7 @@ def main() -> None:
         out = args.scans / name
         if not (out / "scan.json").is_file():
             scan(workload, ScanConfig(sparsities=SPARSITIES)).save(out)
-        setting = scan_setting(str(out), need_weights=True)
+        setting = scan_setting(out, ("global", "lamp"))
         measured: dict[tuple[str, float], object] = {}
 
         def run(method: str, target: float, steps: int):  # noqa: ANN202

@@ -33,10 +33,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis.core.profile import tolerance_table  # noqa: E402
-from analysis.scan.config import ScanConfig  # noqa: E402
-from analysis.scan.context import prepare  # noqa: E402
-from analysis.scan.driver import scan  # noqa: E402
-from analysis.store.runs import LayerWriter, RunStore  # noqa: E402
+from analysis.sensitivity.config import ScanConfig  # noqa: E402
+from analysis.sensitivity.context import prepare  # noqa: E402
+from analysis.sensitivity.driver import scan  # noqa: E402
+from analysis.store.runs import RunStore  # noqa: E402
+from analysis.store.writer import LayerWriter  # noqa: E402
 from analysis.workload.workload import load_workload  # noqa: E402
 
 

@@ -5,12 +5,13 @@ import json
 import streamlit as st
 
 from analysis.core.criteria import CRITERIA
-from analysis.core.masks import check_sparsity
-from analysis.core.metric_table import METRICS
+from analysis.core.granularity import CHOICES as GRANULARITY_CHOICES
+from analysis.core.granularity import check_sparsity
+from analysis.core.metric_table import drop_scale, metric_choices
 from analysis.core.profile import tolerance_table
 from analysis.report import plots
-from analysis.scan.backends import cluster_backend
-from analysis.scan.config import DEFAULT_SPARSITIES, ScanConfig
+from analysis.sensitivity.backends import cluster_backend
+from analysis.sensitivity.config import DEFAULT_SPARSITIES, ScanConfig
 from ui import common, runs, scanning
 from ui.scanning import SCAN_MODES, adaptive_settings
 
@@ -24,7 +25,7 @@ with st.sidebar:
                          "fallen near chance and fills the rest (marked); bisection searches each layer's largest "
                          "sparsity within a tolerated drop")
     criterion = st.selectbox("Criterion", CRITERIA, help="how the weights to remove are chosen")
-    granularity = st.selectbox("Granularity", ["unstructured", "channel", "2:4"],
+    granularity = st.selectbox("Granularity", GRANULARITY_CHOICES,
                                help="single weights, whole output channels, or 2 of every 4 weights")
     grid_text = st.text_input("Sparsities", ", ".join(f"{s:g}" for s in DEFAULT_SPARSITIES), disabled=mode == "bisect",
                               help="fractions of each layer to remove, comma separated (0 is the dense baseline); "
@@ -92,7 +93,7 @@ if not profile.meta.get("complete", True):
     st.warning(f"This run is unfinished: {len(profile.layers)} of its {len(profile.meta.get('layers', []))} layers "
                "were measured. Run the same settings again to resume it.")
 
-metrics = [m for m in METRICS if m != "accuracy" or profile.labelled]
+metrics = list(metric_choices(profile.labelled))
 metric = st.selectbox("Metric", metrics, help="accuracy needs labels; agreement and KL compare with the dense model")
 base = profile.baseline(metric)
 st.caption(f"Dense {metric}: **{base:.4f}** on {profile.meta['samples']} samples · criterion "
@@ -109,7 +110,7 @@ with curve_tab:
 with rank_tab:
     if shown_mode == "bisect":
         scanning.show_bisection(profile)
-    scale, unit = plots.drop_scale(metric)
+    scale, unit = drop_scale(metric)
     max_drop = st.number_input(f"Largest tolerated drop ({unit})", min_value=0.0, value=1.0 if scale > 1 else 0.01,
                                step=0.5 if scale > 1 else 0.01)
     st.dataframe(tolerance_table(profile, max_drop / scale, metric), hide_index=True, width="stretch")

@@ -3,10 +3,11 @@
 import streamlit as st
 
 from analysis.core.criteria import CRITERIA
+from analysis.core.granularity import CHOICES as GRANULARITY_CHOICES
 from analysis.core.profile import tolerance_table
-from analysis.diagnose.diagnostics import diagnose
+from analysis.diagnostics.diagnosis import diagnose
 from analysis.report import plots
-from analysis.scan.config import ScanConfig
+from analysis.sensitivity.config import ScanConfig
 from ui import artifacts, common, runs
 
 spec = common.header("Diagnostics")
@@ -22,7 +23,7 @@ layer = c1.selectbox("Pruned layer", names, index=names.index(fragile) if fragil
                      help="preselected: the most fragile layer of the run on show")
 sparsity = c2.select_slider("Sparsity", [round(0.05 * i, 2) for i in range(1, 20)], value=0.5)
 criterion = c3.selectbox("Criterion", CRITERIA, index=CRITERIA.index(settings["criterion"]))
-granularities = ["unstructured", "channel", "2:4"]
+granularities = list(GRANULARITY_CHOICES)
 granularity = c4.selectbox("Granularity", granularities, index=granularities.index(settings["granularity"])
                            if settings["granularity"] in granularities else 0)
 cell = (spec.key, layer, float(sparsity), criterion, granularity)

@@ -1,4 +1,7 @@
-"""Schedule: one sparsity per layer, presets, live totals and predicted metric, measured on demand, saved and compared."""
+"""Schedule: one sparsity per layer, presets, live totals and predicted metric, measured on demand, saved and compared.
+
+The page is a sequence of sections, each a function that draws one part and returns what the next parts read.
+"""
 
 import json
 
@@ -6,34 +9,44 @@ import pandas as pd
 import streamlit as st
 
 from analysis.core.batchnorm import has_batchnorm
-from analysis.core.metric_table import HIGHER_IS_BETTER
+from analysis.core.granularity import parse_granularity
+from analysis.core.metric_table import HIGHER_IS_BETTER, metric_choices, metric_info
+from analysis.core.profile import SensitivityProfile
 from analysis.report import plots
 from analysis.schedule.allocate import METHODS, TARGET_KINDS, Bounds, allocate, parse_target
-from analysis.schedule.calibrate import DEFAULT_METHODS, calibrate, parse_targets, read_calibration
+from analysis.schedule.calibrate import DEFAULT_METHODS, calibrate, parse_targets
 from analysis.schedule.measure import measure_schedule
+from analysis.schedule.predict import Predictor, compared_stage
+from analysis.schedule.schedule import Schedule
+from analysis.schedule.totals import Accountant
 from ui import common, runs, schedules
 
-spec = common.header("Schedule")
-spec, workload, layers = common.workload_or_stop()
-profile = runs.current_profile(spec)
-if profile is None:
-    st.info("No scan of this workload yet: a schedule is predicted from a sensitivity scan. Run one on the "
-            "Sensitivity page (a few seconds on the sample).")
-    st.page_link("pages/2_Sensitivity.py", label="Go to Sensitivity", icon=":material/thermostat:")
-    st.stop()
+METHOD_WORDS = {"sensitivity": "sensitivity-based (smallest predicted drop)", "uniform": "uniform",
+                "global": "global magnitude", "lamp": "LAMP", "erk": "ERK"}
+TARGET_WORDS = {"sparsity": "global sparsity", "params": "parameters kept", "flops": "FLOPs kept"}
 
-run_id = profile.meta["run_id"]
-known = {r.run_id: r.label for r in runs.list_runs(spec) if r.complete or r.run_id == run_id}
-picked = st.selectbox("Sensitivity run the prediction comes from", list(known), index=list(known).index(run_id),
-                      format_func=known.get)
-if picked != run_id:
-    st.session_state[runs.RUN_ID] = run_id = picked
-    profile = runs.load_run(run_id)
-criterion, granularity = profile.meta["criterion"], profile.meta["granularity"]
-metrics = [m for m in ("accuracy", "agreement", "loss", "kl")
-           if m in profile.meta.get("baseline", {}) and (m != "accuracy" or profile.labelled)]
-metric = st.selectbox("Predicted metric", metrics)
-with st.expander("Calibrate the prediction: measure a few real schedules and fit how the drops combine"):
+
+def pick_run(spec: common.WorkloadSpec) -> tuple[int, SensitivityProfile]:
+    """The sensitivity run the prediction comes from (the current one unless another complete run is picked)."""
+    profile = runs.current_profile(spec)
+    if profile is None:
+        st.info("No scan of this workload yet: a schedule is predicted from a sensitivity scan. Run one on the "
+                "Sensitivity page (a few seconds on the sample).")
+        st.page_link("pages/2_Sensitivity.py", label="Go to Sensitivity", icon=":material/thermostat:")
+        st.stop()
+    run_id = profile.meta["run_id"]
+    known = {r.run_id: r.label for r in runs.list_runs(spec) if r.complete or r.run_id == run_id}
+    picked = st.selectbox("Sensitivity run the prediction comes from", list(known), index=list(known).index(run_id),
+                          format_func=known.get)
+    if picked != run_id:
+        st.session_state[runs.RUN_ID] = picked
+        return picked, runs.load_run(picked)
+    return run_id, profile
+
+
+def calibration_section(spec: common.WorkloadSpec, workload, run_id: int, profile: SensitivityProfile,  # noqa: ANN001
+                        metric: str) -> None:
+    """Measure a few real schedules and fit how the drops combine; show the stored calibration."""
     st.caption(f"Builds {' and '.join(DEFAULT_METHODS)} schedules from this run at each target, measures each on the "
                "model and fits the calibrated prediction model; the prediction on this page then uses it.")
     targets_text = st.text_input("Target sparsities", "0.3, 0.5, 0.7", key="calibration-targets")
@@ -43,14 +56,14 @@ with st.expander("Calibrate the prediction: measure a few real schedules and fit
             bar = st.progress(0.0, text="Measuring schedules ...")
             total, measured = len(targets) * len(DEFAULT_METHODS), []
 
-            def on_sample(sample) -> None:  # noqa: ANN001 - an analysis.calibrate.Sample
+            def on_sample(sample) -> None:  # noqa: ANN001 - an analysis.schedule.calibrate.Sample
                 measured.append(sample)
                 bar.progress(len(measured) / total, text=f"{len(measured)}/{total} schedules measured · last: "
                              f"{sample.method} at {sample.target:g}: {sample.measured:.4f}")
 
             with common.holding(spec):
-                result = calibrate(runs.scan_folder(run_id), workload, targets=targets, model_spec=spec.model,
-                                   metric=metric if metric in ("accuracy", "agreement") else None, progress=on_sample)
+                result = calibrate(profile, workload, targets=targets,
+                                   metric=metric if metric_info(metric).bounded else None, progress=on_sample)
             runs.save_calibration(run_id, result)
             schedules.forget_predictors()
             bar.empty()
@@ -58,44 +71,40 @@ with st.expander("Calibrate the prediction: measure a few real schedules and fit
             st.error(f"Cannot calibrate: {exc}")
         else:
             st.success(f"Calibrated on {len(result.samples)} measured schedules: power {result.predictor.power:.3f}.")
-    calibrated = read_calibration(runs.scan_folder(run_id))
+    calibrated = runs.stored_calibration(run_id)
     if calibrated is None:
         st.info("Not calibrated yet: the prediction adds the per-layer drops of the profile.")
-    else:
-        info, table = calibrated
-        mae = info.get("mae", {})
-        st.caption(f"Calibrated {info['metric']} ({info.get('stage', 'pruned')}) from {info.get('schedules')} "
-                   f"schedules: power {info['power']:.3f}; mean absolute error additive {mae.get('additive', 0):.4f}, "
-                   f"calibrated {mae.get('calibrated', 0):.4f} (leave-one-out)")
-        st.dataframe(table, hide_index=True, width="stretch")
-predictor = schedules.predictor(run_id, metric)
-accountant = schedules.accountant(spec, criterion, granularity)
-current = schedules.state(run_id, spec)
-by_name = {l.name: l for l in layers}
-names = [n for n in profile.layers if n in by_name]
-st.caption(f"{criterion} criterion · {granularity} granularity (from the run) · prediction: {predictor.model} model "
-           "from the stored profile, no evaluation of the model · layers the run did not scan stay dense")
-summary = st.container(border=True)
+        return
+    _, info, table = calibrated
+    mae = info.get("mae", {})
+    st.caption(f"Calibrated {info['metric']} ({info.get('stage', 'pruned')}) from {info.get('schedules')} "
+               f"schedules: power {info['power']:.3f}; mean absolute error additive {mae.get('additive', 0):.4f}, "
+               f"calibrated {mae.get('calibrated', 0):.4f} (leave-one-out)")
+    st.dataframe(table, hide_index=True, width="stretch")
 
-st.subheader("Presets")
-c1, c2, c3 = st.columns(3)
-method = c1.selectbox("Method", METHODS, format_func={
-    "sensitivity": "sensitivity-based (smallest predicted drop)", "uniform": "uniform", "global": "global magnitude",
-    "lamp": "LAMP", "erk": "ERK"}.get)
-kind = c2.radio("Target", TARGET_KINDS, horizontal=True, format_func={
-    "sparsity": "global sparsity", "params": "parameters kept", "flops": "FLOPs kept"}.get)
-target_text = c3.text_input("Target value", "0.5" if kind == "sparsity" else "50%", key=f"target-{kind}",
-                            help="sparsity: a fraction in [0, 1); parameters or FLOPs kept: a count (120000, 1.5M) "
-                                 "or a percentage of the total (30%)")
-c1, c2, c3 = st.columns([1, 2, 1])
-max_sparsity = c1.number_input("Per-layer maximum", 0.0, 0.99, 0.95, step=0.05)
-keep_dense = c2.multiselect("Keep dense", names)
-if c3.button("Apply preset", type="primary"):
+
+def presets_section(spec: common.WorkloadSpec, layers: list, profile: SensitivityProfile, names: list[str],
+                    accountant: Accountant, metric: str, current: dict) -> None:
+    """Allocate a whole schedule to a target with one of the methods and load it into the sliders."""
+    st.subheader("Presets")
+    criterion, granularity = profile.meta["criterion"], profile.meta["granularity"]
+    c1, c2, c3 = st.columns(3)
+    method = c1.selectbox("Method", METHODS, format_func=METHOD_WORDS.get)
+    kind = c2.radio("Target", TARGET_KINDS, horizontal=True, format_func=TARGET_WORDS.get)
+    target_text = c3.text_input("Target value", "0.5" if kind == "sparsity" else "50%", key=f"target-{kind}",
+                                help="sparsity: a fraction in [0, 1); parameters or FLOPs kept: a count (120000, "
+                                     "1.5M) or a percentage of the total (30%)")
+    c1, c2, c3 = st.columns([1, 2, 1])
+    max_sparsity = c1.number_input("Per-layer maximum", 0.0, 0.99, 0.95, step=0.05)
+    keep_dense = c2.multiselect("Keep dense", names)
+    if not c3.button("Apply preset", type="primary"):
+        return
     try:
         total = accountant.flops if kind == "flops" else accountant.weights
         schedule = allocate(method, layers, parse_target(kind, target_text, total), granularity=granularity,
                             criterion=criterion, bounds=Bounds(max_sparsity, {}, tuple(keep_dense)),
-                            accountant=accountant, weights=schedules.weights(spec) if method in ("global", "lamp") else None,
+                            accountant=accountant,
+                            weights=schedules.weights(spec) if method in ("global", "lamp") else None,
                             profile=profile, metric=metric, allocatable=names)
     except ValueError as exc:
         st.error(f"Cannot apply the {method} preset: {exc}")
@@ -103,78 +112,95 @@ if c3.button("Apply preset", type="primary"):
         schedules.set_values(current, {n: round(schedule.sparsities.get(n, 0.0), 3) for n in names},
                              f"{method} to {kind} {target_text.strip()}")
 
-st.subheader("Per-layer sparsity")
-search = st.text_input("Filter layers", placeholder="part of a layer name, e.g. block2 or conv")
-shown = [n for n in names if search.strip().lower() in n.lower()]
-if not shown:
-    st.warning(f"No layer name contains {search.strip()!r}.")
-values = current["values"]
-grouped = schedules.groups(shown) if len(names) > schedules.GROUP_ABOVE else {"": shown}
-for group, members in grouped.items():
-    box = st.expander(f"{group} ({len(members)} layers)", expanded=bool(search.strip()) or len(grouped) <= 3) \
-        if group else st.container()
+
+def sliders_section(by_name: dict, names: list[str], granularity: str, values: dict[str, float]) -> None:
+    """One slider per scanned layer (grouped by block on large models, filtered by name); writes ``values``."""
+    st.subheader("Per-layer sparsity")
+    search = st.text_input("Filter layers", placeholder="part of a layer name, e.g. block2 or conv")
+    shown = [n for n in names if search.strip().lower() in n.lower()]
+    if not shown:
+        st.warning(f"No layer name contains {search.strip()!r}.")
+    grouped = schedules.groups(shown) if len(names) > schedules.GROUP_ABOVE else {"": shown}
+    fixed = parse_granularity(granularity).fixed_sparsity
+    for group, members in grouped.items():
+        box = st.expander(f"{group} ({len(members)} layers)", expanded=bool(search.strip()) or len(grouped) <= 3) \
+            if group else st.container()
+        with box:
+            cols = st.columns(2)
+            for i, name in enumerate(members):
+                layer_slider(cols[i % 2], by_name[name], granularity, fixed, values)
+
+
+def layer_slider(col, layer, granularity: str, fixed: float | None, values: dict[str, float]) -> None:  # noqa: ANN001
+    """The slider of one layer (a two-stop slider for a fixed-sparsity pattern; a note if it cannot be pruned)."""
+    key, limit = schedules.SLIDER + layer.name, schedules.slider_limit(layer, granularity)
+    if limit <= 0:
+        col.caption(f"{layer.name}: cannot take {granularity} pruning; stays dense")
+        return
+    if key not in st.session_state:
+        st.session_state[key] = min(values.get(layer.name, 0.0), limit)
+    label = f"{layer.name} ({layer.kind}, {layer.params:,} weights)"
+    if fixed is not None:
+        values[layer.name] = col.select_slider(label, [0.0, fixed], key=key)
+    else:
+        values[layer.name] = col.slider(label, 0.0, limit, step=0.001, format="%.3f", key=key)
+
+
+def summary_section(box, schedule: Schedule, totals, predictor: Predictor, predicted: float,  # noqa: ANN001
+                    metric: str, source: str) -> None:
+    """The live totals and the predicted metric, drawn in ``box`` at the top of the page."""
+    base = predictor.baseline
     with box:
-        cols = st.columns(2)
-        for i, name in enumerate(members):
-            layer, key = by_name[name], schedules.SLIDER + name
-            limit = schedules.slider_limit(layer, granularity)
-            col = cols[i % 2]
-            if limit <= 0:
-                col.caption(f"{name}: cannot take {granularity} pruning; stays dense")
-                continue
-            if key not in st.session_state:
-                st.session_state[key] = min(values.get(name, 0.0), limit)
-            label = f"{name} ({layer.kind}, {layer.params:,} weights)"
-            if granularity == "2:4" or ":" in granularity:
-                values[name] = col.select_slider(label, [0.0, 0.5], key=key)
-            else:
-                values[name] = col.slider(label, 0.0, limit, step=0.001, format="%.3f", key=key)
+        cols = st.columns(4)
+        cols[0].metric("global sparsity", f"{totals.global_sparsity:.4f}")
+        cols[1].metric("parameters kept", f"{totals.params_kept_fraction:.4f}", help=f"{totals.params_kept:,} weights")
+        cols[2].metric("FLOPs kept", f"{totals.flops_kept_fraction:.4f}",
+                       help=f"{totals.flops_kept:,} FLOPs per sample")
+        cols[3].metric(f"predicted {metric}", f"{predicted:.4f}", f"{predicted - base:+.4f} vs dense {base:.4f}",
+                       delta_color="normal" if HIGHER_IS_BETTER[metric] else "inverse")
+        if not schedule.sparsities:
+            st.info("This schedule prunes nothing: every layer is dense. Apply a preset or move a slider.")
+        else:
+            st.caption(f"{len(schedule.sparsities)} layers pruned · {source}")
 
-source = schedules.source(current)
-schedules.keep(current, spec)
-schedule = schedules.to_schedule(values, profile, {"source": source})
-totals = accountant.totals(schedule)
-predicted = predictor.predict(schedule)
-base = predictor.baseline
-with summary:
-    cols = st.columns(4)
-    cols[0].metric("global sparsity", f"{totals.global_sparsity:.4f}")
-    cols[1].metric("parameters kept", f"{totals.params_kept_fraction:.4f}", help=f"{totals.params_kept:,} weights")
-    cols[2].metric("FLOPs kept", f"{totals.flops_kept_fraction:.4f}", help=f"{totals.flops_kept:,} FLOPs per sample")
-    cols[3].metric(f"predicted {metric}", f"{predicted:.4f}", f"{predicted - base:+.4f} vs dense {base:.4f}",
-                   delta_color="normal" if HIGHER_IS_BETTER[metric] else "inverse")
-    if not schedule.sparsities:
-        st.info("This schedule prunes nothing: every layer is dense. Apply a preset or move a slider.")
-    else:
-        st.caption(f"{len(schedule.sparsities)} layers pruned · {source}")
 
-if schedule.sparsities:
-    st.plotly_chart(plots.schedule_bars({"current": schedule.sparsities}, names), key="current-bars")
+def measure_section(spec: common.WorkloadSpec, workload, schedule: Schedule, predictor: Predictor,  # noqa: ANN001
+                    predicted: float, metric: str, current: dict) -> dict | None:
+    """Prune a copy and evaluate it next to the prediction; returns the measurement of this schedule, if any."""
+    st.subheader("Measure for real")
+    fp = schedules.fingerprint(schedule)
+    bn_model = has_batchnorm(workload.model)
+    bn = st.checkbox("Recalibrate BatchNorm statistics after pruning", value=bn_model, disabled=not bn_model,
+                     help="re-estimate BatchNorm statistics on the eval inputs" if bn_model
+                     else "the model has no BatchNorm")
+    if st.button("Measure", disabled=not schedule.sparsities, help="prune a copy of the model and evaluate it"):
+        try:
+            with st.status(f"Pruning {len(schedule.sparsities)} layers and evaluating on {len(workload.data)} "
+                           "samples ...", expanded=False) as status:
+                with common.holding(spec):
+                    result = measure_schedule(workload, schedule, bn_recalibrate=bn)
+                status.update(label="Measured", state="complete")
+        except ValueError as exc:
+            st.error(f"Cannot measure this schedule: {exc}")
+        else:
+            current["measured"] = {"fingerprint": fp, "bn": bn, "result": result.to_dict()}
+    measured = current.get("measured")
+    if measured and measured["fingerprint"] != fp:
+        st.caption("The last measurement was of another schedule; press Measure for this one.")
+        return None
+    if measured:
+        show_measurement(measured["result"], predictor, predicted, metric)
+        return measured["result"]
+    return None
 
-st.subheader("Measure for real")
-fp = schedules.fingerprint(schedule)
-bn = st.checkbox("Recalibrate BatchNorm statistics after pruning", value=has_batchnorm(workload.model),
-                 disabled=not has_batchnorm(workload.model), help="the model has no BatchNorm"
-                 if not has_batchnorm(workload.model) else "re-estimate BatchNorm statistics on the eval inputs")
-if st.button("Measure", disabled=not schedule.sparsities, help="prune a copy of the model and evaluate it"):
-    try:
-        with st.status(f"Pruning {len(schedule.sparsities)} layers and evaluating on {len(workload.data)} samples ...",
-                       expanded=False) as status:
-            with common.holding(spec):
-                result = measure_schedule(workload, schedule, bn_recalibrate=bn)
-            status.update(label="Measured", state="complete")
-    except ValueError as exc:
-        st.error(f"Cannot measure this schedule: {exc}")
-    else:
-        current["measured"] = {"fingerprint": fp, "bn": bn, "result": result.to_dict()}
-measured = current.get("measured")
-if measured and measured["fingerprint"] == fp:
-    result = measured["result"]
+
+def show_measurement(result: dict, predictor: Predictor, predicted: float, metric: str) -> None:
+    """The measured metric at the stage the prediction stands for, beside the prediction."""
     row = {"metric": metric, "dense": result["dense"][metric], "predicted": predicted,
            "measured (pruned)": result["pruned"][metric]}
     if result.get("bn_recalibrated"):
         row["measured (BatchNorm recalibrated)"] = result["bn_recalibrated"][metric]
-    stage = schedules.compared_stage(result, predictor)
+    stage = compared_stage(result, predictor.stage)
     value = result[stage][metric]
     cols = st.columns(3)
     cols[0].metric(f"predicted {metric}", f"{predicted:.4f}")
@@ -182,65 +208,102 @@ if measured and measured["fingerprint"] == fp:
     cols[2].metric("stage", stage.replace("_", " "), help="the stage the prediction stands for: right after pruning, "
                    "or after BatchNorm recalibration when the scan or its calibration recalibrated")
     st.dataframe(pd.DataFrame([row]), hide_index=True, width="stretch")
-elif measured:
-    st.caption("The last measurement was of another schedule; press Measure for this one.")
 
-st.subheader("Save and compare")
-c1, c2, c3 = st.columns([2, 1, 1])
-name = c1.text_input("Schedule name", source.split(" ")[0] if schedule.sparsities else "")
-if c2.button("Save", disabled=not schedule.sparsities):
-    meta = {"run_id": run_id, "method": source, "totals": totals.fractions(),
-            "predicted": {metric: predicted, "model": predictor.model, "stage": predictor.stage}}
-    if measured and measured["fingerprint"] == fp:
-        meta["measured"] = measured["result"]
-    try:
-        artifact_id, replaced = schedules.save(name, schedules.to_schedule(values, profile, meta), spec)
-    except ValueError as exc:
-        st.error(f"Cannot save: {exc}")
-    else:
-        st.success(f"{'Replaced' if replaced else 'Saved'} schedule {name.strip()!r} in the run store (artifact "
-                   f"{artifact_id}; `prunescope runs get {artifact_id} --out schedule.json` writes it as a file).")
-c3.download_button("Download schedule JSON", json.dumps(schedule.to_dict(), indent=2), "schedule.json",
-                   "application/json",
-                   disabled=not schedule.sparsities, on_click="ignore")
 
-saved = schedules.list_saved(spec)
-if not saved:
-    st.info("Saved schedules appear here, side by side with the current one.")
-    st.stop()
-c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
-to_load = c1.selectbox("Load a saved schedule into the sliders", list(saved))
-if c3.button("Delete", help="remove this saved schedule from the run store"):
-    schedules.delete_saved(to_load, spec)
-    st.rerun()
-if c2.button("Load"):
-    chosen = saved[to_load]
-    if (chosen.criterion, chosen.granularity) != (criterion, granularity):
-        st.error(f"{to_load} was made for {chosen.criterion}/{chosen.granularity} pruning; this run is "
-                 f"{criterion}/{granularity}. Pick a run with those settings above.")
-    else:
-        schedules.set_values(current, {n: chosen.sparsities.get(n, 0.0) for n in names}, to_load)
+def save_section(spec: common.WorkloadSpec, run_id: int, profile: SensitivityProfile, values: dict[str, float],
+                 schedule: Schedule, totals, predictor: Predictor, predicted: float, metric: str,  # noqa: ANN001
+                 source: str, measured: dict | None) -> None:
+    """Save the schedule by name in the run store, or download it as JSON."""
+    st.subheader("Save and compare")
+    c1, c2, c3 = st.columns([2, 1, 1])
+    name = c1.text_input("Schedule name", source.split(" ")[0] if schedule.sparsities else "")
+    if c2.button("Save", disabled=not schedule.sparsities):
+        meta = {"run_id": run_id, "method": source, "totals": totals.fractions(),
+                "predicted": {metric: predicted, "model": predictor.model, "stage": predictor.stage}}
+        if measured:
+            meta["measured"] = measured
+        try:
+            artifact_id, replaced = schedules.save(name, schedules.to_schedule(values, profile, meta), spec)
+        except ValueError as exc:
+            st.error(f"Cannot save: {exc}")
+        else:
+            st.success(f"{'Replaced' if replaced else 'Saved'} schedule {name.strip()!r} in the run store (artifact "
+                       f"{artifact_id}; `prunescope runs get {artifact_id} --out schedule.json` writes it as a file).")
+    c3.download_button("Download schedule JSON", json.dumps(schedule.to_dict(), indent=2), "schedule.json",
+                       "application/json", disabled=not schedule.sparsities, on_click="ignore")
+
+
+def saved_section(spec: common.WorkloadSpec, profile: SensitivityProfile, names: list[str], current: dict) -> dict:
+    """Load a saved schedule into the sliders or delete it; returns the saved schedules by name."""
+    saved = schedules.list_saved(spec)
+    if not saved:
+        st.info("Saved schedules appear here, side by side with the current one.")
+        st.stop()
+    criterion, granularity = profile.meta["criterion"], profile.meta["granularity"]
+    c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
+    to_load = c1.selectbox("Load a saved schedule into the sliders", list(saved))
+    if c3.button("Delete", help="remove this saved schedule from the run store"):
+        schedules.delete_saved(to_load, spec)
         st.rerun()
+    if c2.button("Load"):
+        chosen = saved[to_load]
+        if (chosen.criterion, chosen.granularity) != (criterion, granularity):
+            st.error(f"{to_load} was made for {chosen.criterion}/{chosen.granularity} pruning; this run is "
+                     f"{criterion}/{granularity}. Pick a run with those settings above.")
+        else:
+            schedules.set_values(current, {n: chosen.sparsities.get(n, 0.0) for n in names}, to_load)
+            st.rerun()
+    return saved
 
-compared = st.multiselect("Compare", list(saved), default=list(saved)[:4])
-rows, bars = [], {}
-for label, sch in [("current", schedule), *[(n, saved[n]) for n in compared]]:
-    same = (sch.criterion, sch.granularity) == (criterion, granularity) and set(sch.sparsities) <= set(names)
-    t = accountant.totals(sch).fractions() if same else sch.meta.get("totals", {})
-    if label == "current":
-        result = measured["result"] if measured and measured["fingerprint"] == fp else None
-    else:
-        result = sch.meta.get("measured")
-    rows.append({"name": label, "method": sch.meta.get("method", sch.meta.get("source", "")),
-                 "criterion": sch.criterion, "granularity": sch.granularity, "layers pruned": len(sch.sparsities),
-                 "global_sparsity": t.get("global_sparsity"), "params_kept": t.get("params_kept"),
-                 "flops_kept": t.get("flops_kept"),
-                 "predicted": predictor.predict(sch) if same else sch.meta.get("predicted", {}).get(metric),
-                 "measured": result[schedules.compared_stage(result, predictor)].get(metric) if result else None})
-    bars[label] = sch.sparsities
-table = pd.DataFrame(rows)
-st.dataframe(table, hide_index=True, width="stretch")
-left, right = st.columns(2)
-left.plotly_chart(plots.schedule_bars(bars, names), key="compare-bars")
-right.plotly_chart(plots.schedule_tradeoff(table.dropna(subset=["global_sparsity", "predicted"]), metric),
-                   key="compare-tradeoff")
+
+def compare_section(saved: dict, schedule: Schedule, profile: SensitivityProfile, names: list[str],
+                    accountant: Accountant, predictor: Predictor, metric: str, measured: dict | None) -> None:
+    """The current schedule beside the saved ones: a table, per-layer bars and metric against sparsity."""
+    compared = st.multiselect("Compare", list(saved), default=list(saved)[:4])
+    chosen = {"current": schedule, **{n: saved[n] for n in compared}}
+    table = schedules.compare_table(chosen, profile, names, accountant, predictor, metric,
+                                    {"current": measured} if measured else {})
+    st.dataframe(table, hide_index=True, width="stretch")
+    left, right = st.columns(2)
+    left.plotly_chart(plots.schedule_bars({k: s.sparsities for k, s in chosen.items()}, names), key="compare-bars")
+    right.plotly_chart(plots.schedule_tradeoff(table.dropna(subset=["global_sparsity", "predicted"]), metric),
+                       key="compare-tradeoff")
+
+
+def main() -> None:
+    spec = common.header("Schedule")
+    spec, workload, layers = common.workload_or_stop()
+    run_id, profile = pick_run(spec)
+    metrics = [m for m in metric_choices(profile.labelled) if m in profile.meta.get("baseline", {})]
+    metric = st.selectbox("Predicted metric", metrics)
+    with st.expander("Calibrate the prediction: measure a few real schedules and fit how the drops combine"):
+        calibration_section(spec, workload, run_id, profile, metric)
+    predictor = schedules.predictor(run_id, metric)
+    accountant = schedules.accountant(spec, profile)
+    current = schedules.state(run_id, spec)
+    by_name = {l.name: l for l in layers}
+    names = [n for n in profile.layers if n in by_name]
+    granularity = profile.meta["granularity"]
+    st.caption(f"{profile.meta['criterion']} criterion · {granularity} granularity (from the run) · prediction: "
+               f"{predictor.model} model from the stored profile, no evaluation of the model · layers the run did "
+               "not scan stay dense")
+    summary = st.container(border=True)
+    presets_section(spec, layers, profile, names, accountant, metric, current)
+    values = current["values"]
+    sliders_section(by_name, names, granularity, values)
+
+    source = schedules.source(current)
+    schedules.keep(current, spec)
+    schedule = schedules.to_schedule(values, profile, {"source": source})
+    totals = accountant.totals(schedule)
+    predicted = predictor.predict(schedule)
+    summary_section(summary, schedule, totals, predictor, predicted, metric, source)
+    if schedule.sparsities:
+        st.plotly_chart(plots.schedule_bars({"current": schedule.sparsities}, names), key="current-bars")
+    measured = measure_section(spec, workload, schedule, predictor, predicted, metric, current)
+    save_section(spec, run_id, profile, values, schedule, totals, predictor, predicted, metric, source, measured)
+    saved = saved_section(spec, profile, names, current)
+    compare_section(saved, schedule, profile, names, accountant, predictor, metric, measured)
+
+
+main()

@@ -7,7 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from analysis.core.batchnorm import has_batchnorm
-from analysis.export.export import EXPORTERS, VerificationError, export
+from analysis.core.granularity import parse_granularity
+from analysis.deploy.export import EXPORTERS, VerificationError, export
 from analysis.report.html import build_report
 from ui import artifacts, common, runs, schedules
 from ui.common import prunescope_home
@@ -34,7 +35,7 @@ if not choices:
 
 label = st.selectbox("Schedule to export", list(choices))
 schedule, profile = choices[label]
-channel = schedule.granularity == "channel"
+channel = parse_granularity(schedule.granularity).structured
 st.caption(f"{len(schedule.sparsities)} layers pruned · {schedule.criterion} criterion · {schedule.granularity} "
            f"granularity · {schedule.meta.get('method') or schedule.meta.get('source', '')}")
 c1, c2, c3, c4 = st.columns(4)
@@ -128,8 +129,9 @@ with st.expander("Per-layer detail"):
 
 if done["html"] is None and profile is not None:
     meta = report.schedule.meta
-    if "totals" not in meta and profile.meta.get("granularity") == schedule.granularity:
-        meta["totals"] = schedules.accountant(spec, schedule.criterion, schedule.granularity).totals(schedule).fractions()
+    same = (profile.meta.get("criterion"), profile.meta.get("granularity")) == (schedule.criterion, schedule.granularity)
+    if "totals" not in meta and same:
+        meta["totals"] = schedules.accountant(spec, profile).totals(schedule).fractions()
     diagnosis = st.session_state.get("diagnosis")
     diagnosis = diagnosis["result"] if diagnosis and diagnosis["cell"][0] == spec.key else None
     done["html"] = build_report(profile, diagnosis=diagnosis, schedule=report.schedule, export=report,

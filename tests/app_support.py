@@ -62,9 +62,9 @@ def assert_clean(at: AppTest) -> None:
 def sample_scan():
     """The default scan (magnitude, unstructured, 0.1..0.9) of the CNN sample, computed once: its context, its
     finished units and its profile."""
-    from analysis.scan.config import ScanConfig
-    from analysis.scan.context import prepare
-    from analysis.scan.driver import scan
+    from analysis.sensitivity.config import ScanConfig
+    from analysis.sensitivity.context import prepare
+    from analysis.sensitivity.driver import scan
     from analysis.workload.workload import load_workload
 
     workload = load_workload("sample:digits-cnn", "sample:digits")

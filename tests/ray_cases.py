@@ -18,10 +18,10 @@ from conftest import run_cli
 
 from analysis.core.batchnorm import recalibrate
 from analysis.core.profile import SensitivityProfile
-from analysis.scan.backends import Backend
-from analysis.scan.config import ScanConfig
-from analysis.scan.context import prepare
-from analysis.scan.driver import run_scan
+from analysis.sensitivity.backends import Backend
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.context import prepare
+from analysis.sensitivity.driver import run_scan
 from analysis.workload.workload import load_workload
 
 COUNTS = ["layer", "sparsity", "actual_sparsity", "n", "correct", "agree"]

@@ -6,10 +6,11 @@ import pandas as pd
 import pytest
 
 from analysis.core.profile import SensitivityProfile, tolerance_table
-from analysis.scan import adaptive
-from analysis.scan.config import ScanConfig
-from analysis.scan.context import prepare
-from analysis.scan.driver import scan
+from analysis.sensitivity import adaptive
+from analysis.sensitivity.config import FIELDS as ADAPTIVE_FIELDS
+from analysis.sensitivity.config import ScanConfig, search_grid
+from analysis.sensitivity.context import prepare
+from analysis.sensitivity.driver import scan
 from analysis.store.runs import RunStore, identity_key, scan_identity
 from tests.conftest import run_cli
 
@@ -78,7 +79,7 @@ def test_bisection_finds_the_full_grids_tolerance(small, name, resolution, toler
     """Both cases have layers whose pass/fail is monotone in sparsity and layers where it is not."""
     workload = small[name]
     found = scan(workload, ScanConfig(adaptive="bisect", tolerance=tolerance, resolution=resolution))
-    fine = scan(workload, ScanConfig(sparsities=adaptive.search_grid(resolution)))
+    fine = scan(workload, ScanConfig(sparsities=search_grid(resolution)))
     table = adaptive.bisect_table(found).set_index("layer")
     grid_answer = tolerance_table(fine, tolerance, "accuracy").set_index("layer")["max_sparsity"]
     # The answer is tolerance_table over the measured points, and every measured point is the full grid's cell.
@@ -109,8 +110,8 @@ def test_section_points_narrow_the_bracket():
     assert adaptive.section_points(10, 12, 3) == [11]
     points = adaptive.section_points(0, 6, 4)
     assert len(set(points)) == 4 and all(0 < p < 6 for p in points)
-    assert adaptive.search_grid(0.01)[-1] == 0.99 and len(adaptive.search_grid(0.01)) == 100
-    assert adaptive.search_grid(0.3) == (0.0, 0.3, 0.6, 0.9)
+    assert search_grid(0.01)[-1] == 0.99 and len(search_grid(0.01)) == 100
+    assert search_grid(0.3) == (0.0, 0.3, 0.6, 0.9)
 
 
 def test_adaptive_runs_are_stored_resumable_and_their_own_identity(small, tmp_path):
@@ -119,7 +120,7 @@ def test_adaptive_runs_are_stored_resumable_and_their_own_identity(small, tmp_pa
     keys = {identity_key(scan_identity(wl, c)) for c in (
         full, collapse, ScanConfig(adaptive="collapse", collapse_at=0.5), ScanConfig(adaptive="bisect"))}
     assert len(keys) == 4
-    assert not set(adaptive.FIELDS) & set(scan_identity(wl, full))  # a full scan's identity is as it was
+    assert not set(ADAPTIVE_FIELDS) & set(scan_identity(wl, full))  # a full scan's identity is as it was
     # A setting the mode does not use does not make another run.
     assert scan_identity(wl, ScanConfig(adaptive="collapse", tolerance=0.3)) == scan_identity(wl, collapse)
     config = ScanConfig(adaptive="bisect", tolerance=0.02, resolution=0.02)

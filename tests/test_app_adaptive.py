@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from app_support import app, assert_clean, plotly_specs, texts
 
-from analysis.scan import adaptive
+from analysis.sensitivity import adaptive
 from ui import runs
 from ui.common import WorkloadSpec
 

@@ -7,10 +7,10 @@ import threading
 import torch
 from conftest import run_cli
 
-from analysis.scan.config import ScanConfig
-from analysis.scan.driver import scan
 from analysis.schedule.measure import measure_schedule
 from analysis.schedule.schedule import Schedule
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.driver import scan
 from analysis.workload.workload import load_workload
 from ui import runs, scanning
 from ui.common import WorkloadSpec, cached_workload, model_lock

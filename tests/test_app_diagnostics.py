@@ -8,8 +8,8 @@ from app_support import app, assert_clean, plotly_specs, sample_profile, sample_
 
 def test_diagnose_the_most_fragile_layer_of_the_run_on_show(stored_run, sample_profile):  # noqa: F811
     from analysis.core.profile import tolerance_table
-    from analysis.diagnose.diagnostics import diagnose
-    from analysis.scan.config import ScanConfig
+    from analysis.diagnostics.diagnosis import diagnose
+    from analysis.sensitivity.config import ScanConfig
     from ui.common import WorkloadSpec, cached_workload
 
     at = app("diagnostics")
@@ -61,7 +61,7 @@ def test_a_cell_the_granularity_cannot_take_is_a_readable_error():
 
 
 def test_a_diagnosis_is_stored_reopened_after_a_reload_and_deleted(stored_run, monkeypatch):  # noqa: F811
-    import analysis.diagnose.diagnostics
+    import analysis.diagnostics.diagnosis
     from ui import runs
 
     at = app("diagnostics")
@@ -76,7 +76,7 @@ def test_a_diagnosis_is_stored_reopened_after_a_reload_and_deleted(stored_run, m
     def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("a stored diagnosis must reopen without diagnosing again")
 
-    monkeypatch.setattr(analysis.diagnose.diagnostics, "diagnose", refuse)
+    monkeypatch.setattr(analysis.diagnostics.diagnosis, "diagnose", refuse)
     again = app("diagnostics")
     assert_clean(again)
     assert plotly_specs(again)[0]["data"] == shift["data"]

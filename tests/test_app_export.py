@@ -9,8 +9,8 @@ import onnxruntime as ort
 from app_support import app, assert_clean, downloads, sample_profile, sample_scan, stored_run, texts  # noqa: F401
 
 from analysis.core.metrics import predict
-from analysis.scan.config import ScanConfig
 from analysis.schedule.schedule import Schedule
+from analysis.sensitivity.config import ScanConfig
 from ui import runs, scanning, schedules
 from ui.common import WorkloadSpec, cached_workload, model_lock
 

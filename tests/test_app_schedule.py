@@ -258,8 +258,6 @@ def test_a_reload_finds_the_schedule_being_tuned(stored_run):  # noqa: F811
 
 
 def test_calibrate_the_prediction_from_the_page(stored_run, sample_profile, prunescope_home, tmp_path):  # noqa: F811
-    import shutil
-
     from analysis.schedule.calibrate import calibrate
 
     at = app("schedule")
@@ -271,8 +269,7 @@ def test_calibrate_the_prediction_from_the_page(stored_run, sample_profile, prun
     assert_clean(at)
     assert "Calibrated on 4 measured schedules" in texts(at.success)
     assert "prediction: calibrated model" in "\n".join(c.value for c in at.caption), "the cached predictor was kept"
-    sample_profile.save(tmp_path / "scan")
-    expected = calibrate(tmp_path / "scan", cached_workload(SPEC), targets=(0.5, 0.8))
+    expected = calibrate(sample_profile, cached_workload(SPEC), targets=(0.5, 0.8))
     table = at.dataframe[0].value
     assert list(table["method"]) == list(expected.table["method"])
     assert list(table["measured"]) == pytest.approx(list(expected.table["measured"]))
@@ -283,7 +280,7 @@ def test_calibrate_the_prediction_from_the_page(stored_run, sample_profile, prun
     stored = runs.store().artifacts(kind="calibration")
     assert list(stored["run_id"]) == [stored_run]
 
-    shutil.rmtree(prunescope_home / "scans")  # the scan folder is derived: the store puts it back, calibration too
+    assert not (prunescope_home / "scans").exists()  # no folder is derived from the store: it holds the calibration
     again = app("schedule")
     assert_clean(again)
     assert "prediction: calibrated model" in "\n".join(c.value for c in again.caption)

@@ -8,11 +8,12 @@ from app_support import app, assert_clean, plotly_specs, sample_profile, sample_
 from conftest import run_cli
 
 from analysis.core.profile import tolerance_table
-from analysis.scan import backends
-from analysis.scan.config import ScanConfig
-from analysis.scan.context import prepare
-from analysis.scan.driver import scan
-from analysis.scan.engines import ENGINES
+from analysis.sensitivity import backends
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.context import prepare
+from analysis.sensitivity.driver import scan
+from analysis.sensitivity.engines import ENGINES
+from analysis.store import scanning as store_scanning
 from ui import runs, scanning
 from ui.common import WorkloadSpec, cached_workload
 
@@ -125,8 +126,8 @@ def _engine_must_not_run(monkeypatch) -> None:  # noqa: ANN001
     def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("the scan engine ran: a stored run must reopen without recomputing")
 
-    monkeypatch.setattr(scanning, "run_on_backend", refuse)
-    monkeypatch.setattr(scanning, "prepare_for", refuse)
+    monkeypatch.setattr(store_scanning, "run_scan", refuse)
+    monkeypatch.setattr(store_scanning, "prepare_for", refuse)
     monkeypatch.setattr(backends, "prepare", refuse)
 
 
@@ -228,19 +229,19 @@ def test_cancel_with_nothing_running_says_so():
 
 
 def test_a_configured_ray_cluster_is_offered_and_used(monkeypatch):
-    import analysis.scan.backends
-    from analysis.scan.backends import Backend
-    from analysis.scan.driver import run_scan
+    import analysis.sensitivity.backends
+    from analysis.sensitivity.backends import Backend
+    from analysis.sensitivity.driver import run_scan
 
     cluster = Backend("ray", address="10.0.0.5:6379")
-    monkeypatch.setattr(analysis.scan.backends, "cluster_backend", lambda: cluster)
+    monkeypatch.setattr(analysis.sensitivity.backends, "cluster_backend", lambda: cluster)
     used = []
 
     def local_instead(workload, config, backend, **kwargs):  # noqa: ANN001, ANN003, ANN202 - no cluster in tests
         used.append(backend)
         return run_scan(workload, config, "local", **kwargs)
 
-    monkeypatch.setattr(scanning, "run_on_backend", local_instead)
+    monkeypatch.setattr(store_scanning, "run_scan", local_instead)
     at = app("sensitivity")
     box = next(c for c in at.sidebar.checkbox if c.label.startswith("Run on the Ray cluster"))
     assert "10.0.0.5:6379" in box.label

@@ -6,11 +6,11 @@ import sys
 import pytest
 from conftest import ROOT, cli_env, run_cli
 
-from analysis.scan.backends import Backend, cluster_backend, configured_address, data_shards
-from analysis.scan.config import ScanConfig
-from analysis.scan.context import LayerResult, combine_shards, prepare
-from analysis.scan.driver import run_scan, scan
-from analysis.scan.engines import ENGINES
+from analysis.sensitivity.backends import Backend, cluster_backend, configured_address, data_shards
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.context import LayerResult, combine_shards, prepare
+from analysis.sensitivity.driver import run_scan, scan
+from analysis.sensitivity.engines import ENGINES
 
 
 @pytest.mark.parametrize("n,batch,workers", [(449, 128, 2), (449, 64, 3), (32, 16, 8), (100, 128, 4), (1000, 7, 5)])
@@ -88,8 +88,8 @@ def test_local_backend_is_the_plain_scan_and_needs_no_ray(workloads):
     assert profile.meta["backend"] == {"kind": "local"}
     assert profile.table["correct"].tolist() == scan(w, config).table["correct"].tolist()
     assert [r.layer for r in finished] == profile.layers
-    code = ("import sys; from analysis.scan.driver import run_scan; from analysis.workload.workload import load_workload; "
-            "from analysis.scan.config import ScanConfig; import analysis.cli; "
+    code = ("import sys; from analysis.sensitivity.driver import run_scan; from analysis.workload.workload import load_workload; "
+            "from analysis.sensitivity.config import ScanConfig; import analysis.cli; "
             "run_scan(load_workload('sample:digits-mlp', 'sample:digits'), ScanConfig(sparsities=(0.5,)));"
             "assert 'ray' not in sys.modules, 'the local backend imported ray'")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=cli_env(), capture_output=True, text=True,

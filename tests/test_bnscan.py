@@ -8,11 +8,11 @@ import torchvision
 from test_fast_engine import assert_same, compare, random_workload
 from torch import nn
 
-from analysis.scan import bnscan
-from analysis.scan.config import ScanConfig
-from analysis.scan.context import combine_shards, prepare
-from analysis.scan.engines import run_layer_fast
-from analysis.scan.naive import run_layer_naive
+from analysis.sensitivity import bnscan
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.context import combine_shards, prepare
+from analysis.sensitivity.engines import run_layer_fast
+from analysis.sensitivity.naive import run_layer_naive
 from analysis.workload.workload import load_workload
 
 RECAL = {"bn_recalibrate": True, "bn_batches": 2, "batch_size": 32}

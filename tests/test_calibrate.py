@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from analysis.cli import main
+from analysis.cli.folders import predictor_from_scan, scan_setting
 from analysis.schedule.calibrate import build_schedules, fit, parse_methods, parse_targets
-from analysis.schedule.predict import MODELS, Predictor
+from analysis.schedule.predict import MODELS
 from analysis.schedule.schedule import Schedule
 from tests.conftest import run_cli
 
@@ -22,8 +23,8 @@ METHODS = ("uniform", "sensitivity")
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory, workloads):
     """A digits-mlp scan folder, calibrated through the command line on 2 methods x 2 targets."""
-    from analysis.scan.config import ScanConfig
-    from analysis.scan.driver import scan
+    from analysis.sensitivity.config import ScanConfig
+    from analysis.sensitivity.driver import scan
 
     out = tmp_path_factory.mktemp("calibrated")
     scan(workloads["digits-mlp"], ScanConfig(sparsities=(0.3, 0.6, 0.8, 0.9))).save(out)
@@ -52,12 +53,12 @@ def test_the_fitted_model_predicts_the_measured_schedules_no_worse_than_additive
     out, _ = calibrated
     table = pd.read_csv(out / "calibration.csv")
     measured = {(row.method, row.target): row.measured for row in table.itertuples()}
-    predictor = Predictor.from_scan(out)
+    predictor = predictor_from_scan(out)
     assert predictor.model == "calibrated"
     assert predictor.power == pytest.approx(json.loads((out / "calibration.json").read_text())["power"])
     additive = predictor.with_model("additive")
     errors = {"calibrated": [], "additive": []}
-    for method, target, schedule in build_schedules(out, TARGETS, METHODS):
+    for method, target, schedule in build_schedules(scan_setting(out, tuple(METHODS)), TARGETS, METHODS):
         row = table[(table.method == method) & (table.target == target)].iloc[0]
         assert additive.predict(schedule) == pytest.approx(row.predicted_additive)
         errors["calibrated"].append(abs(predictor.predict(schedule) - measured[(method, target)]))
@@ -75,7 +76,7 @@ def test_schedule_predicts_with_the_calibration_and_evaluate_shows_it_next_to_th
     schedule = Schedule.load(path)
     predicted = schedule.meta["predicted"]
     assert predicted["model"] == "calibrated" and predicted["stage"] == "pruned"
-    assert predicted["accuracy"] == pytest.approx(Predictor.from_scan(out).predict(schedule))
+    assert predicted["accuracy"] == pytest.approx(predictor_from_scan(out).predict(schedule))
     r = run_cli("evaluate", "--model", "sample:digits-mlp", "--data", "sample:digits", "--schedule", path, "--quiet")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
@@ -92,9 +93,9 @@ def test_a_calibration_of_another_profile_is_ignored(calibrated, tmp_path) -> No
     copy = tmp_path / "scan"
     shutil.copytree(out, copy)
     info = json.loads((copy / "calibration.json").read_text())
-    assert Predictor.from_scan(copy).model == "calibrated"
+    assert predictor_from_scan(copy).model == "calibrated"
     (copy / "calibration.json").write_text(json.dumps({**info, "scan": "0" * 16}))
-    assert Predictor.from_scan(copy).model == "additive"
+    assert predictor_from_scan(copy).model == "additive"
 
 
 def _main(args: list, capsys) -> tuple[int, str]:
@@ -127,14 +128,14 @@ def test_parsers_and_fit_validate_their_inputs(calibrated) -> None:
     with pytest.raises(ValueError, match="at least one target"):
         parse_targets(" , ")
     out, _ = calibrated
-    predictor = Predictor.from_scan(out)
+    predictor = predictor_from_scan(out)
     with pytest.raises(ValueError, match="at least two measured schedules"):
         fit(predictor, [])
 
 
 def test_schedule_without_a_measured_layer_is_written_without_a_prediction(workloads, tmp_path, capsys) -> None:
-    from analysis.scan.config import ScanConfig
-    from analysis.scan.driver import scan
+    from analysis.sensitivity.config import ScanConfig
+    from analysis.sensitivity.driver import scan
 
     partial = tmp_path / "partial"
     scan(workloads["digits-mlp"], ScanConfig(sparsities=(0.5, 0.9), layers=("fc1", "fc2"))).save(partial)

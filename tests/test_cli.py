@@ -152,7 +152,7 @@ def test_a_failure_in_prunescope_itself_keeps_its_traceback(monkeypatch, tmp_pat
         raise RuntimeError("a bug of ours")
 
     monkeypatch.setattr(metrics, "predict", broken)
-    monkeypatch.setattr("analysis.scan.context.predict", broken)
+    monkeypatch.setattr("analysis.sensitivity.context.predict", broken)
     with pytest.raises(RuntimeError, match="a bug of ours"):
         cli.main(["scan", "--model", "sample:digits-mlp", "--data", "sample:digits", "--count", "8",
                   "--sparsities", "0.5", "--quiet", "--no-store", "--out", str(tmp_path / "o")])

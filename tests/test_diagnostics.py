@@ -15,16 +15,17 @@ from torch import nn
 from analysis.core import batchnorm, masks
 from analysis.core.data import EvalData
 from analysis.core.layers import find_layers
-from analysis.diagnose.diagnostics import LOGITS, compare_criteria, diagnose, structural_dead
+from analysis.diagnostics.compare import compare_criteria
+from analysis.diagnostics.diagnosis import LOGITS, diagnose, structural_dead
 from analysis.report.plots import (
     activation_shift_figure,
     criterion_comparison_figure,
     dead_neurons_figure,
     recalibration_figure,
 )
-from analysis.scan.config import ScanConfig
-from analysis.scan.context import prepare
-from analysis.scan.driver import scan
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.context import prepare
+from analysis.sensitivity.driver import scan
 from analysis.workload.workload import Workload, load_workload
 
 SMALL = ScanConfig(batch_size=64)
@@ -319,7 +320,7 @@ def test_cli_scan_bn_recalibrate(tmp_path) -> None:
 def test_attention_projections_are_observed_themselves() -> None:
     """``nn.MultiheadAttention``'s fused inference kernel reads both projections inside one operator; the
     diagnosis runs the decomposed path, so each projection's own output is measured (distance 0)."""
-    from analysis.scan.config import ScanConfig
+    from analysis.sensitivity.config import ScanConfig
     from analysis.workload.data import load_data
     from analysis.workload.workload import Workload
 

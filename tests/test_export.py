@@ -16,10 +16,11 @@ from torch import nn
 
 from analysis.core.batchnorm import recalibrate
 from analysis.core.data import EvalData
+from analysis.core.granularity import is_nm
 from analysis.core.layers import find_layers
-from analysis.core.masks import applied, is_nm
+from analysis.core.masks import applied
 from analysis.core.metrics import predict
-from analysis.export import export as ex
+from analysis.deploy import export as ex
 from analysis.schedule import coupling as shrink
 from analysis.schedule.schedule import Schedule, ScheduleError
 from tests.conftest import run_cli

@@ -12,11 +12,11 @@ from torch import nn
 
 from analysis.core.batchnorm import recalibrate
 from analysis.core.data import EvalData
-from analysis.scan import fxgraph
-from analysis.scan.config import ScanConfig
-from analysis.scan.context import prepare
-from analysis.scan.engines import engine_report, run_layer_fast
-from analysis.scan.naive import run_layer_naive
+from analysis.sensitivity import fxgraph
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.context import prepare
+from analysis.sensitivity.engines import engine_report, run_layer_fast
+from analysis.sensitivity.naive import run_layer_naive
 from analysis.workload.workload import Workload, load_workload
 
 
@@ -221,7 +221,7 @@ class BatchFromInput(nn.Module):
 
 
 def test_variants_fold_into_the_batch_only_when_that_is_safe(monkeypatch):
-    from analysis.scan import fast
+    from analysis.sensitivity import fast
 
     folded: dict[str, list] = {}
     real_fold = fast._fold

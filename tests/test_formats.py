@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from analysis.scan.config import ScanConfig
-from analysis.scan.context import prepare
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.context import prepare
 from analysis.workload.data import load_data
 from analysis.workload.errors import SpecError
 from analysis.workload.models import load_model

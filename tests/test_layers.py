@@ -80,8 +80,8 @@ def test_tracing_leaves_requires_grad_as_it_was():
 
 
 def test_transposed_convolutions_are_named_as_skipped_not_unknown():
-    from analysis.scan.config import ScanConfig
-    from analysis.scan.context import prepare
+    from analysis.sensitivity.config import ScanConfig
+    from analysis.sensitivity.context import prepare
     from analysis.workload.data import load_data
     from analysis.workload.workload import Workload
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.core.masks import applied, check_sparsity, is_nm, make_mask, make_masks, parse_granularity, supports
+from analysis.core.granularity import check_sparsity, is_nm, parse_granularity, supports
+from analysis.core.masks import applied, make_mask, make_masks
 
 
 def test_magnitude_removes_exactly_the_smallest():

@@ -49,9 +49,9 @@ def test_logit_shift_columns():
 
 def test_scan_logit_columns_agree_with_the_diagnosis(workloads):
     """Two independent computations of the same quantity: the scan's sums and the diagnosis's streamed stats."""
-    from analysis.diagnose.diagnostics import diagnose
-    from analysis.scan.config import ScanConfig
-    from analysis.scan.driver import scan
+    from analysis.diagnostics.diagnosis import diagnose
+    from analysis.sensitivity.config import ScanConfig
+    from analysis.sensitivity.driver import scan
 
     w = workloads["digits-mlp"]
     config = ScanConfig(sparsities=(0.7,), layers=("fc2",))

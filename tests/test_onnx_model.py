@@ -16,9 +16,9 @@ from torch import nn
 
 from analysis.core.layers import find_layers
 from analysis.core.masks import applied, make_mask
-from analysis.scan.config import ScanConfig
-from analysis.scan.context import prepare
-from analysis.scan.driver import scan
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.context import prepare
+from analysis.sensitivity.driver import scan
 from analysis.workload.errors import SpecError
 from analysis.workload.models import load_model
 from analysis.workload.onnx import OnnxModel, save_pruned
@@ -181,7 +181,7 @@ def test_scan_table_columns_are_the_same_for_onnx(onnx_files) -> None:
 
 
 def test_export_engine_writes_an_onnx_input_back_as_its_own_graph(onnx_files, tmp_path: Path) -> None:
-    from analysis.export.export import export
+    from analysis.deploy.export import export
     from analysis.schedule.schedule import Schedule
 
     wl = load_workload(str(onnx_files["digits-cnn"]), "sample:digits", count=64)
@@ -198,7 +198,7 @@ def test_export_engine_writes_an_onnx_input_back_as_its_own_graph(onnx_files, tm
 def test_a_graph_exported_for_a_fixed_batch_size_runs_in_batches_of_it(batch: int, workloads, tmp_path: Path) -> None:
     """``torch.onnx.export`` without ``dynamic_axes`` (its default) fixes the batch size: scans, verification and
     latency run in batches of that size, the last one padded."""
-    from analysis.export.export import export
+    from analysis.deploy.export import export
 
     torch_wl = workloads["digits-cnn"]
     path = tmp_path / "static.onnx"
@@ -250,7 +250,7 @@ def test_layers_are_named_after_their_modules_when_the_exporter_renames_the_weig
 
 
 def test_diagnose_and_fine_tuning_say_they_need_the_model_in_pytorch_form(onnx_files) -> None:
-    from analysis.diagnose.diagnostics import diagnose
+    from analysis.diagnostics.diagnosis import diagnose
     from analysis.schedule.measure import measure_schedule
     from analysis.schedule.schedule import Schedule
 

@@ -7,8 +7,8 @@ import torch
 
 from analysis.core.layers import find_layers, layer_table
 from analysis.report import plots
-from analysis.scan.config import ScanConfig
-from analysis.scan.driver import scan
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.driver import scan
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from analysis.core.masks import applied, is_nm, make_mask, make_masks, parse_granularity
+from analysis.core.granularity import is_nm, parse_granularity
+from analysis.core.masks import applied, make_mask, make_masks
 from analysis.schedule.schedule import Schedule, ScheduleError
 from analysis.workload.data import load_data
 from analysis.workload.errors import SpecError
@@ -174,7 +175,7 @@ def test_spec_parser_refuses_huge_random_shapes() -> None:
 def test_fuzz_sparsity_list_parser(text) -> None:
     import argparse
 
-    from analysis.cli.commands import _sparsity_list
+    from analysis.cli.common import sparsity_list as _sparsity_list
 
     try:
         values = _sparsity_list(text)

@@ -14,8 +14,9 @@ from app_support import sample_profile, sample_scan  # noqa: F401
 from conftest import cli_env, run_cli
 
 from analysis.cli import main
-from analysis.export.export import export
-from analysis.report.html import build_report, load_export
+from analysis.cli.folders import load_export
+from analysis.deploy.export import export
+from analysis.report.html import build_report
 from analysis.schedule.predict import Predictor
 from analysis.schedule.schedule import Schedule
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.utils.prune as tprune
 
 from analysis.core.profile import SensitivityProfile, tolerance_table
-from analysis.scan.config import ScanConfig
-from analysis.scan.driver import scan
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.driver import scan
 
 
 def test_mlp_scan_equals_a_hand_loop_over_torch_prune(workloads):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from analysis.cli import main
-from analysis.core import masks
+from analysis.core.granularity import parse_granularity
 from analysis.core.layers import find_layers
 from analysis.core.profile import SensitivityProfile
 from analysis.schedule.allocate import METHODS, Bounds, Target, allocate, parse_target
@@ -166,7 +166,7 @@ def cnn(workloads):
 
 def _one_unit_slack(acc: Accountant, sparsities: dict, gran: str, kind: str) -> float:
     """How much the target metric moves when each layer gives up one more unit: the allowed miss."""
-    g = masks.parse_granularity(gran)
+    g = parse_granularity(gran)
     base = acc.totals(sparsities, gran)
     slack = 0.0
     for layer in acc.layers:
@@ -361,8 +361,8 @@ def test_finetuning_without_labels_learns_from_soft_targets(workloads) -> None:
 
 @pytest.fixture(scope="module")
 def mlp_scan(tmp_path_factory, workloads):
-    from analysis.scan.config import ScanConfig
-    from analysis.scan.driver import scan
+    from analysis.sensitivity.config import ScanConfig
+    from analysis.sensitivity.driver import scan
 
     out = tmp_path_factory.mktemp("scan")
     scan(workloads["digits-mlp"], ScanConfig(sparsities=(0.3, 0.6, 0.8, 0.9))).save(out)
@@ -432,8 +432,8 @@ def test_a_missing_schedule_file_exits_2_from_the_command_line(tmp_path) -> None
 
 def test_unit_size_is_a_weight_or_a_channel(cnn) -> None:
     layer = cnn[0][1]
-    assert unit_size(layer, masks.parse_granularity("unstructured")) == 1
-    assert unit_size(layer, masks.parse_granularity("channel")) == layer.params // layer.shape[0]
+    assert unit_size(layer, parse_granularity("unstructured")) == 1
+    assert unit_size(layer, parse_granularity("channel")) == layer.params // layer.shape[0]
 
 
 def test_torchscript_models_fine_tune_on_a_copy(workloads, tmp_path) -> None:

@@ -453,8 +453,8 @@ def test_the_same_scan_started_twice_at_once_shares_one_run(tmp_path: Path, prun
 
 
 def test_a_lookup_that_raced_joins_the_run_made_meanwhile(workloads) -> None:
-    from analysis.scan.config import ScanConfig
-    from analysis.scan.context import prepare
+    from analysis.sensitivity.config import ScanConfig
+    from analysis.sensitivity.context import prepare
     from analysis.store.runs import RunStore
 
     wl = workloads["digits-mlp"]

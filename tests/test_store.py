@@ -15,10 +15,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.scan.config import ScanConfig
-from analysis.scan.context import prepare
-from analysis.scan.driver import scan
-from analysis.store.runs import LayerWriter, RunStore, StoreError, default_path, identity_key, scan_identity
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.context import prepare
+from analysis.sensitivity.driver import scan
+from analysis.store.runs import RunStore, StoreError, default_path, identity_key, scan_identity
+from analysis.store.scanning import scan_into_store
+from analysis.store.writer import LayerWriter
 from tests.conftest import ROOT, cli_env, run_cli
 
 CONFIG = ScanConfig(sparsities=(0.5, 0.9), batch_size=256)
@@ -266,7 +268,7 @@ def test_cli_reports_a_foreign_store_in_one_line(tmp_path: Path) -> None:
 
 WRITER = """
 import sys
-from analysis.scan.context import LayerResult
+from analysis.sensitivity.context import LayerResult
 from analysis.store.runs import RunStore
 path, who, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 with RunStore(path) as s:
@@ -481,3 +483,14 @@ def test_a_run_whose_dense_outputs_differ_is_not_resumed(tmp_path: Path) -> None
         third = store.open_scan(relu, relu_ctx)  # the newest run of the identity is tanh's: not resumed either
         assert not third.resumed and third.id not in (first.id, second.id)
         assert len(store.done(first.id)) == len(store.done(second.id)) == 2  # both kept
+
+
+def test_scan_into_store_reports_the_partial_profile_that_the_store_ends_up_holding(store: RunStore, workloads) -> None:
+    wl = workloads["digits-mlp"]
+    seen = []
+    stored = scan_into_store(store, wl, CONFIG, progress=lambda p, partial: seen.append((p.done, partial)))
+    assert [done for done, _ in seen] == list(range(1, len(stored.profile.layers) + 1))
+    for done, partial in seen:  # each report holds exactly the layers finished so far, with the dense baseline
+        assert partial.layers == stored.profile.layers[:done]
+        assert partial.meta["baseline"] == stored.profile.meta["baseline"]
+    pd.testing.assert_frame_equal(seen[-1][1].table, store.profile(stored.run_id).table)

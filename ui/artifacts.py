@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from analysis.diagnose.diagnostics import Diagnosis
-from analysis.export.export import ExportReport
+from analysis.deploy.export import ExportReport
+from analysis.diagnostics.diagnosis import Diagnosis
 from analysis.store import artifacts as engine
 from analysis.store.artifacts import (
     DIAGNOSIS,

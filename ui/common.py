@@ -228,7 +228,7 @@ def workload_or_stop() -> tuple[WorkloadSpec, Workload, list[Layer]]:
 
 def best_engine() -> str:
     """The fastest scan engine this checkout has (they all give the same numbers)."""
-    from analysis.scan.engines import ENGINES
+    from analysis.sensitivity.engines import ENGINES
 
     return "fast" if "fast" in ENGINES else "naive"
 

@@ -1,11 +1,9 @@
-"""The dashboard's view of the run store (``analysis/store.py``): the runs of the workload on show, their profiles,
-and the scan folder each run gets for the engine functions that read folders.
+"""The dashboard's view of the run store (``analysis/store``): the runs of the workload on show, their profiles and
+their calibrations.
 
 Every scan is a run in ``$PRUNESCOPE_HOME/runs.sqlite``, whether the dashboard or ``prunescope scan`` made it. A
 workload's runs are those of the same weights and the same eval data (by hash, not by file name), so a CLI
-scan of the model on show is listed too. ``Predictor.from_scan`` and ``calibrate`` read a scan folder; each
-run gets one under ``$PRUNESCOPE_HOME/scans/run-<id>/``, written from the store (and its calibration, which
-the store keeps as an artifact, put back) whenever it is missing or out of date.
+scan of the model on show is listed too. A run's calibration is a ``calibration`` artifact of the run.
 
 One ``RunStore`` per store file is shared by every session: its connection is safe across threads (a lock
 keeps their transactions apart), and other processes (a CLI scan) write beside it through SQLite's WAL.
@@ -15,14 +13,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from analysis.core.profile import SensitivityProfile
-from analysis.schedule.calibrate import CALIBRATION_CSV, CALIBRATION_JSON
-from analysis.store.runs import RunStore, StoreError, default_path, home
+from analysis.schedule.calibrate import Calibration
+from analysis.store.runs import RunStore, StoreError, default_path
 from ui.common import WorkloadSpec, fingerprints
 
 RUN_ID = "run_id"
@@ -101,36 +98,26 @@ def delete(run_id: int) -> None:
         st.session_state.pop(RUN_ID)
 
 
-# ------------------------------------------------------------------------------------------- scan folders
+# ----------------------------------------------------------------------------------------- calibrations
 
 
-def scan_folder(run_id: int) -> Path:
-    """``$PRUNESCOPE_HOME/scans/run-<id>/`` with the run's ``sensitivity.csv`` and ``scan.json`` as stored now,
-    and its latest stored calibration when the folder has none."""
-    profile = load_run(run_id)
-    folder = home() / "scans" / f"run-{int(run_id)}"
-    csv = folder / "sensitivity.csv"
-    if not csv.is_file() or csv.read_text() != profile.table.to_csv(index=False):
-        profile.save(folder)
-    if not (folder / CALIBRATION_JSON).is_file():
-        stored = store().artifacts(kind=CALIBRATION, run_id=run_id)
-        if len(stored):
-            _, payload = store().get_artifact(int(stored["id"].iloc[0]))
-            (folder / CALIBRATION_JSON).write_text(json.dumps(payload["calibration"], indent=2) + "\n")
-            pd.DataFrame.from_records(payload["table"]).to_csv(folder / CALIBRATION_CSV, index=False)
-    return folder
-
-
-def save_calibration(run_id: int, calibration) -> Path:  # noqa: ANN001 - an analysis.calibrate.Calibration
-    """Write a calibration into the run's scan folder (where ``Predictor.from_scan`` reads it) and keep it in the
-    store as a ``calibration`` artifact of the run."""
-    folder = scan_folder(run_id)
-    calibration.save(folder)
+def save_calibration(run_id: int, calibration: Calibration) -> int:
+    """Keep a calibration in the store as a ``calibration`` artifact of the run (the run's predictions use it from
+    then on); returns its artifact id."""
     payload = {"calibration": calibration.to_dict(), "table": calibration.table.to_dict(orient="records")}
-    store().save_artifact(CALIBRATION, f"run {int(run_id)}", json.loads(json.dumps(payload, default=float)),
-                          run_id=run_id)
-    return folder
+    return store().save_artifact(CALIBRATION, f"run {int(run_id)}", json.loads(json.dumps(payload, default=float)),
+                                 run_id=run_id)
+
+
+def stored_calibration(run_id: int) -> tuple[int, dict, pd.DataFrame] | None:
+    """The run's latest calibration: ``(artifact id, its settings, its table)``, or ``None``."""
+    stored = store().artifacts(kind=CALIBRATION, run_id=run_id)
+    if not len(stored):
+        return None
+    artifact_id = int(stored["id"].iloc[0])
+    _, payload = store().get_artifact(artifact_id)
+    return artifact_id, payload["calibration"], pd.DataFrame.from_records(payload["table"])
 
 
 __all__ = ["RunInfo", "StoreError", "current_profile", "delete", "list_runs", "load_run", "save_calibration",
-           "scan_folder", "store"]
+           "store", "stored_calibration"]

@@ -16,14 +16,15 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from analysis.core.metric_table import drop_scale, metric_choices
+from analysis.core.profile import SensitivityProfile
 from analysis.report import plots
-from analysis.scan import adaptive
-from analysis.scan.backends import Backend, prepare_for
-from analysis.scan.config import ScanConfig
-from analysis.scan.context import LayerResult
-from analysis.scan.driver import Progress
-from analysis.scan.driver import run_scan as run_on_backend
+from analysis.sensitivity import adaptive
+from analysis.sensitivity.backends import Backend
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.driver import Progress
 from analysis.store.runs import RunStore, ScanRun
+from analysis.store.scanning import scan_into_store as store_scan
 from analysis.workload.workload import Workload
 from ui import common, runs
 from ui.common import WorkloadSpec
@@ -33,33 +34,16 @@ SCAN_MODES = {"off": "full grid", "collapse": "stop after collapse", "bisect": "
 
 
 def scan_into_store(store: RunStore, workload: Workload, config: ScanConfig, lock: threading.RLock,
-                    on_open: Callable[[ScanRun], None] | None = None,
-                    on_progress: Callable[[Progress, dict[str, LayerResult]], None] | None = None,
+                    on_open: Callable[[int, ScanRun | None, int], None] | None = None,
+                    on_progress: Callable[[Progress, SensitivityProfile], None] | None = None,
                     backend: Backend | None = None) -> tuple[int, bool]:
-    """Scan into ``store`` holding ``lock`` (here, or on ``backend``: a Ray cluster); returns ``(run id,
-    reopened)``. No Streamlit here: the page's ``run_scan`` draws through the callbacks, and tests call it from
-    threads."""
-    backend = backend or Backend()
-    with lock:
-        existing = store.latest_scan(workload, config)
-        if existing is not None and store.run(existing)["status"] == "complete":
-            return existing, True
-        ctx = prepare_for(workload, config, backend)
-        run = store.open_scan(workload, ctx)
-        if on_open:
-            on_open(run)
-        done = dict(run.done)
-
-        def on_result(result: LayerResult) -> None:
-            store.add_layer(run.id, result, ctx.config)
-            done[result.layer] = result
-
-        report = (lambda p: on_progress(p, done)) if on_progress else None
-        profile = run_on_backend(workload, config, backend, done=dict(run.done), on_result=on_result,
-                                 progress=report, context=ctx)
-        profile.meta["run_id"] = run.id
-        store.finish(run.id, profile.meta)
-    return run.id, False
+    """Scan into ``store`` holding ``lock`` (here, or on ``backend``: a Ray cluster) by the path ``prunescope scan``
+    takes (``analysis.store.scanning``); a complete run of this scan is reopened, not recomputed. Returns
+    ``(run id, reopened)``. No Streamlit here: the page's ``run_scan`` draws through the callbacks, and tests call
+    it from threads."""
+    stored = store_scan(store, workload, config, backend, reopen_complete=True, lock=lock, on_open=on_open,
+                        progress=on_progress)
+    return stored.run_id, stored.reopened
 
 
 def run_scan(spec: WorkloadSpec, workload: Workload, config: ScanConfig, metric: str | None = None,
@@ -68,17 +52,16 @@ def run_scan(spec: WorkloadSpec, workload: Workload, config: ScanConfig, metric:
     bar, live = st.empty(), st.empty()
     bar.progress(0.0, text="Preparing: dense outputs and importance scores ...")
 
-    def on_open(run: ScanRun) -> None:
-        st.session_state[SCANNING] = run.id
-        if run.resumed:
-            st.info(f"resuming: {len(run.done)} of {run.total_layers} layers already done (run {run.id})")
-        bar.progress(len(run.done) / run.total_layers,
-                     text=f"Scanning {run.total_layers} layers x {len(config.validated().sparsities)} sparsities")
+    def on_open(run_id: int, resumed: ScanRun | None, layers: int) -> None:
+        st.session_state[SCANNING] = run_id
+        done = len(resumed.done) if resumed else 0
+        if resumed:
+            st.info(f"resuming: {done} of {layers} layers already done (run {run_id})")
+        bar.progress(done / layers, text=f"Scanning {layers} layers x {len(config.validated().sparsities)} sparsities")
 
-    def on_progress(p: Progress, done: dict[str, LayerResult]) -> None:
+    def on_progress(p: Progress, partial: SensitivityProfile) -> None:
         eta = "" if p.eta is None else f" · about {p.eta:.0f} s left"
         bar.progress(p.done / p.total, text=f"{p.done}/{p.total} layers · last: {p.layer}{eta}")
-        partial = runs.load_run(st.session_state[SCANNING])
         live.plotly_chart(plots.sensitivity_heatmap(partial, metric), key=f"live-heatmap-{p.done}")
 
     try:
@@ -116,9 +99,7 @@ def adaptive_settings(mode: str, labelled: bool) -> dict:
     if mode == "off":
         return {}
     defaults = ScanConfig()
-    choices = ["accuracy", "agreement"] if labelled else ["agreement"]
-    if mode == "bisect":
-        choices += ["loss", "kl"]
+    choices = list(metric_choices(labelled, bounded=mode == "collapse"))
     metric = st.selectbox("Metric that decides", choices, help="accuracy needs labels; agreement compares with the "
                                                                 "dense model")
     points = st.number_input("Sparsities per engine call", 1, 32, defaults.points_per_call,
@@ -128,7 +109,7 @@ def adaptive_settings(mode: str, labelled: bool) -> dict:
                        help="a layer stops once its metric has fallen this far towards chance (1/classes); its "
                             "remaining sparsities are filled with the last measured value and marked")
         return {"collapse_at": float(at), "adaptive_metric": metric, "points_per_call": int(points)}
-    scale, unit = plots.drop_scale(metric)
+    scale, unit = drop_scale(metric)
     tolerance = st.number_input(f"Tolerated drop ({unit})", 0.0, value=defaults.tolerance * scale,
                                 step=0.5 if scale > 1 else 0.01)
     resolution = st.number_input("Resolution (sparsity step searched)", 0.005, 0.5, defaults.resolution, 0.005,
@@ -137,7 +118,7 @@ def adaptive_settings(mode: str, labelled: bool) -> dict:
             "points_per_call": int(points)}
 
 
-def show_adaptive(profile) -> str:  # noqa: ANN001 - SensitivityProfile
+def show_adaptive(profile: SensitivityProfile) -> str:
     """Say how an adaptive run was measured (cells measured, filled); returns its mode (``off`` for a full scan)."""
     mode = adaptive.mode_of(profile)
     if mode == "collapse":
@@ -154,7 +135,7 @@ def show_adaptive(profile) -> str:  # noqa: ANN001 - SensitivityProfile
     return mode
 
 
-def show_bisection(profile) -> None:  # noqa: ANN001 - SensitivityProfile
+def show_bisection(profile: SensitivityProfile) -> None:
     """The tolerance table a bisection run found, with its CSV."""
     table = adaptive.bisect_table(profile)
     st.subheader("Bisection result")

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import streamlit as st
 import torch
 
-from analysis.core import criteria, masks
+from analysis.core import criteria
+from analysis.core.granularity import parse_granularity
 from analysis.core.layers import Layer
 from analysis.core.profile import SensitivityProfile
 from analysis.schedule.allocate import Bounds
-from analysis.schedule.predict import Predictor
+from analysis.schedule.predict import Predictor, compared_stage
 from analysis.schedule.schedule import Schedule, ScheduleError
 from analysis.schedule.totals import Accountant
 from analysis.store import artifacts as artifacts_engine
@@ -37,16 +39,16 @@ GROUP_ABOVE = 12
 
 
 def predictor(run_id: int, metric: str) -> Predictor:
-    """The run's predictor (calibrated when its scan folder has ``calibration.json``), built once per run, metric
+    """The run's predictor (calibrated when the store keeps a calibration of the run), built once per run, metric
     and calibration."""
-    folder = runs.scan_folder(run_id)
-    cal = folder / "calibration.json"
-    return _predictor(str(folder), metric, cal.stat().st_mtime if cal.is_file() else 0.0)
+    stored = runs.stored_calibration(run_id)
+    return _predictor(run_id, metric, stored[0] if stored else None)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _predictor(folder: str, metric: str, calibrated_at: float) -> Predictor:
-    return Predictor.from_scan(folder, metric)
+def _predictor(run_id: int, metric: str, calibration_id: int | None) -> Predictor:
+    stored = runs.stored_calibration(run_id) if calibration_id is not None else None
+    return Predictor.from_profile(runs.load_run(run_id), stored[1] if stored else None, metric)
 
 
 def forget_predictors() -> None:
@@ -54,17 +56,23 @@ def forget_predictors() -> None:
     _predictor.clear()
 
 
+def accountant(spec: WorkloadSpec, profile: SensitivityProfile) -> Accountant:
+    """Totals of any schedule of ``profile``'s run on this workload's model, with the run's criterion, granularity,
+    calibration size and seed (so channels rank as in ``prunescope schedule``); well under a millisecond once
+    built."""
+    meta, config = profile.meta, profile.meta.get("config") or {}
+    return _accountant(spec, meta.get("criterion", "magnitude"), meta.get("granularity", "unstructured"),
+                       int(config.get("calib_samples", 256)), int(config.get("seed", 0)))
+
+
 @st.cache_resource(show_spinner="Tracing the channel graph ...", max_entries=8)
-def accountant(spec: WorkloadSpec, criterion: str, granularity: str) -> Accountant:
-    """Totals of any schedule on this workload's model, in well under a millisecond once built."""
+def _accountant(spec: WorkloadSpec, criterion: str, granularity: str, calib_samples: int, seed: int) -> Accountant:
     w, layers = cached_workload(spec), cached_layers(spec)
     stats = None
     with model_lock(spec):
-        if masks.parse_granularity(granularity).kind == "channel" and criterion in criteria.CALIBRATED:
-            n = min(len(w.data), 256)
-            stats = criteria.collect_stats(w.model, layers, w.data.x[:n], None if w.data.y is None else w.data.y[:n],
-                                           criterion)
-        return Accountant.from_model(w.model, w.data.x[:1], layers, criterion, granularity, stats)
+        if parse_granularity(granularity).structured and criterion in criteria.CALIBRATED:
+            stats = criteria.calibration_stats(w.model, layers, w.data, criterion, calib_samples)
+        return Accountant.from_model(w.model, w.data.x[:1], layers, criterion, granularity, stats, seed)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -134,7 +142,7 @@ def source(current: dict) -> str:
 
 def slider_limit(layer: Layer, granularity: str) -> float:
     """The largest sparsity a slider offers: every unit but one, on a 0.001 grid, at most 0.99."""
-    cap = Bounds().limit(layer, masks.parse_granularity(granularity))
+    cap = Bounds().limit(layer, parse_granularity(granularity))
     return min(0.99, int(cap * 1000) / 1000)
 
 
@@ -151,11 +159,6 @@ def to_schedule(values: dict[str, float], profile: SensitivityProfile, meta: dic
     pruned = {k: v for k, v in values.items() if v > 0}
     return Schedule(pruned, profile.meta.get("criterion", "magnitude"), profile.meta.get("granularity", "unstructured"),
                     dict(meta or {}))
-
-
-def compared_stage(measured: dict, predictor: Predictor) -> str:
-    """The stage of a measurement (``Measurement.to_dict()``) that the prediction stands for, if measured."""
-    return predictor.stage if measured.get(predictor.stage) else measured["stage"]
 
 
 def fingerprint(schedule: Schedule) -> tuple:
@@ -219,3 +222,22 @@ def delete_saved(name: str, spec: WorkloadSpec) -> None:
         if a.name == name:
             artifacts.delete(a.id)
 
+
+
+def compare_table(chosen: dict[str, Schedule], profile: SensitivityProfile, names: list[str], accountant: Accountant,
+                  predictor: Predictor, metric: str, measured: dict[str, dict]) -> pd.DataFrame:
+    """One row per schedule: method, totals, predicted and measured ``metric``. A schedule of this run's criterion,
+    granularity and layers is counted and predicted live; any other shows the figures saved with it."""
+    rows = []
+    for label, sch in chosen.items():
+        same = (sch.criterion, sch.granularity) == (profile.meta["criterion"], profile.meta["granularity"]) \
+            and set(sch.sparsities) <= set(names)
+        t = accountant.totals(sch).fractions() if same else sch.meta.get("totals", {})
+        result = measured.get(label, sch.meta.get("measured"))
+        rows.append({"name": label, "method": sch.meta.get("method", sch.meta.get("source", "")),
+                     "criterion": sch.criterion, "granularity": sch.granularity,
+                     "layers pruned": len(sch.sparsities), "global_sparsity": t.get("global_sparsity"),
+                     "params_kept": t.get("params_kept"), "flops_kept": t.get("flops_kept"),
+                     "predicted": predictor.predict(sch) if same else sch.meta.get("predicted", {}).get(metric),
+                     "measured": result[compared_stage(result, predictor.stage)].get(metric) if result else None})
+    return pd.DataFrame(rows)

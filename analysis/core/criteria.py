@@ -1,41 +1,39 @@
-"""Importance scores: which weights of a layer matter least and go first.
+"""Importance criteria: which weights of a layer matter least and go first. One small class per method, registered
+once by name; the CLI's choices, the dashboard's options and the help text come from the registry.
 
-Every criterion returns a score of the weight's own shape (higher = more important); ``masks.py`` turns
-scores into masks for a granularity (structured granularities add the scores up per output channel).
+Every criterion scores a weight element-wise, in the weight's own shape (higher = more important); a
+granularity (``core.granularity``) turns the scores into masks, structured ones through the criterion's
+per-channel scores.
 
 - ``magnitude``: |w|, the classic baseline (Han et al. 2015).
-- ``l1`` / ``l2``: |w| and w**2; per output channel they add up to the channel's L1 norm and squared L2 norm
-  (Li et al. 2017). On unstructured masks they rank weights like ``magnitude``.
+- ``l1`` / ``l2``: |w| and w**2; per output channel they add up to the channel's L1 norm and (root of the sum)
+  its L2 norm (Li et al. 2017). On unstructured masks they rank weights like ``magnitude``.
 - ``random``: a seeded control; a criterion worth using must beat it.
 - ``taylor``: |w * dL/dw|, first-order Taylor (Molchanov et al. 2019), summed over calibration batches; for
   data without labels the loss is the cross-entropy to the dense model's own top-1 (the KL to the dense
   outputs has a zero gradient at the dense model).
 - ``activation``: |w| * ||x_j||, the weight times the L2 norm of the input feature it reads (Wanda, Sun et
   al. 2023), with the norms measured on calibration batches.
+
+``taylor`` and ``activation`` need calibration statistics (``collect_stats``): gradients or input norms of the
+first ``samples`` eval samples, the one place those are computed.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from analysis.core.data import EvalData
 from analysis.core.dispatch import EagerDispatchMode, storage_key
 from analysis.core.layers import Layer
 from analysis.core.metrics import class_scores
 from analysis.core.ops import CONV_OPS, WEIGHT_OPS, input_operand, op_name, weight_operand
-
-CRITERIA = ("magnitude", "l1", "l2", "random", "taylor", "activation")
-CALIBRATED = {"taylor", "activation"}
-
-
-def check_criterion(criterion: str) -> str:
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-    return criterion
 
 
 @dataclass
@@ -45,6 +43,127 @@ class CalibrationStats:
     taylor: dict[str, torch.Tensor] = field(default_factory=dict)
     input_norms: dict[str, torch.Tensor] = field(default_factory=dict)
     samples: int = 0
+
+
+class Criterion:
+    """One way to score a layer's weights. ``needs`` names the calibration statistics it reads (``gradients``,
+    ``activations``, or ``None``): a model run outside PyTorch (ONNX Runtime) has neither."""
+
+    name: ClassVar[str]
+    needs: ClassVar[str | None] = None
+    summary: ClassVar[str]
+
+    def scores(self, layer: Layer, weight: torch.Tensor, stats: CalibrationStats | None, seed: int) -> torch.Tensor:
+        """Element-wise importance of ``weight`` (float32, on the CPU), in its shape."""
+        raise NotImplementedError
+
+    def channel_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """Per-output-channel importance: the sum of the channel's element scores."""
+        return scores.reshape(scores.shape[0], -1).sum(dim=1)
+
+
+CRITERIA_CLASSES: dict[str, type[Criterion]] = {}
+
+
+def register(cls: type[Criterion]) -> type[Criterion]:
+    """Add a criterion class to the registry under its ``name`` (a decorator)."""
+    CRITERIA_CLASSES[cls.name] = cls
+    return cls
+
+
+@register
+class Magnitude(Criterion):
+    name, summary = "magnitude", "|w|: the classic baseline"
+
+    def scores(self, layer: Layer, weight: torch.Tensor, stats: CalibrationStats | None, seed: int) -> torch.Tensor:
+        return weight.detach().float().cpu().abs()
+
+
+@register
+class L1(Magnitude):
+    name, summary = "l1", "|w|, summed per channel: the channel's L1 norm"
+
+
+@register
+class L2(Criterion):
+    name, summary = "l2", "w**2; per channel the root of the sum: the channel's L2 norm"
+
+    def scores(self, layer: Layer, weight: torch.Tensor, stats: CalibrationStats | None, seed: int) -> torch.Tensor:
+        w = weight.detach().float().cpu()
+        return w * w
+
+    def channel_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        return super().channel_scores(scores).sqrt()
+
+
+@register
+class Random(Criterion):
+    name, summary = "random", "seeded random scores: the control a criterion must beat"
+
+    def scores(self, layer: Layer, weight: torch.Tensor, stats: CalibrationStats | None, seed: int) -> torch.Tensor:
+        digest = hashlib.sha256(f"{seed}:{layer.name}".encode()).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+        return torch.rand(tuple(weight.shape), generator=gen)
+
+
+@register
+class Taylor(Criterion):
+    name, needs, summary = "taylor", "gradients", "|w * dL/dw| on calibration batches (first-order Taylor)"
+
+    def scores(self, layer: Layer, weight: torch.Tensor, stats: CalibrationStats | None, seed: int) -> torch.Tensor:
+        return _stats(self, stats).taylor[layer.param_name]
+
+
+@register
+class Activation(Criterion):
+    name, needs, summary = "activation", "activations", "|w| x ||input feature|| on calibration batches (Wanda)"
+
+    def scores(self, layer: Layer, weight: torch.Tensor, stats: CalibrationStats | None, seed: int) -> torch.Tensor:
+        w = weight.detach().float().cpu()
+        norms = _stats(self, stats).input_norms.get(layer.param_name)
+        if norms is None:
+            return w.abs()
+        if w.dim() == 2:
+            return w.abs() * norms.view(1, -1)
+        # Convolution: input channel c of group g is read by the out channels of group g at in-slot c % (C / groups).
+        per_group = w.shape[1]
+        n = norms.view(layer.groups, per_group).repeat_interleave(w.shape[0] // layer.groups, dim=0)
+        return w.abs() * n.view(w.shape[0], per_group, *([1] * (w.dim() - 2)))
+
+
+def _stats(criterion: Criterion, stats: CalibrationStats | None) -> CalibrationStats:
+    if stats is None:
+        raise ValueError(f"criterion {criterion.name!r} needs calibration statistics (collect_stats)")
+    return stats
+
+
+CRITERIA = tuple(CRITERIA_CLASSES)
+CALIBRATED = frozenset(name for name, cls in CRITERIA_CLASSES.items() if cls.needs)
+
+
+def get_criterion(name: str) -> Criterion:
+    """The criterion registered as ``name``; an unknown name is a ``ValueError`` listing the known ones."""
+    if name not in CRITERIA_CLASSES:
+        raise ValueError(f"unknown criterion {name!r}; choose one of {', '.join(CRITERIA)}")
+    return CRITERIA_CLASSES[name]()
+
+
+def check_criterion(criterion: str) -> str:
+    return get_criterion(criterion).name
+
+
+def importance(layer: Layer, weight: torch.Tensor, criterion: str, stats: CalibrationStats | None = None,
+               seed: int = 0) -> torch.Tensor:
+    """Element-wise importance of ``weight`` (same shape, float32, on the CPU) under ``criterion``."""
+    return get_criterion(criterion).scores(layer, weight, stats, seed)
+
+
+def channel_scores(scores: torch.Tensor, criterion: str) -> torch.Tensor:
+    """Per-output-channel importance of element scores under ``criterion``."""
+    return get_criterion(criterion).channel_scores(scores)
+
+
+# --------------------------------------------------------------------------------------- calibration statistics
 
 
 class _InputNormRecorder(EagerDispatchMode):
@@ -76,27 +195,40 @@ class _InputNormRecorder(EagerDispatchMode):
         self.sq[name] = self.sq[name] + sq if name in self.sq else sq
 
 
-def collect_stats(
-    model: nn.Module,
-    layers: list[Layer],
-    x: torch.Tensor,
-    y: torch.Tensor | None,
-    criterion: str,
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-) -> CalibrationStats:
-    """Gradients (``taylor``) or input norms (``activation``) for ``layers`` over the calibration set ``x``."""
+def calibration_stats(model: nn.Module, layers: list[Layer], data: EvalData, criterion: str, samples: int = 256,
+                      batch_size: int = 64, device: str | torch.device = "cpu") -> CalibrationStats:
+    """The calibration statistics ``criterion`` needs for ``layers``, over the first ``samples`` samples of
+    ``data`` (with their labels, when it has them). Every caller (the scan, the schedule's channel ranking,
+    measurement, export) passes the scan's ``calib_samples``, so they all rank weights by the same numbers."""
+    head = data.head(samples)
+    return collect_stats(model, layers, head.x, head.y, criterion, batch_size, device)
+
+
+def collect_stats(model: nn.Module, layers: list[Layer], x: torch.Tensor, y: torch.Tensor | None, criterion: str,
+                  batch_size: int = 64, device: str | torch.device = "cpu") -> CalibrationStats:
+    """Gradients (``taylor``), input norms (``activation``) or nothing, as ``criterion`` needs, for ``layers``
+    over the calibration inputs ``x`` (and labels ``y``)."""
+    needs = get_criterion(criterion).needs
     stats = CalibrationStats(samples=len(x))
-    if criterion not in CALIBRATED:
-        return stats
     params = {l.param_name: l.weight(model) for l in layers}
-    if criterion == "activation":
-        recorder = _InputNormRecorder({storage_key(p): n for n, p in params.items()})
-        with torch.inference_mode(), recorder:
-            for start in range(0, len(x), batch_size):
-                model(x[start : start + batch_size].to(device))
-        stats.input_norms = {n: sq.sqrt().float().cpu() for n, sq in recorder.sq.items()}
-        return stats
+    if needs == "activations":
+        stats.input_norms = _input_norms(model, params, x, batch_size, device)
+    elif needs == "gradients":
+        stats.taylor = _taylor(model, params, x, y, batch_size, device)
+    return stats
+
+
+def _input_norms(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, batch_size: int,
+                 device: str | torch.device) -> dict[str, torch.Tensor]:
+    recorder = _InputNormRecorder({storage_key(p): n for n, p in params.items()})
+    with torch.inference_mode(), recorder:
+        for start in range(0, len(x), batch_size):
+            model(x[start : start + batch_size].to(device))
+    return {n: sq.sqrt().float().cpu() for n, sq in recorder.sq.items()}
+
+
+def _taylor(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor | None,
+            batch_size: int, device: str | torch.device) -> dict[str, torch.Tensor]:
     all_params = dict(model.named_parameters())
     restore = {n: p.requires_grad for n, p in all_params.items()}
     grads = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
@@ -118,39 +250,4 @@ def collect_stats(
     finally:
         for n, p in all_params.items():
             p.requires_grad_(restore[n])
-    stats.taylor = {n: g.float().cpu() for n, g in grads.items()}
-    return stats
-
-
-def _seed_for(layer_name: str, seed: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{layer_name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def importance(layer: Layer, weight: torch.Tensor, criterion: str, stats: CalibrationStats | None = None,
-               seed: int = 0) -> torch.Tensor:
-    """Element-wise importance of ``weight`` (same shape, float32, on the CPU) under ``criterion``."""
-    check_criterion(criterion)
-    w = weight.detach().float().cpu()
-    if criterion in ("magnitude", "l1"):
-        return w.abs()
-    if criterion == "l2":
-        return w * w
-    if criterion == "random":
-        gen = torch.Generator().manual_seed(_seed_for(layer.name, seed))
-        return torch.rand(w.shape, generator=gen)
-    if stats is None:
-        raise ValueError(f"criterion {criterion!r} needs calibration statistics (collect_stats)")
-    if criterion == "taylor":
-        return stats.taylor[layer.param_name]
-    norms = stats.input_norms.get(layer.param_name)
-    if norms is None:
-        return w.abs()
-    if w.dim() == 2:
-        return w.abs() * norms.view(1, -1)
-    # Convolution: input channel c of group g is read by the out channels of group g at in-slot c % (C / groups).
-    per_group = w.shape[1]
-    out_per_group = w.shape[0] // layer.groups
-    n = norms.view(layer.groups, per_group)
-    n = n.repeat_interleave(out_per_group, dim=0)
-    return w.abs() * n.view(w.shape[0], per_group, *([1] * (w.dim() - 2)))
+    return {n: g.float().cpu() for n, g in grads.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,20 @@ class EvalData:
     @property
     def labelled(self) -> bool:
         return self.y is not None
+
+    def span(self, start: int, stop: int) -> "EvalData":
+        """Samples ``start:stop``, labels with their inputs: the one way the eval set is sliced."""
+        return EvalData(self.x[start:stop], None if self.y is None else self.y[start:stop], self.spec,
+                        self.class_names)
+
+    def head(self, n: int) -> "EvalData":
+        """The first ``n`` samples (all of them when there are fewer)."""
+        return self.span(0, n)
+
+    def batches(self, size: int) -> "Iterator[EvalData]":
+        """The eval set in order, ``size`` samples at a time."""
+        for start in range(0, len(self), size):
+            yield self.span(start, start + size)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()

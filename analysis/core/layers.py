@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.flop_counter import flop_registry
 
 from analysis.core.dispatch import EagerDispatchMode, storage_key
+from analysis.core.modules import parameter
 from analysis.core.ops import CONV_OPS, WEIGHT_OPS, conv_groups, is_transposed_conv
 
 
@@ -40,11 +41,19 @@ class Layer:
     def out_channels(self) -> int:
         return self.shape[0]
 
+    @classmethod
+    def from_meta(cls, d: dict) -> "Layer":
+        """A layer as a scan records it (``scan.json``'s ``layers``, ``describe``)."""
+        return cls(d["name"], d.get("param_name", d["name"] + ".weight"), d.get("type", ""), tuple(d["shape"]),
+                   int(d["params"]), int(d["flops"]), int(d.get("groups", 1)))
+
+    def to_meta(self) -> dict:
+        return {"name": self.name, "param_name": self.param_name, "type": self.kind, "shape": list(self.shape),
+                "params": self.params, "flops": self.flops, "groups": self.groups}
+
     def weight(self, model: nn.Module) -> torch.Tensor:
-        """The live weight tensor of this layer inside ``model`` (TorchScript modules lack ``get_parameter``)."""
-        if isinstance(model, torch.jit.ScriptModule):
-            return dict(model.named_parameters())[self.param_name]
-        return model.get_parameter(self.param_name)
+        """The live weight tensor of this layer inside ``model``."""
+        return parameter(model, self.param_name)
 
 
 def _layer_name(param_name: str) -> str:

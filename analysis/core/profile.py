@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.core.metric_table import HIGHER_IS_BETTER
+from analysis.core.metric_table import default_metric, drop
 
 
 @dataclass
@@ -29,7 +29,7 @@ class SensitivityProfile:
 
     @property
     def default_metric(self) -> str:
-        return "accuracy" if self.labelled else "agreement"
+        return default_metric(self.labelled)
 
     def baseline(self, metric: str) -> float:
         return float(self.meta["baseline"][metric])
@@ -39,7 +39,7 @@ class SensitivityProfile:
         metric = metric or self.default_metric
         df = self.table.copy()
         base = self.baseline(metric)
-        df["drop"] = (base - df[metric]) if HIGHER_IS_BETTER[metric] else (df[metric] - base)
+        df["drop"] = drop(metric, base, df[metric])
         return df
 
     def save(self, out_dir: str | Path) -> Path:
@@ -69,6 +69,13 @@ def tolerance_table(profile: SensitivityProfile, max_drop: float = 0.01, metric:
 
     A layer is only as tolerant as its first sparsity that breaks the limit: a drop that recovers at a
     higher sparsity does not count.
+
+    Example::
+
+        >>> from analysis import ScanConfig, load_workload, scan, tolerance_table
+        >>> profile = scan(load_workload("sample:digits-mlp", "sample:digits"), ScanConfig(sparsities=(0.3, 0.6, 0.9)))
+        >>> list(tolerance_table(profile, max_drop=0.02).columns)
+        ['layer', 'type', 'params', 'max_sparsity', 'accuracy@max', 'max_tested']
     """
     metric = metric or profile.default_metric
     df = profile.drop(metric)

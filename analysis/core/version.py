@@ -1,20 +1,19 @@
-"""Versions and machine facts recorded with every result."""
+"""Prunescope's version, and the versions and machine facts recorded with every result. Torch-free at import:
+``prunescope --version`` and ``--help`` read it without loading torch."""
 
 from __future__ import annotations
 
 import platform
-
-import torch
 
 __version__ = "0.1.0"
 
 
 def environment() -> dict[str, str]:
     """Versions and machine facts recorded with every result."""
-    import analysis
+    import torch
 
     return {
-        "prunescope": analysis.__version__,
+        "prunescope": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),

@@ -9,7 +9,6 @@ give the same document. plotly.js is inlined once (the report opens offline) unl
 from __future__ import annotations
 
 import html
-import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,9 +16,11 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from analysis import __version__
+from analysis.core.metric_table import drop_scale
 from analysis.core.profile import SensitivityProfile, tolerance_table
+from analysis.core.version import __version__
 from analysis.report import plots
+from analysis.schedule.predict import Predictor
 from analysis.schedule.schedule import Schedule
 
 PLOTLYJS = ("inline", "cdn")
@@ -70,7 +71,7 @@ def _p(text: str, cls: str = "") -> str:
 def _sensitivity(profile: SensitivityProfile, metric: str, fig: _Figures) -> list[str]:
     meta = profile.meta
     base = ", ".join(f"{m} {v:.4f}" for m, v in meta.get("baseline", {}).items() if isinstance(v, (int, float)))
-    scale, unit = plots.drop_scale(metric)
+    scale, unit = drop_scale(metric)
     limit = 1.0 / scale if scale > 1 else 0.01
     return [
         "<h2>Sensitivity</h2>",
@@ -105,8 +106,6 @@ def _diagnosis(diagnosis: object, fig: _Figures) -> list[str]:
 
 def _schedule(schedule: Schedule, profile: SensitivityProfile, metric: str, prediction: Mapping | None,
               measurement: Mapping | None, totals: Mapping | None, fig: _Figures) -> list[str]:
-    from analysis.schedule.predict import Predictor
-
     out = ["<h2>Schedule</h2>"]
     method = schedule.meta.get("method")
     out.append(_p(f"{len([s for s in schedule.sparsities.values() if s > 0])} layers pruned, "
@@ -201,9 +200,16 @@ def build_report(profile: SensitivityProfile, *, metric: str | None = None, diag
     ``measurement`` is a ``Measurement`` or its ``to_dict()``; ``export`` an ``ExportReport``, its
     ``to_dict()``, or the Markdown summary an export wrote (shown as is). A schedule's own ``meta``
     (``predicted``, ``measured``, ``totals``, as the dashboard saves them) fills what is not passed.
+
+    Example::
+
+        >>> from analysis import ScanConfig, build_report, load_workload, scan
+        >>> profile = scan(load_workload("sample:digits-mlp", "sample:digits"), ScanConfig(sparsities=(0.5,)))
+        >>> build_report(profile, plotlyjs="cdn").startswith("<!DOCTYPE html>")
+        True
     """
     metric = metric or profile.default_metric
-    plots._check_metric(profile, metric)
+    plots.profile_metric(profile, metric)
     fig = _Figures(plotlyjs)
     meta = profile.meta
     parts = [f"<h1>{html.escape(title)}</h1>",
@@ -225,41 +231,4 @@ def build_report(profile: SensitivityProfile, *, metric: str | None = None, diag
             f"<style>{_STYLE}</style></head><body>\n{body}\n</body></html>\n")
 
 
-def load_diagnosis(folder: str | Path) -> object:
-    """A ``Diagnosis`` read back from the folder ``prunescope diagnose`` wrote."""
-    from analysis.diagnose.diagnostics import Diagnosis
-
-    folder = Path(folder)
-    names = ("activation_shift.csv", "dead_neurons.csv", "bn_recalibration.csv")
-    missing = [n for n in names if not (folder / n).is_file()]
-    if missing:
-        raise ValueError(f"{folder} is not a diagnose folder: {', '.join(missing)} missing")
-    tables = []
-    for n in names:
-        try:
-            tables.append(pd.read_csv(folder / n, dtype={"indices_created": str, "layer": str, "observed": str}))
-        except pd.errors.EmptyDataError:
-            tables.append(pd.DataFrame())
-    summary = json.loads((folder / "diagnose.json").read_text()) if (folder / "diagnose.json").is_file() else {}
-    return Diagnosis(*tables, summary)
-
-
-def load_export(folder: str | Path) -> dict | str:
-    """What an export folder says about its export: ``NAME.export.json`` (the report's ``to_dict``) if there,
-    else the Markdown summary ``NAME.md`` that ``prunescope export`` writes next to ``NAME.onnx``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"export folder {folder} does not exist")
-    onnx_files = sorted(p for p in folder.glob("*.onnx") if not p.name.endswith(".rejected.onnx"))
-    if not onnx_files:
-        raise ValueError(f"export folder {folder} holds no .onnx file")
-    stem = onnx_files[0].with_suffix("")
-    as_json, as_md = stem.with_suffix(".export.json"), stem.with_suffix(".md")
-    if as_json.is_file():
-        return json.loads(as_json.read_text())
-    if as_md.is_file():
-        return as_md.read_text()
-    raise ValueError(f"export folder {folder} has {onnx_files[0].name} but neither {as_json.name} nor {as_md.name}")
-
-
-__all__ = ["PLOTLYJS", "build_report", "load_diagnosis", "load_export"]
+__all__ = ["PLOTLYJS", "build_report"]

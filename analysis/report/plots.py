@@ -12,7 +12,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from analysis.core.metric_table import METRICS
+from analysis.core.metric_table import check_metric, drop_scale
 from analysis.core.profile import SensitivityProfile
 
 # ------------------------------------------------------------------------------------------- diagnostics
@@ -88,21 +88,9 @@ def criterion_comparison_figure(comparison: pd.DataFrame) -> go.Figure:
 
 # ------------------------------------------------------------------------------------------- sensitivity
 
-PERCENT_METRICS = {"accuracy", "agreement"}
-
-
-def _check_metric(profile: SensitivityProfile, metric: str | None) -> str:
-    metric = metric or profile.default_metric
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    if metric == "accuracy" and not profile.labelled:
-        raise ValueError("this profile has no labels, so no accuracy; use agreement, loss or kl")
-    return metric
-
-
-def drop_scale(metric: str) -> tuple[float, str]:
-    """The factor that turns a drop of ``metric`` into the unit shown, and that unit's name."""
-    return (100.0, "points") if metric in PERCENT_METRICS else (1.0, metric)
+def profile_metric(profile: SensitivityProfile, metric: str | None) -> str:
+    """The metric a view of ``profile`` shows: ``metric``, checked against the profile, or its default."""
+    return check_metric(metric or profile.default_metric, profile.labelled)
 
 
 def _drop_frame(profile: SensitivityProfile, metric: str) -> pd.DataFrame:
@@ -113,8 +101,16 @@ def _drop_frame(profile: SensitivityProfile, metric: str) -> pd.DataFrame:
 
 
 def sensitivity_heatmap(profile: SensitivityProfile, metric: str | None = None) -> go.Figure:
-    """Layers (rows, model order) x sparsity (columns), coloured by the drop of ``metric`` from dense."""
-    metric = _check_metric(profile, metric)
+    """Layers (rows, model order) x sparsity (columns), coloured by the drop of ``metric`` from dense.
+
+    Example::
+
+        >>> from analysis import ScanConfig, load_workload, scan, sensitivity_heatmap
+        >>> profile = scan(load_workload("sample:digits-mlp", "sample:digits"), ScanConfig(sparsities=(0.5, 0.9)))
+        >>> list(sensitivity_heatmap(profile).data[0].y)
+        ['fc1', 'fc2', 'fc3']
+    """
+    metric = profile_metric(profile, metric)
     df = _drop_frame(profile, metric)
     _, unit = drop_scale(metric)
     grid = df.pivot_table(index="layer", columns="sparsity", values="drop_shown", aggfunc="first")
@@ -195,7 +191,7 @@ def _curve_traces(profile: SensitivityProfile, metric: str, layers: list[str] | 
 def sensitivity_curves(profile: SensitivityProfile, metric: str | None = None,
                        layers: list[str] | None = None) -> go.Figure:
     """One line per layer: drop of ``metric`` against sparsity; hovering shows the exact numbers."""
-    metric = _check_metric(profile, metric)
+    metric = profile_metric(profile, metric)
     _, unit = drop_scale(metric)
     fig = go.Figure(_curve_traces(profile, metric, layers))
     fig.update_layout(
@@ -212,8 +208,8 @@ def sensitivity_curves(profile: SensitivityProfile, metric: str | None = None,
 def profile_overlay(first: SensitivityProfile, second: SensitivityProfile, metric: str | None = None,
                     labels: tuple[str, str] | None = None, layers: list[str] | None = None) -> go.Figure:
     """Two profiles of the same model on one chart: solid lines for the first, dashed for the second."""
-    metric = _check_metric(first, metric)
-    _check_metric(second, metric)
+    metric = profile_metric(first, metric)
+    profile_metric(second, metric)
     a, b = labels or (_profile_label(first), _profile_label(second))
     if a == b:
         when = first.meta.get("created"), second.meta.get("created")

@@ -22,15 +22,17 @@ channel) per layer.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from analysis.core import masks
-from analysis.core.layers import Layer
+from analysis.core import criteria
+from analysis.core.data import EvalData
+from analysis.core.granularity import Granularity, check_sparsity, parse_granularity, supports
+from analysis.core.layers import Layer, find_layers
 from analysis.core.profile import SensitivityProfile
 from analysis.schedule.predict import layer_curves
 from analysis.schedule.schedule import Schedule, ScheduleError
@@ -87,8 +89,8 @@ class Bounds:
 
     def __post_init__(self) -> None:
         if self.max_sparsity is not None:
-            self.max_sparsity = masks.check_sparsity(self.max_sparsity, "maximum sparsity")
-        self.per_layer = {k: masks.check_sparsity(v, f"maximum sparsity of layer {k}") for k, v in self.per_layer.items()}
+            self.max_sparsity = check_sparsity(self.max_sparsity, "maximum sparsity")
+        self.per_layer = {k: check_sparsity(v, f"maximum sparsity of layer {k}") for k, v in self.per_layer.items()}
         self.keep_dense = tuple(self.keep_dense)
 
     def check(self, layers: list[Layer]) -> None:
@@ -97,9 +99,9 @@ class Bounds:
             if name not in names:
                 raise ScheduleError(f"bound names layer {name!r}, which the model does not have")
 
-    def limit(self, layer: Layer, granularity: masks.Granularity) -> float:
+    def limit(self, layer: Layer, granularity: Granularity) -> float:
         """The largest sparsity allowed in ``layer``, on its grid of whole weights or channels."""
-        if layer.name in self.keep_dense or masks.supports(granularity, layer.shape):
+        if layer.name in self.keep_dense or supports(granularity, layer.shape):
             return 0.0
         units = _units(layer, granularity)
         cap = (units - 1) / units
@@ -109,8 +111,8 @@ class Bounds:
         return cap
 
 
-def _units(layer: Layer, granularity: masks.Granularity) -> int:
-    return layer.shape[0] if granularity.kind == "channel" else layer.params
+def _units(layer: Layer, granularity: Granularity) -> int:
+    return granularity.units(layer.shape)
 
 
 def _grid(s: float, units: int) -> float:
@@ -131,17 +133,17 @@ class _Path:
     integer: bool = False
 
 
-def _uniform(layers: list[Layer], caps: dict[str, float], gran: masks.Granularity) -> _Path:
+def _uniform(layers: list[Layer], caps: dict[str, float], gran: Granularity) -> _Path:
     def fn(u: float) -> dict[str, float]:
         return {l.name: _grid(min(u, caps[l.name]), _units(l, gran)) for l in layers if caps[l.name] > 0}
 
     return _Path(fn, 0.0, 1.0)
 
 
-def _unit_scores(layer: Layer, weight: torch.Tensor, gran: masks.Granularity, method: str) -> np.ndarray:
+def _unit_scores(layer: Layer, weight: torch.Tensor, gran: Granularity, method: str) -> np.ndarray:
     """Scores of a layer's pruning units (weights or channels), for one global threshold."""
     w = weight.detach().float().cpu()
-    if gran.kind == "channel":
+    if gran.structured:
         sq = (w * w).reshape(w.shape[0], -1)
         base = sq.sum(dim=1) if method == "lamp" else w.abs().reshape(w.shape[0], -1).mean(dim=1)
     else:
@@ -154,7 +156,7 @@ def _unit_scores(layer: Layer, weight: torch.Tensor, gran: masks.Granularity, me
     return ordered / np.maximum(suffix, 1e-300)
 
 
-def _threshold(layers: list[Layer], caps: dict[str, float], gran: masks.Granularity,
+def _threshold(layers: list[Layer], caps: dict[str, float], gran: Granularity,
                weights: Mapping[str, torch.Tensor], method: str) -> _Path:
     """Remove the k lowest-scoring units over all layers (each layer only down to its cap)."""
     names, scores, owner = [], [], []
@@ -187,7 +189,7 @@ def _threshold(layers: list[Layer], caps: dict[str, float], gran: masks.Granular
     return _Path(fn, 0, len(all_scores), integer=True)
 
 
-def _erk(layers: list[Layer], caps: dict[str, float], gran: masks.Granularity) -> _Path:
+def _erk(layers: list[Layer], caps: dict[str, float], gran: Granularity) -> _Path:
     raw = {l.name: sum(l.shape) / math.prod(l.shape) for l in layers}
     active = [l for l in layers if caps[l.name] > 0]
     if not active:
@@ -202,7 +204,7 @@ def _erk(layers: list[Layer], caps: dict[str, float], gran: masks.Granularity) -
     return _Path(fn, math.log(min(values)), math.log(max(values)) + 40.0)
 
 
-def _sensitivity(layers: list[Layer], caps: dict[str, float], gran: masks.Granularity,
+def _sensitivity(layers: list[Layer], caps: dict[str, float], gran: Granularity,
                  profile: SensitivityProfile, metric: str | None, target: Target) -> _Path:
     """Hull segments of every layer's (cost, drop) curve, taken in order of drop per unit of cost."""
     curves = layer_curves(profile, metric)
@@ -216,8 +218,9 @@ def _sensitivity(layers: list[Layer], caps: dict[str, float], gran: masks.Granul
         if cap <= 0:
             continue
         cost = layer.flops if target.kind == "flops" else layer.params
-        if gran.kind == "nm":
-            s = np.array([0.0, gran.nm_sparsity]) if cap >= gran.nm_sparsity - 1e-9 else np.array([0.0])
+        fixed = gran.fixed_sparsity
+        if fixed is not None:
+            s = np.array([0.0, fixed]) if cap >= fixed - 1e-9 else np.array([0.0])
         else:
             s = np.union1d(np.linspace(0.0, cap, 51), curve.sparsity[curve.sparsity <= cap])
         d = np.interp(s, curve.sparsity, curve.monotone)
@@ -239,11 +242,11 @@ def _sensitivity(layers: list[Layer], caps: dict[str, float], gran: masks.Granul
         s = {}
         for k in range(j):
             s[seg_layer[k]] = seg_to[k]
-        if j < len(seg_layer) and frac > 0 and gran.kind != "nm":
+        if j < len(seg_layer) and frac > 0 and gran.fixed_sparsity is None:
             s[seg_layer[j]] = seg_from[j] + frac * (seg_to[j] - seg_from[j])
         return {layers[i].name: _grid(v, _units(layers[i], gran)) for i, v in s.items() if v > 0}
 
-    return _Path(fn, 0.0, float(len(seg_layer)), integer=gran.kind == "nm")
+    return _Path(fn, 0.0, float(len(seg_layer)), integer=gran.fixed_sparsity is not None)
 
 
 def _lower_hull(x: np.ndarray, y: np.ndarray) -> list[tuple[int, int]]:
@@ -301,15 +304,23 @@ def allocate(method: str, layers: list[Layer], target: Target, *, granularity: s
     ``layers`` are all prunable layers (the totals cover them all); ``allocatable`` limits which ones the
     method may prune (default: all, or for ``sensitivity`` the layers the profile measured). ``global`` and
     ``lamp`` need ``weights`` (layer name -> weight tensor); ``sensitivity`` needs ``profile``.
+
+    Example::
+
+        >>> from analysis import Target, allocate, find_layers, load_workload
+        >>> workload = load_workload("sample:digits-mlp", "sample:digits")
+        >>> layers = find_layers(workload.model, workload.data.x[:1])
+        >>> allocate("erk", layers, Target("sparsity", 0.8)).meta["totals"]["global_sparsity"] > 0.79
+        True
     """
     if method not in METHODS:
         raise ScheduleError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    gran = masks.parse_granularity(granularity)
+    gran = parse_granularity(granularity)
     bounds = bounds or Bounds()
     bounds.check(layers)
     accountant = accountant or Accountant(layers)
-    if gran.kind == "nm" and method != "sensitivity":
-        raise ScheduleError(f"granularity {gran} prunes each layer exactly {gran.nm_sparsity:g} or not at all; only "
+    if gran.fixed_sparsity is not None and method != "sensitivity":
+        raise ScheduleError(f"granularity {gran} prunes each layer exactly {gran.fixed_sparsity:g} or not at all; only "
                             "the sensitivity method chooses which layers (use --method sensitivity)")
     if method == "sensitivity" and profile is None:
         raise ScheduleError("the sensitivity method needs a sensitivity profile (a scan)")
@@ -367,75 +378,83 @@ def parse_target(kind: str, text: str | float, total: int) -> Target:
 
 
 @dataclass
-class ScanSetting:
-    """What allocation needs from a scan folder: the profile, the layers, weights and an accountant."""
+class ScheduleSetting:
+    """What allocation needs about a scanned model: the profile, the layers, the weights (``global`` and ``lamp``
+    rank them) and an accountant (channel pruning: the channel graph and the channels' order)."""
 
     profile: SensitivityProfile
     layers: list[Layer]
     accountant: Accountant
     weights: dict[str, torch.Tensor] | None
-    model_spec: str | None
 
 
-def scan_setting(scan_dir: str, need_weights: bool = False, model_spec: str | None = None,
-                 trust_code: bool = False, model: nn.Module | None = None) -> ScanSetting:
-    """Load a scan folder; when weights are needed (``global``, ``lamp``) or the granularity is ``channel`` (the
-    channel graph), take ``model`` or load it (from ``scan.json``, or ``model_spec``; ``trust_code`` as for
-    ``load_model``: a scan folder may come from someone else)."""
-    from analysis.core import criteria
-    from analysis.core.layers import find_layers
-    from analysis.workload.data import load_data
-    from analysis.workload.models import load_model
-    from analysis.workload.workload import image_channels
+def needs_model(profile: SensitivityProfile, methods: Sequence[str] = ("sensitivity",)) -> bool:
+    """Whether allocating ``methods`` for ``profile`` needs the model itself (its weights or its channel graph),
+    not only the layer list the profile records."""
+    gran = parse_granularity(profile.meta.get("granularity", "unstructured"))
+    return gran.structured or any(m in ("global", "lamp") for m in methods)
 
-    profile = SensitivityProfile.load(scan_dir)
+
+def needs_data(profile: SensitivityProfile) -> bool:
+    """Whether the channel order needs calibration statistics (a structured scan with a data-aware criterion)."""
+    gran = parse_granularity(profile.meta.get("granularity", "unstructured"))
+    return gran.structured and profile.meta.get("criterion", "magnitude") in criteria.CALIBRATED
+
+
+def schedule_setting(profile: SensitivityProfile, model: nn.Module | None = None,
+                     data: EvalData | None = None) -> ScheduleSetting:
+    """The setting of ``profile``: from its recorded layers alone, or, given the scanned ``model`` (and its eval
+    ``data`` where ``needs_data``), with the model's weights and channel graph, ranked with the scan's criterion,
+    calibration size and seed.
+
+    Example::
+
+        >>> from analysis import ScanConfig, load_workload, scan, schedule_setting
+        >>> profile = scan(load_workload("sample:digits-mlp", "sample:digits"), ScanConfig(sparsities=(0.5, 0.9)))
+        >>> setting = schedule_setting(profile)
+        >>> [layer.name for layer in setting.layers], setting.accountant.weights
+        (['fc1', 'fc2', 'fc3'], 17024)
+    """
     meta = profile.meta
-    gran = masks.parse_granularity(meta.get("granularity", "unstructured"))
-    spec = model_spec or meta.get("model")
-    if not (need_weights or gran.kind == "channel"):
-        layers = [Layer(d["name"], d.get("param_name", d["name"] + ".weight"), d.get("type", ""), tuple(d["shape"]),
-                        int(d["params"]), int(d["flops"])) for d in meta.get("layers", [])]
-        if not layers:
-            raise ScheduleError(f"{scan_dir}/scan.json lists no layers")
-        return ScanSetting(profile, layers, Accountant(layers), None, spec)
-    if model is None and not spec:
-        raise ScheduleError(f"{scan_dir}/scan.json does not name its model; pass --model")
     if model is None:
-        model = load_model(spec, trust_code=trust_code)
+        layers = [Layer.from_meta(d) for d in meta.get("layers", [])]
+        if not layers:
+            raise ScheduleError("the scan lists no layers")
+        return ScheduleSetting(profile, layers, Accountant(layers), None)
     shape = meta.get("input_shape")
     if not shape:
-        raise ScheduleError(f"{scan_dir}/scan.json lacks input_shape; it cannot trace the model")
+        raise ScheduleError("the scan does not record its input shape; it cannot trace the model")
     example = torch.zeros(1, *shape, dtype=torch.int64 if meta.get("input_dtype") == "int64" else torch.float32)
     layers = find_layers(model, example)
+    criterion, config = meta.get("criterion", "magnitude"), meta.get("config") or {}
     stats = None
-    criterion = meta.get("criterion", "magnitude")
-    if gran.kind == "channel" and criterion in criteria.CALIBRATED:
-        channels = image_channels(shape)  # an image folder is read again as the scan read it
-        data = load_data(meta["data"], count=meta.get("samples"), input_size=shape[1] if channels else 224,
-                         channels=channels)
-        calib = min(len(data), meta.get("config", {}).get("calib_samples", 256))
-        stats = criteria.collect_stats(model, layers, data.x[:calib], None if data.y is None else data.y[:calib],
-                                       criterion)
-    accountant = Accountant.from_model(model, example, layers, criterion, str(gran), stats,
-                                       meta.get("config", {}).get("seed", 0))
+    if needs_data(profile):
+        if data is None:
+            raise ScheduleError(f"the {criterion} criterion ranks channels on the eval data; it is needed too")
+        stats = criteria.calibration_stats(model, layers, data, criterion, config.get("calib_samples", 256))
+    accountant = Accountant.from_model(model, example, layers, criterion, meta.get("granularity", "unstructured"),
+                                       stats, config.get("seed", 0))
     weights = {l.name: l.weight(model).detach() for l in layers}
-    return ScanSetting(profile, layers, accountant, weights, spec)
+    return ScheduleSetting(profile, layers, accountant, weights)
 
 
-def schedule_from_scan(scan_dir: str, method: str, target_kind: str, target_value: str | float,
-                       bounds: Bounds | None = None, metric: str | None = None,
-                       model_spec: str | None = None, trust_code: bool = False) -> Schedule:
-    """The schedule ``method`` makes for a scan folder; it inherits the scan's criterion and granularity."""
-    if method not in METHODS:
-        raise ScheduleError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    setting = scan_setting(scan_dir, need_weights=method in ("global", "lamp"), model_spec=model_spec,
-                           trust_code=trust_code)
-    total = setting.accountant.flops if target_kind == "flops" else setting.accountant.weights
-    target = parse_target(target_kind, target_value, total)
+def schedule_for(setting: ScheduleSetting, method: str, target: Target, bounds: Bounds | None = None,
+                 metric: str | None = None) -> Schedule:
+    """The schedule ``method`` makes for ``target`` on a scanned model; it inherits the scan's criterion and
+    granularity, and (``sensitivity``) prunes only the layers the scan measured.
+
+    Example::
+
+        >>> from analysis import ScanConfig, Target, load_workload, scan, schedule_for, schedule_setting
+        >>> profile = scan(load_workload("sample:digits-mlp", "sample:digits"), ScanConfig(sparsities=(0.5, 0.9)))
+        >>> schedule = schedule_for(schedule_setting(profile), "uniform", Target("sparsity", 0.5))
+        >>> schedule.sparsities
+        {'fc1': 0.5, 'fc2': 0.5, 'fc3': 0.5}
+    """
     meta = setting.profile.meta
     schedule = allocate(method, setting.layers, target, granularity=meta.get("granularity", "unstructured"),
                         criterion=meta.get("criterion", "magnitude"), bounds=bounds, accountant=setting.accountant,
                         weights=setting.weights, profile=setting.profile, metric=metric,
                         allocatable=setting.profile.layers if method == "sensitivity" else None)
-    schedule.meta.update({"scan": str(scan_dir), "model": setting.model_spec, "data": meta.get("data")})
+    schedule.meta.update({"model": meta.get("model"), "data": meta.get("data")})
     return schedule

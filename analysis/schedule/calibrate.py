@@ -1,10 +1,11 @@
 """Close the predict-then-check loop: measure real schedules of a scan and fit how its drops combine.
 
-``calibrate`` builds schedules from a scan folder (each method at each target global sparsity, with the
+``calibrate`` builds schedules from a scan's profile (each method at each target global sparsity, with the
 scan's criterion and granularity), measures each one on the model for real (``measure_schedule``), and
-fits the ``calibrated`` prediction model on the measurements. ``save`` writes ``DIR/calibration.json``, which
-``Predictor.from_scan`` (and so ``prunescope schedule`` and the dashboard) then predicts with, and
-``DIR/calibration.csv``, one row per measured schedule with what each model predicted and its error.
+fits the ``calibrated`` prediction model on the measurements. ``Calibration.to_dict`` is what
+``Predictor.from_profile`` predicts with from then on (the CLI keeps it as ``DIR/calibration.json`` next to the
+scan, the dashboard as an artifact of the run); ``Calibration.table`` has one row per measured schedule with
+what each model predicted and its error.
 
 The calibrated column of the table is honest: each schedule is predicted by a power fitted on the *other*
 schedules (leave-one-out), so its error is what to expect on a schedule the fit has not seen. The power
@@ -13,28 +14,24 @@ written to ``calibration.json`` is fitted on all of them.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
-from torch import nn
 
 from analysis.core.batchnorm import has_batchnorm
 from analysis.core.data import EvalData
+from analysis.core.metric_table import metric_info
 from analysis.core.profile import SensitivityProfile
-from analysis.schedule.allocate import METHODS, Target, allocate, scan_setting
+from analysis.schedule.allocate import METHODS, ScheduleSetting, Target, allocate, needs_model, schedule_setting
 from analysis.schedule.measure import measure_schedule
-from analysis.schedule.predict import MODELS, Predictor, scan_fingerprint
+from analysis.schedule.predict import MODELS, Predictor
 from analysis.schedule.schedule import Schedule
 from analysis.workload.workload import Workload
 
 DEFAULT_TARGETS = (0.3, 0.5, 0.7, 0.9)
 DEFAULT_METHODS = ("uniform", "sensitivity")
-CALIBRATION_JSON = "calibration.json"
-CALIBRATION_CSV = "calibration.csv"
 
 
 @dataclass
@@ -67,16 +64,8 @@ class Calibration:
         return out
 
     def to_dict(self) -> dict:
-        """What ``calibration.json`` holds: the predictor's settings (read by ``from_scan``) and the evidence."""
+        """The predictor's settings (what ``Predictor.from_profile`` reads) and the evidence."""
         return {**self.predictor.calibration(), "schedules": len(self.samples), "mae": self.mae, **self.info}
-
-    def save(self, scan_dir: str | Path) -> tuple[Path, Path]:
-        """Write ``calibration.json`` and ``calibration.csv`` into the scan folder."""
-        scan_dir = Path(scan_dir)
-        json_path, csv_path = scan_dir / CALIBRATION_JSON, scan_dir / CALIBRATION_CSV
-        json_path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        self.table.to_csv(csv_path, index=False)
-        return json_path, csv_path
 
 
 def parse_targets(text: str | Sequence[float]) -> tuple[float, ...]:
@@ -110,25 +99,21 @@ def parse_methods(text: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(parts))
 
 
-def build_schedules(scan_dir: str | Path, targets: Sequence[float], methods: Sequence[str],
-                    model_spec: str | None = None, metric: str | None = None,
-                    model: nn.Module | None = None) -> list[tuple[str, float, Schedule]]:
+def build_schedules(setting: ScheduleSetting, targets: Sequence[float], methods: Sequence[str],
+                    metric: str | None = None) -> list[tuple[str, float, Schedule]]:
     """``(method, target, schedule)`` for every method and target, from the scan's profile.
 
     Every method may prune only the layers the scan measured, so that every schedule can be predicted.
     """
-    setting = scan_setting(str(scan_dir), need_weights=any(m in ("global", "lamp") for m in methods),
-                           model_spec=model_spec, model=model)
-    meta = setting.profile.meta
     out = []
     for method in methods:
         for target in targets:
             schedule = allocate(method, setting.layers, Target("sparsity", float(target)),
-                                granularity=meta.get("granularity", "unstructured"),
-                                criterion=meta.get("criterion", "magnitude"), accountant=setting.accountant,
-                                weights=setting.weights, profile=setting.profile, metric=metric,
-                                allocatable=setting.profile.layers)
-            schedule.meta.update({"scan": str(scan_dir), "model": setting.model_spec, "data": meta.get("data")})
+                                granularity=setting.profile.meta.get("granularity", "unstructured"),
+                                criterion=setting.profile.meta.get("criterion", "magnitude"),
+                                accountant=setting.accountant, weights=setting.weights, profile=setting.profile,
+                                metric=metric, allocatable=setting.profile.layers)
+            schedule.meta.update({"model": setting.profile.meta.get("model"), "data": setting.profile.meta.get("data")})
             out.append((method, float(target), schedule))
     return out
 
@@ -156,27 +141,36 @@ def fit(predictor: Predictor, samples: Sequence[Sample], info: dict | None = Non
     return Calibration(predictor.fit(cases), list(samples), pd.DataFrame(rows), dict(info or {}))
 
 
-def calibrate(scan_dir: str | Path, workload: Workload, *, targets: Sequence[float] = DEFAULT_TARGETS,
+def calibrate(profile: SensitivityProfile, workload: Workload, *, targets: Sequence[float] = DEFAULT_TARGETS,
               methods: Sequence[str] = DEFAULT_METHODS, bn_recalibrate: bool = False, train: EvalData | None = None,
-              metric: str | None = None, model_spec: str | None = None, batch_size: int = 128,
-              device: str = "cpu", seed: int = 0,
+              metric: str | None = None, batch_size: int = 128, device: str = "cpu", seed: int = 0,
               progress: Callable[[Sample], None] | None = None) -> Calibration:
-    """Measure ``methods`` x ``targets`` schedules of a scan on ``workload`` and fit the calibrated model.
+    """Measure ``methods`` x ``targets`` schedules of a scan (its ``profile``) on ``workload`` and fit the
+    calibrated model.
 
     ``workload`` should be the scanned model on the scanned data (the profile's dense baseline is what the
     predictions start from). The metric is ``metric`` (accuracy or agreement; default: accuracy if the scan
     had labels); it is measured after pruning, or after BatchNorm recalibration with ``bn_recalibrate``.
+
+    Example::
+
+        >>> from analysis import ScanConfig, calibrate, load_workload, scan
+        >>> workload = load_workload("sample:digits-mlp", "sample:digits")
+        >>> profile = scan(workload, ScanConfig(sparsities=(0.3, 0.6, 0.9)))
+        >>> result = calibrate(profile, workload, targets=(0.5, 0.8))
+        >>> result.predictor.model, len(result.table)
+        ('calibrated', 4)
     """
     targets, methods = parse_targets(targets), parse_methods(methods)
-    profile = SensitivityProfile.load(scan_dir)
-    if metric not in (None, "accuracy", "agreement"):
+    if metric is not None and not metric_info(metric).bounded:
         raise ValueError(f"calibration fits accuracy or agreement, not {metric}")
     stage = "bn_recalibrated" if bn_recalibrate and has_batchnorm(workload.model) else "pruned"
     predictor = Predictor(profile, metric, stage=stage)
     calib_samples = (profile.meta.get("config") or {}).get("calib_samples", 256)
+    setting = schedule_setting(profile, workload.model, workload.data) if needs_model(profile, methods) else \
+        schedule_setting(profile)
     samples, dense = [], None
-    for method, target, schedule in build_schedules(scan_dir, targets, methods, model_spec, predictor.metric,
-                                                      workload.model):
+    for method, target, schedule in build_schedules(setting, targets, methods, predictor.metric):
         m = measure_schedule(workload, schedule, bn_recalibrate=bn_recalibrate, train=train,
                              batch_size=batch_size, calib_samples=calib_samples,
                              device=device, seed=seed)
@@ -187,25 +181,10 @@ def calibrate(scan_dir: str | Path, workload: Workload, *, targets: Sequence[flo
         samples.append(sample)
         if progress is not None:
             progress(sample)
-    info = {"scan": scan_fingerprint(scan_dir), "stage": stage, "targets": list(targets), "methods": list(methods),
-            "model_spec": workload.model_spec, "data": workload.data.spec, "dense_measured": dense,
-            "dense_scan": predictor.baseline}
+    info = {"stage": stage, "targets": list(targets), "methods": list(methods), "model_spec": workload.model_spec,
+            "data": workload.data.spec, "dense_measured": dense, "dense_scan": predictor.baseline}
     return fit(predictor, samples, info)
 
 
-def read_calibration(scan_dir: str | Path) -> tuple[dict, pd.DataFrame] | None:
-    """``calibration.json`` and ``calibration.csv`` of a scan folder, or ``None`` if it was never calibrated."""
-    scan_dir = Path(scan_dir)
-    json_path, csv_path = scan_dir / CALIBRATION_JSON, scan_dir / CALIBRATION_CSV
-    if not json_path.is_file():
-        return None
-    try:
-        info = json.loads(json_path.read_text())
-    except ValueError as exc:
-        raise ValueError(f"{json_path} is not a calibration file: {exc}") from None
-    table = pd.read_csv(csv_path) if csv_path.is_file() else pd.DataFrame()
-    return info, table
-
-
-__all__ = ["CALIBRATION_CSV", "CALIBRATION_JSON", "DEFAULT_METHODS", "DEFAULT_TARGETS", "Calibration", "Sample",
-           "build_schedules", "calibrate", "fit", "parse_methods", "parse_targets", "read_calibration"]
+__all__ = ["DEFAULT_METHODS", "DEFAULT_TARGETS", "Calibration", "Sample", "build_schedules", "calibrate", "fit",
+           "parse_methods", "parse_targets"]

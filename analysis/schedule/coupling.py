@@ -34,7 +34,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from analysis.core import criteria, masks
+from analysis.core import criteria
+from analysis.core.granularity import parse_granularity
 from analysis.core.layers import Layer, gradients_on
 from analysis.schedule.schedule import Schedule
 
@@ -118,7 +119,7 @@ def _module_of(model: nn.Module, layer: Layer) -> nn.Module | None:
 def _channel_scores(layer: Layer, model: nn.Module, criterion: str, stats: criteria.CalibrationStats | None,
                     seed: int) -> torch.Tensor:
     scores = criteria.importance(layer, layer.weight(model), criterion, stats, seed)
-    return masks.channel_scores(scores, criterion).double()
+    return criteria.channel_scores(scores, criterion).double()
 
 
 def _build_graph(model: nn.Module, example: torch.Tensor):  # noqa: ANN202 - a torch_pruning.DependencyGraph
@@ -138,7 +139,7 @@ def plan(model: nn.Module, layers: list[Layer], schedule: Schedule, example: tor
 
     ``schedule`` must have channel granularity; ``layers`` are ``model``'s layers (``find_layers``).
     """
-    if schedule.granularity != "channel":
+    if not parse_granularity(schedule.granularity).structured:
         raise ShrinkError(f"only channel granularity can be shrunk, the schedule has {schedule.granularity}; "
                           "export it masked (without --shrink)")
     schedule.validate(layers)

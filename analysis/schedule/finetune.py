@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from analysis.core.masks import bake
 from analysis.core.metrics import class_scores
 
 
@@ -24,15 +25,6 @@ class FinetuneProgress:
     step: int
     steps: int
     loss: float
-
-
-def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
-    """Zero the masked weights of ``model`` in place (for good, unlike ``masks.applied``)."""
-    params = dict(model.named_parameters())  # not get_parameter: TorchScript modules lack it
-    with torch.no_grad():
-        for name, mask in masks.items():
-            weight = params[name]
-            weight.masked_fill_(~mask.to(weight.device), 0)
 
 
 def finetune(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor | None,
@@ -70,7 +62,7 @@ def finetune(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, 
     opt = torch.optim.SGD(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     order, cursor, losses = torch.randperm(len(x), generator=gen), 0, []
-    apply_masks(model, dev_masks)
+    bake(model, dev_masks)
     try:
         model.train()
         for step in range(1, steps + 1):
@@ -92,7 +84,7 @@ def finetune(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, 
                     if grad is not None:
                         grad.masked_fill_(~mask, 0)
             opt.step()
-            apply_masks(model, dev_masks)
+            bake(model, dev_masks)
             losses.append(float(loss.detach()))
             if progress:
                 progress(FinetuneProgress(step, steps, losses[-1]))

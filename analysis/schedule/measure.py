@@ -8,22 +8,20 @@ FLOPs kept) come from the same masks.
 from __future__ import annotations
 
 import contextlib
-import copy
-import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import torch
-from torch import nn
 
 from analysis.core import batchnorm, criteria
 from analysis.core.data import EvalData
 from analysis.core.layers import find_layers
+from analysis.core.masks import bake
 from analysis.core.metrics import evaluate, predict
-from analysis.scan.device import check_device
-from analysis.schedule.finetune import FinetuneProgress, apply_masks, finetune
+from analysis.core.modules import copy_model
+from analysis.schedule.finetune import FinetuneProgress, finetune
 from analysis.schedule.schedule import Schedule
 from analysis.schedule.totals import Accountant
+from analysis.sensitivity.device import check_device
+from analysis.workload.onnx import refuse
 from analysis.workload.workload import Workload
 
 
@@ -44,17 +42,6 @@ class Measurement:
                 **self.info}
 
 
-def copy_model(model: nn.Module) -> nn.Module:
-    """An independent copy of ``model``. A TorchScript module goes through its own serialisation: its
-    ``deepcopy`` gives parameters that are not leaves of autograd, which an optimizer refuses."""
-    if isinstance(model, torch.jit.ScriptModule):
-        buffer = io.BytesIO()
-        torch.jit.save(model, buffer)
-        buffer.seek(0)
-        return torch.jit.load(buffer, map_location="cpu")
-    return copy.deepcopy(model)
-
-
 def measure_schedule(workload: Workload, schedule: Schedule, *, bn_recalibrate: bool = False,
                      train: EvalData | None = None, finetune_steps: int = 0, lr: float = 0.01,
                      batch_size: int = 128, calib_samples: int = 256, bn_batches: int = 8,
@@ -65,23 +52,28 @@ def measure_schedule(workload: Workload, schedule: Schedule, *, bn_recalibrate: 
     BatchNorm recalibration (on ``train`` if given, else on the eval set) is always measured when the model
     has BatchNorm; ``bn_recalibrate`` says whether fine-tuning starts from it and whether it is the final
     stage. ``finetune_steps`` > 0 needs ``train``.
+
+    Example::
+
+        >>> from analysis import Schedule, load_workload, measure_schedule
+        >>> workload = load_workload("sample:digits-mlp", "sample:digits")
+        >>> m = measure_schedule(workload, Schedule({"fc1": 0.5, "fc2": 0.5}))
+        >>> m.final, round(m.totals["global_sparsity"], 4), m.stages["pruned"]["accuracy"] <= m.dense["accuracy"] + 0.01
+        ('pruned', 0.4812, True)
     """
     if finetune_steps < 0:
         raise ValueError(f"fine-tuning steps must be zero or more, got {finetune_steps}")
     if finetune_steps and train is None:
         raise ValueError("fine-tuning needs training data (--train-data); the eval set is for measuring only")
     if finetune_steps:
-        from analysis.workload.onnx import refuse
-
         refuse(workload.model, "fine-tuning", "it needs gradients")
     dev = check_device(device)
     x, y = workload.data.x, workload.data.y
     model = copy_model(workload.model).to(dev).eval()
     layers = find_layers(model, x[:1].to(dev))
     schedule.validate(layers)
-    calib = min(len(x), calib_samples)
-    stats = criteria.collect_stats(model, layers, x[:calib], None if y is None else y[:calib], schedule.criterion,
-                                   batch_size, dev)
+    stats = criteria.calibration_stats(model, layers, workload.data, schedule.criterion, calib_samples, batch_size,
+                                       dev)
     keep = schedule.masks(model, layers, stats, seed)
     accountant = Accountant.from_model(model, x[:1].to(dev), layers, schedule.criterion, schedule.granularity,
                                        stats, seed)
@@ -92,7 +84,7 @@ def measure_schedule(workload: Workload, schedule: Schedule, *, bn_recalibrate: 
         return evaluate(model, x, y, dense_logits, batch_size, dev).metrics()
 
     dense = measure()
-    apply_masks(model, keep)
+    bake(model, keep)
     stages = {"pruned": measure()}
     bn_data = train.x if train is not None else x
     info = {"criterion": schedule.criterion, "granularity": schedule.granularity,

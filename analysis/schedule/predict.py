@@ -18,24 +18,21 @@ Every model gives back the profile exactly when one layer alone is pruned at a m
 Without a calibration the default is ``additive``. On the bundled samples (BENCHMARKS.md, schedules section:
 12 uniform and sensitivity schedules per model) ``multiplicative`` had the lower mean error on two samples of
 three and the higher on the third, and the higher worst-case error on all three: not clearly better, so the
-default stays. ``prunescope calibrate`` measures schedules of a scan and writes ``calibration.json``;
-``Predictor.from_scan`` then predicts with the fitted ``calibrated`` model. ``stage`` says what a prediction
+default stays. ``prunescope calibrate`` (``schedule.calibrate``) measures schedules of a scan and fits the
+``calibrated`` model; ``Predictor.from_profile(profile, calibration)`` then predicts with it. ``stage`` says what a prediction
 is of: the metric right after pruning (``pruned``), or after BatchNorm recalibration (``bn_recalibrated``)
 when the scan or the calibration recalibrated.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from analysis.core.metric_table import HIGHER_IS_BETTER
+from analysis.core.metric_table import HIGHER_IS_BETTER, METRICS, chance_level, check_metric, metric_info
 from analysis.core.profile import SensitivityProfile
 
 MODELS = ("additive", "multiplicative", "calibrated")
@@ -44,21 +41,10 @@ _TINY = 1e-12
 
 
 def isotonic(y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """The non-decreasing sequence closest to ``y`` in weighted least squares (pool adjacent violators)."""
-    y = np.asarray(y, dtype=float)
-    w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=float)
-    values, sizes, counts = [], [], []
-    for yi, wi in zip(y, w):
-        values.append(yi)
-        sizes.append(wi)
-        counts.append(1)
-        while len(values) > 1 and values[-2] > values[-1]:
-            v2, s2, c2 = values.pop(), sizes.pop(), counts.pop()
-            v1, s1, c1 = values.pop(), sizes.pop(), counts.pop()
-            values.append((v1 * s1 + v2 * s2) / (s1 + s2))
-            sizes.append(s1 + s2)
-            counts.append(c1 + c2)
-    return np.repeat(values, counts)
+    """The non-decreasing sequence closest to ``y`` in weighted least squares (SciPy's pool adjacent violators)."""
+    from scipy.optimize import isotonic_regression  # about a second to import: only when curves are built
+
+    return isotonic_regression(np.asarray(y, dtype=float), weights=weights, increasing=True).x
 
 
 @dataclass
@@ -105,18 +91,14 @@ def layer_curves(profile: SensitivityProfile, metric: str | None = None) -> dict
 
 
 def _check_metric(profile: SensitivityProfile, metric: str) -> None:
-    if metric not in HIGHER_IS_BETTER:
-        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(HIGHER_IS_BETTER)}")
-    if metric == "accuracy" and not profile.labelled:
-        raise ValueError("the profile was measured on data without labels: use agreement, loss or kl, not accuracy")
+    check_metric(metric, profile.labelled)
     if metric not in profile.meta.get("baseline", {}):
         raise ValueError(f"the profile has no dense baseline for {metric!r}")
 
 
 def _floor(profile: SensitivityProfile, metric: str) -> float:
     """Chance level for accuracy/agreement (or the worst measured value, if lower)."""
-    classes = profile.meta.get("num_classes") or 0
-    chance = 1.0 / classes if classes else 0.0
+    chance = chance_level(profile.meta.get("num_classes"))
     measured = profile.table[metric].dropna()
     return float(min(chance, measured.min())) if len(measured) else chance
 
@@ -124,7 +106,7 @@ def _floor(profile: SensitivityProfile, metric: str) -> float:
 def _full_drop(profile: SensitivityProfile, metric: str) -> float:
     """The drop of a layer removed entirely: down to chance for accuracy/agreement, else the worst measured."""
     df = profile.drop(metric)
-    if HIGHER_IS_BETTER[metric] and metric in ("accuracy", "agreement"):
+    if metric_info(metric).bounded:
         return profile.baseline(metric) - _floor(profile, metric)
     return float(df["drop"].max()) if len(df) else 0.0
 
@@ -141,14 +123,15 @@ class Predictor:
         self.metric = metric or profile.default_metric
         if model not in MODELS:
             raise ValueError(f"unknown prediction model {model!r}; choose one of {', '.join(MODELS)}")
-        if model != "additive" and self.metric not in ("accuracy", "agreement"):
+        if model != "additive" and not metric_info(self.metric).bounded:
             raise ValueError(f"the {model} model predicts accuracy or agreement, not {self.metric}")
         if not (math.isfinite(power) and power > 0):
             raise ValueError(f"power must be a positive number, got {power!r}")
         self.curves = layer_curves(profile, self.metric)
         self.baseline = profile.baseline(self.metric)
         self.higher_is_better = HIGHER_IS_BETTER[self.metric]
-        self.floor = _floor(profile, self.metric) if self.metric in ("accuracy", "agreement") else 0.0
+        self.bounded = metric_info(self.metric).bounded
+        self.floor = _floor(profile, self.metric) if self.bounded else 0.0
         self.model = model
         self.power = float(power)
         if stage is not None and stage not in STAGES:
@@ -192,7 +175,7 @@ class Predictor:
         if model == "additive" or not drops:
             total = sum(drops)
             value = self.baseline - total if self.higher_is_better else self.baseline + total
-            return min(max(value, 0.0), 1.0) if self.metric in ("accuracy", "agreement") else value
+            return min(max(value, 0.0), 1.0) if self.bounded else value
         span = max(self.baseline - self.floor, _TINY)
         u = [-math.log(max((span - d) / span, _TINY)) for d in drops]
         # Losses combine with the power; the rare gains (a layer that measured better than dense) just add.
@@ -210,14 +193,18 @@ class Predictor:
             return sum((self._combine(d, "calibrated", p) - v) ** 2 for d, v in cases)
 
         best = min(grid, key=error)
-        lo, hi = best / 1.05, best * 1.05
-        for _ in range(40):  # golden-section refinement around the best grid point
-            a, b = hi - (hi - lo) / 1.618, lo + (hi - lo) / 1.618
-            if error(a) < error(b):
-                hi = b
-            else:
-                lo = a
-        return self.with_model("calibrated", (lo + hi) / 2)
+        from scipy.optimize import minimize_scalar
+
+        refined = minimize_scalar(error, bounds=(best / 1.05, best * 1.05), method="bounded",
+                                  options={"xatol": 1e-6 * best})
+        return self.with_model("calibrated", float(refined.x) if refined.fun <= error(best) else float(best))
+
+    def recorded(self, schedule: object) -> dict | None:
+        """What a schedule records of its prediction (``meta['predicted']``): ``{metric: value, "model", "stage"}``,
+        or ``None`` when it prunes a layer the profile did not measure."""
+        if self.unmeasured(schedule):
+            return None
+        return {self.metric: self.predict(schedule), "model": self.model, "stage": self.stage}
 
     def errors(self, measured: list[tuple[object, float]]) -> list[float]:
         """Prediction minus measurement for each ``(schedule, metric)`` pair."""
@@ -226,35 +213,43 @@ class Predictor:
     # -------------------------------------------------------------------------------------------- files
 
     def calibration(self) -> dict:
+        """The settings a calibration records (``from_profile`` reads them back)."""
         return {"metric": self.metric, "model": self.model, "power": self.power, "stage": self.stage}
 
-    def save_calibration(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.calibration(), indent=2) + "\n")
-        return path
-
     @classmethod
-    def from_scan(cls, scan_dir: str | Path, metric: str | None = None) -> "Predictor":
-        """The predictor of a scan folder: calibrated if ``calibration.json`` is there, else additive.
-
-        A calibration fitted on another profile (the folder was scanned again since) or for another metric
-        is ignored.
-        """
-        profile = SensitivityProfile.load(scan_dir)
-        cal_path = Path(scan_dir) / "calibration.json"
-        if cal_path.is_file():
+    def from_profile(cls, profile: SensitivityProfile, calibration: Mapping | None = None,
+                     metric: str | None = None) -> "Predictor":
+        """The predictor of a scan: calibrated when ``calibration`` (``Calibration.to_dict()``, fitted on this
+        profile) is given and is for ``metric`` (or no metric is asked), else additive."""
+        if calibration and metric in (None, calibration.get("metric")):
             try:
-                cal = json.loads(cal_path.read_text())
-                if metric in (None, cal["metric"]) and cal.get("scan") in (None, scan_fingerprint(scan_dir)):
-                    return cls(profile, cal["metric"], cal["model"], float(cal["power"]), cal.get("stage"))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"{cal_path} is not a calibration file: {exc}") from None
+                return cls(profile, calibration["metric"], calibration["model"], float(calibration["power"]),
+                           calibration.get("stage"))
+            except (KeyError, TypeError) as exc:
+                raise ValueError(f"not a calibration: {exc}") from None
         return cls(profile, metric)
 
 
-def scan_fingerprint(scan_dir: str | Path) -> str:
-    """A digest of a scan folder's ``sensitivity.csv``: a calibration holds for the profile it was fitted on."""
-    return hashlib.sha256((Path(scan_dir) / "sensitivity.csv").read_bytes()).hexdigest()[:16]
+def compared_stage(measured: Mapping, stage: object) -> str:
+    """The stage of a measurement (``Measurement.to_dict()``) a prediction for ``stage`` stands for: that stage
+    when it was measured, else the metric right after pruning (a prediction is never of a fine-tuned model)."""
+    return stage if isinstance(stage, str) and measured.get(stage) else "pruned"
+
+
+def check_prediction(predicted: object, measured: Mapping) -> dict:
+    """A schedule's recorded prediction (``meta['predicted']``) next to its measurement: ``predicted``,
+    ``prediction_model`` and ``prediction`` (metric, stage, measured, error); ``{}`` when there is none."""
+    if not isinstance(predicted, Mapping):
+        return {}
+    metric = next((m for m in METRICS if isinstance(predicted.get(m), (int, float))
+                   and not isinstance(predicted.get(m), bool)), None)
+    if metric is None:
+        return {}
+    value = float(predicted[metric])
+    stage = compared_stage(measured, predicted.get("stage"))
+    actual = (measured.get(stage) or {}).get(metric)
+    detail = {"metric": metric, "stage": stage, "measured": actual, "error": None if actual is None else value - actual}
+    return {"predicted": value, "prediction_model": predicted.get("model"), "prediction": detail}
 
 
 def predict(profile: SensitivityProfile, schedule: object, metric: str | None = None, model: str = "additive",
@@ -269,5 +264,5 @@ def curve_table(curves: Mapping[str, Curve]) -> list[dict]:
             for name, c in curves.items() for s, d, m in zip(c.sparsity, c.drop, c.monotone)]
 
 
-__all__ = ["MODELS", "STAGES", "Curve", "Predictor", "curve_table", "isotonic", "layer_curves", "predict",
-           "scan_fingerprint"]
+__all__ = ["MODELS", "STAGES", "Curve", "Predictor", "check_prediction", "compared_stage", "curve_table", "isotonic",
+           "layer_curves", "predict"]

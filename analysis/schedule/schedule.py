@@ -7,7 +7,6 @@ masks. Layers it does not name stay dense.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from analysis.core import criteria, masks
+from analysis.core.granularity import check_sparsity, parse_granularity, supports
 from analysis.core.layers import Layer
 from analysis.schedule.channels import ChannelGraph
 from analysis.schedule.totals import Totals
@@ -36,7 +36,7 @@ class Schedule:
 
     def __post_init__(self) -> None:
         criteria.check_criterion(self.criterion)
-        self.granularity = str(masks.parse_granularity(self.granularity))
+        self.granularity = str(parse_granularity(self.granularity))
         clean = {}
         for name, value in self.sparsities.items():
             if not isinstance(name, str) or not name:
@@ -44,7 +44,7 @@ class Schedule:
             if isinstance(value, bool):
                 raise ScheduleError(f"sparsity of layer {name} must be a number, got {value!r}")
             try:
-                clean[name] = masks.check_sparsity(value, what=f"sparsity of layer {name}")
+                clean[name] = check_sparsity(value, what=f"sparsity of layer {name}")
             except ValueError as exc:
                 raise ScheduleError(str(exc)) from None
         self.sparsities = clean
@@ -109,18 +109,19 @@ class Schedule:
     def validate(self, layers: list[Layer]) -> None:
         """Every named layer exists and can take the granularity at its sparsity; else a ``ScheduleError``."""
         by_name = {l.name: l for l in layers}
-        gran = masks.parse_granularity(self.granularity)
+        gran = parse_granularity(self.granularity)
         for name, s in self.sparsities.items():
             if name not in by_name:
                 raise ScheduleError(f"schedule names layer {name!r}, which the model does not have")
             if s == 0.0:
                 continue
-            reason = masks.supports(gran, by_name[name].shape)
+            reason = supports(gran, by_name[name].shape)
             if reason:
                 raise ScheduleError(f"layer {name} cannot take granularity {gran}: {reason}")
-            if gran.kind == "nm" and not math.isclose(s, gran.nm_sparsity):
-                raise ScheduleError(f"layer {name}: granularity {gran} prunes exactly {gran.nm_sparsity:g}, "
-                                    f"not {s:g}")
+            try:
+                gran.check_layer_sparsity(s, name)
+            except ValueError as exc:
+                raise ScheduleError(str(exc)) from None
 
     def masks(self, model: nn.Module, layers: list[Layer],
               stats: criteria.CalibrationStats | None = None, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from analysis.core import criteria, masks
+from analysis.core import criteria
+from analysis.core.granularity import Granularity, parse_granularity, supports
 from analysis.core.layers import Layer
 from analysis.schedule.channels import ChannelGraph, trace_channels
 
@@ -61,20 +62,14 @@ class Totals:
                 "params_kept_count": self.params_kept, "flops": self.flops, "flops_kept_count": self.flops_kept}
 
 
-def removed_units(layer: Layer, sparsity: float, granularity: masks.Granularity) -> int:
-    """How many weights (unstructured, N:M) or output channels (channel) a mask at ``sparsity`` removes."""
-    if sparsity <= 0.0:
-        return 0
-    if granularity.kind == "channel":
-        return round(sparsity * layer.shape[0])
-    if granularity.kind == "nm":
-        return layer.params * (granularity.m - granularity.n) // granularity.m
-    return round(sparsity * layer.params)
+def removed_units(layer: Layer, sparsity: float, granularity: Granularity) -> int:
+    """How many units (weights, or output channels) a mask of ``layer`` at ``sparsity`` removes."""
+    return granularity.removed_units(layer.shape, sparsity)
 
 
-def unit_size(layer: Layer, granularity: masks.Granularity) -> int:
+def unit_size(layer: Layer, granularity: Granularity) -> int:
     """Weights in one unit of pruning: one weight, or one output channel."""
-    return layer.params // layer.shape[0] if granularity.kind == "channel" else 1
+    return granularity.unit_size(layer.shape)
 
 
 class Accountant:
@@ -103,25 +98,25 @@ class Accountant:
                    granularity: str = "unstructured", stats: criteria.CalibrationStats | None = None,
                    seed: int = 0) -> "Accountant":
         """Trace the channel graph and rank channels by ``criterion`` (only needed for channel pruning)."""
-        gran = masks.parse_granularity(granularity)
-        if gran.kind != "channel":
+        gran = parse_granularity(granularity)
+        if not gran.structured:
             return cls(layers)
         order = {}
         for layer in layers:
-            if masks.supports(gran, layer.shape) is None:
+            if supports(gran, layer.shape) is None:
                 scores = criteria.importance(layer, layer.weight(model), criterion, stats, seed)
-                order[layer.name] = torch.argsort(masks.channel_scores(scores, criterion), stable=True).numpy()
+                order[layer.name] = torch.argsort(criteria.channel_scores(scores, criterion), stable=True).numpy()
         return cls(layers, trace_channels(model, example, layers), order)
 
     def totals(self, schedule: "Mapping[str, float] | object", granularity: str | None = None,
                per_layer: bool = False) -> Totals:
         """Totals of a ``Schedule`` (or a plain ``{layer: sparsity}`` with ``granularity``)."""
         sparsities = getattr(schedule, "sparsities", schedule)
-        gran = masks.parse_granularity(granularity or getattr(schedule, "granularity", "unstructured"))
+        gran = parse_granularity(granularity or getattr(schedule, "granularity", "unstructured"))
         unknown = [n for n in sparsities if n not in self.by_name]
         if unknown:
             raise ValueError(f"schedule names layer {unknown[0]!r}, which the model does not have")
-        if gran.kind == "channel" and self.graph is not None:
+        if gran.structured and self.graph is not None:
             return self._structured(sparsities, gran, per_layer)
         removed = kept = flops_kept = 0
         rows = {}
@@ -136,7 +131,7 @@ class Accountant:
                 rows[layer.name] = {"weights_removed": r, "params_kept": layer.params - r, "flops_kept": f}
         return Totals(self.weights, removed, kept, self.flops, flops_kept, rows)
 
-    def _structured(self, sparsities: Mapping[str, float], gran: masks.Granularity, per_layer: bool) -> Totals:
+    def _structured(self, sparsities: Mapping[str, float], gran: Granularity, per_layer: bool) -> Totals:
         dead: dict[str, np.ndarray] = {}
         removed = kept_total = flops_kept = 0
         rows = {}

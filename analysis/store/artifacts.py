@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.diagnose.diagnostics import Diagnosis
-from analysis.export.export import ExportReport, FileCost, Verification
+from analysis.deploy.export import ExportReport, FileCost, Verification
+from analysis.diagnostics.diagnosis import Diagnosis
 from analysis.schedule.schedule import Schedule
 from analysis.store.runs import RunStore, StoreError
 

@@ -32,18 +32,21 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from queue import SimpleQueue
-from types import SimpleNamespace
 
 import pandas as pd
 
+from analysis.core.layers import Layer
 from analysis.core.metrics import Sums
-from analysis.scan.config import ScanConfig
-from analysis.scan.context import LayerResult, ScanContext
+from analysis.core.profile import SensitivityProfile
+from analysis.core.version import environment
+from analysis.sensitivity.config import FIELDS as ADAPTIVE_FIELDS
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.context import LayerResult, ScanContext, combine_shards
+from analysis.sensitivity.driver import describe, profile_table
 from analysis.workload.workload import Workload
 
 APPLICATION_ID = 0x50525343  # "PRSC": marks the file as a Prunescope store
@@ -159,8 +162,6 @@ def scan_identity(workload: Workload, config: ScanConfig) -> dict:
     A setting added to ``ScanConfig`` later is part of the identity unless named in ``EXECUTION_FIELDS``: at
     worst a scan then starts a new run instead of resuming, never resumes a run whose numbers differ.
     """
-    from analysis.scan.adaptive import FIELDS as ADAPTIVE_FIELDS
-
     config = config.validated()
     off = ADAPTIVE_FIELDS if config.adaptive == "off" else ()  # full scans keep the identity they had before
     settings = {k: v for k, v in asdict(config).items() if k not in EXECUTION_FIELDS and k not in off}
@@ -426,29 +427,16 @@ class RunStore:
             "id", "status", "layers_done", "layers", "model", "data", "criterion", "granularity", "sparsities",
             "grid", "created"])
 
-    def profile(self, run_id: int):  # noqa: ANN201 - SensitivityProfile, imported lazily
+    def profile(self, run_id: int) -> SensitivityProfile:
         """The profile of a run from the store alone (no model needed): finished layers so far."""
-        from analysis.core.profile import SensitivityProfile
-        from analysis.scan.driver import build_profile
-
-        info = self.run(run_id)
-        meta = info["meta"]
+        meta = self.run(run_id)["meta"]
         results = self.done(run_id)
-        layers = [SimpleNamespace(name=l["name"], kind=l["type"], shape=l["shape"], params=l["params"],
-                                  flops=l["flops"]) for l in meta["layers"]]
-        n = int(meta["samples"])
-        labelled = bool(meta["labelled"])
-        dense = [row for r in results.values() for row in r.rows if row["sparsity"] == 0.0]
-        baseline = Sums(**{k: dense[0][k] for k in Sums.__dataclass_fields__}) if dense else Sums(labelled=labelled)
-        ctx = SimpleNamespace(layers=layers, baseline=lambda: baseline, config=ScanConfig(**_config_args(meta)),
-                              x=range(n), y=True if labelled else None, skipped=meta.get("skipped_layers", {}))
-        workload = SimpleNamespace(model_spec=meta["model"], data=SimpleNamespace(spec=meta["data"]),
-                                   num_classes=meta["num_classes"], input_shape=tuple(meta["input_shape"]),
-                                   input_dtype=meta.get("input_dtype", "float32"))
-        rebuilt = build_profile(ctx, workload, results)
-        base = meta.get("baseline") or (rebuilt.meta["baseline"] if dense else None)
-        merged = {**meta, "complete": rebuilt.meta["complete"], "baseline": base, "run_id": int(run_id)}
-        return SensitivityProfile(rebuilt.table, merged)
+        layers = [Layer.from_meta(d) for d in meta["layers"]]
+        dense = next((row for r in results.values() for row in r.rows if row["sparsity"] == 0.0), None)
+        baseline = meta.get("baseline") or (Sums.from_dict(dense).metrics() if dense else None)
+        merged = {**meta, "complete": all(l.name in results for l in layers), "baseline": baseline,
+                  "run_id": int(run_id)}
+        return SensitivityProfile(profile_table(layers, results), merged)
 
     def delete_run(self, run_id: int) -> None:
         """Delete a run and its finished layers; artifacts made from it stay, no longer linked to it."""
@@ -517,171 +505,6 @@ class RunStore:
             c.execute("DELETE FROM artifacts WHERE id = ?", (int(artifact_id),))
 
 
-class LayerWriter:
-    """Writes a scan's run from a thread of its own, so the scan does not wait for the disk.
-
-    ``LayerWriter.start`` opens the store and finds the run to resume; ``attach`` queues the creation of a
-    new run; then the writer is the scan's ``on_result`` sink: a finished layer is committed while the next one is
-    computed. Handing over a layer first waits for the previous commit, so at most one finished layer is ever
-    uncommitted: a SIGKILL loses at most the layer being computed and the one being committed (the first
-    fraction of a millisecond of the next layer). ``finish`` queues the run's closing row and, with
-    ``close_store``, the store's close (its checkpoint); ``close`` waits for all of it and raises any error
-    the writer met (an error also surfaces at the next hand-over).
-    """
-
-    def __init__(self, store: RunStore | None, run_id: int | None, config: ScanConfig) -> None:
-        self.store, self.config = store, config
-        self._run_id = run_id
-        self._found: FoundScan | None = None
-        self._pool = _Worker()
-        self._pending: _Task | None = None
-        self.committed: set[str] = set()  # layers this run holds in the store: resumed, or committed by the writer
-
-    @classmethod
-    def start(cls, workload: Workload, config: ScanConfig, fresh: bool = False,
-              path: str | Path | None = None) -> "LayerWriter":
-        """A writer for this scan: opens the store at ``path`` (default: ``default_path()``) and looks up the
-        scan's run (the caller then prepares the scan and ``attach``-es it); the writer's thread starts with its
-        first job.
-
-        The lookup runs here, not in the thread: on the sample models a thread that starts with Python work
-        holds the interpreter lock for milliseconds while the caller waits (measured: 3 ms against 1.4 ms for
-        the lookup itself).
-        """
-        store = RunStore(path)
-        try:
-            found = store.find_scan(workload, config, fresh)
-        except BaseException:
-            store.close()
-            raise
-        writer = cls(store, None, config)
-        writer._found = found
-        return writer
-
-    def attach(self, workload: Workload, ctx: ScanContext) -> ScanRun | None:
-        """The run this scan resumes, or ``None`` when it starts a new run (its creation is queued, not awaited).
-
-        Raises the lookup's ``StoreError`` (a foreign or damaged store file)."""
-        self._wait()
-        found = self._found
-        run = found.resumed(ctx) if found.run_id is not None else None
-        if run is not None:
-            self._run_id = found.run_id
-            self.committed.update(run.done)
-            return run
-
-        def create() -> None:
-            self._run_id = self.store.create_scan(workload, ctx, found.key, found.identity, found.seen)
-
-        self._pending = self._pool.submit(create)
-        return None
-
-    @property
-    def run_id(self) -> int:
-        """The run's id (waits for its creation when that is still queued)."""
-        if self._run_id is None:
-            self._wait()
-        return self._run_id
-
-    def __call__(self, result: LayerResult) -> None:
-        self._wait()
-
-        def commit() -> None:
-            self.store.add_layer(self._run_id, result, self.config)
-            self.committed.add(result.layer)
-
-        self._pending = self._pool.submit(commit)
-
-    def committed_layers(self) -> int:
-        """How many finished layers the store holds for this run, once the commit in flight has ended (a commit
-        that failed, say on a full disk, is not counted): what a message may promise is kept."""
-        try:
-            self._wait()
-        except Exception:  # noqa: BLE001 - the failed commit is not counted; its error is on its way out already
-            pass
-        return len(self.committed)
-
-    def finish(self, meta: dict, close_store: bool = False) -> None:
-        """Queue ``RunStore.finish`` (and ``RunStore.close`` with ``close_store``) behind the last layer."""
-        self._wait()
-
-        def work() -> None:
-            self.store.finish(self._run_id, meta)
-            if close_store:
-                self.store.close()
-
-        self._pending = self._pool.submit(work)
-
-    def _wait(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
-
-    def close(self, discard_errors: bool = False) -> None:
-        """Wait until everything handed over is committed; raise the writer's error, if any (unless
-        ``discard_errors``: when another error is on its way out already)."""
-        try:
-            self._wait()
-        except Exception:
-            if not discard_errors:
-                raise
-        finally:
-            self._pool.shutdown()
-
-    def __enter__(self) -> "LayerWriter":
-        return self
-
-    def __exit__(self, exc_type: type | None, *exc: object) -> None:
-        self.close(discard_errors=exc_type is not None)
-
-
-class _Task:
-    """One job for a ``_Worker``: ``result()`` waits for it and raises what it raised."""
-
-    def __init__(self, fn: Callable[[], object]) -> None:
-        self.fn, self.error = fn, None
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        try:
-            self.fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread by result()
-            self.error = exc
-        finally:
-            self.done.set()
-
-    def result(self) -> None:
-        self.done.wait()
-        if self.error is not None:
-            raise self.error
-
-
-class _Worker:
-    """One thread that runs submitted jobs in order, started by the first job (a thread and a queue: half a
-    thread pool's start-up, which is on every scan's path)."""
-
-    def __init__(self) -> None:
-        self._jobs: SimpleQueue[_Task | None] = SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name="prunescope-store")
-
-    def _loop(self) -> None:
-        while (task := self._jobs.get()) is not None:
-            task.run()
-
-    def submit(self, fn: Callable[[], object]) -> _Task:
-        task = _Task(fn)
-        self._jobs.put(task)
-        if self._thread.ident is None:
-            self._thread.start()
-        return task
-
-    def shutdown(self) -> None:
-        """Run what was submitted, then stop the thread."""
-        if self._thread.is_alive():
-            self._jobs.put(None)
-            self._thread.join()
-
-
 def _grid_text(sparsities: list[float]) -> str:
     """A sparsity grid in a table cell: ``0,0.5,0.9``, or ``0..0.99 (100)`` when long."""
     if len(sparsities) <= 6:
@@ -694,8 +517,6 @@ def _run_meta(workload: Workload, ctx: ScanContext) -> dict:
 
     The dense baseline is not computed here: every finished layer carries it as its sparsity-0 row.
     """
-    from analysis.core.version import environment
-    from analysis.scan.driver import describe
 
     return {
         **describe(workload, ctx),
@@ -705,22 +526,6 @@ def _run_meta(workload: Workload, ctx: ScanContext) -> dict:
 
 
 def _merge(a: LayerResult, b: LayerResult) -> LayerResult:
-    """Two shards of one layer as one result: sums add up exactly, sparsity by sparsity."""
-    if a.shard == b.shard:
-        return b
-    rows = []
-    for ra, rb in zip(a.rows, b.rows):
-        sa = Sums(ra["n"], ra["correct"], ra["agree"], ra["loss_sum"], ra["kl_sum"], ra["labelled"])
-        sb = Sums(rb["n"], rb["correct"], rb["agree"], rb["loss_sum"], rb["kl_sum"], rb["labelled"])
-        rows.append({**ra, **(sa + sb).to_dict()})
-    shard = (min(a.shard[0], b.shard[0]), max(a.shard[1], b.shard[1]))
-    return LayerResult(a.layer, shard, rows, a.seconds + b.seconds)
-
-
-def _config_args(meta: dict) -> dict:
-    fields = ScanConfig.__dataclass_fields__
-    args = {k: v for k, v in meta.get("config", {}).items() if k in fields}
-    for k in ("sparsities", "layers"):
-        if args.get(k) is not None:
-            args[k] = tuple(args[k])
-    return args
+    """Two stored units of one layer as one result: the same shard stored twice (two processes ran it) is one,
+    adjacent shards add up exactly."""
+    return b if a.shard == b.shard else combine_shards([a, b])

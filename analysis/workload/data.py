@@ -166,7 +166,15 @@ def _from_image_zip(path: Path, input_size: int, normalize: str, count: int | No
 
 def load_data(spec: str, count: int | None = None, input_size: int = 224, normalize: str = "imagenet",
               seed: int = 0, channels: int | None = None) -> EvalData:
-    """The eval set a spec names; ``count`` keeps the first ``count`` samples (random data: how many)."""
+    """The eval set a spec names; ``count`` keeps the first ``count`` samples (random data: how many).
+
+    Example::
+
+        >>> from analysis import load_data
+        >>> data = load_data("random:3x32x32", count=8)
+        >>> tuple(data.x.shape), data.labelled
+        ((8, 3, 32, 32), False)
+    """
     spec = spec.strip()
     if "\x00" in spec:
         raise SpecError(f"the data spec {spec!r} contains a NUL character")
@@ -197,5 +205,5 @@ def load_data(spec: str, count: int | None = None, input_size: int = 224, normal
         x, y = _from_tensor_file(path)
         data = EvalData(x, y, spec)
     if count is not None:
-        data = EvalData(data.x[:count], None if data.y is None else data.y[:count], data.spec, data.class_names)
+        data = data.head(count)
     return data

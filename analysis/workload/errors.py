@@ -1,8 +1,13 @@
-"""What goes wrong when a user's spec or file is read: ``SpecError``, and short one-line texts of exceptions."""
+"""What goes wrong when a user's spec or file is read: ``SpecError``, short one-line texts of exceptions, and the
+mark a failed scan leaves on its exception (``KEPT_LAYERS``)."""
 
 from __future__ import annotations
 
 import re
+
+# Set on an exception that ends a scan run into the run store: how many finished layers the store keeps (the faces
+# tell the user the scan resumes from them).
+KEPT_LAYERS = "prunescope_kept_layers"
 
 
 class SpecError(ValueError):

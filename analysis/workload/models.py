@@ -294,7 +294,15 @@ def load_model(spec: str, trust_code: bool = False, trust_pickle: bool = False) 
     """The model a spec names, in eval mode, on the CPU.
 
     Models that are programs (``file.py:factory``, TorchScript, ``.pt2``, a pickled module) run code from their
-    file: they load only with ``trust_code`` (``trust_pickle`` is its older name)."""
+    file: they load only with ``trust_code`` (``trust_pickle`` is its older name).
+
+    Example::
+
+        >>> from analysis import load_model
+        >>> model = load_model("torchvision:resnet18")
+        >>> sum(p.numel() for p in model.parameters())
+        11689512
+    """
     trust_code = trust_code or trust_pickle
     spec = spec.strip()
     if not spec:

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from analysis.core.layers import Layer
+from analysis.core.masks import applied
 
 _WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1}
 
@@ -372,7 +373,6 @@ def save_pruned(model: OnnxModel, path: str | Path, masks: dict[str, torch.Tenso
     """Write ``model``'s graph with its weights pruned by ``masks`` (parameter name -> keep-mask) to ``path``."""
     import onnx
 
-    from analysis.core.masks import applied
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -92,7 +92,15 @@ def check_fit(model: nn.Module, data: EvalData, model_spec: str = "the model") -
 def load_workload(model_spec: str, data_spec: str, count: int | None = None, input_size: int = 224,
                   normalize: str = "imagenet", trust_code: bool = False, trust_pickle: bool = False) -> Workload:
     """Load a model and its eval set and check that they fit before any work is done (``trust_code``: see
-    ``load_model``)."""
+    ``load_model``).
+
+    Example::
+
+        >>> from analysis import load_workload
+        >>> workload = load_workload("sample:digits-mlp", "sample:digits", count=64)
+        >>> workload.num_classes, workload.input_shape, len(workload.data)
+        (10, (1, 8, 8), 64)
+    """
     model = load_model(model_spec, trust_code=trust_code or trust_pickle)
     data = load_data(data_spec, count=count, input_size=input_size, normalize=normalize)
     try:
@@ -142,3 +150,12 @@ def code_fingerprint(spec: str) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()[:16]
+
+
+DEFAULT_DATA = {"sample:": "sample:digits", "torchvision:": "random:3x224x224"}
+
+
+def default_data(model_spec: str) -> str | None:
+    """Inputs a model can be traced, calibrated and verified on when no data is named: the samples' digits for a
+    sample, ImageNet-sized random inputs for a torchvision architecture; ``None`` otherwise."""
+    return next((data for prefix, data in DEFAULT_DATA.items() if model_spec.startswith(prefix)), None)

@@ -14,10 +14,10 @@ from torch import nn
 
 from analysis.core import batchnorm
 from analysis.core.layers import Layer
-from analysis.scan import bnscan, fxgraph
-from analysis.scan.context import LayerResult, ScanContext
-from analysis.scan.fast import FastState, chunk_size, run_plain
-from analysis.scan.naive import run_layer_naive
+from analysis.sensitivity import bnscan, fxgraph
+from analysis.sensitivity.context import LayerResult, ScanContext
+from analysis.sensitivity.fast import FastState, chunk_size, run_plain
+from analysis.sensitivity.naive import run_layer_naive
 from analysis.workload.onnx import OnnxModel
 
 

@@ -16,11 +16,11 @@ from analysis.core.layers import Layer
 from analysis.core.metrics import Sums
 from analysis.core.profile import SensitivityProfile
 from analysis.core.version import environment
-from analysis.scan import adaptive, cluster
-from analysis.scan.backends import Backend, prepare_for, ray_available, validated_config
-from analysis.scan.config import ScanConfig
-from analysis.scan.context import LayerResult, ScanContext
-from analysis.scan.engines import engine_report
+from analysis.sensitivity import adaptive, cluster
+from analysis.sensitivity.backends import Backend, prepare_for, ray_available, validated_config
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.context import LayerResult, ScanContext
+from analysis.sensitivity.engines import engine_report
 from analysis.workload.workload import Workload
 
 
@@ -66,6 +66,13 @@ def iter_scan(ctx: ScanContext, todo: list[Layer] | None = None,
               source: "LocalSource | cluster.RaySource | None" = None) -> Iterator[LayerResult]:
     """The finished units of a prepared scan, one per layer of ``todo`` (default: all its layers), each over the
     whole eval set, as they finish. Stop iterating to stop the scan (closing the iterator).
+
+    Example::
+
+        >>> from analysis import ScanConfig, iter_scan, load_workload, prepare
+        >>> ctx = prepare(load_workload("sample:digits-mlp", "sample:digits"), ScanConfig(sparsities=(0.5,)))
+        >>> [(unit.layer, unit.shard) for unit in iter_scan(ctx)]
+        [('fc1', (0, 449)), ('fc2', (0, 449)), ('fc3', (0, 449))]
     """
     source = source or LocalSource()
     yield from source.results(ctx, list(ctx.layers if todo is None else todo))
@@ -87,6 +94,15 @@ def run_scan(
     layer (over the whole eval set, on either backend); ``should_stop`` is asked between units, and when it
     returns true the scan returns what it has so far (``meta['complete']`` is then false); ``context`` is a scan
     already prepared (``prepare_for``) for this workload and config.
+
+    Example::
+
+        >>> from analysis import ScanConfig, load_workload, run_scan
+        >>> finished = []
+        >>> profile = run_scan(load_workload("sample:digits-mlp", "sample:digits"), ScanConfig(sparsities=(0.5,)),
+        ...                    "local", on_result=finished.append)
+        >>> [unit.layer for unit in finished] == profile.layers
+        True
     """
     t0 = time.perf_counter()
     backend = (Backend(backend) if isinstance(backend, str) else backend).validated()
@@ -117,15 +133,42 @@ def run_scan(
 def scan(workload: Workload, config: ScanConfig, done: dict[str, LayerResult] | None = None,
          on_result: Callable[[LayerResult], None] | None = None, progress: Callable[[Progress], None] | None = None,
          should_stop: Callable[[], bool] | None = None, context: ScanContext | None = None) -> SensitivityProfile:
-    """``run_scan`` in this process: every selected layer at every sparsity, a ``SensitivityProfile``."""
+    """``run_scan`` in this process: every selected layer at every sparsity, a ``SensitivityProfile``.
+
+    Example::
+
+        >>> from analysis import ScanConfig, load_workload, scan
+        >>> profile = scan(load_workload("sample:digits-mlp", "sample:digits"), ScanConfig(sparsities=(0.5, 0.9)))
+        >>> profile.layers, sorted(set(profile.table["sparsity"]))
+        (['fc1', 'fc2', 'fc3'], [0.0, 0.5, 0.9])
+    """
     return run_scan(workload, config, "local", done, on_result, progress, should_stop, context)
 
 
 def build_profile(ctx: ScanContext, workload: Workload, results: dict[str, LayerResult], resumed: int = 0,
                   prepare_s: float = 0.0, total_s: float = 0.0) -> SensitivityProfile:
-    """Assemble the tidy table and metadata from finished units (summing shards of the same layer)."""
+    """The profile of a scan from its finished units: the tidy table and the metadata (``scan.json``)."""
+    meta = {
+        **describe(workload, ctx),
+        "baseline": ctx.baseline().metrics(),
+        "complete": all(l.name in results for l in ctx.layers),
+        "resumed_layers": resumed,
+        "timings": {
+            "prepare_s": round(prepare_s, 4),
+            "total_s": round(total_s, 4),
+            "per_layer_s": {name: round(r.seconds, 4) for name, r in results.items()},
+        },
+        "versions": environment(),
+        "engine": engine_report(ctx),
+    }
+    return SensitivityProfile(profile_table(ctx.layers, results), meta)
+
+
+def profile_table(layers: list[Layer], results: dict[str, LayerResult]) -> pd.DataFrame:
+    """The tidy table of finished units, one row per (layer, sparsity), layers in ``layers``' order (see the
+    README for the columns)."""
     records = []
-    for layer in ctx.layers:
+    for layer in layers:
         if layer.name not in results:
             continue
         for row in results[layer.name].rows:
@@ -149,20 +192,7 @@ def build_profile(ctx: ScanContext, workload: Workload, results: dict[str, Layer
         "layer", "type", "sparsity", "actual_sparsity", "accuracy", "loss", "agreement", "kl", "logit_cosine",
         "logit_rel_l2", "n", "correct", "agree", "loss_sum", "kl_sum", "params", "flops",
         *(["measured"] if any("measured" in r for r in records) else [])])
-    meta = {
-        **describe(workload, ctx),
-        "baseline": ctx.baseline().metrics(),
-        "complete": all(l.name in results for l in ctx.layers),
-        "resumed_layers": resumed,
-        "timings": {
-            "prepare_s": round(prepare_s, 4),
-            "total_s": round(total_s, 4),
-            "per_layer_s": {name: round(r.seconds, 4) for name, r in results.items()},
-        },
-        "versions": environment(),
-        "engine": engine_report(ctx) if isinstance(ctx, ScanContext) else {},
-    }
-    return SensitivityProfile(table, meta)
+    return table
 
 
 def describe(workload: Workload, ctx: ScanContext) -> dict:
@@ -181,8 +211,7 @@ def describe(workload: Workload, ctx: ScanContext) -> dict:
         "criterion": config.criterion,
         "granularity": config.granularity,
         "sparsities": list(config.sparsities),
-        "layers": [{"name": l.name, "type": l.kind, "shape": list(l.shape), "params": l.params, "flops": l.flops}
-                   for l in ctx.layers],
+        "layers": [layer.to_meta() for layer in ctx.layers],
         "skipped_layers": ctx.skipped,
     }
     if config.adaptive != "off":

@@ -31,13 +31,18 @@ from torch import fx, nn
 from analysis.core import batchnorm
 from analysis.core.layers import Layer
 from analysis.core.metrics import Sums, sums_from_logits, sums_per_variant
-from analysis.scan import fxgraph
-from analysis.scan.context import LayerResult, ScanContext, kept_fraction
-from analysis.scan.device import arithmetic
-from analysis.scan.fast import FastState, distinct_masks, frontier_bytes, pruned_weights
-from analysis.scan.fast import run_with_weight as _logits_one
-from analysis.scan.fast import variant_logits as _variant_logits
-from analysis.scan.naive import run_layer_naive
+from analysis.sensitivity import fxgraph
+from analysis.sensitivity.context import LayerResult, ScanContext, kept_fraction
+from analysis.sensitivity.device import arithmetic
+from analysis.sensitivity.fast import (
+    FastState,
+    distinct_masks,
+    frontier_bytes,
+    pruned_weights,
+    run_with_weight,
+    variant_logits,
+)
+from analysis.sensitivity.naive import run_layer_naive
 
 Stats = dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
@@ -116,27 +121,23 @@ def run_layer(ctx: ScanContext, state: FastState, layer: Layer, shard: tuple[int
         if weights and not down_bn:
             for c, start in enumerate(chunks):
                 stop = min(start + chunk, hi)
-                logits = _variant_logits(ctx, gm, cut, recal.frontier[c], layer, weights)
-                parts = sums_per_variant(logits, ctx.dense_logits[start:stop], _labels(ctx, start, stop))
+                logits = variant_logits(ctx, gm, cut, recal.frontier[c], layer, weights)
+                parts = sums_per_variant(logits, ctx.dense_logits[start:stop], ctx.labels(start, stop))
                 totals = [t + p for t, p in zip(totals, parts)]
         for v, weight in enumerate(weights if down_bn else []):
             _reestimate(gm, cut, down_bn, recal.calib, layer, weight)
             for c, start in enumerate(chunks):
                 stop = min(start + chunk, hi)
-                logits = _logits_one(gm, cut.downstream, recal.frontier[c], layer, weight)
-                part = sums_from_logits(logits, ctx.dense_logits[start:stop], _labels(ctx, start, stop))
+                logits = run_with_weight(gm, cut.downstream, recal.frontier[c], layer, weight)
+                part = sums_from_logits(logits, ctx.dense_logits[start:stop], ctx.labels(start, stop))
                 totals[v] = totals[v] + part
     state.peak_cache_bytes = max(state.peak_cache_bytes, frontier_bytes(recal.calib + recal.frontier))
-    dense_sums = sums_from_logits(ctx.dense_logits[lo:hi], ctx.dense_logits[lo:hi], _labels(ctx, lo, hi))
+    dense_sums = sums_from_logits(ctx.dense_logits[lo:hi], ctx.dense_logits[lo:hi], ctx.labels(lo, hi))
     rows = []
     for sparsity, mask, v in zip(sparsities, layer_masks, slot):
         sums = dense_sums if v is None else totals[v]
         rows.append({"sparsity": sparsity, "actual_sparsity": 1.0 - kept_fraction(mask), **sums.to_dict()})
     return LayerResult(layer.name, (lo, hi), rows, time.perf_counter() - start_t)
-
-
-def _labels(ctx: ScanContext, start: int, stop: int) -> torch.Tensor | None:
-    return None if ctx.y is None else ctx.y[start:stop]
 
 
 def _recalibrated_stats(ctx: ScanContext) -> Stats:

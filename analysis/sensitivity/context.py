@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from analysis.core import criteria, masks
+from analysis.core.granularity import parse_granularity, supports
 from analysis.core.layers import Layer, find_layers, select_layers
 from analysis.core.metrics import Sums, predict, sums_from_logits
-from analysis.scan.config import ScanConfig
-from analysis.scan.device import arithmetic, check_device
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.device import arithmetic, check_device
 from analysis.workload.workload import Workload
 
 
@@ -98,12 +99,24 @@ class ScanContext:
                 self._masks[(layer.name, s)] = maker(s)
         return [self._masks[(layer.name, s)] for s in wanted]
 
+    def labels(self, start: int, stop: int) -> torch.Tensor | None:
+        """The labels of samples ``start:stop`` (``None`` without labels), to go with ``x[start:stop]``."""
+        return None if self.y is None else self.y[start:stop]
+
     def baseline(self) -> Sums:
         return sums_from_logits(self.dense_logits, self.dense_logits, self.y)
 
 
 def prepare(workload: Workload, config: ScanConfig) -> ScanContext:
-    """Validate the config against the model, find its layers, and compute the dense outputs and scores."""
+    """Validate the config against the model, find its layers, and compute the dense outputs and scores.
+
+    Example::
+
+        >>> from analysis import ScanConfig, load_workload, prepare
+        >>> ctx = prepare(load_workload("sample:digits-mlp", "sample:digits"), ScanConfig(sparsities=(0.5,)))
+        >>> [layer.name for layer in ctx.layers], ctx.config.sparsities
+        (['fc1', 'fc2', 'fc3'], (0.0, 0.5))
+    """
     config = config.validated()
     device = check_device(config.device)
     model = workload.model.to(device).eval()
@@ -114,18 +127,17 @@ def prepare(workload: Workload, config: ScanConfig) -> ScanContext:
         raise ValueError(f"{workload.model_spec} has no prunable layers (Conv, Linear or attention projections)"
                          + (f"; {', '.join(unsupported)}: {next(iter(unsupported.values()))}" if unsupported else ""))
     chosen = select_layers(all_layers, list(config.layers) if config.layers else None, unsupported)
-    gran = masks.parse_granularity(config.granularity)
-    skipped = {l.name: reason for l in chosen if (reason := masks.supports(gran, l.shape))}
+    gran = parse_granularity(config.granularity)
+    skipped = {l.name: reason for l in chosen if (reason := supports(gran, l.shape))}
     if config.layers and skipped:
         name, reason = next(iter(skipped.items()))
         raise ValueError(f"layer {name} cannot take granularity {gran}: {reason}")
     layers = [l for l in chosen if l.name not in skipped]
     if not config.layers:
         skipped.update(unsupported)
-    calib = min(len(x), config.calib_samples)
     with arithmetic("exact", device):
-        stats = criteria.collect_stats(model, layers, x[:calib], None if y is None else y[:calib],
-                                       config.criterion, config.batch_size, device)
+        stats = criteria.calibration_stats(model, layers, workload.data, config.criterion, config.calib_samples,
+                                           config.batch_size, device)
         dense = predict(model, x, config.batch_size, device)
     return ScanContext(model, x, y, dense, layers, skipped, config, stats, device)
 

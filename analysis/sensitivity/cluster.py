@@ -16,8 +16,6 @@ A worker that dies is restarted by Ray and its unfinished tasks run again (``max
 
 from __future__ import annotations
 
-import copy
-import io
 import logging
 import os
 import time
@@ -32,11 +30,12 @@ from torch import nn
 
 from analysis.core.criteria import CalibrationStats
 from analysis.core.layers import Layer
-from analysis.scan.backends import Backend, configured_address, data_shards
-from analysis.scan.config import ScanConfig
-from analysis.scan.context import LayerResult, ScanContext, combine_shards
-from analysis.scan.device import check_device
-from analysis.scan.engines import ENGINES
+from analysis.core.modules import copy_model, pack_model, unpack_model
+from analysis.sensitivity.backends import Backend, configured_address, data_shards
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.context import LayerResult, ScanContext, combine_shards
+from analysis.sensitivity.device import check_device
+from analysis.sensitivity.engines import ENGINES
 
 POLL_S = 0.5
 PACKAGE = Path(__file__).resolve().parents[1]  # the analysis package, shipped to the workers
@@ -90,7 +89,7 @@ class ScanWorker:
     def _load(self, shared: _Shared, data: _EvalSet) -> None:
         config = shared.config
         device = check_device("cuda" if config.device.startswith("cuda") else config.device)
-        self.ctx = ScanContext(model=_unpack_model(shared.model).to(device).eval(), x=_tensor(data.x),
+        self.ctx = ScanContext(model=unpack_model(shared.model).to(device).eval(), x=_tensor(data.x),
                                y=_tensor(data.y), dense_logits=_tensor(data.dense_logits), layers=shared.layers,
                                skipped=shared.skipped, config=config, stats=shared.stats, device=device)
         self.layers = {layer.name: layer for layer in shared.layers}
@@ -235,8 +234,8 @@ def _actor_options(config: ScanConfig, backend: Backend) -> dict:
 
 
 def _shared(ctx: ScanContext) -> _Shared:
-    model = ctx.model if ctx.device.type == "cpu" else copy.deepcopy(ctx.model).cpu()
-    return _Shared(_pack_model(model), ctx.layers, ctx.skipped, ctx.config, ctx.stats)
+    model = ctx.model if ctx.device.type == "cpu" else copy_model(ctx.model).cpu()
+    return _Shared(pack_model(model), ctx.layers, ctx.skipped, ctx.config, ctx.stats)
 
 
 def _array(t: torch.Tensor | None) -> np.ndarray | torch.Tensor | None:
@@ -257,21 +256,6 @@ def _tensor(a: np.ndarray | torch.Tensor | None) -> torch.Tensor | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(a)
-
-
-def _pack_model(model: nn.Module) -> nn.Module | bytes:
-    """TorchScript modules cannot be pickled: they travel as the bytes ``torch.jit.save`` writes."""
-    if isinstance(model, torch.jit.ScriptModule):
-        buf = io.BytesIO()
-        torch.jit.save(model, buf)
-        return buf.getvalue()
-    return model
-
-
-def _unpack_model(packed: nn.Module | bytes) -> nn.Module:
-    if isinstance(packed, bytes):
-        return torch.jit.load(io.BytesIO(packed), map_location="cpu")
-    return packed
 
 
 def describe(info: dict) -> str:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from analysis.scan.config import ScanConfig
-from analysis.scan.context import ScanContext, prepare
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.context import ScanContext, prepare
 from analysis.workload.workload import Workload
 
 BACKENDS = ("local", "ray")

@@ -23,7 +23,6 @@ exports TorchScript models. ``exporter="auto"`` tries the first and falls back t
 
 from __future__ import annotations
 
-import copy
 import gzip
 import math
 import statistics
@@ -38,12 +37,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from analysis.core import batchnorm, criteria, masks
+from analysis.core import batchnorm, criteria
 from analysis.core.data import EvalData
+from analysis.core.granularity import parse_granularity
 from analysis.core.layers import Layer, find_layers
+from analysis.core.masks import bake
 from analysis.core.metrics import as_class_scores, predict
+from analysis.core.modules import copy_model
 from analysis.schedule import coupling as shrink
 from analysis.schedule.schedule import Schedule
+from analysis.workload.onnx import fixed_batch, run_batched
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
 LATENCY_BATCHES = (1, 32)
@@ -140,22 +143,18 @@ class ExportReport:
 # -------------------------------------------------------------------------------------------------- pruning
 
 
+def check_shrinkable(schedule: Schedule) -> None:
+    """Only a structured schedule (channels) can be shrunk; anything else is exported masked."""
+    if not parse_granularity(schedule.granularity).structured:
+        raise ExportError(f"--shrink removes whole channels and needs channel granularity; this schedule has "
+                          f"{schedule.granularity}. Export it masked (without --shrink)")
+
+
 def _calibration(model: nn.Module, layers: list[Layer], schedule: Schedule, data: EvalData, calib_samples: int,
                  device: str | torch.device) -> criteria.CalibrationStats | None:
     if schedule.criterion not in criteria.CALIBRATED:
         return None
-    n = min(calib_samples, len(data))
-    y = None if data.y is None else data.y[:n]
-    return criteria.collect_stats(model, layers, data.x[:n], y, schedule.criterion, device=device)
-
-
-def _bake(model: nn.Module, keep: dict[str, torch.Tensor]) -> None:
-    """Zero the masked weights of ``model`` for good (export needs a permanently pruned copy)."""
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, mask in keep.items():
-            weight = params[name]
-            weight.masked_fill_(~mask.to(weight.device), 0)
+    return criteria.calibration_stats(model, layers, data, schedule.criterion, calib_samples, device=device)
 
 
 # ---------------------------------------------------------------------------------------------------- ONNX
@@ -278,8 +277,6 @@ def _session(path: Path, threads: int):  # noqa: ANN202 - an onnxruntime.Inferen
 def run_onnx(path: str | Path, x: torch.Tensor, batch_size: int = 32, threads: int = 1) -> torch.Tensor:
     """The file's first output for ``x`` in ONNX Runtime, batched (a graph exported for a fixed batch size runs
     in batches of that size)."""
-    from analysis.workload.onnx import fixed_batch, run_batched
-
     session = _session(Path(path), threads)
     name = session.get_inputs()[0].name
     out = run_batched(lambda xb: session.run(None, {name: xb})[0], x.cpu().numpy(), fixed_batch(session), batch_size)
@@ -323,8 +320,6 @@ def latency(paths: dict[str, Path], inputs: np.ndarray, batches: tuple[int, ...]
     fill a batch. Each repeat runs every file once, in an order that alternates between repeats, so a slow spell
     of the machine hits all of them alike. Returns columns ``model, batch, median_ms, min_ms, repeats, threads``.
     """
-    from analysis.workload.onnx import fixed_batch
-
     sessions = {name: _session(Path(p), threads) for name, p in paths.items()}
     fixed = {fixed_batch(s) for s in sessions.values()} - {None}
     rows = []
@@ -348,151 +343,201 @@ def latency(paths: dict[str, Path], inputs: np.ndarray, batches: tuple[int, ...]
 # -------------------------------------------------------------------------------------------------- export
 
 
-def export(
-    model: nn.Module,
-    schedule: Schedule,
-    data: EvalData,
-    out: str | Path,
-    *,
-    shrink_channels: bool = False,
-    bn_recalibrate: bool = False,
-    model_spec: str = "",
-    exporter: str = "auto",
-    tolerance: float = 1e-3,
-    verify_samples: int = 256,
-    measure_latency: bool = True,
-    threads: int = 1,
-    repeats: int = 20,
-    calib_samples: int = 256,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-) -> ExportReport:
+@dataclass(frozen=True)
+class ExportOptions:
+    """How an export runs; checked at the door (``checked``).
+
+    ``shrink_channels`` removes a channel schedule's channels for real; ``bn_recalibrate`` re-estimates BatchNorm
+    statistics after pruning (on the first ``calib_samples`` inputs); ``exporter`` is ``auto`` (dynamo, then
+    TorchScript), ``dynamo`` or ``torchscript``; verification compares ``verify_samples`` outputs and fails past
+    ``tolerance`` (relative to the largest output); latency runs ``repeats`` interleaved repeats on ``threads``
+    ONNX Runtime threads unless ``measure_latency`` is off."""
+
+    shrink_channels: bool = False
+    bn_recalibrate: bool = False
+    exporter: str = "auto"
+    tolerance: float = 1e-3
+    verify_samples: int = 256
+    measure_latency: bool = True
+    threads: int = 1
+    repeats: int = 20
+    calib_samples: int = 256
+    seed: int = 0
+    device: str | torch.device = "cpu"
+
+    def checked(self, out: Path, data: EvalData) -> "ExportOptions":
+        if out.suffix != ".onnx":
+            raise ExportError(f"the output file must end in .onnx, got {out}")
+        if self.exporter not in EXPORTERS:
+            raise ExportError(f"unknown exporter {self.exporter!r}; choose one of {', '.join(EXPORTERS)}")
+        if not (self.tolerance >= 0):
+            raise ExportError(f"tolerance must be a non-negative number, got {self.tolerance!r}")
+        if len(data) == 0:
+            raise ExportError(f"the data {data.spec} holds no samples")
+        if self.verify_samples < 1:
+            raise ExportError(f"verify_samples must be at least 1, got {self.verify_samples}")
+        return self
+
+
+@dataclass
+class _Pruned:
+    """What pruning a copy of the model gave: the model to export, the reference a shrunk one is checked against,
+    the schedule exported, the coupled channel groups and what the user should know."""
+
+    model: nn.Module
+    reference: nn.Module | None
+    schedule: Schedule
+    groups: list[shrink.ChannelGroup]
+    out_channels: dict[str, tuple[int, int]]
+    bn_count: int
+    notes: list[str]
+
+
+class _Clock:
+    """Seconds per step of an export, for the report."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._start, 3)
+        self._start = now
+
+
+def export(model: nn.Module, schedule: Schedule, data: EvalData, out: str | Path, *, model_spec: str = "",
+           **options: object) -> ExportReport:
     """Export ``model`` pruned by ``schedule`` to ``out`` (``.onnx``), verify it, measure it, write the summary.
 
-    ``model`` is not changed. ``data`` supplies the example input, the calibration batches (taylor and
-    activation criteria, BatchNorm recalibration) and the verification batches. Raises ``ExportError`` (or
-    ``ScheduleError``/``ShrinkError``) for what cannot be exported and ``VerificationError`` when the file
-    does not match the PyTorch pruned model within ``tolerance`` (relative to the largest output); the
-    rejected file is then moved aside to ``NAME.rejected.onnx``.
+    ``options`` are ``ExportOptions``'s fields. ``model`` is not changed. ``data`` supplies the example input, the
+    calibration batches (taylor and activation criteria, BatchNorm recalibration) and the verification batches.
+    Raises ``ExportError`` (or ``ScheduleError``/``ShrinkError``) for what cannot be exported and
+    ``VerificationError`` when the file does not match the PyTorch pruned model within the tolerance; the rejected
+    file is then moved aside to ``NAME.rejected.onnx``.
+
+    Example::
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from analysis import Schedule, export, load_workload
+        >>> workload = load_workload("sample:digits-mlp", "sample:digits", count=64)
+        >>> out = Path(tempfile.mkdtemp()) / "mlp.onnx"
+        >>> report = export(workload.model, Schedule({"fc1": 0.5}), workload.data, out, measure_latency=False)
+        >>> report.mode, all(v.passed for v in report.verifications), out.is_file()
+        ('masked', True, True)
     """
     out = Path(out)
-    if out.suffix != ".onnx":
-        raise ExportError(f"the output file must end in .onnx, got {out}")
-    if exporter not in EXPORTERS:
-        raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
-    if not (tolerance >= 0):
-        raise ExportError(f"tolerance must be a non-negative number, got {tolerance!r}")
-    if len(data) == 0:
-        raise ExportError(f"the data {data.spec} holds no samples")
-    if verify_samples < 1:
-        raise ExportError(f"verify_samples must be at least 1, got {verify_samples}")
-    clock = {"start": time.perf_counter()}
-    seconds: dict[str, float] = {}
-
-    def lap(name: str) -> None:
-        now = time.perf_counter()
-        seconds[name] = round(now - clock["start"], 3)
-        clock["start"] = now
-
-    work = copy.deepcopy(model).to(device).eval()
+    opts = ExportOptions(**options).checked(out, data)
+    clock = _Clock()
+    work = copy_model(model).to(opts.device).eval()
     example = data.x[:2] if len(data) > 1 else data.x[:1].repeat(2, *([1] * (data.x.dim() - 1)))
-    layers = find_layers(work, example[:1].to(device))
+    layers = find_layers(work, example[:1].to(opts.device))
     schedule.validate(layers)
-    if shrink_channels and schedule.granularity != "channel":
-        raise ExportError(f"--shrink removes whole channels and needs channel granularity; this schedule has "
-                          f"{schedule.granularity}. Export it masked (without --shrink)")
-    stats = _calibration(work, layers, schedule, data, calib_samples, device)
-    calib = data.x[: max(calib_samples, 1)]
-    notes: list[str] = []
-    groups: list[shrink.ChannelGroup] = []
-    bn_count = 0
-    lap("prepare")
-
-    if shrink_channels:
-        plan = shrink.plan(work, layers, schedule, example[:1], stats, seed)
-        reference = plan.masked(work)
-        if bn_recalibrate:
-            bn_count = batchnorm.recalibrate(reference, calib, device=device)
-        pruned = plan.apply(reference.cpu())
-        reference = reference.cpu().eval()
-        groups = plan.groups
-        exported = plan.effective_sparsities()
-        kept_schedule = Schedule(exported, schedule.criterion, "channel",
-                                 {**schedule.meta, "export": {"mode": "shrunk", "requested": dict(schedule.sparsities),
-                                                              "coupled_groups": [g.to_dict() for g in groups
-                                                                                 if g.note],
-                                                              "removed_channels": plan.removed_channels}})
-        for g in groups:
-            if g.note and g.removed != round(max(g.requested.values()) * g.channels):
-                notes.append(f"{', '.join(g.layers)}: {g.note}; exported {g.sparsity:.3g} "
-                             f"(asked {', '.join(f'{v:g}' for v in g.requested.values())})")
-    else:
-        keep = schedule.masks(work, layers, stats, seed)
-        _bake(work, keep)
-        if bn_recalibrate:
-            bn_count = batchnorm.recalibrate(work, calib, device=device)
-        pruned = work.cpu().eval()
-        reference = None
-        kept_schedule = Schedule(dict(schedule.sparsities), schedule.criterion, schedule.granularity,
-                                 {**schedule.meta, "export": {"mode": "masked"}})
-    if bn_recalibrate and bn_count == 0:
-        notes.append("the model has no BatchNorm: recalibration did not apply")
-    lap("prune")
-
-    tmp = tempfile.TemporaryDirectory(prefix="prunescope-export-")
-    try:
-        used = to_onnx(pruned, example, out, exporter)
-        lap("export")
-        x_verify = data.x[:verify_samples]
-        torch_logits = predict(pruned, x_verify, batch_size=64)
-        verifications = [compare(run_onnx(out, x_verify, threads=threads), torch_logits, tolerance,
-                                 ("onnxruntime", "pytorch pruned model"))]
-        single = run_onnx(out, x_verify[:1], batch_size=1, threads=threads)
-        verifications.append(compare(single, torch_logits[:1], tolerance, ("onnxruntime batch 1", "pytorch pruned model")))
-        if reference is not None:
-            verifications.append(compare(torch_logits, predict(reference, x_verify, batch_size=64), tolerance,
-                                         ("pytorch shrunk model", "masked reference")))
-        table = _layer_table(out, layers, schedule, kept_schedule, pruned, shrink_channels,
-                             plan.out_channels if shrink_channels else {})
-        failed = [v for v in verifications if not v.passed]
-        problems = _weight_problems(table, schedule)
-        if failed or problems:
-            rejected = out.with_suffix(".rejected.onnx")
-            out.replace(rejected)
-            lines = [f"{v.candidate} vs {v.reference}: max abs diff {v.max_abs:.3g}, max rel diff {v.max_rel:.3g} "
-                     f"> tolerance {v.tolerance:g} (top-1 agreement {v.top1_agreement:.4f})" for v in failed]
-            raise VerificationError("export failed verification: " + "; ".join(lines + problems)
-                                    + f"; the file was moved to {rejected}")
-        lap("verify")
-
-        dense_path = Path(tmp.name) / "dense.onnx"
-        to_onnx(copy.deepcopy(model).cpu().eval(), example, dense_path, used)
-        dense_cost, pruned_cost = file_cost(dense_path), file_cost(out)
-        lap("dense export and sizes")
+    if opts.shrink_channels:
+        check_shrinkable(schedule)
+    clock.lap("prepare")
+    pruned = _prune(work, layers, schedule, data, example, opts)
+    clock.lap("prune")
+    with tempfile.TemporaryDirectory(prefix="prunescope-export-") as tmp:
+        used = to_onnx(pruned.model, example, out, opts.exporter)
+        clock.lap("export")
+        x_verify = data.x[:opts.verify_samples]
+        torch_logits = predict(pruned.model, x_verify, batch_size=64)
+        verifications = _verify(out, pruned, x_verify, torch_logits, opts)
+        table = _layer_table(out, layers, schedule, pruned.schedule, pruned.model, opts.shrink_channels,
+                             pruned.out_channels)
+        _reject_failures(out, verifications, _weight_problems(table, schedule))
+        clock.lap("verify")
+        dense_path = Path(tmp) / "dense.onnx"
+        to_onnx(copy_model(model).cpu().eval(), example, dense_path, used)
+        costs = file_cost(dense_path), file_cost(out)
+        clock.lap("dense export and sizes")
         timing = None
-        if measure_latency:
+        if opts.measure_latency:
             timing = latency({"dense": dense_path, "pruned": out}, data.x[:max(LATENCY_BATCHES)].numpy(),
-                             threads=threads, repeats=repeats)
-            lap("latency")
-    finally:
-        tmp.cleanup()
-
-    quality = _quality(model, pruned, x_verify, data.y[:verify_samples] if data.y is not None else None, torch_logits)
+                             threads=opts.threads, repeats=opts.repeats)
+            clock.lap("latency")
+    quality = _quality(model, pruned.model, x_verify, None if data.y is None else data.y[:opts.verify_samples],
+                       torch_logits)
     report = ExportReport(
         onnx_path=out, schedule_path=out.with_suffix(".schedule.json"), summary_path=out.with_suffix(".md"),
-        model_spec=model_spec, data_spec=data.spec, mode="shrunk" if shrink_channels else "masked",
-        criterion=schedule.criterion, granularity=schedule.granularity, exporter=used, schedule=kept_schedule,
-        requested=dict(schedule.sparsities), layers=table, groups=groups, verifications=verifications,
-        dense=dense_cost, pruned=pruned_cost, latency=timing, threads=threads, quality=quality,
-        bn_recalibrated=bn_count, seconds=seconds, notes=notes)
-    kept_schedule.save(report.schedule_path)
+        model_spec=model_spec, data_spec=data.spec, mode="shrunk" if opts.shrink_channels else "masked",
+        criterion=schedule.criterion, granularity=schedule.granularity, exporter=used, schedule=pruned.schedule,
+        requested=dict(schedule.sparsities), layers=table, groups=pruned.groups, verifications=verifications,
+        dense=costs[0], pruned=costs[1], latency=timing, threads=opts.threads, quality=quality,
+        bn_recalibrated=pruned.bn_count, seconds=clock.seconds, notes=pruned.notes)
+    pruned.schedule.save(report.schedule_path)
     report.summary_path.write_text(report.to_markdown())
     return report
 
 
+def _prune(work: nn.Module, layers: list[Layer], schedule: Schedule, data: EvalData, example: torch.Tensor,
+           opts: ExportOptions) -> _Pruned:
+    """``work`` pruned by ``schedule``: masked in place, or (``shrink_channels``) its channels removed."""
+    stats = _calibration(work, layers, schedule, data, opts.calib_samples, opts.device)
+    calib = data.x[: max(opts.calib_samples, 1)]
+    if opts.shrink_channels:
+        return _shrunk(work, layers, schedule, example, stats, calib, opts)
+    bake(work, schedule.masks(work, layers, stats, opts.seed))
+    bn_count = batchnorm.recalibrate(work, calib, device=opts.device) if opts.bn_recalibrate else 0
+    kept = Schedule(dict(schedule.sparsities), schedule.criterion, schedule.granularity,
+                    {**schedule.meta, "export": {"mode": "masked"}})
+    return _Pruned(work.cpu().eval(), None, kept, [], {}, bn_count, _bn_notes(opts, bn_count))
+
+
+def _shrunk(work: nn.Module, layers: list[Layer], schedule: Schedule, example: torch.Tensor,
+            stats: criteria.CalibrationStats | None, calib: torch.Tensor, opts: ExportOptions) -> _Pruned:
+    plan = shrink.plan(work, layers, schedule, example[:1], stats, opts.seed)
+    reference = plan.masked(work)
+    bn_count = batchnorm.recalibrate(reference, calib, device=opts.device) if opts.bn_recalibrate else 0
+    small = plan.apply(reference.cpu())
+    groups = plan.groups
+    kept = Schedule(plan.effective_sparsities(), schedule.criterion, "channel",
+                    {**schedule.meta, "export": {"mode": "shrunk", "requested": dict(schedule.sparsities),
+                                                 "coupled_groups": [g.to_dict() for g in groups if g.note],
+                                                 "removed_channels": plan.removed_channels}})
+    notes = [f"{', '.join(g.layers)}: {g.note}; exported {g.sparsity:.3g} "
+             f"(asked {', '.join(f'{v:g}' for v in g.requested.values())})"
+             for g in groups if g.note and g.removed != round(max(g.requested.values()) * g.channels)]
+    return _Pruned(small, reference.cpu().eval(), kept, groups, plan.out_channels, bn_count,
+                   notes + _bn_notes(opts, bn_count))
+
+
+def _bn_notes(opts: ExportOptions, bn_count: int) -> list[str]:
+    return ["the model has no BatchNorm: recalibration did not apply"] if opts.bn_recalibrate and not bn_count else []
+
+
+def _verify(out: Path, pruned: _Pruned, x: torch.Tensor, torch_logits: torch.Tensor,
+            opts: ExportOptions) -> list[Verification]:
+    """The file in ONNX Runtime against the PyTorch pruned model (batched, and at batch 1), and a shrunk model
+    against its masked reference."""
+    checks = [compare(run_onnx(out, x, threads=opts.threads), torch_logits, opts.tolerance,
+                      ("onnxruntime", "pytorch pruned model")),
+              compare(run_onnx(out, x[:1], batch_size=1, threads=opts.threads), torch_logits[:1], opts.tolerance,
+                      ("onnxruntime batch 1", "pytorch pruned model"))]
+    if pruned.reference is not None:
+        checks.append(compare(torch_logits, predict(pruned.reference, x, batch_size=64), opts.tolerance,
+                              ("pytorch shrunk model", "masked reference")))
+    return checks
+
+
+def _reject_failures(out: Path, verifications: list[Verification], problems: list[str]) -> None:
+    """Move a file that failed verification aside and raise ``VerificationError`` saying why."""
+    failed = [v for v in verifications if not v.passed]
+    if not failed and not problems:
+        return
+    rejected = out.with_suffix(".rejected.onnx")
+    out.replace(rejected)
+    lines = [f"{v.candidate} vs {v.reference}: max abs diff {v.max_abs:.3g}, max rel diff {v.max_rel:.3g} "
+             f"> tolerance {v.tolerance:g} (top-1 agreement {v.top1_agreement:.4f})" for v in failed]
+    raise VerificationError("export failed verification: " + "; ".join(lines + problems)
+                            + f"; the file was moved to {rejected}")
+
+
 def _quality(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, y: torch.Tensor | None,
              pruned_logits: torch.Tensor) -> dict[str, float | None]:
-    dense_logits = predict(copy.deepcopy(dense).cpu().eval(), x, batch_size=64)
+    dense_logits = predict(copy_model(dense).cpu().eval(), x, batch_size=64)
     pred, dense_pred = pruned_logits.argmax(-1), dense_logits.argmax(-1)
     return {
         "samples": int(len(x)),
@@ -509,7 +554,7 @@ def _layer_table(path: Path, layers: list[Layer], requested: Schedule, exported:
     weights = {l.name: params[l.param_name].detach() for l in layers}
     shapes = {name: tuple(w.shape) for name, w in weights.items()}
     stored = onnx_weights(path, layers, shapes)
-    gran = masks.parse_granularity(requested.granularity)
+    gran = parse_granularity(requested.granularity)
     rows = []
     for layer in layers:
         w = stored.get(layer.name)
@@ -521,8 +566,8 @@ def _layer_table(path: Path, layers: list[Layer], requested: Schedule, exported:
             before, after = out_channels.get(layer.name, (layer.shape[0], layer.shape[0]))
             row.update(out_channels=before, out_channels_kept=after,
                        onnx_out_channels=int(w.shape[0]) if w is not None else None)
-        if gran.kind == "nm":
-            row["nm_ok"] = masks.is_nm(torch.from_numpy(np.array(w)), gran.n, gran.m) if w is not None else None
+        if gran.has_pattern:
+            row["nm_ok"] = gran.pattern_holds(torch.from_numpy(np.array(w))) if w is not None else None
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -530,7 +575,7 @@ def _layer_table(path: Path, layers: list[Layer], requested: Schedule, exported:
 def _weight_problems(table: pd.DataFrame, schedule: Schedule) -> list[str]:
     """What the weights read back from the file contradict in the schedule."""
     problems = []
-    gran = masks.parse_granularity(schedule.granularity)
+    gran = parse_granularity(schedule.granularity)
     for row in table.itertuples():
         pruned = row.exported > 0 or row.requested > 0
         if not pruned:
@@ -542,7 +587,7 @@ def _weight_problems(table: pd.DataFrame, schedule: Schedule) -> list[str]:
             if row.onnx_out_channels != row.out_channels_kept:
                 problems.append(f"layer {row.layer} has {row.onnx_out_channels} output channels in the file, "
                                 f"expected {row.out_channels_kept}")
-        elif gran.kind == "nm":
+        elif gran.has_pattern:
             if not row.nm_ok:
                 problems.append(f"layer {row.layer} lost its {gran} pattern in the file")
         elif row.onnx_zero_fraction < row.torch_zero_fraction:

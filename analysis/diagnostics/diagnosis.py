@@ -42,8 +42,7 @@ the units pruning killed. Unit indices are space-separated in the ``indices_*`` 
 re-estimated BatchNorm statistics (``batchnorm.recalibrate``), and the share of the drop it gives back. A
 model without BatchNorm gets a summary that says recalibration does not apply.
 
-**Criterion comparison** (``compare_criteria``): several profiles (scans with different criteria) side by
-side, one row per (layer, sparsity), one column per criterion.
+Several scans with different criteria side by side: ``diagnose.compare.compare_criteria``.
 """
 
 from __future__ import annotations
@@ -61,6 +60,7 @@ from torch import nn
 
 from analysis.core import batchnorm, masks
 from analysis.core.dispatch import EagerDispatchMode, storage_key
+from analysis.core.granularity import check_sparsity
 from analysis.core.layers import Layer, decomposed_attention, find_layers
 from analysis.core.metrics import Sums, class_scores, evaluate, sums_from_logits
 from analysis.core.ops import (
@@ -78,8 +78,9 @@ from analysis.core.ops import (
     weight_operand,
 )
 from analysis.core.version import environment
-from analysis.scan.config import ScanConfig
-from analysis.scan.context import ScanContext, prepare
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.context import ScanContext, prepare
+from analysis.workload.onnx import refuse
 from analysis.workload.workload import Workload
 
 LOGITS = "logits"
@@ -424,6 +425,23 @@ class Diagnosis:
         (out / "diagnose.json").write_text(json.dumps(self.summary, indent=2, default=str) + "\n")
         return out
 
+    @classmethod
+    def load(cls, folder: str | Path) -> "Diagnosis":
+        """A diagnosis read back from a folder ``save`` (``prunescope diagnose``) wrote."""
+        folder = Path(folder)
+        names = ("activation_shift.csv", "dead_neurons.csv", "bn_recalibration.csv")
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise ValueError(f"{folder} is not a diagnose folder: {', '.join(missing)} missing")
+        tables = []
+        for n in names:
+            try:
+                tables.append(pd.read_csv(folder / n, dtype={"indices_created": str, "layer": str, "observed": str}))
+            except pd.errors.EmptyDataError:
+                tables.append(pd.DataFrame())
+        summary = json.loads((folder / "diagnose.json").read_text()) if (folder / "diagnose.json").is_file() else {}
+        return cls(*tables, summary)
+
 
 def _indices(mask: torch.Tensor) -> str:
     return " ".join(str(i) for i in torch.nonzero(mask).flatten().tolist())
@@ -446,7 +464,7 @@ def _dead_row(layer: str, sparsity: float, observed: str, kind: str, before: tor
 
 def requested_sparsities(config: ScanConfig) -> list[float]:
     """The sparsities a diagnosis runs: the config's, after validation, with 0 only when asked for."""
-    asked_zero = any(masks.check_sparsity(s) == 0.0 for s in config.sparsities)
+    asked_zero = any(check_sparsity(s) == 0.0 for s in config.sparsities)
     values = list(config.validated().sparsities)
     return [s for s in values if s > 0.0 or asked_zero]
 
@@ -457,88 +475,140 @@ def diagnose(workload: Workload, config: ScanConfig, calib_x: torch.Tensor | Non
 
     ``calib_x`` are the inputs BatchNorm recalibration re-estimates its statistics on (default: the eval
     inputs; only the inputs are used, never labels); ``config.bn_batches`` batches of ``config.batch_size``.
-    """
-    from analysis.workload.onnx import refuse
 
+    Example::
+
+        >>> from analysis import ScanConfig, diagnose, load_workload
+        >>> workload = load_workload("sample:digits-cnn", "sample:digits", count=128)
+        >>> d = diagnose(workload, ScanConfig(layers=("block2.0",), sparsities=(0.5,), granularity="channel"))
+        >>> sorted(set(d.shift["observed"]))
+        ['block2.0', 'block3.0', 'fc', 'logits']
+    """
     refuse(workload.model, "diagnose", "it records the activations inside the model")
     t0 = time.perf_counter()
     sparsities = requested_sparsities(config)
     ctx = context or prepare(workload, config)
-    cfg = ctx.config
-    model, device = ctx.model, ctx.device
-    index = {s: i for i, s in enumerate(cfg.sparsities)}
-    cells = [(layer, s, ctx.masks_for(layer)[index[s]]) for layer in ctx.layers for s in sparsities]
-    all_layers = find_layers(model, ctx.x[:1].to(device))
-    order = {l.name: i for i, l in enumerate(all_layers)}
-    watched = {storage_key(l.weight(model)): l.name for l in all_layers}
-    downstream = {layer.name: [l.name for l in all_layers if order[l.name] >= order[layer.name]]
-                  for layer in ctx.layers}
-
-    shifts: dict[tuple[int, str], _Shift] = {}
-    const_dense: dict[str, _Constancy] = {}
-    const_pruned: dict[tuple[int, str], _Constancy] = {}
-    sums: dict[int, Sums] = {}
+    plan = _Plan.of(ctx, sparsities)
     t_shift = time.perf_counter()
-    with torch.inference_mode(), decomposed_attention():
-        for start in range(0, len(ctx.x), cfg.batch_size):
-            xb = ctx.x[start : start + cfg.batch_size].to(device)
-            yb = None if ctx.y is None else ctx.y[start : start + cfg.batch_size]
-            dense_out: dict[str, tuple[torch.Tensor, int]] = {}
-            obs = _Observer(watched, lambda name, out, dim: dense_out.__setitem__(name, (out.detach().clone(), dim)))
-            with obs:
-                dense_logits = class_scores(model(xb)).float()
-            for name, (lo, hi, ch) in obs.ends.items():
-                const_dense.setdefault(name, _Constancy()).add(lo, hi, ch)
-            for i, (layer, sparsity, mask) in enumerate(cells):
-                wanted = set(downstream[layer.name])
-
-                def compare(name: str, out: torch.Tensor, dim: int, i: int = i, wanted: set = wanted) -> None:
-                    if name in wanted and name in dense_out:
-                        shifts.setdefault((i, name), _Shift()).add(dense_out[name][0], out, dim)
-
-                obs = _Observer(watched, compare)
-                with masks.applied(model, {layer.param_name: mask}), obs:
-                    logits = class_scores(model(xb)).float()
-                shifts.setdefault((i, LOGITS), _Shift()).add(dense_logits, logits, logits.dim() - 1)
-                sums[i] = sums.get(i, Sums(labelled=yb is not None)) + sums_from_logits(logits, dense_logits, yb)
-                for name, (lo, hi, ch) in obs.ends.items():
-                    if name in wanted:
-                        const_pruned.setdefault((i, name), _Constancy()).add(lo, hi, ch)
+    seen = _observe(ctx, plan)
     shift_s = time.perf_counter() - t_shift
-
-    shift_rows, dead_rows = [], []
     t_struct = time.perf_counter()
-    example = ctx.x[:1].to(device)
-    struct_dense = structural_dead(model, all_layers, example)
-    for i, (layer, sparsity, mask) in enumerate(cells):
-        for name in [*downstream[layer.name], LOGITS]:
-            if (i, name) in shifts:
-                shift_rows.append({"layer": layer.name, "sparsity": sparsity, "observed": name,
-                                   "distance": (order[name] - order[layer.name]) if name in order else len(all_layers) - order[layer.name],
-                                   **shifts[(i, name)].row()})
-        with masks.applied(model, {layer.param_name: mask}):
-            struct_after = structural_dead(model, all_layers, example)
-        for name in downstream[layer.name]:
-            if name in struct_dense and name in struct_after:
-                dead_rows.append(_dead_row(layer.name, sparsity, name, "structural", struct_dense[name],
-                                           struct_after[name]))
-            if name in const_dense and (i, name) in const_pruned:
-                c_before, z_before = const_dense[name].dead()
-                c_after, z_after = const_pruned[(i, name)].dead()
-                dead_rows.append(_dead_row(layer.name, sparsity, name, "functional", c_before, c_after,
-                                           z_before, z_after))
+    shift, dead = _shift_table(plan, seen), _dead_table(ctx, plan, seen)
     struct_s = time.perf_counter() - t_struct
-
     t_recal = time.perf_counter()
-    recal = recalibration_table(ctx, cells, sums, calib_x, enabled=recalibration)
+    recal = recalibration_table(ctx, plan.cells, seen.sums, calib_x, enabled=recalibration)
     recal_s = time.perf_counter() - t_recal
-
-    shift = pd.DataFrame(shift_rows)
-    dead = pd.DataFrame(dead_rows)
     summary = _summary(workload, ctx, sparsities, shift, dead, recal, {
         "prepare_s": round(t_shift - t0, 4), "shift_s": round(shift_s, 4), "dead_s": round(struct_s, 4),
         "recalibration_s": round(recal_s, 4), "total_s": round(time.perf_counter() - t0, 4)})
     return Diagnosis(shift, dead, recal.table, summary)
+
+
+@dataclass
+class _Plan:
+    """What a diagnosis runs: the (layer, sparsity, mask) cells, every layer of the model in forward order, the
+    weights to watch (by storage) and, for each diagnosed layer, the layers at or after it."""
+
+    cells: list[tuple[Layer, float, torch.Tensor]]
+    all_layers: list[Layer]
+    order: dict[str, int]
+    watched: dict[object, str]
+    downstream: dict[str, list[str]]
+
+    @classmethod
+    def of(cls, ctx: ScanContext, sparsities: list[float]) -> "_Plan":
+        index = {s: i for i, s in enumerate(ctx.config.sparsities)}
+        cells = [(layer, s, ctx.masks_for(layer)[index[s]]) for layer in ctx.layers for s in sparsities]
+        all_layers = find_layers(ctx.model, ctx.x[:1].to(ctx.device))
+        order = {l.name: i for i, l in enumerate(all_layers)}
+        watched = {storage_key(l.weight(ctx.model)): l.name for l in all_layers}
+        downstream = {layer.name: [l.name for l in all_layers if order[l.name] >= order[layer.name]]
+                      for layer in ctx.layers}
+        return cls(cells, all_layers, order, watched, downstream)
+
+    def distance(self, layer: str, observed: str) -> int:
+        """How many layers after ``layer`` the ``observed`` output sits (the logits count as after the last)."""
+        return self.order.get(observed, len(self.all_layers)) - self.order[layer]
+
+
+@dataclass
+class _Seen:
+    """What one pass over the eval set observed: activation shifts per (cell, observed layer), constancy of each
+    output dense and per cell, and the logit sums per cell."""
+
+    shifts: dict[tuple[int, str], _Shift] = field(default_factory=dict)
+    const_dense: dict[str, _Constancy] = field(default_factory=dict)
+    const_pruned: dict[tuple[int, str], _Constancy] = field(default_factory=dict)
+    sums: dict[int, Sums] = field(default_factory=dict)
+
+
+def _observe(ctx: ScanContext, plan: _Plan) -> _Seen:
+    """Run the eval set once: per batch, the dense model, then every cell with its mask applied."""
+    seen, model, cfg = _Seen(), ctx.model, ctx.config
+    with torch.inference_mode(), decomposed_attention():
+        for start in range(0, len(ctx.x), cfg.batch_size):
+            xb = ctx.x[start : start + cfg.batch_size].to(ctx.device)
+            yb = ctx.labels(start, start + cfg.batch_size)
+            dense_out: dict[str, tuple[torch.Tensor, int]] = {}
+            obs = _Observer(plan.watched,
+                            lambda name, out, dim: dense_out.__setitem__(name, (out.detach().clone(), dim)))
+            with obs:
+                dense_logits = class_scores(model(xb)).float()
+            for name, (lo, hi, ch) in obs.ends.items():
+                seen.const_dense.setdefault(name, _Constancy()).add(lo, hi, ch)
+            for i, (layer, _, mask) in enumerate(plan.cells):
+                _observe_cell(seen, plan, i, layer, mask, model, xb, yb, dense_out, dense_logits)
+    return seen
+
+
+def _observe_cell(seen: _Seen, plan: _Plan, i: int, layer: Layer, mask: torch.Tensor, model: nn.Module,
+                  xb: torch.Tensor, yb: torch.Tensor | None, dense_out: dict, dense_logits: torch.Tensor) -> None:
+    """One batch through the model with cell ``i``'s mask, compared with the dense outputs."""
+    wanted = set(plan.downstream[layer.name])
+
+    def compare(name: str, out: torch.Tensor, dim: int) -> None:
+        if name in wanted and name in dense_out:
+            seen.shifts.setdefault((i, name), _Shift()).add(dense_out[name][0], out, dim)
+
+    obs = _Observer(plan.watched, compare)
+    with masks.applied(model, {layer.param_name: mask}), obs:
+        logits = class_scores(model(xb)).float()
+    seen.shifts.setdefault((i, LOGITS), _Shift()).add(dense_logits, logits, logits.dim() - 1)
+    seen.sums[i] = seen.sums.get(i, Sums(labelled=yb is not None)) + sums_from_logits(logits, dense_logits, yb)
+    for name, (lo, hi, ch) in obs.ends.items():
+        if name in wanted:
+            seen.const_pruned.setdefault((i, name), _Constancy()).add(lo, hi, ch)
+
+
+def _shift_table(plan: _Plan, seen: _Seen) -> pd.DataFrame:
+    """One row per (cell, observed layer or the logits): how far the activations moved."""
+    rows = []
+    for i, (layer, sparsity, _) in enumerate(plan.cells):
+        for name in [*plan.downstream[layer.name], LOGITS]:
+            if (i, name) in seen.shifts:
+                rows.append({"layer": layer.name, "sparsity": sparsity, "observed": name,
+                             "distance": plan.distance(layer.name, name), **seen.shifts[(i, name)].row()})
+    return pd.DataFrame(rows)
+
+
+def _dead_table(ctx: ScanContext, plan: _Plan, seen: _Seen) -> pd.DataFrame:
+    """One row per (cell, observed layer, kind): units dead before and after pruning, structurally (from the
+    weights) and functionally (constant over the eval set)."""
+    rows, model, example = [], ctx.model, ctx.x[:1].to(ctx.device)
+    struct_dense = structural_dead(model, plan.all_layers, example)
+    for i, (layer, sparsity, mask) in enumerate(plan.cells):
+        with masks.applied(model, {layer.param_name: mask}):
+            struct_after = structural_dead(model, plan.all_layers, example)
+        for name in plan.downstream[layer.name]:
+            if name in struct_dense and name in struct_after:
+                rows.append(_dead_row(layer.name, sparsity, name, "structural", struct_dense[name],
+                                      struct_after[name]))
+            if name in seen.const_dense and (i, name) in seen.const_pruned:
+                c_before, z_before = seen.const_dense[name].dead()
+                c_after, z_after = seen.const_pruned[(i, name)].dead()
+                rows.append(_dead_row(layer.name, sparsity, name, "functional", c_before, c_after,
+                                      z_before, z_after))
+    return pd.DataFrame(rows)
 
 
 @dataclass
@@ -582,8 +652,9 @@ def recalibration_table(ctx: ScanContext, cells: list[tuple[Layer, float, torch.
             "loss_pruned": before["loss"], "loss_recalibrated": after["loss"],
             "kl_pruned": before["kl"], "kl_recalibrated": after["kl"],
         })
-    return Recalibration(True, f"re-estimated {count} BatchNorm layers on {min(len(calib), cfg.bn_batches * cfg.batch_size)} "
-                               "calibration inputs", pd.DataFrame(rows), count)
+    inputs = min(len(calib), cfg.bn_batches * cfg.batch_size)
+    return Recalibration(True, f"re-estimated {count} BatchNorm layers on {inputs} calibration inputs",
+                         pd.DataFrame(rows), count)
 
 
 def _summary(workload: Workload, ctx: ScanContext, sparsities: list[float], shift: pd.DataFrame, dead: pd.DataFrame,
@@ -629,36 +700,3 @@ def _summary(workload: Workload, ctx: ScanContext, sparsities: list[float], shif
         "timings": timings,
         "versions": environment(),
     }
-
-
-# ---------------------------------------------------------------------------------------- criteria
-
-
-def compare_criteria(profiles: list, metric: str | None = None) -> pd.DataFrame:
-    """Several profiles (``SensitivityProfile``, scans with different criteria) side by side.
-
-    One row per (layer, sparsity) that every profile measured; one column per criterion with its drop in
-    ``metric`` (positive = worse than dense), then ``best`` (the criterion with the smallest drop) and
-    ``spread`` (largest minus smallest drop). Profiles of the same criterion with different granularities
-    are labelled ``criterion/granularity``.
-    """
-    if len(profiles) < 2:
-        raise ValueError(f"comparing criteria needs at least two profiles, got {len(profiles)}")
-    metric = metric or profiles[0].default_metric
-    labels = [str(p.meta.get("criterion", f"profile{i}")) for i, p in enumerate(profiles)]
-    if len(set(labels)) < len(labels):
-        labels = [f"{lab}/{p.meta.get('granularity', '?')}" for lab, p in zip(labels, profiles)]
-    if len(set(labels)) < len(labels):
-        raise ValueError(f"the profiles do not differ in criterion or granularity: {', '.join(labels)}")
-    frames = []
-    for label, profile in zip(labels, profiles):
-        df = profile.drop(metric)[["layer", "sparsity", "drop"]].rename(columns={"drop": label})
-        frames.append(df.set_index(["layer", "sparsity"]))
-    wide = pd.concat(frames, axis=1, join="inner").reset_index()
-    if wide.empty:
-        raise ValueError("the profiles share no (layer, sparsity) cell; scan the same layers and sparsities")
-    drops = wide[labels]
-    wide["best"] = drops.idxmin(axis=1)
-    wide["spread"] = drops.max(axis=1) - drops.min(axis=1)
-    wide.attrs["metric"] = metric
-    return wide

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from analysis.core import criteria, masks
-from analysis.core.metric_table import METRICS
-from analysis.scan.device import check_device
+from analysis.core import criteria
+from analysis.core.granularity import check_sparsity, parse_granularity
+from analysis.core.metric_table import CHANCE_METRICS, METRICS
+from analysis.sensitivity.device import check_device
 
 ENGINE_NAMES = ("fast", "naive")
 
@@ -43,7 +44,7 @@ class ScanConfig:
         """A checked copy: known criterion, granularity and engine, sparsities in [0, 1), sorted, 0 first, and
         the adaptive settings checked (``adaptive.checked``; ``off``, the default, is the full grid)."""
         criteria.check_criterion(self.criterion)
-        gran = masks.parse_granularity(self.granularity)
+        gran = parse_granularity(self.granularity)
         if self.engine not in ENGINE_NAMES:
             raise ValueError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINE_NAMES)}")
         if self.batch_size <= 0:
@@ -56,16 +57,8 @@ class ScanConfig:
             raise ValueError(f"BatchNorm recalibration needs at least one batch, got bn_batches={self.bn_batches}")
         if not self.sparsities:
             raise ValueError("no sparsities to scan")
-        values = sorted({masks.check_sparsity(s) for s in self.sparsities})
-        if gran.kind == "nm":
-            allowed = {0.0, gran.nm_sparsity}
-            if tuple(values) == DEFAULT_SPARSITIES:
-                values = [gran.nm_sparsity]
-            bad = [s for s in values if not any(math.isclose(s, a) for a in allowed)]
-            if bad:
-                raise ValueError(f"granularity {gran} prunes exactly {gran.nm_sparsity:g} of each layer; "
-                                 f"sparsity {bad[0]:g} is not possible with it")
-            values = [gran.nm_sparsity if math.isclose(s, gran.nm_sparsity) else s for s in values]
+        values = sorted({check_sparsity(s) for s in self.sparsities})
+        values = gran.grid(values, default=tuple(values) == DEFAULT_SPARSITIES)
         if values[0] != 0.0:
             values = [0.0, *values]
         if check_device(self.device).type != "cuda" and self.precision == "tf32":
@@ -79,7 +72,6 @@ PRECISIONS = ("exact", "tf32", "bf16")
 MODES = ("off", "collapse", "bisect")
 
 
-CHANCE_METRICS = ("accuracy", "agreement")
 
 
 PARAMETERS = {"collapse": ("collapse_at", "adaptive_metric", "points_per_call"),
@@ -119,7 +111,7 @@ def checked(config: ScanConfig) -> ScanConfig:
     if not _number(config.resolution) or not 0.0 < config.resolution <= 0.5:
         raise ValueError(f"resolution {config.resolution!r} is outside (0, 0.5]: it is the step of the sparsity "
                          "grid the bisection searches (e.g. 0.01)")
-    if masks_kind(config) == "nm":
+    if parse_granularity(config.granularity).fixed_sparsity is not None:
         raise ValueError(f"granularity {config.granularity} prunes one fixed fraction of each layer: there is no "
                          "sparsity to search, use a full scan")
     return replace(config, sparsities=search_grid(config.resolution))
@@ -127,10 +119,6 @@ def checked(config: ScanConfig) -> ScanConfig:
 
 def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def masks_kind(config: ScanConfig) -> str:
-    return masks.parse_granularity(config.granularity).kind
 
 
 def search_grid(resolution: float) -> tuple[float, ...]:

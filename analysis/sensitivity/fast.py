@@ -13,10 +13,10 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from analysis.core.layers import Layer
 from analysis.core.metrics import Sums, class_scores, sums_from_logits, sums_per_variant
-from analysis.scan import fxgraph
-from analysis.scan.config import ScanConfig
-from analysis.scan.context import LayerResult, ScanContext, kept_fraction
-from analysis.scan.device import arithmetic
+from analysis.sensitivity import fxgraph
+from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.context import LayerResult, ScanContext, kept_fraction
+from analysis.sensitivity.device import arithmetic
 
 
 @dataclass
@@ -82,12 +82,12 @@ def run_plain(ctx: ScanContext, state: FastState, layer: Layer, shard: tuple[int
                 state.frontier.append(front)
             if not variants or not cut.reaches_output:
                 continue
-            dense, y = ctx.dense_logits[start:stop], None if ctx.y is None else ctx.y[start:stop]
+            dense, y = ctx.dense_logits[start:stop], ctx.labels(start, stop)
             logits = variant_logits(ctx, state.gm, cut, front, layer, weights)
             totals = [t + part for t, part in zip(totals, sums_per_variant(logits, dense, y))]
     state.peak_cache_bytes = max(state.peak_cache_bytes, frontier_bytes(state.frontier))
     dense_sums = sums_from_logits(ctx.dense_logits[lo:hi], ctx.dense_logits[lo:hi],
-                                  None if ctx.y is None else ctx.y[lo:hi])
+                                  ctx.labels(lo, hi))
     rows = []
     for sparsity, mask, v in zip(sparsities, layer_masks, slot):
         sums = dense_sums if v is None or not cut.reaches_output else totals[v]

@@ -31,85 +31,22 @@ set: it cannot be cut into eval shards (and so does not run on the Ray backend, 
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import replace
 
 import pandas as pd
 
 from analysis.core.layers import Layer
-from analysis.core.metric_table import HIGHER_IS_BETTER, METRICS
+from analysis.core.metric_table import chance_level, check_metric, default_metric, drop
 from analysis.core.metrics import Sums
 from analysis.core.profile import SensitivityProfile, tolerance_table
-from analysis.scan.config import ScanConfig
-from analysis.scan.context import LayerResult, ScanContext, kept_fraction
-from analysis.scan.engines import ENGINES, EngineFn
-
-MODES = ("off", "collapse", "bisect")
-CHANCE_METRICS = ("accuracy", "agreement")
-PARAMETERS = {"collapse": ("collapse_at", "adaptive_metric", "points_per_call"),
-              "bisect": ("tolerance", "resolution", "adaptive_metric", "points_per_call")}
-FIELDS = ("adaptive", "collapse_at", "tolerance", "resolution", "adaptive_metric", "points_per_call")
-
-
-def checked(config: ScanConfig) -> ScanConfig:
-    """``config`` with its adaptive settings checked (``ScanConfig.validated`` calls this last).
-
-    Settings the chosen mode does not use are put back to their defaults, so they never make two scans with
-    the same numbers look different. Bisection's sparsities become its search grid.
-    """
-    if config.adaptive not in MODES:
-        raise ValueError(f"unknown adaptive mode {config.adaptive!r}; choose one of {', '.join(MODES)}")
-    defaults = ScanConfig()
-    used = PARAMETERS.get(config.adaptive, ())
-    config = replace(config, **{f: getattr(defaults, f) for f in FIELDS[1:] if f not in used})
-    if config.adaptive == "off":
-        return config
-    if isinstance(config.points_per_call, bool) or not isinstance(config.points_per_call, int) \
-            or config.points_per_call < 1:
-        raise ValueError(f"points per call must be a positive integer, got {config.points_per_call!r}")
-    allowed = CHANCE_METRICS if config.adaptive == "collapse" else METRICS
-    if config.adaptive_metric is not None and config.adaptive_metric not in allowed:
-        raise ValueError(f"adaptive metric {config.adaptive_metric!r} cannot drive a {config.adaptive} scan; "
-                         f"choose one of {', '.join(allowed)}")
-    if config.adaptive == "collapse":
-        if not _number(config.collapse_at) or not 0.0 < config.collapse_at <= 1.0:
-            raise ValueError(f"collapse_at {config.collapse_at!r} is outside (0, 1]: it is how far, from the dense "
-                             "metric towards chance, a layer must fall to count as collapsed")
-        return config
-    if not _number(config.tolerance) or config.tolerance < 0:
-        raise ValueError(f"tolerance {config.tolerance!r} must be a drop of 0 or more (e.g. 0.01 = 1 point)")
-    if not _number(config.resolution) or not 0.0 < config.resolution <= 0.5:
-        raise ValueError(f"resolution {config.resolution!r} is outside (0, 0.5]: it is the step of the sparsity "
-                         "grid the bisection searches (e.g. 0.01)")
-    if masks_kind(config) == "nm":
-        raise ValueError(f"granularity {config.granularity} prunes one fixed fraction of each layer: there is no "
-                         "sparsity to search, use a full scan")
-    return replace(config, sparsities=search_grid(config.resolution))
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def masks_kind(config: ScanConfig) -> str:
-    from analysis.core.masks import parse_granularity
-
-    return parse_granularity(config.granularity).kind
-
-
-def search_grid(resolution: float) -> tuple[float, ...]:
-    """``0, r, 2r, ...`` up to the last multiple of ``r`` below 1 (0.01 gives the 99 points 0.01 ... 0.99)."""
-    top = math.ceil(round(1.0 / resolution, 9)) - 1
-    return tuple(round(i * resolution, 12) for i in range(top + 1))
+from analysis.sensitivity.config import PARAMETERS
+from analysis.sensitivity.context import LayerResult, ScanContext, kept_fraction
+from analysis.sensitivity.engines import ENGINES, EngineFn
 
 
 def decision_metric(ctx: ScanContext) -> str:
     """The metric that drives the search: the configured one, else accuracy with labels, else agreement."""
-    metric = ctx.config.adaptive_metric or ("accuracy" if ctx.y is not None else "agreement")
-    if metric == "accuracy" and ctx.y is None:
-        raise ValueError("adaptive metric accuracy needs labelled data; this eval set has none (use agreement)")
-    return metric
+    return check_metric(ctx.config.adaptive_metric or default_metric(ctx.y is not None), ctx.y is not None)
 
 
 def describe(ctx: ScanContext) -> dict | None:
@@ -145,12 +82,12 @@ def _value(row: dict, metric: str) -> float:
 
 def _drop(row: dict, metric: str, base: float) -> float:
     value = _value(row, metric)
-    return base - value if HIGHER_IS_BETTER[metric] else value - base
+    return drop(metric, base, value)
 
 
 def collapse_floor(ctx: ScanContext, metric: str) -> float:
     """The metric value at or below which a layer counts as collapsed (see the module docstring)."""
-    chance = 1.0 / ctx.dense_logits.shape[-1]
+    chance = chance_level(ctx.dense_logits.shape[-1])
     dense = float(ctx.baseline().metrics()[metric])
     return chance + (1.0 - ctx.config.collapse_at) * (dense - chance)
 

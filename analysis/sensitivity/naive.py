@@ -7,8 +7,8 @@ import time
 from analysis.core import batchnorm, masks
 from analysis.core.layers import Layer
 from analysis.core.metrics import evaluate, sums_from_logits
-from analysis.scan.context import LayerResult, ScanContext, kept_fraction
-from analysis.scan.device import arithmetic
+from analysis.sensitivity.context import LayerResult, ScanContext, kept_fraction
+from analysis.sensitivity.device import arithmetic
 
 
 def run_layer_naive(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None = None,
@@ -20,7 +20,7 @@ def run_layer_naive(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | Non
     """
     start_t = time.perf_counter()
     lo, hi = shard or (0, len(ctx.x))
-    x, y, dense = ctx.x[lo:hi], None if ctx.y is None else ctx.y[lo:hi], ctx.dense_logits[lo:hi]
+    x, y, dense = ctx.x[lo:hi], ctx.labels(lo, hi), ctx.dense_logits[lo:hi]
     rows = []
     sparsities = ctx.config.sparsities if sparsities is None else tuple(sparsities)
     for sparsity, mask in zip(sparsities, ctx.masks_for(layer, sparsities)):

@@ -1,0 +1,88 @@
+"""``prunescope schedule``: per-layer sparsities from a scan that reach a global target, as a schedule file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from analysis.cli.common import add_store_arg, add_trust_arg, max_sparsity, name_list, store_artifact
+from analysis.cli.errors import UsageError
+from analysis.cli.folders import folder_run, predictor_from_scan, scan_setting
+from analysis.core.metric_table import METRICS, metric_info
+from analysis.schedule.allocate import METHODS, Bounds, parse_target, schedule_for
+from analysis.schedule.schedule import Schedule
+from analysis.store import artifacts
+from analysis.store.runs import RunStore
+
+HELP = "allocate per-layer sparsities from a scan to reach a global target"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("schedule", help=HELP,
+                       description="Choose per-layer sparsities that reach a target global sparsity, parameter "
+                                   "count or FLOP count, write a schedule file and keep the schedule in the run "
+                                   "store (unless --no-store). The schedule inherits the scan's criterion and "
+                                   "granularity.")
+    p.add_argument("--scan", required=True, type=Path, metavar="DIR", help="a scan folder (sensitivity.csv, scan.json)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--target-sparsity", metavar="T", help="fraction of prunable weights to remove, in [0, 1)")
+    g.add_argument("--target-params", metavar="N", help="prunable weights to keep: a count (1.5M) or a percentage (30%%)")
+    g.add_argument("--target-flops", metavar="N", help="FLOPs to keep: a count (20M) or a percentage (40%%)")
+    p.add_argument("--method", choices=METHODS, default="sensitivity", help="allocation method (default sensitivity)")
+    p.add_argument("--metric", choices=METRICS, default=None,
+                   help="sensitivity method: the metric whose predicted drop is minimised (default accuracy, or "
+                        "agreement without labels)")
+    p.add_argument("--max-sparsity", type=max_sparsity, default=(None, {}), metavar="S|NAME=S,...",
+                   help="upper bound for every layer (0.9), for named layers (fc=0.5) or both (0.9,fc=0.5)")
+    p.add_argument("--keep-dense", type=name_list, default=(), metavar="NAME,...", help="layers never pruned")
+    p.add_argument("--model", default=None, metavar="M",
+                   help="the scanned model, where scan.json's model spec no longer loads (global, lamp, channel)")
+    add_trust_arg(p)
+    p.add_argument("--out", required=True, type=Path, metavar="FILE", help="schedule file (.json, or .yaml/.yml)")
+    p.add_argument("--name", default=None, metavar="NAME",
+                   help="the schedule's name in the run store (default: the --out file's name without its suffix)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    add_store_arg(p, "schedule")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.scan.is_dir():
+        raise UsageError(f"scan folder {args.scan} does not exist")
+    stored_name = artifacts.check_name(args.name) if args.name is not None else artifacts.name_from_file(args.out)
+    kind, value = next((k, v) for k, v in (("sparsity", args.target_sparsity), ("params", args.target_params),
+                                           ("flops", args.target_flops)) if v is not None)
+    default, per_layer = args.max_sparsity
+    setting = scan_setting(args.scan, (args.method,), args.model, args.trust_code)
+    total = setting.accountant.flops if kind == "flops" else setting.accountant.weights
+    schedule = schedule_for(setting, args.method, parse_target(kind, value, total),
+                            Bounds(default, per_layer, tuple(args.keep_dense)), args.metric)
+    schedule.meta.update({"scan": str(args.scan), **({"model": args.model} if args.model else {})})
+    bounded = args.metric if args.metric and metric_info(args.metric).bounded else None
+    predictor = predictor_from_scan(args.scan, bounded)
+    predicted = predictor.recorded(schedule)
+    if predicted is None:
+        prediction = f"no prediction: the scan did not measure {', '.join(predictor.unmeasured(schedule))}"
+    else:
+        schedule.meta["predicted"] = predicted
+        power = f", power {predictor.power:.2f}" if predictor.model == "calibrated" else ""
+        prediction = (f"predicted {predictor.metric} {predicted[predictor.metric]:.4f} ({predictor.model}{power}, "
+                      f"{predictor.stage})")
+    schedule.save(args.out)
+    if not args.quiet:
+        totals = schedule.meta["totals"]
+        for name, s in schedule.sparsities.items():
+            print(f"{name:40s} {s:.4f}")
+        print(f"{args.method}: global sparsity {totals['global_sparsity']:.4f}, params kept "
+              f"{totals['params_kept']:.4f}, FLOPs kept {totals['flops_kept']:.4f}; {prediction}")
+        print(f"wrote {args.out}")
+    if not args.no_store:
+        store_artifact(artifacts.SCHEDULE, lambda store: _stored(store, schedule, stored_name, args.scan), args.quiet)
+    return 0
+
+
+def _stored(store: RunStore, schedule: Schedule, name: str, scan: Path) -> tuple:
+    """A schedule's artifact: linked to the run its scan folder came from (and so to that run's workload)."""
+    run_id = folder_run(store, scan)
+    payload = artifacts.schedule_payload(schedule, name, artifacts.run_workload(store, run_id), run_id)
+    return name, payload, run_id

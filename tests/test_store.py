@@ -488,7 +488,7 @@ def test_a_run_whose_dense_outputs_differ_is_not_resumed(tmp_path: Path) -> None
 def test_scan_into_store_reports_the_partial_profile_that_the_store_ends_up_holding(store: RunStore, workloads) -> None:
     wl = workloads["digits-mlp"]
     seen = []
-    stored = scan_into_store(store, wl, CONFIG, progress=lambda p, partial: seen.append((p.done, partial)))
+    stored = scan_into_store(store, wl, CONFIG, progress=lambda p, partial: seen.append((p.done, partial())))
     assert [done for done, _ in seen] == list(range(1, len(stored.profile.layers) + 1))
     for done, partial in seen:  # each report holds exactly the layers finished so far, with the dense baseline
         assert partial.layers == stored.profile.layers[:done]

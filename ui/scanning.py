@@ -35,7 +35,7 @@ SCAN_MODES = {"off": "full grid", "collapse": "stop after collapse", "bisect": "
 
 def scan_into_store(store: RunStore, workload: Workload, config: ScanConfig, lock: threading.RLock,
                     on_open: Callable[[int, ScanRun | None, int], None] | None = None,
-                    on_progress: Callable[[Progress, SensitivityProfile], None] | None = None,
+                    on_progress: Callable[[Progress, Callable[[], SensitivityProfile]], None] | None = None,
                     backend: Backend | None = None) -> tuple[int, bool]:
     """Scan into ``store`` holding ``lock`` (here, or on ``backend``: a Ray cluster) by the path ``prunescope scan``
     takes (``analysis.store.scanning``); a complete run of this scan is reopened, not recomputed. Returns
@@ -59,10 +59,10 @@ def run_scan(spec: WorkloadSpec, workload: Workload, config: ScanConfig, metric:
             st.info(f"resuming: {done} of {layers} layers already done (run {run_id})")
         bar.progress(done / layers, text=f"Scanning {layers} layers x {len(config.validated().sparsities)} sparsities")
 
-    def on_progress(p: Progress, partial: SensitivityProfile) -> None:
+    def on_progress(p: Progress, partial: Callable[[], SensitivityProfile]) -> None:
         eta = "" if p.eta is None else f" · about {p.eta:.0f} s left"
         bar.progress(p.done / p.total, text=f"{p.done}/{p.total} layers · last: {p.layer}{eta}")
-        live.plotly_chart(plots.sensitivity_heatmap(partial, metric), key=f"live-heatmap-{p.done}")
+        live.plotly_chart(plots.sensitivity_heatmap(partial(), metric), key=f"live-heatmap-{p.done}")
 
     try:
         with common.holding(spec):

@@ -37,15 +37,16 @@ class StoredScan:
 def scan_into_store(store: RunStore, workload: Workload, config: ScanConfig, backend: Backend | None = None, *,
                     fresh: bool = False, reopen_complete: bool = False, close_store: bool = False,
                     lock: threading.RLock | None = None, on_open: Callable[[int, ScanRun | None, int], None] | None = None,
-                    progress: Callable[[Progress, SensitivityProfile], None] | None = None,
+                    progress: Callable[[Progress, Callable[[], SensitivityProfile]], None] | None = None,
                     should_stop: Callable[[], bool] | None = None) -> StoredScan:
     """Scan ``workload`` into ``store`` (here, or on ``backend``: a Ray cluster) and close its run.
 
     ``fresh`` starts a new run even when one of this scan exists; ``reopen_complete`` returns a complete run of
     this scan without computing anything (the dashboard); ``lock`` is held while the model is used (the
     dashboard shares one model between sessions). ``on_open(run_id, resumed, layers)`` is called once the run is
-    known, ``progress(p, partial)`` after each layer (``partial``: the profile of every finished unit so far, built
-    in memory: the layer just finished may still be on its way to the store). An exception that ends
+    known, ``progress(p, partial)`` after each layer (``partial()`` builds the profile of every finished unit so
+    far in memory, where the layer just finished may still be on its way to the store; it is only built when
+    called, so a caller that draws no live view pays nothing). An exception that ends
     the scan carries ``KEPT_LAYERS``: how many finished layers the store holds.
 
     Example::
@@ -78,7 +79,7 @@ def scan_into_store(store: RunStore, workload: Workload, config: ScanConfig, bac
                 writer(result)
                 done[result.layer] = result
 
-            report = (lambda p: progress(p, build_profile(ctx, workload, done))) if progress else None
+            report = (lambda p: progress(p, lambda: build_profile(ctx, workload, done))) if progress else None
             profile = run_scan(workload, config, backend, done=dict(done), on_result=on_result, progress=report,
                                should_stop=should_stop, context=ctx)
         except BaseException as exc:

@@ -129,7 +129,7 @@ def same(a: list[dict], b: list[dict]) -> bool:
 
 def bench(model: str, data: str, count: int, repeats: int, config: ScanConfig) -> dict:
     workload = load_workload(model, data, count=count)
-    recalibrate(workload.model, workload.data.x, device=config.device)
+    recalibrate(workload.model.to(config.device), workload.data.x, device=config.device)
     ctx = prepare(workload, config)
     state = fast_state(ctx)
     if state.gm is None:
@@ -175,7 +175,7 @@ def bench(model: str, data: str, count: int, repeats: int, config: ScanConfig) -
 def precision_error(model: str, data: str, count: int, config: ScanConfig) -> dict:
     """A fast scan at ``config.precision`` next to the exact fast scan of the same context: time ratio and error."""
     workload = load_workload(model, data, count=count)
-    recalibrate(workload.model, workload.data.x, device=config.device)
+    recalibrate(workload.model.to(config.device), workload.data.x, device=config.device)
     exact_ctx = prepare(workload, replace(config, precision="exact"))
     low_ctx = prepare(workload, config)
     seconds = {"exact": 0.0, "low": 0.0}

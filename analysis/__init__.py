@@ -67,6 +67,13 @@ _API = {  # public name: the module that defines it
     "sensitivity_heatmap": "analysis.report.plots",
     "sensitivity_curves": "analysis.report.plots",
     "build_report": "analysis.report.html",
+    "STRATEGIES": "analysis.lab.strategies",
+    "LabConfig": "analysis.lab.config",
+    "LabResult": "analysis.lab.result",
+    "run_lab": "analysis.lab.runner",
+    "lab_into_store": "analysis.store.labs",
+    "open_lab": "analysis.store.labs",
+    "recovery_figure": "analysis.report.lab",
 }
 __all__ = ["__version__", *_API]
 

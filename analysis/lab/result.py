@@ -187,7 +187,7 @@ class LabResult:
             return pd.DataFrame()
         shown = cells["text"]
         if literature:
-            shown = [f"{t} [typical {ty}{': ' + p if p else ''}]" if ty else t
+            shown = [f"{t} [typical {ty}{': ' + p if isinstance(p, str) else ''}]" if ty else t
                      for t, ty, p in zip(cells["text"], cells["typical"], cells["place"])]
         wide = cells.assign(shown=shown).pivot(index="label", columns="title", values="shown")
         titles = list(dict.fromkeys(cells["title"]))

@@ -33,7 +33,15 @@ from analysis.core.data import EvalData
 from analysis.core.granularity import parse_granularity
 from analysis.core.profile import SensitivityProfile
 from analysis.core.version import environment
-from analysis.deploy.export import ExportError, VerificationError, export
+from analysis.deploy.export import (
+    LATENCY_BATCHES,
+    ExportError,
+    VerificationError,
+    export,
+    file_cost,
+    latency,
+    to_onnx,
+)
 from analysis.lab.config import MIN_SCRATCH_EPOCHS, LabConfig
 from analysis.lab.context import LabContext, LabError, LabStopped, prepare_lab
 from analysis.lab.result import LabResult
@@ -269,22 +277,26 @@ class LabRun:
         return Unit(f"{s.name}/recover", {"rows": trace.rows, "steps": trace.step}, _state(model, masks))
 
     def export(self, s: Strategy, state: dict) -> Unit:
-        """The final model exported to ONNX (shrunk for a structured strategy), verified, sized and timed; an
-        export that cannot be made is recorded as such."""
+        """The final model exported to ONNX (shrunk for a structured strategy) and verified, its file against the
+        dense model's (size, gzip size, ONNX Runtime latency, interleaved); an export that cannot be made is
+        recorded as such."""
         lab, c = self.lab, self.lab.config
-        model = restored(lab, state["model"])
+        model, data = restored(lab, state["model"]), lab.workload.data
         schedule = mask_schedule(state["masks"], lab.layers, s.granularity, "l1" if s.structured else "magnitude")
         with tempfile.TemporaryDirectory(prefix="prunescope-lab-") as tmp:
+            pruned, dense = Path(tmp) / "pruned.onnx", Path(tmp) / "dense.onnx"
             try:
-                report = export(model, schedule, lab.workload.data, Path(tmp) / "pruned.onnx",
-                                model_spec=lab.workload.model_spec, shrink_channels=s.structured, exporter=c.exporter,
-                                repeats=c.latency_repeats, seed=c.seed)
+                report = export(model, schedule, data, pruned, model_spec=lab.workload.model_spec,
+                                shrink_channels=s.structured, exporter=c.exporter, measure_latency=False, seed=c.seed)
             except (ExportError, ShrinkError, ScheduleError, VerificationError) as exc:
                 return Unit(f"{s.name}/export", {"error": " ".join(str(exc).split())[:300]})
+            to_onnx(lab.dense_copy().cpu(), data.x[:2], dense, report.exporter)
+            timing = latency({"dense": dense, "pruned": pruned}, data.x[:max(LATENCY_BATCHES)].numpy(),
+                             repeats=c.latency_repeats)
+            costs = {"dense": asdict(file_cost(dense)), "pruned": asdict(report.pruned)}
         return Unit(f"{s.name}/export", {
             "mode": report.mode, "exporter": report.exporter, "passed": all(v.passed for v in report.verifications),
-            "dense": asdict(report.dense), "pruned": asdict(report.pruned), "threads": report.threads,
-            "latency": None if report.latency is None else report.latency.to_dict(orient="records"),
+            **costs, "threads": 1, "latency": timing.to_dict(orient="records"),
             "exported": report.schedule.sparsities, "notes": report.notes})
 
     def result(self, complete: bool) -> LabResult:

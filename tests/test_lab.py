@@ -4,11 +4,17 @@ repeatable runs, masks that stay fixed, IMP at the target exactly, cancel and re
 from __future__ import annotations
 
 import math
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from analysis.cli import main
 from analysis.core.metric_table import drop
 from analysis.lab.config import LabConfig
 from analysis.lab.context import LabError
@@ -24,6 +30,7 @@ from analysis.store.labs import delete_lab, lab_into_store, labs, open_lab, stor
 from analysis.store.runs import RunStore
 from analysis.workload.data import load_data
 from analysis.workload.workload import load_workload
+from tests.conftest import ROOT, cli_env, run_cli
 
 SMALL = dict(epochs=2.0, evals_per_epoch=1, rounds=2, round_epochs=0.5, rewind_epochs=0.5, gradual_epochs=1.0,
              gradual_steps=3, export=False)
@@ -153,7 +160,8 @@ def test_the_spread_is_that_of_a_one_shot_scan_at_the_target(runs, workloads):  
     drops = profile.drop("accuracy").query("sparsity == 0.5")["drop"].to_numpy()
     s = result.strategy_summary("imp")
     assert s["spread_std"] == pytest.approx(float(np.std(drops)))
-    assert s["most_sensitive"] == profile.drop("accuracy").query("sparsity == 0.5").sort_values("drop")["layer"].iloc[-1]
+    at = profile.drop("accuracy").query("sparsity == 0.5")
+    assert s["most_sensitive"] == at.sort_values("drop")["layer"].iloc[-1]
     structured = result.units["sensitivity/l1/channel"]
     assert "fc" not in {r["layer"] for r in structured["table"]}  # the classifier's outputs are kept
 
@@ -300,3 +308,80 @@ def _layers(workload):  # noqa: ANN001, ANN202
     from analysis.core.layers import find_layers
 
     return find_layers(workload.model, workload.data.x[:1])
+
+
+# ---------------------------------------------------------------------------------------------------- the CLI
+
+LAB_ARGS = ["lab", "--model", "sample:digits-cnn", "--data", "sample:digits", "--count", "160", "--train-data",
+            "sample:digits-train", "--target-sparsity", "0.5", "--strategies", "unstructured,imp", "--epochs", "2",
+            "--rounds", "2", "--round-epochs", "1", "--evals-per-epoch", "1", "--no-export"]
+
+
+def _stored_units(path) -> int:  # noqa: ANN001
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute("SELECT COUNT(*) FROM artifacts WHERE kind = 'lab-unit'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.slow
+def test_a_lab_killed_with_sigkill_resumes_to_an_uninterrupted_runs_table(tmp_path):
+    home, out = tmp_path / "home", tmp_path / "resumed"
+    proc = subprocess.Popen([sys.executable, "-m", "analysis", *LAB_ARGS, "--out", str(out)], cwd=ROOT,
+                            env=cli_env(PRUNESCOPE_HOME=str(home)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline and _stored_units(home / "runs.sqlite") < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the lab finished before it could be killed"
+    kept = _stored_units(home / "runs.sqlite")
+    assert 3 <= kept < 6
+    resumed = run_cli(*LAB_ARGS, "--out", out, PRUNESCOPE_HOME=str(home))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming lab 1: {kept} of 6 units already done" in resumed.stderr
+    whole = run_cli(*LAB_ARGS, "--no-store", "--out", tmp_path / "whole", PRUNESCOPE_HOME=str(tmp_path / "other"))
+    assert whole.returncode == 0, whole.stderr
+    assert (out / "lab.csv").read_text() == (tmp_path / "whole" / "lab.csv").read_text()
+    curves = pd.read_csv(out / "lab.csv")
+    assert list(curves["strategy"].drop_duplicates()) == ["unstructured", "imp"]
+    assert all(rows["step"].is_monotonic_increasing for _, rows in curves.groupby("strategy"))
+    assert "One-shot unstructured" in resumed.stdout and "against the literature" in resumed.stdout
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--strategies", "obd"], "unknown strategy 'obd'"),
+    (["--epochs", "-1"], "epochs must be a number of epochs"),
+    (["--rewind-checkpoint", "missing.pt"], "does not exist"),
+    (["--target-sparsity", "1.5"], "is not a number in [0, 1)"),
+    (["--target-params", "lots"], "is not a count"),
+])
+def test_bad_lab_input_is_one_line_and_exit_2(tmp_path, capsys, extra, match):  # noqa: ANN001
+    args = ["lab", "--model", "sample:digits-mlp", "--data", "sample:digits", "--train-data", "sample:digits-train"]
+    if not any(a.startswith("--target") for a in extra):
+        args += ["--target-sparsity", "0.5"]
+    assert main([*args, *extra, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_without_training_data_the_cli_says_which_strategies_need_it(tmp_path, capsys):  # noqa: ANN001
+    code = main(["lab", "--model", "sample:digits-mlp", "--data", "sample:digits", "--target-sparsity", "0.5",
+                 "--out", str(tmp_path / "out")])
+    assert code == 2 and "need training data (--train-data" in capsys.readouterr().err
+
+
+def test_the_report_command_takes_a_lab_folder(tmp_path, capsys):  # noqa: ANN001
+    base = ["--model", "sample:digits-mlp", "--data", "sample:digits", "--quiet"]
+    assert main(["lab", *base, "--target-sparsity", "0.6", "--strategies", "unstructured,2:4", "--no-export",
+                 "--out", str(tmp_path / "lab")]) == 0
+    assert main(["scan", *base, "--sparsities", "0.6", "--no-store", "--out", str(tmp_path / "scan")]) == 0
+    assert main(["report", "--scan", str(tmp_path / "scan"), "--lab", str(tmp_path / "lab"), "--plotlyjs", "cdn",
+                 "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "<h2>Strategy lab</h2>" in page and "2:4 (N:M)" in page
+    assert main(["report", "--scan", str(tmp_path / "scan"), "--lab", str(tmp_path / "scan"), "--out",
+                 str(tmp_path / "r2.html")]) == 2
+    assert "not a lab folder" in capsys.readouterr().err

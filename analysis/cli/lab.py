@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from analysis.cli.common import (
     target_from,
 )
 from analysis.cli.errors import UsageError
+from analysis.cli.folders import write_lab
 from analysis.core.layers import find_layers
 from analysis.deploy.export import EXPORTERS
 from analysis.lab.config import LabConfig
@@ -148,9 +148,7 @@ def _run(args: argparse.Namespace, workload, train, config: LabConfig, rewind) -
 
 
 def _write(out: Path, result: LabResult) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    result.curves().to_csv(out / "lab.csv", index=False)
-    (out / "lab.json").write_text(json.dumps(result.to_dict(), indent=1, default=str) + "\n")
+    csv, as_json = write_lab(out, result)
     with pd.option_context("display.width", 250, "display.max_colwidth", 48):
         print(f"{result.meta['model']} on {result.meta['data']}: {result.config.target}, "
               f"{result.config.allocation} allocation, dense {result.metric} {result.dense:.4f}")
@@ -165,4 +163,4 @@ def _write(out: Path, result: LabResult) -> None:
     for s in result.summary().to_dict(orient="records"):
         for text in s["notes"]:
             note(f"{s['strategy']}: {text}")
-    print(f"wrote {out / 'lab.csv'} and {out / 'lab.json'}")
+    print(f"wrote {csv} and {as_json}")

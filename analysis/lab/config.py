@@ -35,7 +35,15 @@ MIN_SCRATCH_EPOCHS = 2.0  # training from scratch with less cannot tell a strate
 
 @dataclass(frozen=True)
 class LabConfig:
-    """Everything that decides a lab's numbers (``strategies`` empty: every registered strategy)."""
+    """Everything that decides a lab's numbers (``strategies`` empty: every registered strategy).
+
+    Example::
+
+        >>> from analysis import LabConfig, Target
+        >>> config = LabConfig(Target("params", 5000), strategies=("imp", "snip"), epochs=20).validated()
+        >>> config.target, config.rounds, config.allocation
+        (Target(kind='params', value=5000), 3, 'uniform')
+    """
 
     target: Target = Target("sparsity", 0.8)
     strategies: tuple[str, ...] = ()

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.core.metric_table import drop, drop_scale
+from analysis.core.profile import SensitivityProfile
 from analysis.lab.config import LabConfig
 from analysis.lab.literature import typical
 from analysis.lab.strategies import get_strategy
@@ -162,6 +163,10 @@ class LabResult:
                 "gzip_ratio": pruned["gzip_bytes"] / dense["gzip_bytes"],
                 "speedup_b1": speed.get(1), "speedup_b32": speed.get(32), "export_error": None}
 
+    def scan_profile(self, scan: str) -> SensitivityProfile:
+        """The one-shot scan a strategy reads (``Strategy.scan``) as a profile: every layer pruned alone."""
+        return scan_profile(self.units[scan])
+
     # --------------------------------------------------------------------------------------------- table
 
     def cells(self) -> pd.DataFrame:
@@ -236,6 +241,11 @@ class LabResult:
     def from_dict(cls, d: dict) -> "LabResult":
         """The result ``to_dict`` wrote."""
         return cls(LabConfig.from_settings(d["config"]), d["units"], d.get("meta", {}))
+
+
+def scan_profile(unit: dict) -> SensitivityProfile:
+    """The profile a scan unit's result holds."""
+    return SensitivityProfile(pd.DataFrame.from_records(unit["table"]), unit["meta"])
 
 
 def _recovery_text(s: dict) -> str:

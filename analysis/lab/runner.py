@@ -26,12 +26,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from analysis.core.data import EvalData
 from analysis.core.granularity import parse_granularity
-from analysis.core.profile import SensitivityProfile
 from analysis.core.version import environment
 from analysis.deploy.export import (
     LATENCY_BATCHES,
@@ -44,7 +42,7 @@ from analysis.deploy.export import (
 )
 from analysis.lab.config import MIN_SCRATCH_EPOCHS, LabConfig
 from analysis.lab.context import LabContext, LabError, LabStopped, prepare_lab
-from analysis.lab.result import LabResult
+from analysis.lab.result import LabResult, scan_profile
 from analysis.lab.steps import Trace, mask_schedule, measure, output_layers, restored, train
 from analysis.lab.strategies import STRATEGIES, Strategy, get_strategy
 from analysis.schedule.allocate import Bounds, allocate
@@ -124,8 +122,9 @@ def run_lab(workload: Workload, train_data: EvalData | None, config: LabConfig, 
         >>> config = LabConfig(Target("sparsity", 0.5), strategies=("unstructured", "imp"), epochs=0.5, rounds=2,
         ...                    round_epochs=0.25, export=False)
         >>> result = run_lab(workload, load_data("sample:digits-train"), config)
-        >>> result.complete, list(result.summary()["strategy"]), round(result.summary()["sparsity"].iloc[1], 2)
-        (True, ['unstructured', 'imp'], 0.5)
+        >>> imp = result.strategy_summary("imp")
+        >>> result.complete, result.strategies, round(imp["sparsity"], 2), imp["pruning_events"]
+        (True, ['unstructured', 'imp'], 0.5, 2)
     """
     lab = prepare_lab(workload, train_data, config, rewind)
     return LabRun(lab, done or {}, on_unit, progress, should_stop).run()
@@ -209,8 +208,7 @@ class LabRun:
     def absorb(self, unit: Unit) -> None:
         """A unit done earlier: a scan's profile is read back (the allocations need it)."""
         if unit.name.startswith("sensitivity/"):
-            table = pd.DataFrame.from_records(unit.result["table"])
-            self.lab.profiles[unit.name] = SensitivityProfile(table, unit.result["meta"])
+            self.lab.profiles[unit.name] = scan_profile(unit.result)
 
     def compute(self, name: str) -> Unit:
         if name == "dense":

@@ -135,7 +135,21 @@ def labs(store: RunStore, workload: str | None = None) -> pd.DataFrame:
 
 
 def open_lab(store: RunStore, lab_id: int) -> LabResult:
-    """A stored lab's result from its units alone (no model needed): what it has so far."""
+    """A stored lab's result from its units alone (no model needed): what it has so far.
+
+    Example::
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from analysis import LabConfig, RunStore, Target, lab_into_store, load_workload, open_lab
+        >>> store = RunStore(Path(tempfile.mkdtemp()) / "runs.sqlite")
+        >>> workload = load_workload("sample:digits-mlp", "sample:digits")
+        >>> config = LabConfig(Target("sparsity", 0.5), strategies=("2:4",), export=False)
+        >>> stored = lab_into_store(store, workload, None, config)
+        >>> reopened = open_lab(store, stored.lab_id)
+        >>> reopened.complete, reopened.table(literature=False).loc["Global sparsity reached", "2:4 (N:M)"]
+        (True, '0.5000')
+    """
     info, payload = store.get_artifact(lab_id)
     if info["kind"] != LAB:
         raise StoreError(f"artifact {lab_id} is a {info['kind']}, not a lab")

@@ -9,14 +9,16 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from analysis.cli import main
+from analysis.core.layers import find_layers
 from analysis.core.metric_table import drop
-from analysis.lab.config import LabConfig
+from analysis.lab.config import LabConfig, identity
 from analysis.lab.context import LabError
 from analysis.lab.literature import TYPICAL, Typical
 from analysis.lab.result import ROWS, LabResult
@@ -304,9 +306,14 @@ def test_the_literature_places_a_value_in_its_range():
     assert Typical("x", 0.1, 0.2).place(None) is None and math.isfinite(TYPICAL["initial_drop"]["unstructured"].high)
 
 
-def _layers(workload):  # noqa: ANN001, ANN202
-    from analysis.core.layers import find_layers
+def test_whole_numbers_and_floats_give_one_lab_identity():
+    as_ints = LabConfig(Target("params", 5000), epochs=3, round_epochs=1, lr=1).validated()
+    as_floats = LabConfig(Target("params", 5000.0), epochs=3.0, round_epochs=1.0, lr=1.0).validated()
+    assert identity(as_ints, "m", "d", None, None) == identity(as_floats, "m", "d", None, None)
+    assert identity(as_ints, "m", "d", None, None) != identity(replace(as_floats, epochs=4.0), "m", "d", None, None)
 
+
+def _layers(workload):  # noqa: ANN001, ANN202
     return find_layers(workload.model, workload.data.x[:1])
 
 

@@ -31,6 +31,7 @@ from analysis.sensitivity.device import check_device
 
 EXECUTION_FIELDS = ("strategies", "tolerance", "metric", "latency_repeats")  # not in the identity: see `identity`
 MIN_SCRATCH_EPOCHS = 2.0  # training from scratch with less cannot tell a strategy from its initialisation
+FLOAT_FIELDS = ("epochs", "tolerance", "round_epochs", "rewind_epochs", "gradual_epochs", "lr", "momentum")
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class LabConfig:
         >>> from analysis import LabConfig, Target
         >>> config = LabConfig(Target("params", 5000), strategies=("imp", "snip"), epochs=20).validated()
         >>> config.target, config.rounds, config.allocation
-        (Target(kind='params', value=5000), 3, 'uniform')
+        (Target(kind='params', value=5000.0), 3, 'uniform')
     """
 
     target: Target = Target("sparsity", 0.8)
@@ -90,7 +91,9 @@ class LabConfig:
         if self.exporter not in EXPORTERS:
             raise ValueError(f"unknown exporter {self.exporter!r}; choose one of {', '.join(EXPORTERS)}")
         check_device(self.device)
-        return replace(self, strategies=tuple(dict.fromkeys(self.strategies)), epochs=float(self.epochs))
+        floats = {name: float(getattr(self, name)) for name in FLOAT_FIELDS}  # 1 and 1.0: one identity
+        return replace(self, target=Target(self.target.kind, float(self.target.value)),
+                       strategies=tuple(dict.fromkeys(self.strategies)), **floats)
 
     def settings(self) -> dict:
         """The configuration as plain JSON data."""

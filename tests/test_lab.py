@@ -14,6 +14,8 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from PIL import Image
 
 from analysis.cli import main
 from analysis.core.layers import find_layers
@@ -378,6 +380,47 @@ def test_without_training_data_the_cli_says_which_strategies_need_it(tmp_path, c
     code = main(["lab", "--model", "sample:digits-mlp", "--data", "sample:digits", "--target-sparsity", "0.5",
                  "--out", str(tmp_path / "out")])
     assert code == 2 and "need training data (--train-data" in capsys.readouterr().err
+
+
+TINY = ["--target-sparsity", "0.5", "--strategies", "unstructured,imp", "--epochs", "0.25", "--rounds", "2",
+        "--round-epochs", "0.25", "--no-export", "--no-store", "--quiet"]
+
+
+def _digits(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``count`` digits as a model input (N, 1, 8, 8) and labels, as the samples read them."""
+    train = load_data("sample:digits-train")
+    return train.x[:count], train.y[:count]
+
+
+def test_a_tensor_file_and_an_image_folder_train_the_lab(tmp_path, capsys):  # noqa: ANN001
+    x, y = _digits(128)
+    torch.save({"x": x, "y": y}, tmp_path / "train.pt")
+    pixels = (x[:, 0] - x.min()) / (x.max() - x.min()) * 255
+    for i, (image, label) in enumerate(zip(pixels, y)):
+        (tmp_path / "images" / str(int(label))).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.round().to(torch.uint8).numpy()).save(tmp_path / "images" / str(int(label)) / f"{i}.png")
+    base = ["lab", "--model", "sample:digits-mlp", "--data", "sample:digits", *TINY]
+    for name, extra in (("train.pt", []), ("images", ["--input-size", "8", "--normalize", "none"])):
+        out = tmp_path / f"out-{name}"
+        assert main([*base, "--train-data", str(tmp_path / name), *extra, "--epochs", "1", "--out", str(out)]) == 0
+        curves = pd.read_csv(out / "lab.csv")
+        assert set(curves["phase"]) == {"prune", "recover"} and curves["step"].max() > 0
+
+
+@pytest.mark.parametrize("write,match", [
+    (lambda f: torch.save({"x": torch.zeros(4, 3, 8, 8), "y": torch.zeros(4, dtype=torch.long)}, f),
+     "has inputs of shape [3, 8, 8], the eval data [1, 8, 8]"),
+    (lambda f: torch.save({"x": _digits(4)[0], "y": torch.full((4,), 12)}, f),
+     "has label 12; sample:digits-mlp has 10"),
+    (lambda f: torch.save({"x": torch.zeros(0, 1, 8, 8)}, f), "holds no samples"),
+    (lambda f: f.write_text("not tensors"), "is not a torch.save or .npz file"),
+])
+def test_bad_training_data_is_one_line_and_exit_2(tmp_path, capsys, write, match):  # noqa: ANN001
+    write(tmp_path / "train.pt")
+    code = main(["lab", "--model", "sample:digits-mlp", "--data", "sample:digits", "--train-data",
+                 str(tmp_path / "train.pt"), *TINY, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
 def test_the_report_command_takes_a_lab_folder(tmp_path, capsys):  # noqa: ANN001

@@ -132,8 +132,10 @@ def load_more_data(args: argparse.Namespace, spec: str, workload: Workload, opti
     data = load_data(spec, input_size=args.input_size, normalize=args.normalize,
                      channels=image_channels(workload.input_shape))
     if tuple(data.x.shape[1:]) != tuple(workload.input_shape):
+        hint = f" (an image folder is resized to --input-size: give --input-size {workload.input_shape[-1]})" \
+            if Path(spec).is_dir() or spec.endswith(".zip") else ""
         raise UsageError(f"{option} {spec} has inputs of shape {list(data.x.shape[1:])}, the eval data "
-                         f"{list(workload.input_shape)}")
+                         f"{list(workload.input_shape)}{hint}")
     return data
 
 

@@ -3,7 +3,10 @@ article's table with the literature beside it and the curves on one plot, resume
 
 from __future__ import annotations
 
+import io
+
 import pandas as pd
+import torch
 from app_support import app, assert_clean, plotly_specs, texts
 
 from analysis.lab.config import LabConfig
@@ -15,6 +18,7 @@ from analysis.store.labs import STATE, lab_into_store, labs, open_lab
 from analysis.workload.data import load_data
 from ui import runs
 from ui.common import WorkloadSpec, cached_workload
+from ui.lab import TRAIN_SOURCES
 
 SMALL = dict(epochs=0.5, evals_per_epoch=2, export=False)
 
@@ -95,3 +99,29 @@ def test_cancel_without_a_running_lab_and_bad_settings_are_one_line():
     next(t for t in at.text_input if t.label == "Target value").set_value("1.5")
     at = at.run()
     assert any(e.value.startswith("Lab settings:") for e in at.error) and _button(at, "Run lab").disabled
+
+
+def _tensor_bytes(x: torch.Tensor, y: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"x": x, "y": y}, buf)
+    return buf.getvalue()
+
+
+def test_uploaded_training_tensors_train_the_lab_and_a_wrong_shape_is_one_line():
+    at = app("lab")
+    next(r for r in at.radio if r.label.startswith("Training data")).set_value(TRAIN_SOURCES[1])
+    at = at.run()
+    at.file_uploader[0].upload("train.pt", _tensor_bytes(torch.zeros(8, 3, 8, 8), torch.zeros(8, dtype=torch.long)))
+    at = _settings(at.run(), ["unstructured", "imp"])
+    at = _button(at.run(), "Run lab").click().run()
+    assert_clean(at)
+    assert any("The lab cannot run:" in e.value and "has inputs of shape [3, 8, 8]" in e.value for e in at.error)
+    assert labs(runs.store()).empty
+    train = load_data("sample:digits-train")
+    at.file_uploader[0].upload("train.pt", _tensor_bytes(train.x[:128], train.y[:128]))
+    at = _button(at.run(), "Run lab").click().run()
+    assert_clean(at)
+    listed = labs(runs.store())
+    assert len(listed) == 1 and listed["units_done"].iloc[0] == listed["units"].iloc[0]
+    result = open_lab(runs.store(), int(listed["id"].iloc[0]))
+    assert result.meta["train"].endswith("upload.pt") and "recover" in set(result.curves()["phase"])

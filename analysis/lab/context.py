@@ -78,11 +78,7 @@ def prepare_lab(workload: Workload, train: EvalData | None, config: LabConfig,
                 rewind: dict[str, torch.Tensor] | None = None) -> LabContext:
     """Check the lab's inputs at the door and compute what every unit shares."""
     config = config.validated()
-    refuse(workload.model, "the strategy lab", "it trains the pruned models")
-    if train is not None:
-        _check_train(workload, train)
-    if rewind is not None:
-        load_state(copy_model(workload.model), rewind, "the rewinding checkpoint")
+    check_inputs(workload, train, rewind)
     device = check_device(config.device)
     model = workload.model.to(device)
     layers = find_layers(model, workload.data.x[:1].to(device))
@@ -92,6 +88,16 @@ def prepare_lab(workload: Workload, train: EvalData | None, config: LabConfig,
     dense_logits = predict(model, workload.data.x, config.eval_batch_size, device)
     soft = None if train is None or train.y is not None else predict(model, train.x, config.eval_batch_size, device)
     return LabContext(workload, train, config, layers, dense_logits, metric, soft, rewind)
+
+
+def check_inputs(workload: Workload, train: EvalData | None, rewind: dict[str, torch.Tensor] | None) -> None:
+    """Refuse, with a one-line ``LabError``, a model the lab cannot train, training data that does not fit the
+    model and a rewinding checkpoint that does not fit it (before anything is computed or stored)."""
+    refuse(workload.model, "the strategy lab", "it trains the pruned models")
+    if train is not None:
+        _check_train(workload, train)
+    if rewind is not None:
+        load_state(copy_model(workload.model), rewind, "the rewinding checkpoint")
 
 
 def _check_train(workload: Workload, train: EvalData) -> None:

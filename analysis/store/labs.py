@@ -26,6 +26,7 @@ import torch
 from analysis.core.data import EvalData
 from analysis.core.metric_table import default_metric
 from analysis.lab.config import LabConfig, identity, identity_key, state_fingerprint
+from analysis.lab.context import check_inputs
 from analysis.lab.result import LabResult
 from analysis.lab.runner import LabProgress, Unit, checked_strategies, plan_units, run_lab
 from analysis.lab.strategies import STRATEGIES
@@ -77,6 +78,7 @@ def lab_into_store(store: RunStore, workload: Workload, train: EvalData | None, 
                      train.fingerprint() if train is not None else None, state_fingerprint(rewind))
     key = identity_key(ident)
     names = plan_units(config, checked_strategies(config, train is not None), train is not None)
+    check_inputs(workload, train, rewind)  # a refused input leaves no lab behind
     done = {} if fresh else stored_units(store, key)
     lab_id = _header(store, key, ident, config, workload, train, names)
     resumed = sum(1 for n in names if n in done)

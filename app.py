@@ -1,7 +1,8 @@
 """Prunescope's dashboard: the page list, and the home page that opens on the bundled sample at once.
 
 Run with ``streamlit run app.py`` (or ``make run``). The pages in ``pages/`` walk the story: model and data,
-sensitivity, diagnostics, schedule, export. All numbers come from ``analysis/``; this file only draws them.
+sensitivity, diagnostics, schedule, export, and the strategy lab. All numbers come from ``analysis/``; this file
+only draws them.
 """
 
 import streamlit as st
@@ -48,6 +49,7 @@ def home() -> None:
         ("pages/3_Diagnostics.py", "Diagnostics: why a layer is fragile", "biotech"),
         ("pages/4_Schedule.py", "Schedule: per-layer sliders with predicted accuracy", "tune"),
         ("pages/5_Export.py", "Export: a pruned, verified ONNX model", "deployed_code"),
+        ("pages/6_Strategy_lab.py", "Strategy lab: pruning strategies compared, drop and recovery", "science"),
     ]:
         st.page_link(path, label=label, icon=f":material/{icon}:")
 
@@ -59,4 +61,5 @@ st.navigation([
     st.Page("pages/3_Diagnostics.py", title="Diagnostics", icon=":material/biotech:", url_path="Diagnostics"),
     st.Page("pages/4_Schedule.py", title="Schedule", icon=":material/tune:", url_path="Schedule"),
     st.Page("pages/5_Export.py", title="Export", icon=":material/deployed_code:", url_path="Export"),
+    st.Page("pages/6_Strategy_lab.py", title="Strategy lab", icon=":material/science:", url_path="Strategy_lab"),
 ]).run()

@@ -2,8 +2,8 @@
 schedule, and export the pruned model.
 
 The public API is this module's ``__all__``: load a workload, scan it, read the profile, diagnose a layer, allocate
-and predict a schedule, measure it, and export it. Every member is imported on first use, so ``import analysis``
-is cheap. A whole session, on the bundled sample (a few seconds)::
+and predict a schedule, measure it, export it, and compare pruning strategies (the lab). Every member is imported
+on first use, so ``import analysis`` is cheap. A whole session, on the bundled sample (a few seconds)::
 
     >>> import analysis as ps
     >>> workload = ps.load_workload("sample:digits-mlp", "sample:digits")
@@ -14,8 +14,9 @@ is cheap. A whole session, on the bundled sample (a few seconds)::
     0.5
 
 The layers underneath (``analysis.core``, ``workload``, ``sensitivity``, ``diagnostics``, ``schedule``, ``deploy``,
-``store``, ``report``, ``cli``) import downward only; the package never imports Streamlit. The dashboard (``app.py``,
-``pages/``), the CLI (``analysis.cli``) and notebooks all call the same functions, which take data and return data.
+``lab``, ``store``, ``report``, ``cli``) import downward only; the package never imports Streamlit. The dashboard
+(``app.py``, ``pages/``), the CLI (``analysis.cli``) and notebooks all call the same functions, which take data
+and return data.
 """
 
 from __future__ import annotations
@@ -67,6 +68,13 @@ _API = {  # public name: the module that defines it
     "sensitivity_heatmap": "analysis.report.plots",
     "sensitivity_curves": "analysis.report.plots",
     "build_report": "analysis.report.html",
+    "STRATEGIES": "analysis.lab.strategies",
+    "LabConfig": "analysis.lab.config",
+    "LabResult": "analysis.lab.result",
+    "run_lab": "analysis.lab.runner",
+    "lab_into_store": "analysis.store.labs",
+    "open_lab": "analysis.store.labs",
+    "recovery_figure": "analysis.report.lab",
 }
 __all__ = ["__version__", *_API]
 

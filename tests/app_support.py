@@ -19,6 +19,7 @@ PAGES = {
     "diagnostics": "pages/3_Diagnostics.py",
     "schedule": "pages/4_Schedule.py",
     "export": "pages/5_Export.py",
+    "lab": "pages/6_Strategy_lab.py",
 }
 
 

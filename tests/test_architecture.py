@@ -3,7 +3,7 @@ across modules, no function-local imports of the package's own modules, no Strea
 
 The rule (README, "Architecture"): ``analysis`` is made of subpackages in layers,
 
-    core < workload < sensitivity < {diagnostics, schedule} < deploy < {store, report} < cli
+    core < workload < sensitivity < {diagnostics, schedule} < deploy < lab < {store, report} < cli
 
 and a module imports only modules of its own subpackage or of a lower layer (siblings in braces do not import
 each other). ``analysis/__init__.py`` (the public API) and ``analysis/__main__.py`` sit on top.
@@ -20,8 +20,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "analysis"
-LAYERS = [("core",), ("workload",), ("sensitivity",), ("diagnostics", "schedule"), ("deploy",), ("store", "report"),
-          ("cli",)]
+LAYERS = [("core",), ("workload",), ("sensitivity",), ("diagnostics", "schedule"), ("deploy",), ("lab",),
+          ("store", "report"), ("cli",)]
 TOP = {"analysis", "analysis.__main__"}  # the public API and the entry point: above every layer
 FACES = ("streamlit", "ui", "app", "pages")
 LAZY_ALLOWED = {"analysis", "analysis.cli"}  # they import a command or an API member on first use, by name

@@ -149,7 +149,10 @@ STEPS = [
     ["evaluate", *M, "--schedule", "schedule.json", "--quiet"],
     ["calibrate", "--scan", "s1", "--targets", "0.3,0.5", "--methods", "uniform", "--quiet"],
     ["export", *M, "--schedule", "schedule.json", "--no-latency", "--verify-samples", "8", "--out", "model.onnx"],
-    ["report", "--scan", "s1", "--schedule", "schedule.json", "--diagnosis", "diagnosis", "--out", "report.html"],
+    ["lab", *M, "--target-sparsity", "0.5", "--strategies", "unstructured,2:4", "--no-export", "--quiet", "--out",
+     "lab"],
+    ["report", "--scan", "s1", "--schedule", "schedule.json", "--diagnosis", "diagnosis", "--lab", "lab", "--out",
+     "report.html"],
     ["runs", "list"],
     ["runs", "artifacts"],
     ["runs", "check"],
@@ -164,7 +167,7 @@ for argv in STEPS:
 def test_every_command_works_installed(installed):
     _check(installed.run(installed.python, "-c", COMMANDS))
     for made in ("compare.csv", "diagnosis/diagnose.json", "schedule.json", "s1/calibration.json", "model.onnx",
-                 "report.html"):
+                 "lab/lab.csv", "report.html"):
         assert (installed.work / made).is_file(), made
 
 

@@ -25,12 +25,13 @@ COMMANDS = {  # name: one-line help (each command's own module repeats it as HEL
     "schedule": "allocate per-layer sparsities from a scan to reach a global target",
     "evaluate": "apply a whole schedule and measure it (prints one JSON object)",
     "calibrate": "measure real schedules of a scan and fit how its drops combine",
+    "lab": "compare pruning strategies on your model: initial drop, recovery curve, size and latency",
     "export": "export the pruned model to ONNX, verified in ONNX Runtime",
     "runs": "list, show and delete the runs and artifacts in the run store",
     "report": "one HTML report of a scan, with its diagnosis, schedule and export",
     "dashboard": "open the dashboard (streamlit run app.py)",
 }
-OUT_FOLDERS = {("scan", None), ("diagnose", None), ("runs", "show")}  # commands whose --out is a folder
+OUT_FOLDERS = {("scan", None), ("diagnose", None), ("runs", "show"), ("lab", None)}  # commands whose --out is a folder
 
 
 class Parser(argparse.ArgumentParser):

@@ -87,6 +87,20 @@ def add_pruning_args(p: argparse.ArgumentParser) -> None:
                    help="unstructured (default), channel, or an N:M pattern such as 2:4")
 
 
+def add_target_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--target-sparsity", metavar="T", help="fraction of prunable weights to remove, in [0, 1)")
+    g.add_argument("--target-params", metavar="N",
+                   help="prunable weights to keep: a count (1.5M) or a percentage (30%%)")
+    g.add_argument("--target-flops", metavar="N", help="FLOPs to keep: a count (20M) or a percentage (40%%)")
+
+
+def target_from(args: argparse.Namespace) -> tuple[str, str]:
+    """``(kind, text)`` of the target the command was given (``add_target_args``)."""
+    return next((k, v) for k, v in (("sparsity", args.target_sparsity), ("params", args.target_params),
+                                    ("flops", args.target_flops)) if v is not None)
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution")
     g.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -118,8 +132,10 @@ def load_more_data(args: argparse.Namespace, spec: str, workload: Workload, opti
     data = load_data(spec, input_size=args.input_size, normalize=args.normalize,
                      channels=image_channels(workload.input_shape))
     if tuple(data.x.shape[1:]) != tuple(workload.input_shape):
+        hint = f" (an image folder is resized to --input-size: give --input-size {workload.input_shape[-1]})" \
+            if Path(spec).is_dir() or spec.endswith(".zip") else ""
         raise UsageError(f"{option} {spec} has inputs of shape {list(data.x.shape[1:])}, the eval data "
-                         f"{list(workload.input_shape)}")
+                         f"{list(workload.input_shape)}{hint}")
     return data
 
 

@@ -1,6 +1,6 @@
-"""The CLI's folders: a scan folder (``sensitivity.csv``, ``scan.json``, ``calibration.json``), a diagnosis folder and
-an export's files, read into the engine's data and written from it. Only the faces read and write folders; the
-engine functions take profiles, schedules and workloads.
+"""The CLI's folders: a scan folder (``sensitivity.csv``, ``scan.json``, ``calibration.json``), a diagnosis folder,
+an export's files and a lab folder (``lab.csv``, ``lab.json``), read into the engine's data and written from it.
+Only the faces read and write folders; the engine functions take profiles, schedules and workloads.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pandas as pd
 from torch import nn
 
 from analysis.core.profile import SensitivityProfile
+from analysis.lab.result import LabResult
 from analysis.schedule.allocate import ScheduleSetting, needs_data, needs_model, schedule_setting
 from analysis.schedule.calibrate import Calibration
 from analysis.schedule.predict import Predictor
@@ -139,3 +140,24 @@ def load_export(folder: str | Path) -> dict | str:
     if as_md.is_file():
         return as_md.read_text()
     raise ValueError(f"export folder {folder} has {onnx_files[0].name} but neither {as_json.name} nor {as_md.name}")
+
+
+def write_lab(folder: str | Path, result: LabResult) -> tuple[Path, Path]:
+    """A lab's folder: ``lab.csv`` (every measured point, one row per strategy and step) and ``lab.json``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    csv, as_json = folder / "lab.csv", folder / "lab.json"
+    result.curves().to_csv(csv, index=False)
+    as_json.write_text(json.dumps(result.to_dict(), indent=1, default=str) + "\n")
+    return csv, as_json
+
+
+def load_lab(folder: str | Path) -> LabResult:
+    """The lab a ``prunescope lab`` folder holds (``lab.json``)."""
+    path = Path(folder) / "lab.json"
+    if not path.is_file():
+        raise ValueError(f"{folder} is not a lab folder: it has no lab.json (prunescope lab --out writes one)")
+    try:
+        return LabResult.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a lab written by prunescope lab: {exc}") from None

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from analysis.cli.common import add_store_arg, add_trust_arg, max_sparsity, name_list, store_artifact
+from analysis.cli.common import (
+    add_store_arg,
+    add_target_args,
+    add_trust_arg,
+    max_sparsity,
+    name_list,
+    store_artifact,
+    target_from,
+)
 from analysis.cli.errors import UsageError
 from analysis.cli.folders import folder_run, predictor_from_scan, scan_setting
 from analysis.core.metric_table import METRICS, metric_info
@@ -24,10 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    "store (unless --no-store). The schedule inherits the scan's criterion and "
                                    "granularity.")
     p.add_argument("--scan", required=True, type=Path, metavar="DIR", help="a scan folder (sensitivity.csv, scan.json)")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--target-sparsity", metavar="T", help="fraction of prunable weights to remove, in [0, 1)")
-    g.add_argument("--target-params", metavar="N", help="prunable weights to keep: a count (1.5M) or a percentage (30%%)")
-    g.add_argument("--target-flops", metavar="N", help="FLOPs to keep: a count (20M) or a percentage (40%%)")
+    add_target_args(p)
     p.add_argument("--method", choices=METHODS, default="sensitivity", help="allocation method (default sensitivity)")
     p.add_argument("--metric", choices=METRICS, default=None,
                    help="sensitivity method: the metric whose predicted drop is minimised (default accuracy, or "
@@ -50,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.scan.is_dir():
         raise UsageError(f"scan folder {args.scan} does not exist")
     stored_name = artifacts.check_name(args.name) if args.name is not None else artifacts.name_from_file(args.out)
-    kind, value = next((k, v) for k, v in (("sparsity", args.target_sparsity), ("params", args.target_params),
-                                           ("flops", args.target_flops)) if v is not None)
+    kind, value = target_from(args)
     default, per_layer = args.max_sparsity
     setting = scan_setting(args.scan, (args.method,), args.model, args.trust_code)
     total = setting.accountant.flops if kind == "flops" else setting.accountant.weights

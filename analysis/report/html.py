@@ -19,7 +19,9 @@ import plotly.graph_objects as go
 from analysis.core.metric_table import drop_scale
 from analysis.core.profile import SensitivityProfile, tolerance_table
 from analysis.core.version import __version__
+from analysis.lab.result import LabResult
 from analysis.report import plots
+from analysis.report.lab import lab_section
 from analysis.schedule.predict import Predictor
 from analysis.schedule.schedule import Schedule
 
@@ -194,12 +196,13 @@ def _export(export: Mapping, fig: _Figures) -> list[str]:
 def build_report(profile: SensitivityProfile, *, metric: str | None = None, diagnosis: object | None = None,
                  schedule: Schedule | None = None, prediction: Mapping | None = None,
                  measurement: object | None = None, totals: Mapping | None = None, export: object | None = None,
-                 title: str = "Prunescope report", plotlyjs: str = "inline") -> str:
+                 lab: LabResult | None = None, title: str = "Prunescope report", plotlyjs: str = "inline") -> str:
     """The whole analysis as one HTML page.
 
     ``measurement`` is a ``Measurement`` or its ``to_dict()``; ``export`` an ``ExportReport``, its
-    ``to_dict()``, or the Markdown summary an export wrote (shown as is). A schedule's own ``meta``
-    (``predicted``, ``measured``, ``totals``, as the dashboard saves them) fills what is not passed.
+    ``to_dict()``, or the Markdown summary an export wrote (shown as is); ``lab`` a strategy lab's result. A
+    schedule's own ``meta`` (``predicted``, ``measured``, ``totals``, as the dashboard saves them) fills what is
+    not passed.
 
     Example::
 
@@ -226,6 +229,8 @@ def build_report(profile: SensitivityProfile, *, metric: str | None = None, diag
             parts += ["<h2>Export</h2>", f"<pre>{html.escape(export)}</pre>"]
         else:
             parts += _export(export.to_dict() if hasattr(export, "to_dict") else export, fig)
+    if lab is not None:
+        parts += lab_section(lab, fig, _table)
     body = "\n".join(parts)
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body>\n{body}\n</body></html>\n")

@@ -327,3 +327,15 @@ def load_model(spec: str, trust_code: bool = False, trust_pickle: bool = False) 
     else:
         model = _from_model_file(Path(spec), trust_code)
     return model.eval()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in a weights file (``torch.save`` or ``.safetensors``, a training checkpoint's too), read
+    without running code; a file that is not one is a ``SpecError`` naming it."""
+    return _read_state_dict(Path(path))
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """Fill ``model`` from ``state`` as a weights file fills an architecture (wrapper prefixes dropped); weights
+    that do not fit are a ``SpecError`` naming ``source``."""
+    return _load_state(model, state, source)

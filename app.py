@@ -9,6 +9,7 @@ import streamlit as st
 from analysis.report import plots
 from analysis.sensitivity.config import ScanConfig
 from ui import common, runs, scanning
+from ui import format as fmt
 
 
 def home() -> None:
@@ -52,6 +53,8 @@ def home() -> None:
         st.page_link(path, label=label, icon=f":material/{icon}:")
 
 
+# Before the navigation: a page's :material/ icon as favicon would be fetched from an external font host.
+st.set_page_config(page_icon=fmt.FAVICON)
 st.navigation([
     st.Page(home, title="Home", icon=":material/home:", default=True),
     st.Page("pages/1_Model_and_data.py", title="Model & data", icon=":material/dataset:", url_path="Model_and_data"),

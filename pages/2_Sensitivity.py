@@ -85,7 +85,7 @@ if run_id != profile.meta["run_id"]:
     profile = runs.load_run(run_id)
 confirm = delete_col.popover("Delete this run")
 if confirm.button(f"Delete run {run_id} from the run store", type="primary",
-                  help="its finished layers go; schedules and other artifacts made from it stay"):
+                  help="its finished layers and the schedules and other artifacts made from it go"):
     runs.delete(run_id)
     st.toast(f"Deleted run {run_id}.")
     st.rerun()

@@ -92,7 +92,7 @@ def current_profile(spec: WorkloadSpec) -> SensitivityProfile | None:
 
 
 def delete(run_id: int) -> None:
-    """Delete a run (its artifacts stay, unlinked) and forget it in this session."""
+    """Delete a run (with its artifacts) and forget it in this session."""
     store().delete_run(run_id)
     if st.session_state.get(RUN_ID) == run_id:
         st.session_state.pop(RUN_ID)

@@ -2,6 +2,7 @@
 
 import copy
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.utils.prune as tprune
@@ -87,3 +88,17 @@ def test_two_four_scan_skips_layers_that_cannot_take_it(workloads):
 def test_bad_configs(workloads, config, match):
     with pytest.raises(ValueError, match=match):
         scan(workloads["digits-mlp"], config)
+
+
+def test_tolerance_metric_at_max_is_the_cell_at_max_sparsity():
+    """``accuracy@max`` is read at the tolerated sparsity, not at the largest one tested; dense when none is."""
+    rows = [("a", 0.5, 0.95), ("a", 0.7, 0.94), ("a", 0.9, 0.40), ("b", 0.5, 0.80), ("b", 0.7, 0.70), ("b", 0.9, 0.1)]
+    table = pd.DataFrame([{"layer": l, "type": "Linear", "params": 10, "sparsity": s, "accuracy": a, "loss": 1 - a,
+                           "agreement": a} for l, s, a in rows])
+    profile = SensitivityProfile(table, {"baseline": {"accuracy": 0.95, "loss": 0.05, "agreement": 1.0},
+                                         "labelled": True})
+    ranking = tolerance_table(profile, max_drop=0.02, metric="accuracy").set_index("layer")
+    assert ranking.loc["a", "max_sparsity"] == 0.7 and ranking.loc["a", "max_tested"] == 0.9
+    cell = table[(table.layer == "a") & (table.sparsity == ranking.loc["a", "max_sparsity"])]["accuracy"].item()
+    assert ranking.loc["a", "accuracy@max"] == cell
+    assert ranking.loc["b", "max_sparsity"] == 0.0 and ranking.loc["b", "accuracy@max"] == profile.baseline("accuracy")

@@ -39,8 +39,8 @@ def home() -> None:
     if profile is not None:
         st.plotly_chart(plots.sensitivity_heatmap(profile), key="home-heatmap")
         st.caption(f"Run {profile.meta.get('run_id', '')} of the run store: {profile.meta['criterion']} criterion, "
-                   f"{profile.meta['granularity']} pruning, {len(profile.layers)} layers. Details and other settings "
-                   "on the Sensitivity page.")
+                   f"{profile.meta['granularity']} pruning, {fmt.plural(len(profile.layers), 'layer')}. Details and "
+                   "other settings on the Sensitivity page.")
 
     st.divider()
     for path, label, icon in [

@@ -13,6 +13,7 @@ from analysis.report import plots
 from analysis.sensitivity.backends import cluster_backend
 from analysis.sensitivity.config import DEFAULT_SPARSITIES, ScanConfig
 from ui import common, runs, scanning
+from ui import format as fmt
 from ui.scanning import SCAN_MODES, adaptive_settings
 
 spec = common.header("Sensitivity")
@@ -90,7 +91,8 @@ if confirm.button(f"Delete run {run_id} from the run store", type="primary",
     st.toast(f"Deleted run {run_id}.")
     st.rerun()
 if not profile.meta.get("complete", True):
-    st.warning(f"This run is unfinished: {len(profile.layers)} of its {len(profile.meta.get('layers', []))} layers "
+    st.warning(f"This run is unfinished: {len(profile.layers)} of its "
+               f"{fmt.plural(len(profile.meta.get('layers', [])), 'layer')} "
                "were measured. Run the same settings again to resume it.")
 
 metrics = list(metric_choices(profile.labelled))
@@ -111,8 +113,9 @@ with rank_tab:
     if shown_mode == "bisect":
         scanning.show_bisection(profile)
     scale, unit = drop_scale(metric)
-    max_drop = st.number_input(f"Largest tolerated drop ({unit})", min_value=0.0, value=1.0 if scale > 1 else 0.01,
-                               step=0.5 if scale > 1 else 0.01)
+    max_drop = st.number_input(
+        f"Largest tolerated {fmt.change_word(metric)} ({unit})", min_value=0.0, value=1.0 if scale > 1 else 0.01,
+        step=0.5 if scale > 1 else 0.01)
     st.dataframe(tolerance_table(profile, max_drop / scale, metric), hide_index=True, width="stretch")
     st.caption("A layer's tolerance is the largest measured sparsity whose drop stays within the limit "
                "(a drop that recovers at a higher sparsity does not count). Most fragile first.")

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import ast
-import tomllib
+import io
+import re
 from pathlib import Path
 
+import numpy as np
+import tomllib
+from app_support import app, assert_clean, texts
 from streamlit.commands.page_config import _get_favicon_string
 
+from analysis.store.runs import home
+from analysis.workload import samples
 from ui import format as fmt
+from ui import upload_names
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +33,7 @@ def test_the_favicon_needs_no_external_host():
              and node.func.attr in ("set_page_config", "navigation")]
     assert calls.index("set_page_config") < calls.index("navigation")
     tree = ast.parse((ROOT / "app.py").read_text())
-    [config] = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "set_page_config"]
+    [config] = [n for n in ast.walk(tree) if getattr(getattr(n, "func", None), "attr", "") == "set_page_config"]
     assert [k.arg for k in config.keywords] == ["page_icon"]
 
 
@@ -34,4 +41,50 @@ def test_plurals_read_right():
     assert fmt.plural(1, "layer") == "1 layer"
     assert fmt.plural(21, "layer") == "21 layers"
     assert fmt.plural(1, "point") == "1 point"
-    assert fmt.delta_color(0.0) == "off" and fmt.delta_color(-0.5) == "normal"
+    assert fmt.plural(2, "sparsity", "sparsities") == "2 sparsities"
+
+
+def test_a_delta_that_shows_as_zero_has_no_colour():
+    assert fmt.delta_color(0.0, 4) == "off" and fmt.delta_color(3e-6, 4) == "off"  # shown as +0.0000
+    assert fmt.delta_color(-0.02, 1, "inverse") == "off"  # +0.0 KB is not worse
+    assert fmt.delta_color(-0.5, 4) == "normal" and fmt.delta_color(2.0, 1, "inverse") == "inverse"
+
+
+def test_a_worse_value_is_named_by_the_metric_direction():
+    assert fmt.change_word("accuracy") == "drop" and fmt.change_word("agreement") == "drop"
+    assert fmt.change_word("kl") == "increase" and fmt.change_word("loss") == "increase"
+    assert "PyTorch" not in fmt.verification_pair(onnx_model=True)
+    assert fmt.verification_pair(onnx_model=False) == "ONNX Runtime vs PyTorch"
+
+
+def _upload_digits(name: str):  # noqa: ANN202
+    x, y = samples.digits_split()[2:]
+    buf = io.BytesIO()
+    np.savez(buf, x=x[:40].numpy(), y=y[:40].numpy())
+    at = app("model")
+    at.radio(key="data_kind").set_value("Upload tensors (.pt, .npz)")
+    at = at.run()
+    at.file_uploader[0].upload(name, buf.getvalue())
+    at = at.run()
+    at.button[0].click()
+    return at.run()
+
+
+def test_an_upload_is_shown_by_its_name_but_stored_and_addressed_by_its_hash():
+    at = _upload_digits("digits_40.npz")
+    assert_clean(at)
+    spec = at.session_state["workload"]
+    assert spec.data.startswith(str(home() / "uploads")) and spec.data.endswith("/upload.npz")
+    assert re.fullmatch(r"uploaded:[0-9a-f]{16}/upload\.npz", at.query_params["data"])
+    assert "Workload: **sample:digits-cnn on digits_40.npz**" in texts(at.caption)
+    assert "upload.npz" not in texts(at.caption) + texts(at.success) + texts(at.subheader)
+
+
+def test_an_upload_name_is_shown_as_a_plain_file_name():
+    at = _upload_digits("[a](javascript:x) *b*.npz")
+    assert_clean(at)
+    assert upload_names.display(at.session_state["workload"].data) == "_a_(javascript_x)__b_.npz"  # no markup left
+    assert upload_names.safe_name("../../etc/passwd") == "passwd" and upload_names.safe_name("..") == "upload"
+    folder = home() / "uploads" / "0123456789abcdef"
+    folder.mkdir(parents=True)
+    assert upload_names.display(f"no {folder}/upload.pt") == "no uploaded:0123456789abcdef/upload.pt"  # no name kept

@@ -27,7 +27,7 @@ from analysis.workload.data import parse_shape
 from analysis.workload.errors import SpecError
 from analysis.workload.uploads import UploadError, image_root, sniff
 from analysis.workload.workload import Workload, load_workload
-from ui import uploads
+from ui import upload_names, uploads
 from ui.uploads import TENSOR_FILE, WEIGHTS_FILE
 
 DEFAULT_MODEL = "sample:digits-cnn"
@@ -51,7 +51,7 @@ class WorkloadSpec:
     @property
     def label(self) -> str:
         first = f" (first {self.count})" if self.count else ""
-        return f"{_short_spec(self.model)} on {_short_spec(self.data)}{first}"
+        return f"{upload_names.display(self.model)} on {upload_names.display(self.data)}{first}"
 
 
 def _short_spec(spec: str) -> str:
@@ -210,7 +210,7 @@ def try_workload(spec: WorkloadSpec) -> tuple[Workload, list[Layer]]:
 
 def load_error(exc: Exception) -> str:
     """A readable one-line reason: the engine's own message for input errors, the type too for anything else."""
-    text = _short_spec(" ".join(str(exc).split()))[:400]  # uploads named as on the page, not by server path
+    text = upload_names.display(" ".join(str(exc).split()))[:400]  # uploads by their names, not by server path
     return text if isinstance(exc, (SpecError, ValueError)) else f"{type(exc).__name__}: {text}"
 
 

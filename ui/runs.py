@@ -21,6 +21,7 @@ from analysis.core.profile import SensitivityProfile
 from analysis.schedule.calibrate import Calibration
 from analysis.store.runs import RunStore, StoreError, default_path
 from ui.common import WorkloadSpec, fingerprints
+from ui.format import plural
 
 RUN_ID = "run_id"
 CALIBRATION = "calibration"
@@ -58,7 +59,7 @@ class RunInfo:
     def label(self) -> str:
         state = "" if self.complete else f", {self.layers_done} of {self.layers} layers ({self.status})"
         return (f"run {self.run_id} · {self.created} · {self.criterion} · {self.granularity} · "
-                f"{self.layers} layers x {self.sparsities} sparsities{state}")
+                f"{plural(self.layers, 'layer')} x {plural(self.sparsities, 'sparsity', 'sparsities')}{state}")
 
 
 def list_runs(spec: WorkloadSpec) -> list[RunInfo]:

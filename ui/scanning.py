@@ -28,6 +28,7 @@ from analysis.store.scanning import scan_into_store as store_scan
 from analysis.workload.workload import Workload
 from ui import common, runs
 from ui.common import WorkloadSpec
+from ui.format import plural
 
 SCANNING = "scanning"  # session key: the run id of the scan this session has in flight
 SCAN_MODES = {"off": "full grid", "collapse": "stop after collapse", "bisect": "bisection"}
@@ -57,7 +58,8 @@ def run_scan(spec: WorkloadSpec, workload: Workload, config: ScanConfig, metric:
         done = len(resumed.done) if resumed else 0
         if resumed:
             st.info(f"resuming: {done} of {layers} layers already done (run {run_id})")
-        bar.progress(done / layers, text=f"Scanning {layers} layers x {len(config.validated().sparsities)} sparsities")
+        grid = plural(len(config.validated().sparsities), "sparsity", "sparsities")
+        bar.progress(done / layers, text=f"Scanning {plural(layers, 'layer')} x {grid}")
 
     def on_progress(p: Progress, partial: Callable[[], SensitivityProfile]) -> None:
         eta = "" if p.eta is None else f" · about {p.eta:.0f} s left"

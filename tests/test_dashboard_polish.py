@@ -5,17 +5,23 @@ from __future__ import annotations
 import ast
 import io
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import tomllib
+import torch
 from app_support import app, assert_clean, texts
 from streamlit.commands.page_config import _get_favicon_string
+from streamlit.testing.v1 import AppTest
 
+from analysis.core.criteria import CALIBRATED, CRITERIA
+from analysis.core.metric_table import default_metric
 from analysis.store.runs import home
 from analysis.workload import samples
 from ui import format as fmt
 from ui import upload_names
+from ui.common import WorkloadSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,3 +94,39 @@ def test_an_upload_name_is_shown_as_a_plain_file_name():
     folder = home() / "uploads" / "0123456789abcdef"
     folder.mkdir(parents=True)
     assert upload_names.display(f"no {folder}/upload.pt") == "no uploaded:0123456789abcdef/upload.pt"  # no name kept
+
+
+def _sensitivity(spec: WorkloadSpec) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.session_state["workload"] = spec
+    at.switch_page("pages/2_Sensitivity.py")
+    return at.run()
+
+
+def test_unlabelled_data_opens_on_agreement_the_engines_default(workloads):
+    at = _sensitivity(WorkloadSpec("sample:digits-mlp", "random:1x8x8", 32))
+    at.sidebar.text_input[0].set_value("0.5")
+    at.sidebar.multiselect[0].set_value(["fc1"])
+    at = at.run()
+    at.button[0].click()
+    at = at.run()
+    assert_clean(at)
+    metric = next(s for s in at.selectbox if s.label == "Metric")
+    assert metric.value == default_metric(labelled=False) == "agreement"
+    at.sidebar.radio[0].set_value("bisect")
+    at = at.run()
+    assert next(s for s in at.sidebar.selectbox if s.label == "Metric that decides").value == "agreement"
+
+
+def test_onnx_models_are_offered_only_the_criteria_they_can_compute(workloads, tmp_path):
+    path = tmp_path / "mlp.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(workloads["digits-mlp"].model, (workloads["digits-mlp"].data.x[:2],), str(path),
+                          dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    at = _sensitivity(WorkloadSpec(str(path), "sample:digits", 32))
+    assert_clean(at)
+    offered = next(s for s in at.sidebar.selectbox if s.label == "Criterion").options
+    assert set(offered) == set(CRITERIA) - CALIBRATED and CALIBRATED <= {"taylor", "activation"} and CALIBRATED
+    sample = _sensitivity(WorkloadSpec())
+    assert next(s for s in sample.sidebar.selectbox if s.label == "Criterion").options == list(CRITERIA)

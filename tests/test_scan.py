@@ -102,3 +102,17 @@ def test_tolerance_metric_at_max_is_the_cell_at_max_sparsity():
     cell = table[(table.layer == "a") & (table.sparsity == ranking.loc["a", "max_sparsity"])]["accuracy"].item()
     assert ranking.loc["a", "accuracy@max"] == cell
     assert ranking.loc["b", "max_sparsity"] == 0.0 and ranking.loc["b", "accuracy@max"] == profile.baseline("accuracy")
+
+
+def test_a_sparsity_grid_longer_than_the_limit_is_refused_in_one_line(capsys, tmp_path):
+    from analysis.cli import main
+    from analysis.sensitivity.config import MAX_SPARSITIES
+
+    many = tuple(i / 1000 for i in range(1, MAX_SPARSITIES + 2))
+    with pytest.raises(ValueError, match=f"{len(many)} sparsities are too many .*at most {MAX_SPARSITIES}"):
+        ScanConfig(sparsities=many).validated()
+    assert len(ScanConfig(sparsities=many[:MAX_SPARSITIES]).validated().sparsities) == MAX_SPARSITIES + 1  # + dense
+    code = main(["scan", "--model", "sample:digits-mlp", "--data", "sample:digits", "--count", "16",
+                 "--out", str(tmp_path / "scan"), "--sparsities", ",".join(f"{s:g}" for s in many)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "too many for one scan" in err and len(err.splitlines()) == 1

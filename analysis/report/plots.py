@@ -7,6 +7,7 @@ for accuracy and agreement, raw units for loss and KL) so that "1 point" reads t
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -116,7 +117,7 @@ def sensitivity_heatmap(profile: SensitivityProfile, metric: str | None = None) 
     grid = df.pivot_table(index="layer", columns="sparsity", values="drop_shown", aggfunc="first")
     grid = grid.reindex(index=[l for l in profile.layers if l in grid.index])
     values = df.pivot_table(index="layer", columns="sparsity", values=metric, aggfunc="first").reindex(grid.index)
-    limit = max(float(grid.abs().max().max()) if grid.size else 0.0, 1e-9)
+    limit = colour_limit(grid)
     fig = go.Figure(go.Heatmap(
         z=grid.to_numpy(),
         x=[f"{s:g}" for s in grid.columns],
@@ -142,6 +143,14 @@ def sensitivity_heatmap(profile: SensitivityProfile, metric: str | None = None) 
         margin={"l": 10, "r": 10, "t": 50, "b": 40},
     )
     return fig
+
+
+def colour_limit(grid: pd.DataFrame, floor: float = 1e-3) -> float:
+    """The heatmap's symmetric colour range: the largest finite drop shown, at least ``floor`` (so drops that are
+    all zero, or NaN where a metric was not measured, still get a readable colour bar, not ticks of 1e-9)."""
+    values = grid.to_numpy(dtype=float)
+    finite = values[np.isfinite(values)]
+    return max(float(np.abs(finite).max()) if finite.size else 0.0, floor)
 
 
 def _mark_filled(fig: go.Figure, df: pd.DataFrame) -> None:

@@ -45,3 +45,20 @@ def test_the_report_has_no_placeholder_colours(sample_profile):  # noqa: F811
     html = build_report(sample_profile, plotlyjs="cdn")
     assert '"layout":{' in html.replace(" ", "") and not PLACEHOLDER.search(html)
     assert '"automargin":true' in html.replace(" ", "")
+
+
+def _dead(after: list[int]) -> pd.DataFrame:
+    rows = [{"layer": "fc1", "sparsity": 0.5, "observed": obs, "kind": kind, "units": 10, "dead_before": 0,
+             "dead_after": n, "created": n, "fraction_before": 0.0, "fraction_after": n / 10, "indices_created": ""}
+            for (obs, kind), n in zip([("fc1", "structural"), ("fc1", "functional"), ("fc2", "functional")], after)]
+    return pd.DataFrame(rows)
+
+
+def test_dead_neuron_chart_says_when_nothing_died_and_names_facets_plainly():
+    quiet = plots.dead_neurons_figure(_dead([0, 0, 0]))
+    notes = [a.text for a in quiet.layout.annotations]
+    assert "no unit is dead, before or after pruning" in notes
+    assert {"structural", "functional"} <= set(notes) and not any("kind=" in n for n in notes)
+    busy = plots.dead_neurons_figure(_dead([2, 1, 0]))
+    assert not any("dead" in a.text for a in busy.layout.annotations)
+    assert busy.layout.yaxis.range[1] > 1 and busy.layout.yaxis2.domain[0] - busy.layout.yaxis.domain[1] >= 0.1

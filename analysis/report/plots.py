@@ -55,10 +55,23 @@ def dead_neurons_figure(dead: pd.DataFrame, layer: str | None = None, sparsity: 
                      var_name="when", value_name="fraction")
     long["when"] = long["when"].map({"fraction_before": "dense", "fraction_after": "pruned"})
     fig = px.bar(long, x="observed", y="fraction", color="when", barmode="group", facet_row="kind",
-                 hover_data=["units"], range_y=[0, 1],
+                 hover_data=["units"], range_y=[0, 1], facet_row_spacing=0.12,
                  labels={"observed": "observed layer", "fraction": "dead fraction", "when": ""})
     fig.update_layout(title=f"Dead units after pruning {layer} to {sparsity:g}")
+    _tidy_dead_figure(fig, cell)
     return fig
+
+
+def _tidy_dead_figure(fig: go.Figure, cell: pd.DataFrame) -> None:
+    """Facet titles name the kind alone (not ``kind=structural``), the 0 and 1 ticks of stacked panels stay apart,
+    and a figure with no dead unit created says so rather than drawing empty panels."""
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    fig.update_yaxes(tickvals=[0, 0.5, 1], range=[0, 1.05])
+    if not int(cell["created"].sum()):
+        none = "no unit is dead, before or after pruning" if not cell["fraction_after"].any() else \
+            "pruning created no dead units"
+        fig.add_annotation(text=none, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
+                           font={"size": 14}, bgcolor="rgba(255,255,255,0.85)")
 
 
 def recalibration_figure(recal: pd.DataFrame) -> go.Figure:

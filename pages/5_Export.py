@@ -11,7 +11,7 @@ from analysis.core.granularity import parse_granularity
 from analysis.deploy.export import EXPORTERS, VerificationError, export
 from analysis.report.html import build_report
 from analysis.workload.onnx import OnnxModel
-from ui import artifacts, common, runs, schedules
+from ui import artifacts, common, runs, schedules, upload_names
 from ui import format as fmt
 from ui.common import prunescope_home
 
@@ -139,8 +139,8 @@ if done["html"] is None and profile is not None:
         meta["totals"] = schedules.accountant(spec, profile).totals(schedule).fractions()
     diagnosis = st.session_state.get("diagnosis")
     diagnosis = diagnosis["result"] if diagnosis and diagnosis["cell"][0] == spec.key else None
-    done["html"] = build_report(profile, diagnosis=diagnosis, schedule=report.schedule, export=report,
-                                title=f"Prunescope report: {spec.label}")
+    done["html"] = build_report(upload_names.named_profile(profile), diagnosis=diagnosis, schedule=report.schedule,
+                                export=report, title=f"Prunescope report: {spec.label}")
 c1, c2, c3 = st.columns(3)
 if report.onnx_path.is_file():
     c1.download_button("Download the ONNX model", report.onnx_path.read_bytes(), "model.onnx",

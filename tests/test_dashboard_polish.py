@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import tomllib
 import torch
-from app_support import app, assert_clean, texts
+from app_support import app, assert_clean, sample_profile, sample_scan, texts  # noqa: F401
 from streamlit.commands.page_config import _get_favicon_string
 from streamlit.testing.v1 import AppTest
 
@@ -19,6 +19,7 @@ from analysis.core.criteria import CALIBRATED, CRITERIA
 from analysis.core.metric_table import default_metric
 from analysis.store.runs import home
 from analysis.workload import samples
+from analysis.workload.data import load_data
 from ui import format as fmt
 from ui import upload_names
 from ui.common import WorkloadSpec
@@ -130,3 +131,20 @@ def test_onnx_models_are_offered_only_the_criteria_they_can_compute(workloads, t
     assert set(offered) == set(CRITERIA) - CALIBRATED and CALIBRATED <= {"taylor", "activation"} and CALIBRATED
     sample = _sensitivity(WorkloadSpec())
     assert next(s for s in sample.sidebar.selectbox if s.label == "Criterion").options == list(CRITERIA)
+
+
+def test_the_report_names_an_upload_by_its_name(sample_profile):  # noqa: F811
+    folder = home() / "uploads" / "0123456789abcdef"
+    folder.mkdir(parents=True)
+    upload_names.remember(folder, "resnet18_3cls.pth")
+    meta = {**sample_profile.meta, "model": f"torchvision:resnet18={folder}/upload.pt"}
+    named = upload_names.named_profile(type(sample_profile)(sample_profile.table, meta))
+    assert named.meta["model"] == "torchvision:resnet18=resnet18_3cls.pth"
+    assert named.meta["data"] == sample_profile.meta["data"] and named.table is sample_profile.table
+
+
+def test_random_inputs_are_labelled_by_how_many_are_drawn():
+    assert WorkloadSpec("sample:digits-cnn", "random:1x8x8", 32).label == "sample:digits-cnn on 32 random 1x8x8 inputs"
+    drawn = len(load_data("random:1x8x8"))
+    assert WorkloadSpec("sample:digits-cnn", "random:1x8x8").label.endswith(f" on {drawn} random 1x8x8 inputs")
+    assert WorkloadSpec("sample:digits-cnn", "sample:digits", 32).label.endswith("sample:digits (first 32)")

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.utils.prune as tprune
 
+from analysis.cli import main
 from analysis.core.profile import SensitivityProfile, tolerance_table
-from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.config import MAX_SPARSITIES, ScanConfig
 from analysis.sensitivity.driver import scan
 
 
@@ -105,9 +106,6 @@ def test_tolerance_metric_at_max_is_the_cell_at_max_sparsity():
 
 
 def test_a_sparsity_grid_longer_than_the_limit_is_refused_in_one_line(capsys, tmp_path):
-    from analysis.cli import main
-    from analysis.sensitivity.config import MAX_SPARSITIES
-
     many = tuple(i / 1000 for i in range(1, MAX_SPARSITIES + 2))
     with pytest.raises(ValueError, match=f"{len(many)} sparsities are too many .*at most {MAX_SPARSITIES}"):
         ScanConfig(sparsities=many).validated()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from analysis.core.profile import SensitivityProfile
 from analysis.store.runs import home
 
 NAME_FILE = "name.txt"
@@ -42,3 +43,10 @@ def display(text: str) -> str:
     or by ``uploaded:<hash>/<file>`` for an upload stored before names were kept; never the server's path."""
     pattern = re.escape(str(home())) + r"/uploads/([0-9a-f]{16})/(upload\.[a-z0-9]+|images(?:/[^/\s:'\"]+)*)"
     return re.sub(pattern, _shown, text)
+
+
+def named_profile(profile: SensitivityProfile) -> SensitivityProfile:
+    """``profile`` with its model and data named for display (the report the Export page offers names uploads
+    by their names, not by the server's paths); the table is shared, not copied."""
+    meta = {**profile.meta, **{k: display(str(profile.meta[k])) for k in ("model", "data") if k in profile.meta}}
+    return SensitivityProfile(profile.table, meta)

@@ -116,7 +116,11 @@ def test_unlabelled_data_opens_on_agreement_the_engines_default(workloads):
     assert metric.value == default_metric(labelled=False) == "agreement"
     at.sidebar.radio[0].set_value("bisect")
     at = at.run()
-    assert next(s for s in at.sidebar.selectbox if s.label == "Metric that decides").value == "agreement"
+    decides = next(s for s in at.sidebar.selectbox if s.label == "Metric that decides")
+    assert decides.value == "agreement"
+    decides.set_value("loss")
+    at = at.run()
+    assert any(n.label == "Tolerated increase (loss)" for n in at.sidebar.number_input)
 
 
 def test_onnx_models_are_offered_only_the_criteria_they_can_compute(workloads, tmp_path):

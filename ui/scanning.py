@@ -131,7 +131,8 @@ def show_adaptive(profile: SensitivityProfile) -> str:
                    "in the table).")
     elif mode == "bisect":
         info = profile.meta["adaptive"]
-        st.caption(f"Bisection: per layer, the largest sparsity whose {info['adaptive_metric']} drop stays within "
+        st.caption(f"Bisection: per layer, the largest sparsity whose {info['adaptive_metric']} "
+                   f"{change_word(info['adaptive_metric'])} stays within "
                    f"{info['tolerance']:g}, to {info['resolution']:g}; only the points the search measured are "
                    "shown (the Tolerance ranking tab has the answer).")
     return mode

@@ -10,6 +10,7 @@ import streamlit as st
 from analysis.report import plots
 from analysis.sensitivity.config import ScanConfig
 from ui import common, runs, scanning
+from ui import format as fmt
 
 
 def home() -> None:
@@ -39,8 +40,8 @@ def home() -> None:
     if profile is not None:
         st.plotly_chart(plots.sensitivity_heatmap(profile), key="home-heatmap")
         st.caption(f"Run {profile.meta.get('run_id', '')} of the run store: {profile.meta['criterion']} criterion, "
-                   f"{profile.meta['granularity']} pruning, {len(profile.layers)} layers. Details and other settings "
-                   "on the Sensitivity page.")
+                   f"{profile.meta['granularity']} pruning, {fmt.plural(len(profile.layers), 'layer')}. Details and "
+                   "other settings on the Sensitivity page.")
 
     st.divider()
     for path, label, icon in [
@@ -54,6 +55,8 @@ def home() -> None:
         st.page_link(path, label=label, icon=f":material/{icon}:")
 
 
+# Before the navigation: a page's :material/ icon as favicon would be fetched from an external font host.
+st.set_page_config(page_icon=fmt.FAVICON)
 st.navigation([
     st.Page(home, title="Home", icon=":material/home:", default=True),
     st.Page("pages/1_Model_and_data.py", title="Model & data", icon=":material/dataset:", url_path="Model_and_data"),

@@ -88,10 +88,12 @@ if st.button("Use this model and data", type="primary", disabled=refused or not 
         st.error(f"Cannot use {chosen.label}: {common.load_error(exc)}")
     else:
         common.set_spec(chosen)
-        spec = chosen
-        st.success(f"Now analysing {chosen.label}.")
+        st.session_state["workload_note"] = f"Now analysing {chosen.label}."
+        st.rerun()  # the header's caption, drawn before the button, names the new workload too
 elif not (model_spec and data_spec) and not (model_error or data_error):
     st.info("Upload a file (or pick a bundled one) for both the model and the data.")
+if note := st.session_state.pop("workload_note", None):
+    st.success(note)
 
 st.divider()
 st.subheader(f"Prunable layers of {spec.label}")

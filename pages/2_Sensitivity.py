@@ -4,7 +4,7 @@ import json
 
 import streamlit as st
 
-from analysis.core.criteria import CRITERIA
+from analysis.core.criteria import CALIBRATED, CRITERIA
 from analysis.core.granularity import CHOICES as GRANULARITY_CHOICES
 from analysis.core.granularity import check_sparsity
 from analysis.core.metric_table import drop_scale, metric_choices
@@ -12,7 +12,9 @@ from analysis.core.profile import tolerance_table
 from analysis.report import plots
 from analysis.sensitivity.backends import cluster_backend
 from analysis.sensitivity.config import DEFAULT_SPARSITIES, ScanConfig
+from analysis.workload.onnx import OnnxModel
 from ui import common, runs, scanning
+from ui import format as fmt
 from ui.scanning import SCAN_MODES, adaptive_settings
 
 spec = common.header("Sensitivity")
@@ -24,7 +26,10 @@ with st.sidebar:
                     help="full grid measures every cell; stop after collapse stops a layer once its metric has "
                          "fallen near chance and fills the rest (marked); bisection searches each layer's largest "
                          "sparsity within a tolerated drop")
-    criterion = st.selectbox("Criterion", CRITERIA, help="how the weights to remove are chosen")
+    onnx_model = isinstance(workload.model, OnnxModel)  # run by ONNX Runtime: no gradients nor input norms
+    criterion = st.selectbox("Criterion", [c for c in CRITERIA if not (onnx_model and c in CALIBRATED)],
+                             help="how the weights to remove are chosen" + (
+                                 "; taylor and activation need a PyTorch model" if onnx_model else ""))
     granularity = st.selectbox("Granularity", GRANULARITY_CHOICES,
                                help="single weights, whole output channels, or 2 of every 4 weights")
     grid_text = st.text_input("Sparsities", ", ".join(f"{s:g}" for s in DEFAULT_SPARSITIES), disabled=mode == "bisect",
@@ -85,16 +90,18 @@ if run_id != profile.meta["run_id"]:
     profile = runs.load_run(run_id)
 confirm = delete_col.popover("Delete this run")
 if confirm.button(f"Delete run {run_id} from the run store", type="primary",
-                  help="its finished layers go; schedules and other artifacts made from it stay"):
+                  help="its finished layers and the schedules and other artifacts made from it go"):
     runs.delete(run_id)
     st.toast(f"Deleted run {run_id}.")
     st.rerun()
 if not profile.meta.get("complete", True):
-    st.warning(f"This run is unfinished: {len(profile.layers)} of its {len(profile.meta.get('layers', []))} layers "
+    st.warning(f"This run is unfinished: {len(profile.layers)} of its "
+               f"{fmt.plural(len(profile.meta.get('layers', [])), 'layer')} "
                "were measured. Run the same settings again to resume it.")
 
 metrics = list(metric_choices(profile.labelled))
-metric = st.selectbox("Metric", metrics, help="accuracy needs labels; agreement and KL compare with the dense model")
+metric = st.selectbox("Metric", metrics, index=metrics.index(profile.default_metric),
+                      help="accuracy needs labels; agreement and KL compare with the dense model")
 base = profile.baseline(metric)
 st.caption(f"Dense {metric}: **{base:.4f}** on {profile.meta['samples']} samples · criterion "
            f"{profile.meta['criterion']} · granularity {profile.meta['granularity']}")
@@ -111,8 +118,9 @@ with rank_tab:
     if shown_mode == "bisect":
         scanning.show_bisection(profile)
     scale, unit = drop_scale(metric)
-    max_drop = st.number_input(f"Largest tolerated drop ({unit})", min_value=0.0, value=1.0 if scale > 1 else 0.01,
-                               step=0.5 if scale > 1 else 0.01)
+    max_drop = st.number_input(
+        f"Largest tolerated {fmt.change_word(metric)} ({unit})", min_value=0.0, value=1.0 if scale > 1 else 0.01,
+        step=0.5 if scale > 1 else 0.01)
     st.dataframe(tolerance_table(profile, max_drop / scale, metric), hide_index=True, width="stretch")
     st.caption("A layer's tolerance is the largest measured sparsity whose drop stays within the limit "
                "(a drop that recovers at a higher sparsity does not count). Most fragile first.")

@@ -20,6 +20,7 @@ from analysis.schedule.predict import Predictor, compared_stage
 from analysis.schedule.schedule import Schedule
 from analysis.schedule.totals import Accountant
 from ui import common, runs, schedules
+from ui import format as fmt
 
 METHOD_WORDS = {"sensitivity": "sensitivity-based (smallest predicted drop)", "uniform": "uniform",
                 "global": "global magnitude", "lamp": "LAMP", "erk": "ERK"}
@@ -123,7 +124,8 @@ def sliders_section(by_name: dict, names: list[str], granularity: str, values: d
     grouped = schedules.groups(shown) if len(names) > schedules.GROUP_ABOVE else {"": shown}
     fixed = parse_granularity(granularity).fixed_sparsity
     for group, members in grouped.items():
-        box = st.expander(f"{group} ({len(members)} layers)", expanded=bool(search.strip()) or len(grouped) <= 3) \
+        box = st.expander(f"{group} ({fmt.plural(len(members), 'layer')})",
+                          expanded=bool(search.strip()) or len(grouped) <= 3) \
             if group else st.container()
         with box:
             cols = st.columns(2)
@@ -157,11 +159,12 @@ def summary_section(box, schedule: Schedule, totals, predictor: Predictor, predi
         cols[2].metric("FLOPs kept", f"{totals.flops_kept_fraction:.4f}",
                        help=f"{totals.flops_kept:,} FLOPs per sample")
         cols[3].metric(f"predicted {metric}", f"{predicted:.4f}", f"{predicted - base:+.4f} vs dense {base:.4f}",
-                       delta_color="normal" if HIGHER_IS_BETTER[metric] else "inverse")
+                       delta_color=fmt.delta_color(predicted - base, 4,
+                                                   "normal" if HIGHER_IS_BETTER[metric] else "inverse"))
         if not schedule.sparsities:
             st.info("This schedule prunes nothing: every layer is dense. Apply a preset or move a slider.")
         else:
-            st.caption(f"{len(schedule.sparsities)} layers pruned · {source}")
+            st.caption(f"{fmt.plural(len(schedule.sparsities), 'layer')} pruned · {source}")
 
 
 def measure_section(spec: common.WorkloadSpec, workload, schedule: Schedule, predictor: Predictor,  # noqa: ANN001
@@ -175,7 +178,8 @@ def measure_section(spec: common.WorkloadSpec, workload, schedule: Schedule, pre
                      else "the model has no BatchNorm")
     if st.button("Measure", disabled=not schedule.sparsities, help="prune a copy of the model and evaluate it"):
         try:
-            with st.status(f"Pruning {len(schedule.sparsities)} layers and evaluating on {len(workload.data)} "
+            with st.status(f"Pruning {fmt.plural(len(schedule.sparsities), 'layer')} and evaluating on "
+                           f"{len(workload.data)} "
                            "samples ...", expanded=False) as status:
                 with common.holding(spec):
                     result = measure_schedule(workload, schedule, bn_recalibrate=bn)

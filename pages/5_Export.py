@@ -10,7 +10,9 @@ from analysis.core.batchnorm import has_batchnorm
 from analysis.core.granularity import parse_granularity
 from analysis.deploy.export import EXPORTERS, VerificationError, export
 from analysis.report.html import build_report
-from ui import artifacts, common, runs, schedules
+from analysis.workload.onnx import OnnxModel
+from ui import artifacts, common, runs, schedules, upload_names
+from ui import format as fmt
 from ui.common import prunescope_home
 
 spec = common.header("Export")
@@ -36,8 +38,8 @@ if not choices:
 label = st.selectbox("Schedule to export", list(choices))
 schedule, profile = choices[label]
 channel = parse_granularity(schedule.granularity).structured
-st.caption(f"{len(schedule.sparsities)} layers pruned · {schedule.criterion} criterion · {schedule.granularity} "
-           f"granularity · {schedule.meta.get('method') or schedule.meta.get('source', '')}")
+st.caption(f"{fmt.plural(len(schedule.sparsities), 'layer')} pruned · {schedule.criterion} criterion · "
+           f"{schedule.granularity} granularity · {schedule.meta.get('method') or schedule.meta.get('source', '')}")
 c1, c2, c3, c4 = st.columns(4)
 shrink = c1.checkbox("Remove pruned channels (shrink)", value=channel, disabled=not channel,
                      help="channel granularity only: the file really has fewer channels" if channel else
@@ -97,7 +99,8 @@ if done["label"] != label:
 
 passed = all(v.passed for v in report.verifications)
 main = report.verifications[0]
-text = (f"ONNX Runtime vs PyTorch on {main.samples} samples: max abs diff {main.max_abs:.3g}, max rel diff "
+pair = fmt.verification_pair(isinstance(workload.model, OnnxModel))
+text = (f"{pair[0].upper()}{pair[1:]} on {main.samples} samples: max abs diff {main.max_abs:.3g}, max rel diff "
         f"{main.max_rel:.3g} (tolerance {main.tolerance:g}), top-1 agreement {main.top1_agreement:.4f}")
 (st.success if passed else st.error)(f"Verification {'passed' if passed else 'FAILED'}. {text}.")
 st.dataframe(pd.DataFrame([v.to_dict() for v in report.verifications]), hide_index=True, width="stretch")
@@ -106,10 +109,12 @@ q = report.quality
 cols = st.columns(4)
 if q["dense_accuracy"] is not None:
     cols[0].metric("dense accuracy", f"{q['dense_accuracy']:.4f}")
-    cols[1].metric("pruned accuracy", f"{q['pruned_accuracy']:.4f}", f"{q['pruned_accuracy'] - q['dense_accuracy']:+.4f}")
+    cols[1].metric("pruned accuracy", f"{q['pruned_accuracy']:.4f}", f"{q['pruned_accuracy'] - q['dense_accuracy']:+.4f}",
+                  delta_color=fmt.delta_color(q["pruned_accuracy"] - q["dense_accuracy"], 4))
 cols[2].metric("top-1 agreement with dense", f"{q['agreement']:.4f}")
 cols[3].metric("file size", f"{report.pruned.file_bytes / 1024:.1f} KB",
-               f"{(report.pruned.file_bytes - report.dense.file_bytes) / 1024:+.1f} KB vs dense", delta_color="inverse")
+               f"{(report.pruned.file_bytes - report.dense.file_bytes) / 1024:+.1f} KB vs dense",
+               delta_color=fmt.delta_color((report.pruned.file_bytes - report.dense.file_bytes) / 1024, 1, "inverse"))
 
 st.subheader("Size and latency next to the dense model")
 sizes = pd.DataFrame([{"model": name, "file KB": c.file_bytes / 1024, "gzip KB": c.gzip_bytes / 1024,
@@ -134,8 +139,8 @@ if done["html"] is None and profile is not None:
         meta["totals"] = schedules.accountant(spec, profile).totals(schedule).fractions()
     diagnosis = st.session_state.get("diagnosis")
     diagnosis = diagnosis["result"] if diagnosis and diagnosis["cell"][0] == spec.key else None
-    done["html"] = build_report(profile, diagnosis=diagnosis, schedule=report.schedule, export=report,
-                                title=f"Prunescope report: {spec.label}")
+    done["html"] = build_report(upload_names.named_profile(profile), diagnosis=diagnosis, schedule=report.schedule,
+                                export=report, title=f"Prunescope report: {spec.label}")
 c1, c2, c3 = st.columns(3)
 if report.onnx_path.is_file():
     c1.download_button("Download the ONNX model", report.onnx_path.read_bytes(), "model.onnx",

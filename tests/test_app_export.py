@@ -136,4 +136,4 @@ def test_the_export_page_finds_the_schedule_after_a_reload(stored_run):  # noqa:
     again = app("export")
     assert_clean(again)
     assert again.selectbox[0].value == "current (from the Schedule page)"
-    assert "1 layers pruned" in "\n".join(c.value for c in again.caption)
+    assert "1 layer pruned" in "\n".join(c.value for c in again.caption)

@@ -234,7 +234,7 @@ def test_large_models_group_sliders_by_block(stored_run, monkeypatch):  # noqa: 
     at = app("schedule")
     assert_clean(at)
     labels = [e.label for e in at.expander if not e.label.startswith("Calibrate")]
-    assert labels == ["block1 (1 layers)", "block2 (1 layers)", "block3 (1 layers)", "fc (1 layers)"]
+    assert labels == ["block1 (1 layer)", "block2 (1 layer)", "block3 (1 layer)", "fc (1 layer)"]
     assert len(at.slider) == 4
 
 

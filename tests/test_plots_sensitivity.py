@@ -79,3 +79,14 @@ def test_layer_summary_bar_shows_shares_of_params_and_flops(workloads):
     assert list(params.customdata) == list(table["params"])
     with pytest.raises(ValueError, match="flops_share"):
         plots.layer_summary_bar(table.drop(columns=["flops_share"]))
+
+
+@pytest.mark.parametrize("value", [0.0, float("nan")])
+def test_heatmap_of_drops_all_zero_or_unmeasured_keeps_a_readable_colour_range(profiles, value):
+    """An ONNX scan came out blank grey with colour-bar ticks 1n / -1n: the range must not collapse to 1e-9."""
+    profile, _ = profiles
+    flat = type(profile)(profile.table.assign(accuracy=profile.baseline("accuracy") if value == 0 else value),
+                         profile.meta)
+    heat = plots.sensitivity_heatmap(flat, "accuracy").data[0]
+    assert heat.zmax == -heat.zmin == plots.colour_limit(flat.drop("accuracy").pivot_table(
+        index="layer", columns="sparsity", values="drop", aggfunc="first")) >= 1e-3

@@ -2,12 +2,14 @@
 
 import copy
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.utils.prune as tprune
 
+from analysis.cli import main
 from analysis.core.profile import SensitivityProfile, tolerance_table
-from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.config import MAX_SPARSITIES, ScanConfig
 from analysis.sensitivity.driver import scan
 
 
@@ -87,3 +89,28 @@ def test_two_four_scan_skips_layers_that_cannot_take_it(workloads):
 def test_bad_configs(workloads, config, match):
     with pytest.raises(ValueError, match=match):
         scan(workloads["digits-mlp"], config)
+
+
+def test_tolerance_metric_at_max_is_the_cell_at_max_sparsity():
+    """``accuracy@max`` is read at the tolerated sparsity, not at the largest one tested; dense when none is."""
+    rows = [("a", 0.5, 0.95), ("a", 0.7, 0.94), ("a", 0.9, 0.40), ("b", 0.5, 0.80), ("b", 0.7, 0.70), ("b", 0.9, 0.1)]
+    table = pd.DataFrame([{"layer": l, "type": "Linear", "params": 10, "sparsity": s, "accuracy": a, "loss": 1 - a,
+                           "agreement": a} for l, s, a in rows])
+    profile = SensitivityProfile(table, {"baseline": {"accuracy": 0.95, "loss": 0.05, "agreement": 1.0},
+                                         "labelled": True})
+    ranking = tolerance_table(profile, max_drop=0.02, metric="accuracy").set_index("layer")
+    assert ranking.loc["a", "max_sparsity"] == 0.7 and ranking.loc["a", "max_tested"] == 0.9
+    cell = table[(table.layer == "a") & (table.sparsity == ranking.loc["a", "max_sparsity"])]["accuracy"].item()
+    assert ranking.loc["a", "accuracy@max"] == cell
+    assert ranking.loc["b", "max_sparsity"] == 0.0 and ranking.loc["b", "accuracy@max"] == profile.baseline("accuracy")
+
+
+def test_a_sparsity_grid_longer_than_the_limit_is_refused_in_one_line(capsys, tmp_path):
+    many = tuple(i / 1000 for i in range(1, MAX_SPARSITIES + 2))
+    with pytest.raises(ValueError, match=f"{len(many)} sparsities are too many .*at most {MAX_SPARSITIES}"):
+        ScanConfig(sparsities=many).validated()
+    assert len(ScanConfig(sparsities=many[:MAX_SPARSITIES]).validated().sparsities) == MAX_SPARSITIES + 1  # + dense
+    code = main(["scan", "--model", "sample:digits-mlp", "--data", "sample:digits", "--count", "16",
+                 "--out", str(tmp_path / "scan"), "--sparsities", ",".join(f"{s:g}" for s in many)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "too many for one scan" in err and len(err.splitlines()) == 1

@@ -18,6 +18,7 @@ import pytest
 from analysis.sensitivity.config import ScanConfig
 from analysis.sensitivity.context import prepare
 from analysis.sensitivity.driver import scan
+from analysis.store import runs as store_runs
 from analysis.store.runs import RunStore, StoreError, default_path, identity_key, scan_identity
 from analysis.store.scanning import scan_into_store
 from analysis.store.writer import LayerWriter
@@ -174,7 +175,7 @@ def test_artifacts_round_trip_list_and_delete(store: RunStore, workloads) -> Non
     assert payload == schedule and info["kind"] == "schedule" and info["run_id"] == run.id
     assert store.get_artifact(eid)[1] == b"\x08\x00binary"
     store.delete_run(run.id)
-    assert store.get_artifact(sid)[0]["run_id"] is None
+    assert set(store.artifacts()["id"]) == {eid}, "a deleted run takes its artifacts with it"
     store.delete_artifact(eid)
     with pytest.raises(StoreError, match=f"no artifact {eid}"):
         store.get_artifact(eid)
@@ -494,3 +495,35 @@ def test_scan_into_store_reports_the_partial_profile_that_the_store_ends_up_hold
         assert partial.layers == stored.profile.layers[:done]
         assert partial.meta["baseline"] == stored.profile.meta["baseline"]
     pd.testing.assert_frame_equal(seen[-1][1].table, store.profile(stored.run_id).table)
+
+
+def test_run_ids_are_never_reused_after_a_delete(store: RunStore, workloads) -> None:
+    wl = workloads["digits-mlp"]
+    ctx = prepare(wl, CONFIG)
+    first = store.open_scan(wl, ctx)
+    second = store.open_scan(wl, ctx, fresh=True)
+    store.delete_run(second.id)
+    third = store.open_scan(wl, ctx, fresh=True)
+    assert third.id > second.id > first.id
+
+
+def test_an_old_store_gains_autoincrement_and_keeps_its_runs(tmp_path: Path, workloads, monkeypatch) -> None:
+    """Stores written before AUTOINCREMENT: the runs table is rebuilt on opening, runs and their layers kept."""
+    wl = workloads["digits-mlp"]
+    ctx = prepare(wl, CONFIG)
+    path = tmp_path / "old.sqlite"
+    monkeypatch.setattr(store_runs, "_SCHEMA", store_runs._SCHEMA.replace(" AUTOINCREMENT", ""))
+    with RunStore(path) as s:
+        assert "sqlite_sequence" not in {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master")}
+        run = s.open_scan(wl, ctx)
+        profile = scan(wl, CONFIG, on_result=lambda r: s.add_layer(run.id, r, ctx.config), context=ctx)
+        s.finish(run.id, profile.meta)
+        gone = s.open_scan(wl, ctx, fresh=True).id
+    monkeypatch.undo()
+    with RunStore(path) as s:
+        assert "AUTOINCREMENT" in s.conn.execute("SELECT sql FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
+        assert list(s.runs()["id"]) == [gone, run.id]
+        pd.testing.assert_frame_equal(s.profile(run.id).table, profile.table)
+        s.delete_run(gone)
+        assert s.open_scan(wl, ctx, fresh=True).id > gone
+        assert s.check() == []

@@ -156,3 +156,9 @@ def test_check_names_the_kind_and_the_suffix_from_content(model_bytes) -> None:
     assert check(model_bytes["safetensors"], "x.onnx", "model") == ("safetensors", ".safetensors")
     with pytest.raises(UploadError, match="pickle"):
         check(b"\x80\x04K\x01.", "model.onnx", "model")
+
+
+def test_a_truncated_onnx_file_is_called_one(model_bytes) -> None:
+    with pytest.raises(UploadError, match="reads as a truncated or corrupt ONNX file"):
+        with received(model_bytes["onnx"][: len(model_bytes["onnx"]) // 2], "model.onnx", "model"):
+            pass

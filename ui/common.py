@@ -23,11 +23,11 @@ import streamlit as st
 from analysis.core.layers import Layer, find_layers, layer_table
 from analysis.store.runs import home as prunescope_home
 from analysis.workload import samples
-from analysis.workload.data import parse_shape
+from analysis.workload.data import RANDOM_COUNT, parse_shape
 from analysis.workload.errors import SpecError
 from analysis.workload.uploads import UploadError, image_root, sniff
 from analysis.workload.workload import Workload, load_workload
-from ui import uploads
+from ui import upload_names, uploads
 from ui.uploads import TENSOR_FILE, WEIGHTS_FILE
 
 DEFAULT_MODEL = "sample:digits-cnn"
@@ -50,8 +50,15 @@ class WorkloadSpec:
 
     @property
     def label(self) -> str:
+        if self.data.startswith("random:"):  # random inputs have no "first N": the count is how many are drawn
+            return f"{upload_names.display(self.model)} on {random_label(self.data, self.count)}"
         first = f" (first {self.count})" if self.count else ""
-        return f"{_short_spec(self.model)} on {_short_spec(self.data)}{first}"
+        return f"{upload_names.display(self.model)} on {upload_names.display(self.data)}{first}"
+
+
+def random_label(data: str, count: int | None) -> str:
+    """``random:3x64x64`` with a count, in words: ``32 random 3x64x64 inputs`` (256 when no count is set)."""
+    return f"{count or RANDOM_COUNT} random {data.removeprefix('random:')} inputs"
 
 
 def _short_spec(spec: str) -> str:
@@ -92,7 +99,7 @@ def spec_from_address(params: dict[str, str]) -> WorkloadSpec | None:
     ``address_model`` and ``address_data``); never a ``file.py:factory`` spec or another path on the server."""
     try:
         count, size = int(params.get("count", "0")), int(params.get("size", "224"))
-        model, data = address_model(params["model"]), address_data(params["data"], count or 256)
+        model, data = address_model(params["model"]), address_data(params["data"], count or RANDOM_COUNT)
     except (KeyError, ValueError):
         return None
     if model is None or data is None or count < 0 or not 8 <= size <= 1024:
@@ -210,7 +217,7 @@ def try_workload(spec: WorkloadSpec) -> tuple[Workload, list[Layer]]:
 
 def load_error(exc: Exception) -> str:
     """A readable one-line reason: the engine's own message for input errors, the type too for anything else."""
-    text = _short_spec(" ".join(str(exc).split()))[:400]  # uploads named as on the page, not by server path
+    text = upload_names.display(" ".join(str(exc).split()))[:400]  # uploads by their names, not by server path
     return text if isinstance(exc, (SpecError, ValueError)) else f"{type(exc).__name__}: {text}"
 
 

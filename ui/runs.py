@@ -21,6 +21,7 @@ from analysis.core.profile import SensitivityProfile
 from analysis.schedule.calibrate import Calibration
 from analysis.store.runs import RunStore, StoreError, default_path
 from ui.common import WorkloadSpec, fingerprints
+from ui.format import plural
 
 RUN_ID = "run_id"
 CALIBRATION = "calibration"
@@ -58,7 +59,7 @@ class RunInfo:
     def label(self) -> str:
         state = "" if self.complete else f", {self.layers_done} of {self.layers} layers ({self.status})"
         return (f"run {self.run_id} · {self.created} · {self.criterion} · {self.granularity} · "
-                f"{self.layers} layers x {self.sparsities} sparsities{state}")
+                f"{plural(self.layers, 'layer')} x {plural(self.sparsities, 'sparsity', 'sparsities')}{state}")
 
 
 def list_runs(spec: WorkloadSpec) -> list[RunInfo]:
@@ -92,7 +93,7 @@ def current_profile(spec: WorkloadSpec) -> SensitivityProfile | None:
 
 
 def delete(run_id: int) -> None:
-    """Delete a run (its artifacts stay, unlinked) and forget it in this session."""
+    """Delete a run (with its artifacts) and forget it in this session."""
     store().delete_run(run_id)
     if st.session_state.get(RUN_ID) == run_id:
         st.session_state.pop(RUN_ID)

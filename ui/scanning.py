@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from analysis.core.metric_table import drop_scale, metric_choices
+from analysis.core.metric_table import default_metric, drop_scale, metric_choices
 from analysis.core.profile import SensitivityProfile
 from analysis.report import plots
 from analysis.sensitivity import adaptive
@@ -28,6 +28,7 @@ from analysis.store.scanning import scan_into_store as store_scan
 from analysis.workload.workload import Workload
 from ui import common, runs
 from ui.common import WorkloadSpec
+from ui.format import change_word, plural
 
 SCANNING = "scanning"  # session key: the run id of the scan this session has in flight
 SCAN_MODES = {"off": "full grid", "collapse": "stop after collapse", "bisect": "bisection"}
@@ -57,7 +58,8 @@ def run_scan(spec: WorkloadSpec, workload: Workload, config: ScanConfig, metric:
         done = len(resumed.done) if resumed else 0
         if resumed:
             st.info(f"resuming: {done} of {layers} layers already done (run {run_id})")
-        bar.progress(done / layers, text=f"Scanning {layers} layers x {len(config.validated().sparsities)} sparsities")
+        grid = plural(len(config.validated().sparsities), "sparsity", "sparsities")
+        bar.progress(done / layers, text=f"Scanning {plural(layers, 'layer')} x {grid}")
 
     def on_progress(p: Progress, partial: Callable[[], SensitivityProfile]) -> None:
         eta = "" if p.eta is None else f" · about {p.eta:.0f} s left"
@@ -100,8 +102,8 @@ def adaptive_settings(mode: str, labelled: bool) -> dict:
         return {}
     defaults = ScanConfig()
     choices = list(metric_choices(labelled, bounded=mode == "collapse"))
-    metric = st.selectbox("Metric that decides", choices, help="accuracy needs labels; agreement compares with the "
-                                                                "dense model")
+    metric = st.selectbox("Metric that decides", choices, index=choices.index(default_metric(labelled)),
+                          help="accuracy needs labels; agreement compares with the dense model")
     points = st.number_input("Sparsities per engine call", 1, 32, defaults.points_per_call,
                              help="measured together in one batched run: more per call, fewer calls")
     if mode == "collapse":
@@ -110,7 +112,7 @@ def adaptive_settings(mode: str, labelled: bool) -> dict:
                             "remaining sparsities are filled with the last measured value and marked")
         return {"collapse_at": float(at), "adaptive_metric": metric, "points_per_call": int(points)}
     scale, unit = drop_scale(metric)
-    tolerance = st.number_input(f"Tolerated drop ({unit})", 0.0, value=defaults.tolerance * scale,
+    tolerance = st.number_input(f"Tolerated {change_word(metric)} ({unit})", 0.0, value=defaults.tolerance * scale,
                                 step=0.5 if scale > 1 else 0.01)
     resolution = st.number_input("Resolution (sparsity step searched)", 0.005, 0.5, defaults.resolution, 0.005,
                                  format="%.3f")
@@ -129,7 +131,8 @@ def show_adaptive(profile: SensitivityProfile) -> str:
                    "in the table).")
     elif mode == "bisect":
         info = profile.meta["adaptive"]
-        st.caption(f"Bisection: per layer, the largest sparsity whose {info['adaptive_metric']} drop stays within "
+        st.caption(f"Bisection: per layer, the largest sparsity whose {info['adaptive_metric']} "
+                   f"{change_word(info['adaptive_metric'])} stays within "
                    f"{info['tolerance']:g}, to {info['resolution']:g}; only the points the search measured are "
                    "shown (the Tolerance ranking tab has the answer).")
     return mode

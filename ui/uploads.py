@@ -18,6 +18,7 @@ from pathlib import Path
 
 from analysis.store.runs import home
 from analysis.workload.uploads import CODE_UPLOADS_ENV, PROGRAM_KINDS, UploadError, check, safe_extract
+from ui import upload_names
 
 WHAT = {"onnx": "an ONNX model", "torchscript": "a TorchScript model", "export": "a torch.export program",
         "torch-save": "a torch.save archive (a state dict, or a pickled model)",
@@ -76,6 +77,7 @@ def save_upload(name: str, content: bytes, role: str) -> Path:
     path = folder / f"upload{suffix}"
     if not path.is_file() or path.stat().st_size != len(content):
         path.write_bytes(content)
+    upload_names.remember(folder, name)
     return path
 
 
@@ -86,6 +88,7 @@ def save_image_zip(name: str, content: bytes) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     archive = folder / "upload.zip"
     archive.write_bytes(content)
+    upload_names.remember(folder, name)
     try:
         return safe_extract(archive, folder / "images")
     finally:

@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     q = rs.add_parser("show", help="one run's configuration and progress; --out writes its profile")
     q.add_argument("run_id", type=int, metavar="RUN")
     q.add_argument("--out", type=Path, metavar="DIR", help="write sensitivity.csv and scan.json of the run here")
-    q = rs.add_parser("delete", help="delete runs and their finished layers")
+    q = rs.add_parser("delete", help="delete runs with their finished layers and artifacts (run ids are never reused)")
     q.add_argument("run_ids", type=int, nargs="+", metavar="RUN")
     q = rs.add_parser("artifacts", help="stored schedules, diagnostics and exports (from the schedule, diagnose and "
                                         "export commands and the dashboard), newest first")

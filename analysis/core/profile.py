@@ -68,7 +68,8 @@ def tolerance_table(profile: SensitivityProfile, max_drop: float = 0.01, metric:
     """Layers ranked by tolerance: the largest measured sparsity whose drop stays within ``max_drop``.
 
     A layer is only as tolerant as its first sparsity that breaks the limit: a drop that recovers at a
-    higher sparsity does not count.
+    higher sparsity does not count. ``<metric>@max`` is the metric at ``max_sparsity`` (the dense baseline when
+    no sparsity is tolerated); ``max_tested`` is the largest sparsity measured.
 
     Example::
 
@@ -82,18 +83,18 @@ def tolerance_table(profile: SensitivityProfile, max_drop: float = 0.01, metric:
     rows = []
     for layer in profile.layers:
         cells = df[df["layer"] == layer].sort_values("sparsity")
-        tolerated = 0.0
+        tolerated, at_max = 0.0, profile.baseline(metric)  # nothing tolerated: the layer stays dense
         for _, cell in cells.iterrows():
             if cell["drop"] > max_drop + 1e-12:
                 break
-            tolerated = float(cell["sparsity"])
+            tolerated, at_max = float(cell["sparsity"]), float(cell[metric])
         worst = cells.iloc[-1]
         rows.append({
             "layer": layer,
             "type": cells["type"].iloc[0],
             "params": int(cells["params"].iloc[0]),
             "max_sparsity": tolerated,
-            f"{metric}@max": float(worst[metric]),
+            f"{metric}@max": at_max,
             "max_tested": float(worst["sparsity"]),
         })
     out = pd.DataFrame(rows)

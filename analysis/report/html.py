@@ -22,6 +22,7 @@ from analysis.core.version import __version__
 from analysis.lab.result import LabResult
 from analysis.report import plots
 from analysis.report.lab import lab_section
+from analysis.report.style import readable
 from analysis.schedule.predict import Predictor
 from analysis.schedule.schedule import Schedule
 
@@ -49,7 +50,7 @@ class _Figures:
     def __call__(self, fig: go.Figure) -> str:
         include: bool | str = "cdn" if self.mode == "cdn" else self.first
         self.first = False
-        return fig.to_html(full_html=False, include_plotlyjs=include, default_width="100%")
+        return readable(fig).to_html(full_html=False, include_plotlyjs=include, default_width="100%")
 
 
 def _table(df: pd.DataFrame, digits: int = 4) -> str:

@@ -7,6 +7,7 @@ for accuracy and agreement, raw units for loss and KL) so that "1 point" reads t
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -54,10 +55,23 @@ def dead_neurons_figure(dead: pd.DataFrame, layer: str | None = None, sparsity: 
                      var_name="when", value_name="fraction")
     long["when"] = long["when"].map({"fraction_before": "dense", "fraction_after": "pruned"})
     fig = px.bar(long, x="observed", y="fraction", color="when", barmode="group", facet_row="kind",
-                 hover_data=["units"], range_y=[0, 1],
+                 hover_data=["units"], range_y=[0, 1], facet_row_spacing=0.12,
                  labels={"observed": "observed layer", "fraction": "dead fraction", "when": ""})
     fig.update_layout(title=f"Dead units after pruning {layer} to {sparsity:g}")
+    _tidy_dead_figure(fig, cell)
     return fig
+
+
+def _tidy_dead_figure(fig: go.Figure, cell: pd.DataFrame) -> None:
+    """Facet titles name the kind alone (not ``kind=structural``), the 0 and 1 ticks of stacked panels stay apart,
+    and a figure with no dead unit created says so rather than drawing empty panels."""
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    fig.update_yaxes(tickvals=[0, 0.5, 1], range=[0, 1.05])
+    if not int(cell["created"].sum()):
+        none = "no unit is dead, before or after pruning" if not cell["fraction_after"].any() else \
+            "pruning created no dead units"
+        fig.add_annotation(text=none, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
+                           font={"size": 14}, bgcolor="rgba(255,255,255,0.85)")
 
 
 def recalibration_figure(recal: pd.DataFrame) -> go.Figure:
@@ -116,7 +130,7 @@ def sensitivity_heatmap(profile: SensitivityProfile, metric: str | None = None) 
     grid = df.pivot_table(index="layer", columns="sparsity", values="drop_shown", aggfunc="first")
     grid = grid.reindex(index=[l for l in profile.layers if l in grid.index])
     values = df.pivot_table(index="layer", columns="sparsity", values=metric, aggfunc="first").reindex(grid.index)
-    limit = max(float(grid.abs().max().max()) if grid.size else 0.0, 1e-9)
+    limit = colour_limit(grid)
     fig = go.Figure(go.Heatmap(
         z=grid.to_numpy(),
         x=[f"{s:g}" for s in grid.columns],
@@ -142,6 +156,14 @@ def sensitivity_heatmap(profile: SensitivityProfile, metric: str | None = None) 
         margin={"l": 10, "r": 10, "t": 50, "b": 40},
     )
     return fig
+
+
+def colour_limit(grid: pd.DataFrame, floor: float = 1e-3) -> float:
+    """The heatmap's symmetric colour range: the largest finite drop shown, at least ``floor`` (so drops that are
+    all zero, or NaN where a metric was not measured, still get a readable colour bar, not ticks of 1e-9)."""
+    values = grid.to_numpy(dtype=float)
+    finite = values[np.isfinite(values)]
+    return max(float(np.abs(finite).max()) if finite.size else 0.0, floor)
 
 
 def _mark_filled(fig: go.Figure, df: pd.DataFrame) -> None:

@@ -58,6 +58,10 @@ class ScanConfig:
         if not self.sparsities:
             raise ValueError("no sparsities to scan")
         values = sorted({check_sparsity(s) for s in self.sparsities})
+        if len(values) > MAX_SPARSITIES:
+            raise ValueError(f"{len(values)} sparsities are too many for one scan (at most {MAX_SPARSITIES}): each "
+                             "is a full evaluation per layer and the chart's axis would be unreadable; use a coarser "
+                             "grid, or the bisection mode to find each layer's limit finely")
         values = gran.grid(values, default=tuple(values) == DEFAULT_SPARSITIES)
         if values[0] != 0.0:
             values = [0.0, *values]
@@ -67,6 +71,7 @@ class ScanConfig:
 
 
 PRECISIONS = ("exact", "tf32", "bf16")
+MAX_SPARSITIES = 50  # a grid longer than this is a typo or a misunderstanding, not a scan anyone can read
 
 
 MODES = ("off", "collapse", "bisect")

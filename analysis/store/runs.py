@@ -58,7 +58,7 @@ EXECUTION_FIELDS = ("engine", "device", "batch_size")  # how numbers are compute
 
 _SCHEMA = """
 CREATE TABLE runs (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT NOT NULL,
     kind TEXT NOT NULL DEFAULT 'scan',
     status TEXT NOT NULL,
@@ -240,7 +240,10 @@ class RunStore:
                      for kind, name, table in trees)
             c.execute(f"SELECT {', '.join(reads)}").fetchall()
         c.executescript(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}; PRAGMA journal_mode = WAL; "
-                        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+                        "PRAGMA synchronous = NORMAL;")
+        if tables and "sqlite_sequence" not in tables:
+            self._migrate_autoincrement()
+        c.execute("PRAGMA foreign_keys = ON")
         if not tables:
             with self._write():
                 if not c.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone():
@@ -249,6 +252,23 @@ class RunStore:
                             c.execute(statement)
                     c.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _migrate_autoincrement(self) -> None:
+        """Give a store written before run ids were never reused an AUTOINCREMENT ``runs`` table, keeping every run.
+
+        SQLite cannot add AUTOINCREMENT to a table, so the table is rebuilt in one transaction (foreign keys off,
+        so the layers of the runs are not cascaded away while the old table is dropped).
+        """
+        runs_sql = _SCHEMA.split(";")[0].replace("CREATE TABLE runs", "CREATE TABLE runs_new")
+        with self._write() as c:
+            if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
+                return  # another process migrated it first
+            columns = ", ".join(row[1] for row in c.execute("PRAGMA table_info(runs)").fetchall())
+            c.execute(runs_sql)
+            c.execute(f"INSERT INTO runs_new ({columns}) SELECT {columns} FROM runs")
+            c.execute("DROP TABLE runs")
+            c.execute("ALTER TABLE runs_new RENAME TO runs")
+            c.execute(_SCHEMA.split(";")[1])
 
     def check(self) -> list[str]:
         """Read the whole file (SQLite's ``integrity_check``): the problems found, ``[]`` when the store is sound.
@@ -439,9 +459,10 @@ class RunStore:
         return SensitivityProfile(profile_table(layers, results), merged)
 
     def delete_run(self, run_id: int) -> None:
-        """Delete a run and its finished layers; artifacts made from it stay, no longer linked to it."""
+        """Delete a run, its finished layers and the artifacts made from it (run ids are never reused)."""
         self._run_row(run_id)
         with self._write() as c:
+            c.execute("DELETE FROM artifacts WHERE run_id = ?", (int(run_id),))
             c.execute("DELETE FROM runs WHERE id = ?", (int(run_id),))
 
     # ------------------------------------------------------------------------------------------- artifacts

@@ -27,6 +27,7 @@ from analysis.workload.files import check_unpacked_file, load_plain, sniff_kind
 from analysis.workload.uploads import UploadError, kind_words, safe_extract, sniff
 
 MAX_RANDOM_VALUES = 1 << 28  # 1 GiB of float32: a typo such as random:3x2240x2240 must not exhaust memory
+RANDOM_COUNT = 256  # random inputs drawn when no count is given
 
 
 def parse_shape(text: str, count: int) -> tuple[int, ...]:
@@ -189,9 +190,10 @@ def load_data(spec: str, count: int | None = None, input_size: int = 224, normal
         x, y = (x_test, y_test) if spec == "sample:digits" else (x_train, y_train)
         data = EvalData(x, y, spec, [str(i) for i in range(10)])
     elif spec.startswith("random:"):
-        shape = parse_shape(spec.removeprefix("random:"), count or 256)
+        count = count or RANDOM_COUNT
+        shape = parse_shape(spec.removeprefix("random:"), count)
         gen = torch.Generator().manual_seed(seed)
-        return EvalData(torch.randn((count or 256, *shape), generator=gen), None, f"{spec}@{count or 256}")
+        return EvalData(torch.randn((count, *shape), generator=gen), None, f"{spec}@{count}")
     elif spec.startswith("sample:"):
         raise SpecError(f"no bundled data {spec!r}; use sample:digits or sample:digits-train")
     else:

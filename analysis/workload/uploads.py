@@ -56,7 +56,8 @@ class Upload:
 
 KIND_WORDS = {"onnx": "an ONNX model", "torchscript": "a TorchScript model", "export": "a torch.export program",
               "safetensors": "a safetensors file", "npz": "a numpy .npz archive", "images-zip": "a zip of images",
-              "damaged-zip": "a damaged zip archive", "torch-save": "a torch.save file", "pickle": "a pickle stream"}
+              "damaged-zip": "a damaged zip archive", "torch-save": "a torch.save file", "pickle": "a pickle stream",
+              "damaged-onnx": "a truncated or corrupt ONNX file"}
 
 
 def kind_words(kind: str) -> str:
@@ -101,8 +102,8 @@ def sniff(path: Path) -> str:
         return "pickle"
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (100 * MiB):
         return "safetensors"
-    if head[:1] == b"\x08" and _parses_as_onnx(path):
-        return "onnx"
+    if head[:1] == b"\x08":  # an ONNX ModelProto opens with its ir_version field
+        return "onnx" if _parses_as_onnx(path) else "damaged-onnx"
     return "unknown"
 
 
@@ -306,9 +307,9 @@ def received(data: bytes, filename: str, role: str, max_bytes: int | None = None
             raise UploadError(f"{name} is a pickle stream; unpickling runs code, so uploads never accept it. "
                               + instead)
         if kind not in allowed:
-            what = "a model (ONNX, TorchScript, .pt2, safetensors or a state dict)" if role == "model" else \
-                "data (a .pt/.npz tensor file or a .zip of an image folder)"
-            raise UploadError(f"{name} is not {what}; its content reads as {kind_words(kind)}")
+            what = ("not a model file (ONNX, TorchScript, .pt2) nor a state dict (torch.save, safetensors)"
+                    if role == "model" else "not data (a .pt/.npz tensor file or a .zip of an image folder)")
+            raise UploadError(f"{name} is {what}; its content reads as {kind_words(kind)}")
         if kind in ("npz", "torch-save"):
             check_unpacked(raw, kind, limit, shown=name, setting="PRUNESCOPE_MAX_UPLOAD_MB")
         if kind == "images-zip":

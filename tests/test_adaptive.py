@@ -181,7 +181,7 @@ def test_cli_bisect_writes_the_tolerance_csv(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--adaptive", "bisect", "--collapse-at", "0.5"], "--collapse-at applies to --adaptive collapse only"),
-    (["--tolerance", "0.1"], "--tolerance applies to --adaptive bisect only"),
+    (["--tolerance", "0.1"], "--tolerance applies to --adaptive bisect, sequential or sequential-bisect only"),
     (["--adaptive", "bisect", "--sparsities", "0.5"], "--sparsities does not apply to --adaptive bisect"),
     (["--adaptive", "collapse", "--collapse-at", "2"], "collapse_at 2.0 is outside (0, 1]"),
     (["--adaptive", "bisect", "--backend", "ray"], "an adaptive scan (bisect) decides on the whole eval set"),
@@ -202,5 +202,6 @@ def test_cli_help_names_the_adaptive_options(capsys):
     with pytest.raises(SystemExit):
         main(["scan", "--help"])
     helped = capsys.readouterr().out
-    assert all(flag in helped for flag in ("--adaptive {off,collapse,bisect}", "--collapse-at", "--tolerance",
+    assert all(flag in helped for flag in ("--adaptive {off,collapse,bisect,sequential,sequential-bisect}",
+                                           "--collapse-at", "--tolerance", "--shard-size", "--confidence",
                                            "--resolution", "--points-per-call"))

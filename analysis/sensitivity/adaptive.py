@@ -197,8 +197,9 @@ def measured_cells(profile: SensitivityProfile) -> dict[str, int]:
 
 
 def bisect_table(profile: SensitivityProfile) -> pd.DataFrame:
-    """The tolerance table of a bisection scan: per layer the largest tolerable sparsity found, the drop there,
-    the first failing sparsity (empty if none up to the grid's top) and the pruned sparsities evaluated."""
+    """The tolerance table of a bisection scan: per layer the largest tolerable sparsity found and its bounds at
+    the profile's confidence (``tolerance_table``), the drop there and its interval, the first failing sparsity
+    (empty if none up to the grid's top), the pruned sparsities evaluated and the samples they used."""
     info = profile.meta.get("adaptive") or {}
     if info.get("mode") not in SEARCH_MODES:
         raise ValueError("this profile is not a bisection scan (scan with --adaptive bisect or sequential-bisect)")
@@ -215,11 +216,55 @@ def bisect_table(profile: SensitivityProfile) -> pd.DataFrame:
             "type": entry.type,
             "params": entry.params,
             "max_sparsity": entry.max_sparsity,
+            "max_sparsity_lo": entry.max_sparsity_lo,
+            "max_sparsity_hi": entry.max_sparsity_hi,
             "drop": float(at["drop"]),
+            "drop_lo": float(at["drop_lo"]),
+            "drop_hi": float(at["drop_hi"]),
             metric: float(at[metric]),
             "first_failing": float(above["sparsity"].iloc[0]) if len(above) else float("nan"),
             "evaluations": int((cells["sparsity"] > 0).sum()),
+            "sample_evaluations": int(cells.loc[cells["sparsity"] > 0, "n"].sum()),
         })
     out = pd.DataFrame(rows)
     out.attrs.update(metric=metric, tolerance=tolerance, resolution=float(info["resolution"]))
+    return out
+
+
+def sample_evaluations(profile: SensitivityProfile) -> dict[str, float]:
+    """What a scan spent: the pruned cells it measured, those settled early (sequential), its sample-evaluations
+    (the samples every measured pruned cell used) and the full grid's over the same sparsities (every pruned
+    sparsity of the grid, every layer finished, every sample), and the share saved."""
+    table = profile.table
+    measured = table["measured"].astype(bool) if "measured" in table else pd.Series(True, index=table.index)
+    pruned = table[(table["sparsity"] > 0) & measured]
+    grid = sum(1 for s in profile.meta.get("sparsities", []) if s > 0)
+    full = len(profile.layers) * grid * int(profile.meta.get("samples", 0))
+    used = int(pruned["n"].sum())
+    return {"cells": len(pruned), "settled_early": int(pruned[EARLY].sum()) if EARLY in pruned else 0,
+            "sample_evaluations": used, "full_grid": full, "saved": 1.0 - used / full if full else 0.0}
+
+
+def side_by_side(profile: SensitivityProfile, full: SensitivityProfile, metric: str | None = None,
+                 tolerance: float | None = None) -> pd.DataFrame:
+    """A scan (sequential, bisection, ...) next to a full-grid scan of the same model and data, per layer: the
+    tolerance answer of each (``tolerance_table``; default tolerance: the scan's), the scan's bounds on its
+    answer at its confidence, whether the full grid's answer lies between them (``inside``), and what each
+    spent. ``attrs`` hold the metric, the tolerance and both scans' ``sample_evaluations``."""
+    info = profile.meta.get("adaptive") or {}
+    metric = metric or info.get("adaptive_metric") or profile.default_metric
+    tolerance = float(info.get("tolerance", 0.01) if tolerance is None else tolerance)
+    mine = tolerance_table(profile, tolerance, metric).set_index("layer")
+    theirs = tolerance_table(full, tolerance, metric).set_index("layer")["max_sparsity"]
+    table = profile.table[profile.table["sparsity"] > 0]
+    out = mine[["max_sparsity", "max_sparsity_lo", "max_sparsity_hi"]].join(theirs.rename("full_max_sparsity"),
+                                                                            how="inner")
+    out["inside"] = (out["max_sparsity_lo"] <= out["full_max_sparsity"]) & \
+        (out["full_max_sparsity"] <= out["max_sparsity_hi"])
+    out["same"] = out["max_sparsity"] == out["full_max_sparsity"]
+    out["cells"] = table.groupby("layer").size()
+    out["sample_evaluations"] = table.groupby("layer")["n"].sum()
+    out = out.reset_index()
+    out.attrs.update(metric=metric, tolerance=tolerance, scan=sample_evaluations(profile),
+                     full=sample_evaluations(full), confidence=profile.confidence)
     return out

@@ -51,7 +51,8 @@ def test_whole_set_cells_are_the_full_grids_and_settled_cells_answer_as_the_full
     assert answers["max_sparsity"].to_dict() == tolerance_table(full, TOL).set_index("layer")["max_sparsity"].to_dict()
     spent = adaptive.sample_evaluations(found)
     assert spent["settled_early"] == len(early) and spent["full_grid"] == 4 * 9 * 449
-    assert spent["sample_evaluations"] == int(got.loc[got.index.get_level_values(1) > 0, "n"].sum()) < spent["full_grid"]
+    used = int(got.loc[got.index.get_level_values(1) > 0, "n"].sum())
+    assert spent["sample_evaluations"] == used < spent["full_grid"]
     assert found.meta["adaptive"] == {"mode": "sequential", "tolerance": TOL, "adaptive_metric": "accuracy",
                                       "shard_size": 64, "confidence": 0.95}
 
@@ -153,7 +154,8 @@ def test_cli_sequential_scan_files_and_the_side_by_side_comparison(tmp_path):
     (["--shard-size", "64"], "--shard-size applies to --adaptive sequential or sequential-bisect only"),
     (["--adaptive", "sequential", "--shard-size", "0"], "shard size must be a positive integer"),
     (["--confidence", "1.5"], "confidence 1.5 is outside (0, 1)"),
-    (["--adaptive", "sequential", "--metric", "logit_cosine"], "adaptive metric 'logit_cosine' cannot drive a sequential scan"),
+    (["--adaptive", "sequential", "--metric", "logit_cosine"],
+     "adaptive metric 'logit_cosine' cannot drive a sequential scan"),
     (["--adaptive", "sequential-bisect", "--sparsities", "0.5"], "--sparsities does not apply to --adaptive "
                                                                   "sequential-bisect"),
     (["--adaptive", "sequential", "--backend", "ray"], "an adaptive scan (sequential) decides on the whole eval set"),

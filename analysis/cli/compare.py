@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        description="Read two or more scan folders (e.g. the same model scanned with magnitude, taylor "
                                    "and random) and write one row per (layer, sparsity) with each criterion's drop, "
                                    "the best criterion and the spread. Given one full-grid scan and one adaptive scan "
-                                   "(--adaptive sequential, sequential-bisect, bisect, collapse) of the same criterion, "
+                                   "(--adaptive sequential, sequential-bisect, bisect, collapse) of one criterion, "
                                    "put them side by side instead: per layer the tolerance answer of each, the "
                                    "adaptive scan's bounds on its answer, whether the full grid's answer lies between "
                                    "them, and the sample-evaluations each spent.")

@@ -7,7 +7,9 @@ over realistic ranges) and require 93-97% coverage at nominal 95%.
 
 from __future__ import annotations
 
+import json
 import math
+import sqlite3
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,10 @@ from scipy import stats
 from analysis.core import intervals as iv
 from analysis.core.metrics import ERROR_SUMS, Sums, sums_per_variant
 from analysis.core.profile import SensitivityProfile
+from analysis.sensitivity.config import ScanConfig
+from analysis.store.runs import RunStore
+from analysis.store.scanning import scan_into_store
+from analysis.workload.workload import load_workload
 
 CELLS = 1000
 N_EVAL, SHARD = 5000, 250  # the sequential simulations: a 5,000-sample eval set in 20 shards
@@ -305,3 +311,27 @@ def test_a_sequential_loss_drop_settles_only_after_enough_samples() -> None:
         if i % 2 == 0:
             used.append(k / N_EVAL)
     assert wrong / 400 < 0.05 and np.mean(used) <= 0.3
+
+
+def test_a_run_stored_before_the_error_bar_sums_still_opens(tmp_path) -> None:
+    """A run whose stored rows lack the error-bar sums (written before they existed) opens from the store with the
+    same numbers, the unpaired accuracy interval and no loss interval; a run with them gets the paired one."""
+    store = RunStore(tmp_path / "runs.sqlite")
+    workload = load_workload("sample:digits-mlp", "sample:digits", count=120)
+    run_id = scan_into_store(store, workload, ScanConfig(sparsities=(0.5, 0.9), layers=("fc1",))).run_id
+    new = store.profile(run_id)
+    conn = sqlite3.connect(store.path)  # strip the new sums, as an engine before them stored its rows
+    for rowid, text in conn.execute("SELECT rowid, result FROM layers").fetchall():
+        result = json.loads(text)
+        result["rows"] = [{k: v for k, v in row.items() if k not in ERROR_SUMS} for row in result["rows"]]
+        conn.execute("UPDATE layers SET result = ? WHERE rowid = ?", (json.dumps(result), rowid))
+    conn.commit()
+    conn.close()
+    old = store.profile(run_id)
+    pd.testing.assert_frame_equal(old.table[["layer", "sparsity", "n", "accuracy", "loss", "agreement"]],
+                                  new.table[["layer", "sparsity", "n", "accuracy", "loss", "agreement"]])
+    cell, fresh = old.drop("accuracy").iloc[-1], new.drop("accuracy").iloc[-1]
+    lo, hi = iv.newcombe(120, round(120 * old.baseline("accuracy")), int(cell["correct"]))
+    assert (cell["drop_lo"], cell["drop_hi"]) == pytest.approx((float(lo), float(hi)))
+    assert (fresh["drop_lo"], fresh["drop_hi"]) != pytest.approx((float(lo), float(hi)))
+    assert old.drop("loss")["drop_lo"].iloc[1:].isna().all() and new.drop("loss")["drop_lo"].notna().all()

@@ -250,7 +250,20 @@ def side_by_side(profile: SensitivityProfile, full: SensitivityProfile, metric: 
     """A scan (sequential, bisection, ...) next to a full-grid scan of the same model and data, per layer: the
     tolerance answer of each (``tolerance_table``; default tolerance: the scan's), the scan's bounds on its
     answer at its confidence, whether the full grid's answer lies between them (``inside``), and what each
-    spent. ``attrs`` hold the metric, the tolerance and both scans' ``sample_evaluations``."""
+    spent. ``attrs`` hold the metric, the tolerance and both scans' ``sample_evaluations``.
+
+    Example (a sequential scan next to the full grid it saves samples on)::
+
+        >>> from analysis import ScanConfig, load_workload, scan, side_by_side
+        >>> workload, grid = load_workload("sample:digits-mlp", "sample:digits"), (0.3, 0.6, 0.9)
+        >>> full = scan(workload, ScanConfig(sparsities=grid))
+        >>> quick = scan(workload, ScanConfig(sparsities=grid, adaptive="sequential", tolerance=0.02, shard_size=100))
+        >>> table = side_by_side(quick, full)
+        >>> list(table.columns)
+        ['layer', 'max_sparsity', 'max_sparsity_lo', 'max_sparsity_hi', 'full_max_sparsity', 'inside', ...]
+        >>> table.attrs["scan"]["sample_evaluations"] < table.attrs["full"]["sample_evaluations"]
+        True
+    """
     info = profile.meta.get("adaptive") or {}
     metric = metric or info.get("adaptive_metric") or profile.default_metric
     tolerance = float(info.get("tolerance", 0.01) if tolerance is None else tolerance)

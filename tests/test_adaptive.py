@@ -13,6 +13,7 @@ from analysis.sensitivity.context import prepare
 from analysis.sensitivity.driver import scan
 from analysis.store.runs import RunStore, identity_key, scan_identity
 from tests.conftest import run_cli
+from tests.resuming import stop_and_resume
 
 GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
 SUMS = ["n", "correct", "agree"]
@@ -126,21 +127,9 @@ def test_adaptive_runs_are_stored_resumable_and_their_own_identity(small, tmp_pa
     config = ScanConfig(adaptive="bisect", tolerance=0.02, resolution=0.02)
     reference = scan(wl, config)
     with RunStore(tmp_path / "runs.sqlite") as store:
-        ctx = prepare(wl, config)
-        run = store.open_scan(wl, ctx)
-        finished = []
-
-        def sink(result) -> None:  # noqa: ANN001
-            store.add_layer(run.id, result, ctx.config)
-            finished.append(result.layer)
-
-        scan(wl, config, on_result=sink, should_stop=lambda: len(finished) >= 1, context=ctx)
-        again = store.open_scan(wl, prepare(wl, config))
-        assert again.resumed and list(again.done) == finished
-        resumed = scan(wl, config, done=again.done, on_result=lambda r: store.add_layer(run.id, r, config))
-        store.finish(run.id, resumed.meta)
+        run_id, resumed = stop_and_resume(store, wl, config, stop_after=1)
         pd.testing.assert_frame_equal(resumed.table, reference.table)
-        stored = store.profile(run.id)
+        stored = store.profile(run_id)
         assert stored.meta["adaptive"]["mode"] == "bisect" and stored.table["measured"].all()
         pd.testing.assert_frame_equal(adaptive.bisect_table(stored), adaptive.bisect_table(reference))
 

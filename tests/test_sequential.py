@@ -10,10 +10,10 @@ import pytest
 from analysis.core.profile import EARLY, SensitivityProfile, tolerance_table
 from analysis.sensitivity import adaptive
 from analysis.sensitivity.config import ScanConfig, search_grid
-from analysis.sensitivity.context import prepare
 from analysis.sensitivity.driver import scan
 from analysis.store.runs import RunStore, identity_key, scan_identity
 from tests.conftest import run_cli
+from tests.resuming import stop_and_resume
 
 GRID = tuple(round(0.1 * i, 1) for i in range(1, 10))
 COUNTS = ["n", "correct", "agree", "lost", "gained"]
@@ -102,20 +102,8 @@ def test_sequential_runs_are_their_own_identity_and_resume(cnn, tmp_path):
     assert not {"confidence", "shard_size"} & set(scan_identity(cnn, ScanConfig(adaptive="bisect")))
     reference = scan(cnn, base)
     with RunStore(tmp_path / "runs.sqlite") as store:
-        ctx = prepare(cnn, base)
-        run = store.open_scan(cnn, ctx)
-        finished = []
-
-        def sink(result) -> None:  # noqa: ANN001
-            store.add_layer(run.id, result, ctx.config)
-            finished.append(result.layer)
-
-        scan(cnn, base, on_result=sink, should_stop=lambda: len(finished) >= 2, context=ctx)
-        again = store.open_scan(cnn, prepare(cnn, base))
-        assert again.resumed and list(again.done) == finished
-        resumed = scan(cnn, base, done=again.done, on_result=lambda r: store.add_layer(run.id, r, base))
-        store.finish(run.id, resumed.meta)
-        pd.testing.assert_frame_equal(store.profile(run.id).table, reference.table)
+        run_id, _ = stop_and_resume(store, cnn, base, stop_after=2)
+        pd.testing.assert_frame_equal(store.profile(run_id).table, reference.table)
 
 
 def test_a_view_at_another_confidence_recomputes_the_intervals(full):

@@ -46,6 +46,7 @@ _API = {  # public name: the module that defines it
     "iter_scan": "analysis.sensitivity.driver",
     "SensitivityProfile": "analysis.core.profile",
     "tolerance_table": "analysis.core.profile",
+    "side_by_side": "analysis.sensitivity.adaptive",
     "Diagnosis": "analysis.diagnostics.diagnosis",
     "diagnose": "analysis.diagnostics.diagnosis",
     "compare_criteria": "analysis.diagnostics.compare",

@@ -16,7 +16,7 @@ from analysis.report import plots
 from analysis.schedule.allocate import METHODS, TARGET_KINDS, Bounds, allocate, parse_target
 from analysis.schedule.calibrate import DEFAULT_METHODS, calibrate, parse_targets
 from analysis.schedule.measure import measure_schedule
-from analysis.schedule.predict import Predictor, compared_stage
+from analysis.schedule.predict import Prediction, Predictor, calibration_verdict, compared_stage
 from analysis.schedule.schedule import Schedule
 from analysis.schedule.totals import Accountant
 from ui import common, runs, schedules
@@ -81,6 +81,7 @@ def calibration_section(spec: common.WorkloadSpec, workload, run_id: int, profil
     st.caption(f"Calibrated {info['metric']} ({info.get('stage', 'pruned')}) from {info.get('schedules')} "
                f"schedules: power {info['power']:.3f}; mean absolute error additive {mae.get('additive', 0):.4f}, "
                f"calibrated {mae.get('calibrated', 0):.4f} (leave-one-out)")
+    st.markdown(f"**In use:** {calibration_verdict(info)[1]}.")
     st.dataframe(table, hide_index=True, width="stretch")
 
 
@@ -148,10 +149,11 @@ def layer_slider(col, layer, granularity: str, fixed: float | None, values: dict
         values[layer.name] = col.slider(label, 0.0, limit, step=0.001, format="%.3f", key=key)
 
 
-def summary_section(box, schedule: Schedule, totals, predictor: Predictor, predicted: float,  # noqa: ANN001
+def summary_section(box, schedule: Schedule, totals, predictor: Predictor, prediction: Prediction,  # noqa: ANN001
                     metric: str, source: str) -> None:
-    """The live totals and the predicted metric, drawn in ``box`` at the top of the page."""
-    base = predictor.baseline
+    """The live totals and the predicted metric with its band, drawn in ``box`` at the top of the page; a warning
+    when the eval set is too small for the predicted difference to mean anything."""
+    base, predicted = predictor.baseline, prediction.value
     with box:
         cols = st.columns(4)
         cols[0].metric("global sparsity", f"{totals.global_sparsity:.4f}")
@@ -160,11 +162,16 @@ def summary_section(box, schedule: Schedule, totals, predictor: Predictor, predi
                        help=f"{totals.flops_kept:,} FLOPs per sample")
         cols[3].metric(f"predicted {metric}", f"{predicted:.4f}", f"{predicted - base:+.4f} vs dense {base:.4f}",
                        delta_color=fmt.delta_color(predicted - base, 4,
-                                                   "normal" if HIGHER_IS_BETTER[metric] else "inverse"))
+                                                   "normal" if HIGHER_IS_BETTER[metric] else "inverse"),
+                       help=prediction.band_text())
         if not schedule.sparsities:
             st.info("This schedule prunes nothing: every layer is dense. Apply a preset or move a slider.")
-        else:
-            st.caption(f"{fmt.plural(len(schedule.sparsities), 'layer')} pruned · {source}")
+            return
+        st.caption(f"{fmt.plural(len(schedule.sparsities), 'layer')} pruned · {source} · predicted {metric} "
+                   f"{prediction.band_text()} (the eval set's sampling error only) · prediction model "
+                   f"{prediction.reason}")
+        if prediction.warning():
+            st.warning(prediction.warning())
 
 
 def measure_section(spec: common.WorkloadSpec, workload, schedule: Schedule, predictor: Predictor,  # noqa: ANN001
@@ -223,7 +230,7 @@ def save_section(spec: common.WorkloadSpec, run_id: int, profile: SensitivityPro
     name = c1.text_input("Schedule name", source.split(" ")[0] if schedule.sparsities else "")
     if c2.button("Save", disabled=not schedule.sparsities):
         meta = {"run_id": run_id, "method": source, "totals": totals.fractions(),
-                "predicted": {metric: predicted, "model": predictor.model, "stage": predictor.stage}}
+                "predicted": predictor.prediction(schedule).recorded()}
         if measured:
             meta["measured"] = measured
         try:
@@ -288,9 +295,9 @@ def main() -> None:
     by_name = {l.name: l for l in layers}
     names = [n for n in profile.layers if n in by_name]
     granularity = profile.meta["granularity"]
-    st.caption(f"{profile.meta['criterion']} criterion · {granularity} granularity (from the run) · prediction: "
-               f"{predictor.model} model from the stored profile, no evaluation of the model · layers the run did "
-               "not scan stay dense")
+    st.caption(f"{profile.meta['criterion']} criterion · {granularity} granularity (from the run) · prediction from "
+               f"the stored profile, no evaluation of the model ({predictor.reason}) · layers the run did not scan "
+               "stay dense")
     summary = st.container(border=True)
     presets_section(spec, layers, profile, names, accountant, metric, current)
     values = current["values"]
@@ -300,8 +307,9 @@ def main() -> None:
     schedules.keep(current, spec)
     schedule = schedules.to_schedule(values, profile, {"source": source})
     totals = accountant.totals(schedule)
-    predicted = predictor.predict(schedule)
-    summary_section(summary, schedule, totals, predictor, predicted, metric, source)
+    prediction = predictor.prediction(schedule)
+    predicted = prediction.value
+    summary_section(summary, schedule, totals, predictor, prediction, metric, source)
     if schedule.sparsities:
         st.plotly_chart(plots.schedule_bars({"current": schedule.sparsities}, names), key="current-bars")
     measured = measure_section(spec, workload, schedule, predictor, predicted, metric, current)

@@ -9,7 +9,7 @@ from app_support import app, assert_clean, downloads, plotly_specs, sample_profi
 
 from analysis.schedule.allocate import Bounds, Target, allocate
 from analysis.schedule.measure import measure_schedule
-from analysis.schedule.predict import Predictor
+from analysis.schedule.predict import Predictor, calibration_verdict
 from analysis.schedule.schedule import Schedule
 from analysis.schedule.totals import Accountant
 from ui import runs, schedules
@@ -262,20 +262,22 @@ def test_calibrate_the_prediction_from_the_page(stored_run, sample_profile, prun
 
     at = app("schedule")
     assert "Not calibrated yet" in texts(at.info)
-    assert "prediction: additive model" in "\n".join(c.value for c in at.caption)
+    assert "(additive: no calibration)" in "\n".join(c.value for c in at.caption)
     _text(at, "Target sparsities").set_value("0.5, 0.8")
     _button(at, "Calibrate").click()
     at = at.run()
     assert_clean(at)
     assert "Calibrated on 4 measured schedules" in texts(at.success)
-    assert "prediction: calibrated model" in "\n".join(c.value for c in at.caption), "the cached predictor was kept"
     expected = calibrate(sample_profile, cached_workload(SPEC), targets=(0.5, 0.8))
+    used, reason = calibration_verdict(expected.to_dict())  # calibrated only when it predicts better
+    assert f"({reason})" in "\n".join(c.value for c in at.caption), "the cached predictor was kept"
     table = at.dataframe[0].value
     assert list(table["method"]) == list(expected.table["method"])
     assert list(table["measured"]) == pytest.approx(list(expected.table["measured"]))
     at = _preset(at, "uniform", value="0.6")
     sliders = {k: v for k, v in _sliders(at).items() if v > 0}
-    assert _metrics(at)["predicted accuracy"] == f"{expected.predictor.predict(sliders):.4f}"
+    chosen = expected.predictor if used else Predictor(sample_profile)
+    assert _metrics(at)["predicted accuracy"] == f"{chosen.predict(sliders):.4f}"
     assert expected.predictor.predict(sliders) != pytest.approx(Predictor(sample_profile).predict(sliders))
     stored = runs.store().artifacts(kind="calibration")
     assert list(stored["run_id"]) == [stored_run]
@@ -283,5 +285,5 @@ def test_calibrate_the_prediction_from_the_page(stored_run, sample_profile, prun
     assert not (prunescope_home / "scans").exists()  # no folder is derived from the store: it holds the calibration
     again = app("schedule")
     assert_clean(again)
-    assert "prediction: calibrated model" in "\n".join(c.value for c in again.caption)
+    assert f"({reason})" in "\n".join(c.value for c in again.caption)
     assert list(again.dataframe[0].value["measured"]) == pytest.approx(list(expected.table["measured"]))

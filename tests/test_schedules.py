@@ -282,10 +282,13 @@ def test_isotonic_pools_violators() -> None:
 
 @pytest.mark.parametrize("model", MODELS)
 def test_prediction_equals_the_profile_at_single_layer_schedules(cnn, model: str) -> None:
+    """Except where the profile is better than dense (its made-up gains have no error bars: noise, they count 0)."""
     profile = cnn[3]
     predictor = Predictor(profile, "accuracy", model, power=0.6)
+    assert (profile.table["accuracy"] > 0.98).any()
     for row in profile.table.itertuples():
-        assert predictor.predict({row.layer: row.sparsity}) == pytest.approx(row.accuracy, abs=1e-9)
+        expected = min(max(row.accuracy, 0.1), 0.98)  # never below chance (10 classes), never above dense
+        assert predictor.predict({row.layer: row.sparsity}) == pytest.approx(expected, abs=1e-9)
 
 
 def test_additive_prediction_sums_the_layers_drops(cnn) -> None:

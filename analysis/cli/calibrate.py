@@ -20,6 +20,7 @@ from analysis.schedule.calibrate import (
     parse_methods,
     parse_targets,
 )
+from analysis.schedule.predict import calibration_verdict
 from analysis.workload.workload import Workload
 
 HELP = "measure real schedules of a scan and fit how its drops combine"
@@ -115,6 +116,7 @@ def _print(args: argparse.Namespace, workload: Workload, result: Calibration, pa
     print(f"mean absolute error: additive {mae['additive']:.4f}, multiplicative {mae['multiplicative']:.4f}, "
           f"calibrated {mae['calibrated']:.4f} (leave-one-out; {mae['calibrated_fitted']:.4f} fitted on all)")
     edge = " (at the edge of the range searched)" if not 0.06 < predictor.power < 8.0 else ""
+    used, reason = calibration_verdict(info)
     print(f"calibrated power {predictor.power:.3f}{edge} from {len(result.table)} schedules; `prunescope schedule "
-          f"--scan {args.scan}` now predicts with it")
+          f"--scan {args.scan}` now predicts with {'it' if used else 'the additive model'}: {reason}")
     print(f"wrote {paths[0]} and {paths[1]}")

@@ -69,7 +69,8 @@ def current_calibration(scan_dir: str | Path) -> dict | None:
 
 
 def predictor_from_scan(scan_dir: str | Path, metric: str | None = None) -> Predictor:
-    """The predictor of a scan folder: calibrated if ``calibration.json`` holds for it, else additive."""
+    """The predictor of a scan folder: calibrated if ``calibration.json`` holds for it and its leave-one-out error
+    beats additive's, else additive (``Predictor.reason`` says which and why)."""
     try:
         return Predictor.from_profile(SensitivityProfile.load(scan_dir), current_calibration(scan_dir), metric)
     except ValueError as exc:

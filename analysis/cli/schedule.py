@@ -64,14 +64,15 @@ def run(args: argparse.Namespace) -> int:
     schedule.meta.update({"scan": str(args.scan), **({"model": args.model} if args.model else {})})
     bounded = args.metric if args.metric and metric_info(args.metric).bounded else None
     predictor = predictor_from_scan(args.scan, bounded)
-    predicted = predictor.recorded(schedule)
-    if predicted is None:
+    warning = None
+    if predictor.unmeasured(schedule):
         prediction = f"no prediction: the scan did not measure {', '.join(predictor.unmeasured(schedule))}"
     else:
-        schedule.meta["predicted"] = predicted
-        power = f", power {predictor.power:.2f}" if predictor.model == "calibrated" else ""
-        prediction = (f"predicted {predictor.metric} {predicted[predictor.metric]:.4f} ({predictor.model}{power}, "
-                      f"{predictor.stage})")
+        found = predictor.prediction(schedule)
+        schedule.meta["predicted"] = found.recorded()
+        prediction = (f"predicted {found.metric} {found.value:.4f} ({found.band_text()}; {found.stage}); "
+                      f"prediction model {found.reason}")
+        warning = found.warning()
     schedule.save(args.out)
     if not args.quiet:
         totals = schedule.meta["totals"]
@@ -79,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:40s} {s:.4f}")
         print(f"{args.method}: global sparsity {totals['global_sparsity']:.4f}, params kept "
               f"{totals['params_kept']:.4f}, FLOPs kept {totals['flops_kept']:.4f}; {prediction}")
+        if warning:
+            print(f"warning: {warning}")
         print(f"wrote {args.out}")
     if not args.no_store:
         store_artifact(artifacts.SCHEDULE, lambda store: _stored(store, schedule, stored_name, args.scan), args.quiet)

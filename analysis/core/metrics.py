@@ -9,11 +9,18 @@ exactly: counts are integers, and loss and KL sums are accumulated in float64 pe
 - ``kl``: mean KL(dense || pruned) of the softmax outputs (label-free).
 - ``logit_cosine``: mean per-sample cosine similarity of the logits to the dense logits (label-free).
 - ``logit_rel_l2``: ||pruned - dense|| / ||dense|| over all logits (label-free).
+
+Besides the sums behind these means, every cell keeps the sums its error bars need (``ERROR_SUMS``, read by
+``core.intervals``): the paired counts against the dense model on the same samples (``lost``: dense right and
+pruned wrong; ``gained``: dense wrong and pruned right; labelled data only), and the sums of squares of the
+per-sample loss, loss change (pruned minus dense) and KL. A unit counted in ``n`` (a sample) is the unit of every
+sum. Rows stored before these sums existed read them as ``None`` ("not recorded"), and ``None`` plus anything is
+``None``: such cells keep the error bars their counts allow.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +29,7 @@ from torch import nn
 
 @dataclass
 class Sums:
-    """Sums over the samples of one or more eval shards."""
+    """Sums over the samples of one or more eval shards (all add up exactly; ``labelled`` is and-ed)."""
 
     n: int = 0
     correct: int = 0
@@ -33,17 +40,26 @@ class Sums:
     cos_sum: float = 0.0
     diff_sq_sum: float = 0.0
     ref_sq_sum: float = 0.0
+    lost: int | None = 0
+    gained: int | None = 0
+    loss_sq_sum: float | None = 0.0
+    loss_diff_sum: float | None = 0.0
+    loss_diff_sq_sum: float | None = 0.0
+    kl_sq_sum: float | None = 0.0
 
     def __add__(self, other: "Sums") -> "Sums":
-        return Sums(self.n + other.n, self.correct + other.correct, self.agree + other.agree,
-                    self.loss_sum + other.loss_sum, self.kl_sum + other.kl_sum, self.labelled and other.labelled,
-                    self.cos_sum + other.cos_sum, self.diff_sq_sum + other.diff_sq_sum,
-                    self.ref_sq_sum + other.ref_sq_sum)
+        out = {}
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            out[f.name] = (a and b) if f.name == "labelled" else None if a is None or b is None else a + b
+        return Sums(**out)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Sums":
-        """The sums in a stored row (rows written before the logit columns existed lack them)."""
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        """The sums in a stored row. Rows written before the logit columns existed lack them (0); rows written before
+        the error-bar sums existed lack those (``None``: not recorded)."""
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known, **{k: None for k in ERROR_SUMS if k not in known})
 
     def metrics(self) -> dict[str, float | None]:
         n = max(self.n, 1)
@@ -58,6 +74,10 @@ class Sums:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+ERROR_SUMS = ("lost", "gained", "loss_sq_sum", "loss_diff_sum", "loss_diff_sq_sum", "kl_sq_sum")
+"""The sums behind the error bars (``core.intervals``); ``None`` in rows stored before they existed."""
 
 
 def sums_from_logits(logits: torch.Tensor, dense_logits: torch.Tensor, labels: torch.Tensor | None) -> Sums:
@@ -76,21 +96,31 @@ def sums_per_variant(logits: torch.Tensor, dense_logits: torch.Tensor, labels: t
     target = labels.to(logits.device) if labels is not None else dense_pred
     log_p = F.log_softmax(logits, dim=-1)
     log_q = F.log_softmax(dense_logits, dim=-1)
-    loss = -log_p.gather(-1, target.view(1, -1, 1).expand(len(logits), -1, 1)).double().sum(dim=(1, 2))
-    kl = (log_q.exp() * (log_q - log_p)).double().sum(dim=(1, 2))
+    ce = -log_p.gather(-1, target.view(1, -1, 1).expand(len(logits), -1, 1)).squeeze(-1).double()  # (V, B)
+    dense_ce = -log_q.gather(-1, target.view(-1, 1)).squeeze(-1).double()  # (B,)
+    kl_each = (log_q.exp() * (log_q - log_p)).double().sum(dim=-1)  # (V, B)
+    change = ce - dense_ce
     wide, ref = logits.double(), dense_logits.double()
     cos = F.cosine_similarity(wide, ref.unsqueeze(0), dim=-1).sum(dim=1)
     diff_sq = ((wide - ref) ** 2).sum(dim=(1, 2))
     same = (logits == dense_logits).flatten(1).all(dim=1)
-    correct = (pred == target).sum(dim=1) if labels is not None else torch.zeros(len(pred), dtype=torch.long)
+    right = pred == target
+    none = torch.zeros(len(pred), dtype=torch.long)
+    correct = right.sum(dim=1) if labels is not None else none
+    dense_right = dense_pred == target
+    lost = (dense_right & ~right).sum(dim=1) if labels is not None else none
+    gained = (~dense_right & right).sum(dim=1) if labels is not None else none
     agree = (pred == dense_pred).sum(dim=1)
     ref_sq = float((ref ** 2).sum())
     n = int(logits.shape[1])
-    columns = (c.tolist() for c in (correct, agree, loss, kl, cos, diff_sq, same))  # one device sync per column
+    sums = (correct, agree, ce.sum(dim=1), kl_each.sum(dim=1), cos, diff_sq, same, lost, gained, (ce ** 2).sum(dim=1),
+            change.sum(dim=1), (change ** 2).sum(dim=1), (kl_each ** 2).sum(dim=1))
+    columns = (c.tolist() for c in sums)  # one device sync per column
     return [
         Sums(n=n, correct=c, agree=a, loss_sum=lo, kl_sum=k, labelled=labels is not None,
-             cos_sum=float(n) if eq else co, diff_sq_sum=0.0 if eq else d, ref_sq_sum=ref_sq)
-        for c, a, lo, k, co, d, eq in zip(*columns)
+             cos_sum=float(n) if eq else co, diff_sq_sum=0.0 if eq else d, ref_sq_sum=ref_sq, lost=b, gained=g,
+             loss_sq_sum=lsq, loss_diff_sum=ds, loss_diff_sq_sum=dsq, kl_sq_sum=ksq)
+        for c, a, lo, k, co, d, eq, b, g, lsq, ds, dsq, ksq in zip(*columns)
     ]
 
 

@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from analysis.core.metric_table import check_metric, drop_scale
-from analysis.core.profile import SensitivityProfile
+from analysis.core.profile import EARLY, SensitivityProfile
 
 # ------------------------------------------------------------------------------------------- diagnostics
 
@@ -110,8 +110,15 @@ def profile_metric(profile: SensitivityProfile, metric: str | None) -> str:
 def _drop_frame(profile: SensitivityProfile, metric: str) -> pd.DataFrame:
     df = profile.drop(metric)
     scale, _ = drop_scale(metric)
-    df["drop_shown"] = df["drop"] * scale
+    for column in ("drop", "drop_lo", "drop_hi"):
+        df[f"{column}_shown"] = df[column] * scale
+    df["early"] = df[EARLY].astype(bool) if EARLY in df else False
     return df
+
+
+def within_noise(df: pd.DataFrame) -> pd.Series:
+    """Pruned cells whose drop is not distinguishable from zero: the interval holds 0 (``profile.drop`` rows)."""
+    return (df["sparsity"] > 0) & (df["drop_lo"] <= 0) & (df["drop_hi"] >= 0)
 
 
 def sensitivity_heatmap(profile: SensitivityProfile, metric: str | None = None) -> go.Figure:
@@ -127,24 +134,31 @@ def sensitivity_heatmap(profile: SensitivityProfile, metric: str | None = None) 
     metric = profile_metric(profile, metric)
     df = _drop_frame(profile, metric)
     _, unit = drop_scale(metric)
-    grid = df.pivot_table(index="layer", columns="sparsity", values="drop_shown", aggfunc="first")
+    grid = df.pivot_table(index="layer", columns="sparsity", values="drop_shown", aggfunc="first", dropna=False)
     grid = grid.reindex(index=[l for l in profile.layers if l in grid.index])
-    values = df.pivot_table(index="layer", columns="sparsity", values=metric, aggfunc="first").reindex(grid.index)
+    extra = np.stack([df.pivot_table(index="layer", columns="sparsity", values=c, aggfunc="first", dropna=False)
+                      .reindex(index=grid.index, columns=grid.columns).to_numpy(dtype=float)
+                      for c in (metric, "drop_lo_shown", "drop_hi_shown", "n")], axis=-1)
     limit = colour_limit(grid)
     fig = go.Figure(go.Heatmap(
         z=grid.to_numpy(),
         x=[f"{s:g}" for s in grid.columns],
         y=list(grid.index),
-        customdata=values.to_numpy(),
+        customdata=extra,
         colorscale="RdBu_r",
         zmid=0.0,
         zmin=-limit,
         zmax=limit,
         colorbar={"title": {"text": f"drop ({unit})"}},
-        hovertemplate=(f"layer %{{y}}<br>sparsity %{{x}}<br>{metric} %{{customdata:.4f}}"
-                       f"<br>drop %{{z:.3f}} {unit}<extra></extra>"),
+        hovertemplate=(f"layer %{{y}}<br>sparsity %{{x}}<br>{metric} %{{customdata[0]:.4f}}"
+                       f"<br>drop %{{z:.3f}} {unit} ({profile.confidence:.0%} interval %{{customdata[1]:.3f}} to "
+                       f"%{{customdata[2]:.3f}})<br>%{{customdata[3]:.0f}} samples<extra></extra>"),
     ))
     _mark_filled(fig, df)
+    _mark_cells(fig, df[within_noise(df)], "circle", f"drop within noise (its {profile.confidence:.0%} interval "
+                "holds 0)", "the drop is not distinguishable from zero on this eval set")
+    _mark_cells(fig, df[df["early"]], "triangle-up-open", "settled early (fewer samples)",
+                "a sequential scan settled this cell before the whole eval set")
     fig.update_layout(
         title=f"{metric} drop when one layer is pruned ({profile.meta.get('criterion', '')}, "
               f"{profile.meta.get('granularity', '')})",
@@ -180,14 +194,28 @@ def _mark_filled(fig: go.Figure, df: pd.DataFrame) -> None:
     fig.update_layout(legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0})
 
 
+def _mark_cells(fig: go.Figure, cells: pd.DataFrame, symbol: str, name: str, why: str) -> None:
+    """Mark ``cells`` of a heatmap with ``symbol`` (a legend entry ``name``; ``why`` on hover)."""
+    if cells.empty:
+        return
+    fig.add_trace(go.Scatter(
+        x=[f"{s:g}" for s in cells["sparsity"]], y=list(cells["layer"]), mode="markers", name=name, showlegend=True,
+        marker={"symbol": symbol, "size": 7 if symbol == "circle" else 11, "color": "rgba(40, 40, 40, 0.55)",
+                "line": {"width": 1.5, "color": "black"}},
+        hovertemplate=f"layer %{{y}}<br>sparsity %{{x}}<br>{why}<extra></extra>"))
+    fig.update_layout(legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0})
+
+
 def _curve_hover(metric: str, unit: str, label: str = "") -> str:
     prefix = f"{label} " if label else ""
     return (f"{prefix}layer %{{customdata[0]}}<br>sparsity %{{x:.3f}} (actual %{{customdata[1]:.4f}})"
-            f"<br>{metric} %{{customdata[2]:.4f}}<br>drop %{{y:.4f}} {unit}<extra></extra>")
+            f"<br>{metric} %{{customdata[2]:.4f}}<br>drop %{{y:.4f}} {unit} (interval %{{customdata[3]:.4f}} to "
+            f"%{{customdata[4]:.4f}})<br>%{{customdata[5]}} samples<extra></extra>")
 
 
 def _curve_traces(profile: SensitivityProfile, metric: str, layers: list[str] | None, label: str = "",
-                  dash: str | None = None) -> list[go.Scatter]:
+                  dash: str | None = None, bands: bool = False) -> list[go.Scatter]:
+    """One line per layer; with ``bands``, each layer's drop interval as a shaded band behind it."""
     df = _drop_frame(profile, metric)
     _, unit = drop_scale(metric)
     wanted = profile.layers if not layers else [l for l in profile.layers if l in set(layers)]
@@ -195,16 +223,25 @@ def _curve_traces(profile: SensitivityProfile, metric: str, layers: list[str] | 
     traces = []
     for i, layer in enumerate(wanted):
         cells = df[df["layer"] == layer].sort_values("sparsity")
+        colour = palette[i % len(palette)]
+        if bands and cells["drop_lo"].notna().all():
+            traces.append(go.Scatter(
+                x=[*cells["sparsity"], *cells["sparsity"][::-1]],
+                y=[*cells["drop_hi_shown"], *cells["drop_lo_shown"][::-1]],
+                fill="toself", fillcolor=colour, opacity=0.18, line={"width": 0}, mode="lines", hoverinfo="skip",
+                legendgroup=layer, showlegend=False, name=f"{layer} interval"))
+        measured = cells["measured"].astype(bool) if "measured" in cells else [True] * len(cells)
         traces.append(go.Scatter(
             x=cells["sparsity"],
             y=cells["drop_shown"],
             mode="lines+markers",
             name=f"{layer} ({label})" if label else layer,
             legendgroup=layer,
-            line={"color": palette[i % len(palette)], "dash": dash},
-            marker={"symbol": ["circle" if m else "circle-open" for m in cells["measured"].astype(bool)]}
-            if "measured" in cells else None,
-            customdata=cells[["layer", "actual_sparsity", metric]].to_numpy(dtype=object),
+            line={"color": colour, "dash": dash},
+            marker={"symbol": ["circle-open" if not m else "triangle-up" if e else "circle"
+                               for m, e in zip(measured, cells["early"])]},
+            customdata=cells.assign(n=cells["n"] if "n" in cells else "?")[
+                ["layer", "actual_sparsity", metric, "drop_lo_shown", "drop_hi_shown", "n"]].to_numpy(dtype=object),
             hovertemplate=_curve_hover(metric, unit, label),
         ))
     return traces
@@ -212,12 +249,13 @@ def _curve_traces(profile: SensitivityProfile, metric: str, layers: list[str] | 
 
 def sensitivity_curves(profile: SensitivityProfile, metric: str | None = None,
                        layers: list[str] | None = None) -> go.Figure:
-    """One line per layer: drop of ``metric`` against sparsity; hovering shows the exact numbers."""
+    """One line per layer: drop of ``metric`` against sparsity, its interval at the profile's confidence as a
+    band (cells settled early by a sequential scan are triangles); hovering shows the exact numbers."""
     metric = profile_metric(profile, metric)
     _, unit = drop_scale(metric)
-    fig = go.Figure(_curve_traces(profile, metric, layers))
+    fig = go.Figure(_curve_traces(profile, metric, layers, bands=True))
     fig.update_layout(
-        title=f"{metric} drop per layer",
+        title=f"{metric} drop per layer (bands: {profile.confidence:.0%} intervals)",
         xaxis_title="sparsity of the layer",
         yaxis_title=f"drop ({unit}, higher is worse)",
         hovermode="closest",

@@ -11,6 +11,7 @@ from torch import nn
 from analysis.core import criteria, masks
 from analysis.core.granularity import parse_granularity, supports
 from analysis.core.layers import Layer, find_layers, select_layers
+from analysis.core.metric_table import check_metric, default_metric
 from analysis.core.metrics import Sums, predict, sums_from_logits
 from analysis.sensitivity.config import ScanConfig
 from analysis.sensitivity.device import arithmetic, check_device
@@ -76,6 +77,7 @@ class ScanContext:
     stats: criteria.CalibrationStats
     device: torch.device
     notices: list[str] = field(default_factory=list)
+    bn_x: torch.Tensor | None = None  # the eval inputs in their own order, where a sequential scan reordered ``x``
     _maker: "tuple[str, masks.MaskMaker] | None" = None
     _masks: dict[tuple[str, float], torch.Tensor] = field(default_factory=dict)
     fast: object | None = None  # the fast engine's state (``engines.fast_state``), made on first use
@@ -105,6 +107,11 @@ class ScanContext:
 
     def baseline(self) -> Sums:
         return sums_from_logits(self.dense_logits, self.dense_logits, self.y)
+
+    def recalibration_inputs(self) -> torch.Tensor:
+        """The inputs BatchNorm recalibration reads: the eval set in its own order, so that a sequential scan
+        (whose ``x`` is reordered) recalibrates on the batches a full scan does."""
+        return self.x if self.bn_x is None else self.bn_x
 
 
 def prepare(workload: Workload, config: ScanConfig) -> ScanContext:
@@ -139,8 +146,39 @@ def prepare(workload: Workload, config: ScanConfig) -> ScanContext:
         stats = criteria.calibration_stats(model, layers, workload.data, config.criterion, config.calib_samples,
                                            config.batch_size, device)
         dense = predict(model, x, config.batch_size, device)
+    if config.sequential:
+        return sequenced(ScanContext(model, x, y, dense, layers, skipped, config, stats, device))
     return ScanContext(model, x, y, dense, layers, skipped, config, stats, device)
+
+
+def sequenced(ctx: ScanContext) -> ScanContext:
+    """``ctx`` with the eval set (inputs, labels, dense outputs) in the fixed order a sequential scan consumes it:
+    a permutation seeded by the config's seed, independent of the model, so every prefix is a random sample of
+    the set (its order on disk may be sorted by class). Scores and masks were made before, on the set as given."""
+    order = torch.randperm(len(ctx.x), generator=torch.Generator().manual_seed(ctx.config.seed))
+    y = None if ctx.y is None else ctx.y[order]
+    return ScanContext(ctx.model, ctx.x[order], y, ctx.dense_logits[order], ctx.layers, ctx.skipped, ctx.config,
+                       ctx.stats, ctx.device, ctx.notices, bn_x=ctx.x)
 
 
 def kept_fraction(mask: torch.Tensor) -> float:
     return float(mask.float().mean())
+
+
+def decision_metric(ctx: ScanContext) -> str:
+    """The metric that drives an adaptive scan: the configured one, else accuracy with labels, else agreement."""
+    return check_metric(ctx.config.adaptive_metric or default_metric(ctx.y is not None), ctx.y is not None)
+
+
+def whole_set(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None) -> None:
+    """Refuse a shard other than the whole eval set: an adaptive layer decides on all of it, so it is one unit."""
+    if shard is not None and tuple(shard) != (0, len(ctx.x)):
+        raise ValueError(f"an adaptive scan decides on the whole eval set; layer {layer.name} cannot run on the "
+                         f"shard {list(shard)} alone")
+
+
+def dense_row(ctx: ScanContext, layer: Layer) -> dict:
+    """The dense cell of ``layer`` (sparsity 0) over the whole eval set, as an engine's row (flagged measured)."""
+    mask = ctx.masks_for(layer, (0.0,))[0]
+    return {"sparsity": 0.0, "actual_sparsity": 1.0 - kept_fraction(mask), **ctx.baseline().to_dict(),
+            "measured": True}

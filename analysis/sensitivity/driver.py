@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from analysis.core.layers import Layer
-from analysis.core.metrics import Sums
-from analysis.core.profile import SensitivityProfile
+from analysis.core.metrics import ERROR_SUMS, Sums
+from analysis.core.profile import EARLY, SensitivityProfile
 from analysis.core.version import environment
 from analysis.sensitivity import adaptive, cluster
 from analysis.sensitivity.backends import Backend, prepare_for, ray_available, validated_config
@@ -161,12 +161,14 @@ def build_profile(ctx: ScanContext, workload: Workload, results: dict[str, Layer
         "versions": environment(),
         "engine": engine_report(ctx),
     }
-    return SensitivityProfile(profile_table(ctx.layers, results), meta)
+    return SensitivityProfile(profile_table(ctx.layers, results), meta).with_confidence()
 
 
 def profile_table(layers: list[Layer], results: dict[str, LayerResult]) -> pd.DataFrame:
     """The tidy table of finished units, one row per (layer, sparsity), layers in ``layers``' order (see the
-    README for the columns)."""
+    README for the columns; ``SensitivityProfile.with_confidence`` adds the intervals). ``measured`` is there
+    when a unit flags its cells (adaptive scans), ``settled_early`` when a sequential scan stopped any cell
+    before the whole eval set (``n`` is then the samples the cell used)."""
     records = []
     for layer in layers:
         if layer.name not in results:
@@ -184,15 +186,21 @@ def profile_table(layers: list[Layer], results: dict[str, LayerResult]) -> pd.Da
                 "agree": sums.agree,
                 "loss_sum": sums.loss_sum,
                 "kl_sum": sums.kl_sum,
+                **{name: _recorded(getattr(sums, name)) for name in ERROR_SUMS},
                 "params": layer.params,
                 "flops": layer.flops,
-                **({"measured": bool(row["measured"])} if "measured" in row else {}),
+                **{flag: bool(row[flag]) for flag in ("measured", EARLY) if flag in row},
             })
+    flags = [flag for flag in ("measured", EARLY) if any(flag in r for r in records)]
     table = pd.DataFrame.from_records(records, columns=[
         "layer", "type", "sparsity", "actual_sparsity", "accuracy", "loss", "agreement", "kl", "logit_cosine",
-        "logit_rel_l2", "n", "correct", "agree", "loss_sum", "kl_sum", "params", "flops",
-        *(["measured"] if any("measured" in r for r in records) else [])])
+        "logit_rel_l2", "n", "correct", "agree", "loss_sum", "kl_sum", *ERROR_SUMS, "params", "flops", *flags])
     return table
+
+
+def _recorded(value: float | None) -> float:
+    """A sum as a table cell: NaN where the row was stored before the sum existed."""
+    return float("nan") if value is None else value
 
 
 def describe(workload: Workload, ctx: ScanContext) -> dict:
@@ -211,6 +219,7 @@ def describe(workload: Workload, ctx: ScanContext) -> dict:
         "criterion": config.criterion,
         "granularity": config.granularity,
         "sparsities": list(config.sparsities),
+        "confidence": config.confidence,
         "layers": [layer.to_meta() for layer in ctx.layers],
         "skipped_layers": ctx.skipped,
     }

@@ -22,13 +22,13 @@ from analysis.sensitivity.device import arithmetic
 @dataclass
 class FastState:
     """What the fast engine keeps between layers: the traced graph, each layer's cut, and the dense frontier of
-    every eval chunk (the values the last layer's downstream part read), from which the next frontier is
-    computed without running the prefix again."""
+    every eval chunk (the values the last layer that ran on the chunk read downstream), from which the next
+    frontier is computed without running the prefix again. Chunks are keyed by their sample range, so a
+    sequential scan, which runs a layer on some shards only, keeps every chunk's newest frontier."""
 
     gm: fx.GraphModule | None
     chunk: int
-    shard: tuple[int, int] | None = None
-    frontier: list[dict] = field(default_factory=list)
+    frontier: dict[tuple[int, int], dict] = field(default_factory=dict)
     cuts: dict[str, fxgraph.Split] = field(default_factory=dict)
     peak_cache_bytes: int = 0
     bn: object | None = None  # bnscan.RecalState: the recalibrating engine's frontiers
@@ -65,27 +65,19 @@ def run_plain(ctx: ScanContext, state: FastState, layer: Layer, shard: tuple[int
     sparsities = ctx.config.sparsities if sparsities is None else tuple(sparsities)
     layer_masks = ctx.masks_for(layer, sparsities)
     variants, slot = distinct_masks(layer_masks, [bool(m.all()) for m in layer_masks])
-    if state.shard != (lo, hi):
-        state.shard, state.frontier = (lo, hi), []
     labelled = ctx.y is not None
     totals = [Sums(labelled=labelled) for _ in variants]
     weights = pruned_weights(ctx, layer, variants)
     with arithmetic(ctx.config.precision, ctx.device):
-        for c, start in enumerate(range(lo, hi, state.chunk)):
+        for start in range(lo, hi, state.chunk):
             stop = min(start + state.chunk, hi)
-            known = state.frontier[c] if c < len(state.frontier) else {}
-            with torch.inference_mode():
-                front = fxgraph.evaluate(state.gm, cut.frontier, known, (ctx.x[start:stop].to(ctx.device),))
-            if c < len(state.frontier):
-                state.frontier[c] = front
-            else:
-                state.frontier.append(front)
+            front = advance(state.gm, cut.frontier, state.frontier, (start, stop), ctx.x[start:stop].to(ctx.device))
             if not variants or not cut.reaches_output:
                 continue
             dense, y = ctx.dense_logits[start:stop], ctx.labels(start, stop)
             logits = variant_logits(ctx, state.gm, cut, front, layer, weights)
             totals = [t + part for t, part in zip(totals, sums_per_variant(logits, dense, y))]
-    state.peak_cache_bytes = max(state.peak_cache_bytes, frontier_bytes(state.frontier))
+    state.peak_cache_bytes = max(state.peak_cache_bytes, frontier_bytes(list(state.frontier.values())))
     dense_sums = sums_from_logits(ctx.dense_logits[lo:hi], ctx.dense_logits[lo:hi],
                                   ctx.labels(lo, hi))
     rows = []
@@ -93,6 +85,16 @@ def run_plain(ctx: ScanContext, state: FastState, layer: Layer, shard: tuple[int
         sums = dense_sums if v is None or not cut.reaches_output else totals[v]
         rows.append({"sparsity": sparsity, "actual_sparsity": 1.0 - kept_fraction(mask), **sums.to_dict()})
     return LayerResult(layer.name, (lo, hi), rows, time.perf_counter() - start_t)
+
+
+def advance(gm: fx.GraphModule, targets: list[fx.Node], cache: dict[tuple[int, int], dict], span: tuple[int, int],
+            x: torch.Tensor, inference: bool = True) -> dict:
+    """The dense values of ``targets`` on the chunk ``span`` (inputs ``x``), from what ``cache`` holds for it (an
+    earlier layer's frontier), kept in ``cache`` for the next layer. ``inference=False`` runs under ``no_grad``
+    instead of inference mode (BatchNorms in training mode update their statistics)."""
+    with torch.inference_mode() if inference else torch.no_grad():
+        cache[span] = fxgraph.evaluate(gm, targets, cache.get(span, {}), (x,))
+    return cache[span]
 
 
 def distinct_masks(layer_masks: list[torch.Tensor], dense: list[bool]) -> tuple[list[torch.Tensor], list[int | None]]:

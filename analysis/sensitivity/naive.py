@@ -30,7 +30,8 @@ def run_layer_naive(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | Non
             with masks.applied(ctx.model, {layer.param_name: mask}), batchnorm.preserved(ctx.model), \
                     arithmetic(ctx.config.precision, ctx.device):
                 if ctx.config.bn_recalibrate:
-                    batchnorm.recalibrate(ctx.model, ctx.x, ctx.config.bn_batches, ctx.config.batch_size, ctx.device)
+                    batchnorm.recalibrate(ctx.model, ctx.recalibration_inputs(), ctx.config.bn_batches,
+                                          ctx.config.batch_size, ctx.device)
                 sums = evaluate(ctx.model, x, y, dense, ctx.config.batch_size, ctx.device)
         rows.append({"sparsity": sparsity, "actual_sparsity": 1.0 - kept_fraction(mask), **sums.to_dict()})
     return LayerResult(layer.name, (lo, hi), rows, time.perf_counter() - start_t)

@@ -43,8 +43,7 @@ from analysis.core.layers import Layer
 from analysis.core.metrics import Sums
 from analysis.core.profile import SensitivityProfile
 from analysis.core.version import environment
-from analysis.sensitivity.config import FIELDS as ADAPTIVE_FIELDS
-from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.config import ScanConfig, left_out_of_identity
 from analysis.sensitivity.context import LayerResult, ScanContext, combine_shards
 from analysis.sensitivity.driver import describe, profile_table
 from analysis.workload.workload import Workload
@@ -163,7 +162,7 @@ def scan_identity(workload: Workload, config: ScanConfig) -> dict:
     worst a scan then starts a new run instead of resuming, never resumes a run whose numbers differ.
     """
     config = config.validated()
-    off = ADAPTIVE_FIELDS if config.adaptive == "off" else ()  # full scans keep the identity they had before
+    off = left_out_of_identity(config)  # full scans keep the identity they had before adaptive and sequential modes
     settings = {k: v for k, v in asdict(config).items() if k not in EXECUTION_FIELDS and k not in off}
     settings["sparsities"] = list(settings["sparsities"])
     settings["layers"] = list(settings["layers"]) if settings["layers"] else None
@@ -456,7 +455,7 @@ class RunStore:
         baseline = meta.get("baseline") or (Sums.from_dict(dense).metrics() if dense else None)
         merged = {**meta, "complete": all(l.name in results for l in layers), "baseline": baseline,
                   "run_id": int(run_id)}
-        return SensitivityProfile(profile_table(layers, results), merged)
+        return SensitivityProfile(profile_table(layers, results), merged).with_confidence()
 
     def delete_run(self, run_id: int) -> None:
         """Delete a run, its finished layers and the artifacts made from it (run ids are never reused)."""

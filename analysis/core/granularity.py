@@ -90,10 +90,38 @@ class Granularity:
             keep[order[:k]] = False
         return keep.view(shape)
 
+    def per_row(self) -> "Granularity":
+        """This granularity with weights compared within each output row (the ``activation`` criterion, as
+        Wanda does); only unstructured pruning has a choice, the others compare what they compare."""
+        return self
+
 
 @dataclass(frozen=True)
 class Unstructured(Granularity):
     kind: ClassVar[str] = "unstructured"
+
+    def per_row(self) -> "Granularity":
+        return PerRow()
+
+
+@dataclass(frozen=True)
+class PerRow(Unstructured):
+    """Unstructured, with the weights ranked within each output row (Wanda's comparison group): every row loses
+    ``round(sparsity * weights)`` spread as evenly as the count allows (the first rows one more), so the layer's
+    count is exactly the unstructured one."""
+
+    def order(self, scores: torch.Tensor, channel_scores: torch.Tensor) -> torch.Tensor:
+        return torch.argsort(scores.reshape(scores.shape[0], -1), dim=1, stable=True)
+
+    def keep(self, order: torch.Tensor, sparsity: float, shape: tuple[int, ...]) -> torch.Tensor:
+        rows, width = order.shape
+        k = round(sparsity * rows * width)
+        per_row = torch.full((rows,), k // rows, dtype=torch.long)
+        per_row[: k % rows] += 1
+        pruned = torch.arange(width).view(1, -1) < per_row.view(-1, 1)
+        keep = torch.ones(rows, width, dtype=torch.bool)
+        keep.scatter_(1, order, ~pruned)
+        return keep.view(shape)
 
 
 @dataclass(frozen=True)

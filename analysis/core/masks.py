@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from analysis.core.criteria import channel_scores
+from analysis.core.criteria import channel_scores, get_criterion
 from analysis.core.granularity import Granularity, check_sparsity, parse_granularity
 from analysis.core.modules import parameter
 
@@ -40,6 +40,8 @@ class MaskMaker:
 
     def __init__(self, scores: torch.Tensor, granularity: str | Granularity, criterion: str = "magnitude") -> None:
         self.gran = parse_granularity(granularity)
+        if get_criterion(criterion).per_row:
+            self.gran = self.gran.per_row()
         self.shape = tuple(scores.shape)
         self.scores, self.criterion = scores, criterion
         self.gran.check_weight(self.shape)

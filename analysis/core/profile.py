@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.core.metric_table import default_metric, drop
+from analysis.core.metric_table import CLASSIFICATION, default_metric, drop
 
 
 @dataclass
@@ -28,8 +28,13 @@ class SensitivityProfile:
         return bool(self.meta.get("labelled", self.table["accuracy"].notna().any()))
 
     @property
+    def task(self) -> str:
+        """What the scanned model's outputs are (``metric_table.TASKS``; scans made before tasks: classification)."""
+        return str(self.meta.get("task", CLASSIFICATION))
+
+    @property
     def default_metric(self) -> str:
-        return default_metric(self.labelled)
+        return default_metric(self.labelled, self.task)
 
     def baseline(self, metric: str) -> float:
         return float(self.meta["baseline"][metric])

@@ -132,7 +132,7 @@ class Schedule:
             s = self.sparsities.get(layer.name, 0.0)
             if s > 0.0:
                 scores = criteria.importance(layer, layer.weight(model), self.criterion, stats, seed)
-                out[layer.param_name] = masks.make_mask(scores, s, self.granularity, self.criterion)
+                out.update(layer.masks(masks.make_mask(scores, s, self.granularity, self.criterion)))
         return out
 
     def totals(self, layers: list[Layer], graph: ChannelGraph | None = None,

@@ -46,7 +46,8 @@ from analysis.sensitivity.engines import ENGINES, EngineFn
 
 def decision_metric(ctx: ScanContext) -> str:
     """The metric that drives the search: the configured one, else accuracy with labels, else agreement."""
-    return check_metric(ctx.config.adaptive_metric or default_metric(ctx.y is not None), ctx.y is not None)
+    labelled = ctx.y is not None
+    return check_metric(ctx.config.adaptive_metric or default_metric(labelled, ctx.task), labelled, ctx.task)
 
 
 def describe(ctx: ScanContext) -> dict | None:
@@ -87,7 +88,7 @@ def _drop(row: dict, metric: str, base: float) -> float:
 
 def collapse_floor(ctx: ScanContext, metric: str) -> float:
     """The metric value at or below which a layer counts as collapsed (see the module docstring)."""
-    chance = chance_level(ctx.dense_logits.shape[-1])
+    chance = chance_level(ctx.num_classes)
     dense = float(ctx.baseline().metrics()[metric])
     return chance + (1.0 - ctx.config.collapse_at) * (dense - chance)
 

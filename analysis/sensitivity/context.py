@@ -3,7 +3,8 @@ and its unit of work's result (``LayerResult``: one layer's metric sums over one
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -11,7 +12,8 @@ from torch import nn
 from analysis.core import criteria, masks
 from analysis.core.granularity import parse_granularity, supports
 from analysis.core.layers import Layer, find_layers, select_layers
-from analysis.core.metrics import Sums, predict, sums_from_logits
+from analysis.core.metric_table import CLASSIFICATION
+from analysis.core.metrics import Sums, batch_for, class_scores, dense_pass
 from analysis.sensitivity.config import ScanConfig
 from analysis.sensitivity.device import arithmetic, check_device
 from analysis.workload.workload import Workload
@@ -64,12 +66,15 @@ def combine_shards(parts: list[LayerResult]) -> LayerResult:
 
 @dataclass
 class ScanContext:
-    """What every unit of a scan shares: the model, the data, the dense outputs and the layers' scores."""
+    """What every unit of a scan shares: the model, the data, the dense outputs and the layers' scores.
+
+    ``dense_logits`` are the dense model's outputs on ``x``, or ``None`` when they are too large to keep (a
+    language model's next-token scores): ``dense`` then computes a span's outputs when an engine asks."""
 
     model: nn.Module
     x: torch.Tensor
     y: torch.Tensor | None
-    dense_logits: torch.Tensor
+    dense_logits: torch.Tensor | None
     layers: list[Layer]
     skipped: dict[str, str]
     config: ScanConfig
@@ -79,6 +84,10 @@ class ScanContext:
     _maker: "tuple[str, masks.MaskMaker] | None" = None
     _masks: dict[tuple[str, float], torch.Tensor] = field(default_factory=dict)
     fast: object | None = None  # the fast engine's state (``engines.fast_state``), made on first use
+    task: str = CLASSIFICATION
+    base: Sums | None = None  # the dense model's sums against itself over the whole eval set
+    num_classes: int = 0
+    sample_bytes: int = 0  # one sample's outputs, float32
 
     def masks_for(self, layer: Layer, sparsities: "tuple[float, ...] | None" = None) -> list[torch.Tensor]:
         """Keep-masks of ``layer`` at ``sparsities`` (default: the config's).
@@ -103,8 +112,16 @@ class ScanContext:
         """The labels of samples ``start:stop`` (``None`` without labels), to go with ``x[start:stop]``."""
         return None if self.y is None else self.y[start:stop]
 
+    def dense(self, start: int, stop: int) -> torch.Tensor:
+        """The dense outputs of samples ``start:stop``: the kept ones, else computed now (so an engine asks while
+        the model is dense: never inside ``masks.applied``)."""
+        if self.dense_logits is not None:
+            return self.dense_logits[start:stop]
+        with torch.inference_mode():
+            return class_scores(self.model(self.x[start:stop].to(self.device))).float()
+
     def baseline(self) -> Sums:
-        return sums_from_logits(self.dense_logits, self.dense_logits, self.y)
+        return self.base
 
 
 def prepare(workload: Workload, config: ScanConfig) -> ScanContext:
@@ -135,11 +152,19 @@ def prepare(workload: Workload, config: ScanConfig) -> ScanContext:
     layers = [l for l in chosen if l.name not in skipped]
     if not config.layers:
         skipped.update(unsupported)
+    sample_bytes = 4 * math.prod(workload.output_shape or (workload.num_classes,))
+    notices = []
+    if batch_for(sample_bytes, config.batch_size) < config.batch_size:
+        batch = batch_for(sample_bytes, config.batch_size)
+        notices.append(f"batches of {batch} samples instead of {config.batch_size}: one sample's outputs take "
+                       f"{sample_bytes / 2**20:.1f} MB")
+        config = replace(config, batch_size=batch)
     with arithmetic("exact", device):
         stats = criteria.calibration_stats(model, layers, workload.data, config.criterion, config.calib_samples,
                                            config.batch_size, device)
-        dense = predict(model, x, config.batch_size, device)
-    return ScanContext(model, x, y, dense, layers, skipped, config, stats, device)
+        dense, base = dense_pass(model, x, y, config.batch_size, device, workload.data.task)
+    return ScanContext(model, x, y, dense, layers, skipped, config, stats, device, notices, task=workload.data.task,
+                       base=base, num_classes=workload.num_classes, sample_bytes=sample_bytes)
 
 
 def kept_fraction(mask: torch.Tensor) -> float:

@@ -224,18 +224,19 @@ def dense_pass(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, b
     return (torch.cat(outs) if outs else (torch.empty(0) if outs is not None else None)), total
 
 
-def task_loss(logits: torch.Tensor, target: torch.Tensor | None, task: str = CLASSIFICATION) -> torch.Tensor:
-    """The summed loss gradient-based passes (the ``taylor`` criterion, fine-tuning) minimise: cross-entropy to
-    the labels, or (``target`` None) to the dense model's own top-1 given as ``logits``' argmax; for a causal LM
-    the next-token loss over real positions. An encoder's embeddings have no loss: a ``ValueError``."""
+def task_loss(logits: torch.Tensor, target: torch.Tensor | None, task: str = CLASSIFICATION,
+              reduction: str = "sum") -> torch.Tensor:
+    """The loss gradient-based passes (the ``taylor`` criterion, fine-tuning) minimise: cross-entropy to the
+    labels, or (``target`` None) to the dense model's own top-1 given as ``logits``' argmax; for a causal LM the
+    next-token loss over real positions. An encoder's embeddings have no loss: a ``ValueError``."""
     if task == ENCODER:
         raise ValueError("an encoder's sentence embeddings have no loss to take gradients of; use a criterion "
-                         "without gradients (magnitude, activation)")
+                         "without gradients (magnitude, activation), and no fine-tuning")
     if task == CAUSAL_LM:
         return F.cross_entropy(logits.flatten(0, -2).float(), target.flatten().to(logits.device), ignore_index=IGNORE,
-                               reduction="sum")
+                               reduction=reduction)
     target = target.to(logits.device) if target is not None else logits.detach().argmax(-1)
-    return F.cross_entropy(logits, target, reduction="sum")
+    return F.cross_entropy(logits, target, reduction=reduction)
 
 
 def as_class_scores(t: torch.Tensor) -> torch.Tensor:

@@ -206,7 +206,8 @@ def _reestimate(gm: fx.GraphModule, cut: fxgraph.Split, down_bn: list[fx.Node], 
         m.train()
     with torch.no_grad():
         for front in calib:
-            env = {n: weight if n.op == "get_attr" and n.target == layer.param_name else v for n, v in front.items()}
-            fxgraph.run(gm, nodes, env, keep=set(), params={layer.param_name: weight})
+            name = fxgraph.graph_name(gm, layer.param_name)
+            env = {n: weight if n.op == "get_attr" and n.target == name else v for n, v in front.items()}
+            fxgraph.run(gm, nodes, env, keep=set(), params={name: weight})
     for m in modules:
         m.eval()

@@ -39,6 +39,7 @@ class ScanConfig:
     resolution: float = 0.01
     adaptive_metric: str | None = None
     points_per_call: int = 3
+    include_embeddings: bool = False  # also scan embedding tables and the vocabulary head (left out by default)
 
     def validated(self) -> "ScanConfig":
         """A checked copy: known criterion, granularity and engine, sparsities in [0, 1), sorted, 0 first, and

@@ -139,7 +139,7 @@ def prepare(workload: Workload, config: ScanConfig) -> ScanContext:
     model = workload.model.to(device).eval()
     x, y = workload.data.x, workload.data.y
     unsupported: dict[str, str] = {}
-    all_layers = find_layers(model, x[:1].to(device), unsupported)
+    all_layers = find_layers(model, x[:1].to(device), unsupported, config.include_embeddings or bool(config.layers))
     if not all_layers:
         raise ValueError(f"{workload.model_spec} has no prunable layers (Conv, Linear or attention projections)"
                          + (f"; {', '.join(unsupported)}: {next(iter(unsupported.values()))}" if unsupported else ""))

@@ -225,9 +225,10 @@ def _fold(gm: fx.GraphModule, cut: fxgraph.Split, rest: list[fx.Node], front: di
 def run_with_weight(gm: fx.GraphModule, nodes: list, front: dict, layer: Layer, weight: torch.Tensor,
                 keep: list | None = None) -> object:
     """Run ``nodes`` with ``layer``'s weight replaced by ``weight``: the logits, or the values of ``keep``."""
-    env = {n: weight if n.op == "get_attr" and n.target == layer.param_name else v for n, v in front.items()}
+    name = fxgraph.graph_name(gm, layer.param_name)
+    env = {n: weight if n.op == "get_attr" and n.target == name else v for n, v in front.items()}
     with torch.inference_mode():
-        fxgraph.run(gm, nodes, env, keep=set(keep or nodes[-1:]), params={layer.param_name: weight})
+        fxgraph.run(gm, nodes, env, keep=set(keep or nodes[-1:]), params={name: weight})
     return [env[n] for n in keep] if keep else class_scores(env[nodes[-1]])
 
 

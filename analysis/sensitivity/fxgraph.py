@@ -65,7 +65,21 @@ def exported(model: nn.Module, example: torch.Tensor, reason: str) -> fx.GraphMo
     except Exception as exc:  # noqa: BLE001 - export failed as well: the naive engine runs
         raise Untraceable(f"{reason}, nor can torch.export ({_one_line(exc)})") from None
     gm.traced_by = "torch.export"
+    gm.aliases = _aliases(model, gm)
     return gm
+
+
+def _aliases(model: nn.Module, gm: fx.GraphModule) -> dict[str, str]:
+    """The model's parameter names that the exported graph reads under another name (a weight tied to another,
+    such as GPT-2's embeddings and output head, keeps only one of its names), matched by storage."""
+    graph = {p.untyped_storage().data_ptr(): n for n, p in gm.named_parameters(remove_duplicate=False)}
+    found = {n: graph.get(p.untyped_storage().data_ptr()) for n, p in model.named_parameters()}
+    return {n: g for n, g in found.items() if g is not None and g != n}
+
+
+def graph_name(gm: fx.GraphModule, param_name: str) -> str:
+    """The name under which the traced graph reads the model's parameter ``param_name``."""
+    return getattr(gm, "aliases", {}).get(param_name, param_name)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -117,6 +131,7 @@ def roots_of(gm: fx.GraphModule, param_name: str) -> list[fx.Node]:
     ``get_attr`` that fetches it (functional code such as torchvision's Swin attention).
     """
     found = []
+    param_name = graph_name(gm, param_name)
     for node in gm.graph.nodes:
         if node.op == "call_module" and param_name.startswith(node.target + "."):
             found.append(node)

@@ -36,9 +36,12 @@ def is_text_file(spec: str) -> bool:
     return Path(spec.strip()).suffix.lower() in TEXT_SUFFIXES
 
 
-def load_text_data(spec: str, model: TextModel, model_spec: str, seq_len: int = DEFAULT_SEQ_LEN,
+def load_text_data(spec: str, model: TextModel, model_spec: str, seq_len: int | None = None,
                    count: int | None = None) -> EvalData:
-    """The eval set of ``spec`` for ``model`` (loaded from ``model_spec``): token ids and the task's labels."""
+    """The eval set of ``spec`` for ``model`` (loaded from ``model_spec``): token ids and the task's labels, in
+    sequences of ``seq_len`` tokens (default ``DEFAULT_SEQ_LEN``, or the model's positions if fewer)."""
+    limit = max_positions(model)
+    seq_len = seq_len if seq_len is not None else min(DEFAULT_SEQ_LEN, limit or DEFAULT_SEQ_LEN)
     check_seq_len(seq_len, model)
     spec = spec.strip()
     if is_text_file(spec):
@@ -55,10 +58,16 @@ def check_seq_len(seq_len: int, model: TextModel) -> None:
     """``seq_len`` must be positive and within the model's positions (``max_position_embeddings``)."""
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
         raise SpecError(f"the sequence length must be at least 2 tokens, got {seq_len!r}")
-    limit = next((getattr(model.hf.config, k, None) for k in ("max_position_embeddings", "n_positions")
-                  if getattr(model.hf.config, k, None)), None)
-    if limit and seq_len > int(limit):
+    limit = max_positions(model)
+    if limit and seq_len > limit:
         raise SpecError(f"sequence length {seq_len} is longer than the model's {limit} positions; lower --seq-len")
+
+
+def max_positions(model: TextModel) -> int | None:
+    """The longest sequence the model's position embeddings allow (``None``: no limit in the configuration)."""
+    config = model.hf.config
+    return next((int(getattr(config, k)) for k in ("max_position_embeddings", "n_positions")
+                 if getattr(config, k, None)), None)
 
 
 def task_data(ids: torch.Tensor, labels: torch.Tensor | None, model: TextModel, spec: str,

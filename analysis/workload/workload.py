@@ -18,7 +18,7 @@ from analysis.workload.data import is_image_zip, load_data
 from analysis.workload.errors import SpecError, short_error
 from analysis.workload.hf import TextModel, folder_fingerprint, with_task
 from analysis.workload.models import load_model
-from analysis.workload.text import DEFAULT_SEQ_LEN, is_text_file, load_text_data
+from analysis.workload.text import is_text_file, load_text_data
 
 
 @dataclass
@@ -118,9 +118,10 @@ def _check_output(out: torch.Tensor, batch: torch.Tensor, task: str, model_spec:
 
 def load_workload(model_spec: str, data_spec: str, count: int | None = None, input_size: int = 224,
                   normalize: str = "imagenet", trust_code: bool = False, trust_pickle: bool = False,
-                  seq_len: int = DEFAULT_SEQ_LEN, task: str | None = None) -> Workload:
+                  seq_len: int | None = None, task: str | None = None) -> Workload:
     """Load a model and its eval set and check that they fit before any work is done (``trust_code``: see
-    ``load_model``). A Hugging Face model (``hf:FOLDER``) reads text, or token ids, cut to ``seq_len`` tokens;
+    ``load_model``). A Hugging Face model (``hf:FOLDER``) reads text, or token ids, cut to ``seq_len`` tokens
+    (default 128, or the model's positions if fewer);
     ``task`` overrides the task its configuration names (``hf:FOLDER@TASK`` too).
 
     Example::
@@ -132,13 +133,7 @@ def load_workload(model_spec: str, data_spec: str, count: int | None = None, inp
     """
     model_spec = with_task(model_spec, task)
     model = load_model(model_spec, trust_code=trust_code or trust_pickle)
-    if isinstance(model, TextModel):
-        data = load_text_data(data_spec, model, model_spec, seq_len, count)
-    elif is_text_file(data_spec):
-        raise SpecError(f"{data_spec} is text: text is read with a Hugging Face model's tokenizer (--model "
-                        "hf:FOLDER); other models take tensors (a .pt/.npz file of token ids)")
-    else:
-        data = load_data(data_spec, count=count, input_size=input_size, normalize=normalize)
+    data = load_eval_data(model, model_spec, data_spec, count, input_size, normalize, seq_len=seq_len)
     try:
         num_classes, out_shape = fit_shapes(model, data, model_spec)
     except SpecError:
@@ -148,6 +143,25 @@ def load_workload(model_spec: str, data_spec: str, count: int | None = None, inp
         data, (num_classes, out_shape) = fitted
     return Workload(model, data, model_spec, num_classes, tuple(data.x.shape[1:]), code_fp=code_fingerprint(model_spec),
                     output_shape=out_shape)
+
+
+def load_eval_data(model: nn.Module, model_spec: str, data_spec: str, count: int | None = None, input_size: int = 224,
+                   normalize: str = "imagenet", channels: int | None = None,
+                   seq_len: int | None = None) -> EvalData:
+    """The data ``data_spec`` names, read for ``model``: text (or token ids) with a Hugging Face model's tokenizer
+    in ``seq_len``-token sequences, anything else with ``load_data``."""
+    if isinstance(model, TextModel):
+        return load_text_data(data_spec, model, model_spec, seq_len, count)
+    if is_text_file(data_spec):
+        raise SpecError(f"{data_spec} is text: text is read with a Hugging Face model's tokenizer (--model "
+                        "hf:FOLDER); other models take tensors (a .pt/.npz file of token ids)")
+    return load_data(data_spec, count=count, input_size=input_size, normalize=normalize, channels=channels)
+
+
+def seq_len_of(input_shape: tuple[int, ...] | list[int], dtype: str = "int64") -> int | None:
+    """The sequence length token inputs of this shape were read with (their width), for reading more text the
+    same way (a scan's eval set again, calibration or training text); ``None`` (the default) for other inputs."""
+    return int(input_shape[0]) if dtype == "int64" and len(input_shape) == 1 else None
 
 
 def image_channels(input_shape: tuple[int, ...] | list[int]) -> int | None:

@@ -104,7 +104,7 @@ def scan_setting(scan_dir: str | Path, methods: tuple[str, ...] = ("sensitivity"
     if not needs_model(profile, methods):
         return schedule_setting(profile)
     model = model if model is not None else scan_model(scan_dir, profile, model_spec, trust_code)
-    return schedule_setting(profile, model, scan_data(profile, model) if needs_data(profile) else None)
+    return schedule_setting(profile, model, scan_data(profile, model) if needs_data(profile, methods) else None)
 
 
 def folder_run(store: RunStore, scan: str | Path) -> int | None:

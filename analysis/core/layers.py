@@ -84,6 +84,11 @@ class Layer:
         order, returned in the weight's stored one)."""
         return {self.param_name: self.stored(mask)}
 
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """The parameters pruning this layer changes (several for a coupled layer: heads, neurons)."""
+        return (self.param_name,)
+
 
 def _layer_name(param_name: str) -> str:
     """``block.conv.weight`` -> ``block.conv``; ``attn.in_proj_weight`` -> ``attn.in_proj``."""

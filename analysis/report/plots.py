@@ -90,7 +90,7 @@ def criterion_comparison_figure(comparison: pd.DataFrame) -> go.Figure:
 
 def profile_metric(profile: SensitivityProfile, metric: str | None) -> str:
     """The metric a view of ``profile`` shows: ``metric``, checked against the profile, or its default."""
-    return check_metric(metric or profile.default_metric, profile.labelled)
+    return check_metric(metric or profile.default_metric, profile.labelled, profile.task)
 
 
 def _drop_frame(profile: SensitivityProfile, metric: str) -> pd.DataFrame:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from analysis.core import batchnorm, criteria
 from analysis.core.data import EvalData
-from analysis.core.layers import layers_for
+from analysis.core.granularity import schedule_layers
 from analysis.core.masks import bake
 from analysis.core.metrics import batch_for, dense_pass, evaluate, predict
 from analysis.core.modules import copy_model
@@ -72,7 +72,7 @@ def measure_schedule(workload: Workload, schedule: Schedule, *, bn_recalibrate: 
     x, y, task = workload.data.x, workload.data.y, workload.task
     batch_size = batch_for(4 * math.prod(workload.output_shape or (workload.num_classes,)), batch_size)
     model = copy_model(workload.model).to(dev).eval()
-    layers = layers_for(model, x[:1].to(dev), schedule.sparsities)
+    layers = schedule_layers(model, x[:1].to(dev), schedule.granularity, schedule.sparsities)
     schedule.validate(layers)
     stats = criteria.calibration_stats(model, layers, workload.data, schedule.criterion, calib_samples, batch_size,
                                        dev)

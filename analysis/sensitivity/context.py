@@ -98,10 +98,9 @@ class ScanContext:
         """
         wanted = list(self.config.sparsities if sparsities is None else sparsities)
         if self._maker is None or self._maker[0] != layer.name:
-            weight = layer.weight(self.model)
-            scores = criteria.importance(layer, weight, self.config.criterion, self.stats, self.config.seed)
-            self._maker = (layer.name, masks.MaskMaker(scores, self.config.granularity, self.config.criterion))
-            self._masks = {}
+            maker = masks.maker_for(layer, self.model, self.config.criterion, self.config.granularity, self.stats,
+                                    self.config.seed)
+            self._maker, self._masks = (layer.name, maker), {}
         maker = self._maker[1]
         for s in wanted:
             if (layer.name, s) not in self._masks:
@@ -143,8 +142,13 @@ def prepare(workload: Workload, config: ScanConfig) -> ScanContext:
     if not all_layers:
         raise ValueError(f"{workload.model_spec} has no prunable layers (Conv, Linear or attention projections)"
                          + (f"; {', '.join(unsupported)}: {next(iter(unsupported.values()))}" if unsupported else ""))
-    chosen = select_layers(all_layers, list(config.layers) if config.layers else None, unsupported)
     gran = parse_granularity(config.granularity)
+    all_layers, uncoupled = gran.couple(all_layers, model)
+    if gran.coupled and not all_layers:
+        raise ValueError(f"{workload.model_spec} has no transformer blocks whose {gran.group} can be pruned by "
+                         f"{gran}" + (f" ({next(iter(uncoupled.values()))})" if uncoupled else ""))
+    unsupported.update(uncoupled)
+    chosen = select_layers(all_layers, list(config.layers) if config.layers else None, unsupported)
     skipped = {l.name: reason for l in chosen if (reason := supports(gran, l.shape))}
     if config.layers and skipped:
         name, reason = next(iter(skipped.items()))

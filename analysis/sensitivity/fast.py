@@ -63,7 +63,7 @@ def run_plain(ctx: ScanContext, state: FastState, layer: Layer, shard: tuple[int
     start_t = time.perf_counter()
     lo, hi = shard or (0, len(ctx.x))
     if layer.name not in state.cuts:
-        state.cuts[layer.name] = fxgraph.split(state.gm, layer.param_name)
+        state.cuts[layer.name] = fxgraph.split(state.gm, layer.param_names)
     cut = state.cuts[layer.name]
     sparsities = ctx.config.sparsities if sparsities is None else tuple(sparsities)
     layer_masks = ctx.masks_for(layer, sparsities)
@@ -74,7 +74,7 @@ def run_plain(ctx: ScanContext, state: FastState, layer: Layer, shard: tuple[int
     totals = [Sums(labelled=labelled) for _ in variants]
     dense_sums = Sums(labelled=labelled)
     # Dense outputs too large to keep come from one more variant, the layer's own weight, run with the others.
-    weights = pruned_weights(ctx, layer, variants) + ([] if kept or not variants else [layer.weight(ctx.model)])
+    weights = pruned_weights(ctx, layer, variants) + ([] if kept or not variants else [dense_weights(ctx, layer)])
     with arithmetic(ctx.config.precision, ctx.device):
         for c, start in enumerate(range(lo, hi, state.chunk)):
             stop = min(start + state.chunk, hi)
@@ -122,16 +122,23 @@ def distinct_masks(layer_masks: list[torch.Tensor], dense: list[bool]) -> tuple[
     return variants, slot
 
 
-def pruned_weights(ctx: ScanContext, layer: Layer, variants: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``layer``'s weight with each mask applied (new tensors; the model keeps its weight)."""
-    dense_weight = layer.weight(ctx.model).detach()
-    return [dense_weight.masked_fill(~layer.stored(m).to(dense_weight.device), 0) for m in variants]
+def pruned_weights(ctx: ScanContext, layer: Layer, variants: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """``layer``'s weights (by parameter name) with each mask applied (new tensors; the model keeps its own)."""
+    dense = dense_weights(ctx, layer)
+    return [{n: dense[n].masked_fill(~m.to(dense[n].device), 0) for n, m in layer.masks(mask).items()}
+            for mask in variants]
+
+
+def dense_weights(ctx: ScanContext, layer: Layer) -> dict[str, torch.Tensor]:
+    """``layer``'s weights as the model holds them, by parameter name."""
+    params = dict(ctx.model.named_parameters())
+    return {n: params[n].detach() for n in layer.param_names}
 
 
 def variant_logits(ctx: ScanContext, gm: fx.GraphModule, cut: fxgraph.Split, front: dict, layer: Layer,
-                    weights: list[torch.Tensor], batch: int | None = None) -> torch.Tensor:
-    """Logits (variants, chunk, classes) of the models with ``layer``'s weight replaced by each of ``weights``
-    (its pruned variants), from the dense frontier of one chunk.
+                    weights: list[dict[str, torch.Tensor]], batch: int | None = None) -> torch.Tensor:
+    """Logits (variants, chunk, classes) of the models with ``layer``'s weights replaced by each of ``weights``
+    (its pruned variants, by parameter name), from the dense frontier of one chunk.
 
     The layer runs once per mask; the part after it runs once for all masks, their outputs stacked into one
     batch: folded into the batch dimension where that is provably the same computation (``_fold``, about 20%
@@ -222,13 +229,13 @@ def _fold(gm: fx.GraphModule, cut: fxgraph.Split, rest: list[fx.Node], front: di
     return logits.reshape(n_variants, batch, *logits.shape[1:])
 
 
-def run_with_weight(gm: fx.GraphModule, nodes: list, front: dict, layer: Layer, weight: torch.Tensor,
-                keep: list | None = None) -> object:
-    """Run ``nodes`` with ``layer``'s weight replaced by ``weight``: the logits, or the values of ``keep``."""
-    name = fxgraph.graph_name(gm, layer.param_name)
-    env = {n: weight if n.op == "get_attr" and n.target == name else v for n, v in front.items()}
+def run_with_weight(gm: fx.GraphModule, nodes: list, front: dict, layer: Layer, weight: dict[str, torch.Tensor],
+                    keep: list | None = None) -> object:
+    """Run ``nodes`` with ``layer``'s weights replaced by ``weight`` (by parameter name): the logits, or the values
+    of ``keep``."""
+    env, params = fxgraph.with_params(gm, front, weight)
     with torch.inference_mode():
-        fxgraph.run(gm, nodes, env, keep=set(keep or nodes[-1:]), params={name: weight})
+        fxgraph.run(gm, nodes, env, keep=set(keep or nodes[-1:]), params=params)
     return [env[n] for n in keep] if keep else class_scores(env[nodes[-1]])
 
 

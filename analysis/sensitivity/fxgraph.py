@@ -124,24 +124,33 @@ class Split:
         return all(a in allowed for r in self.roots for a in r.all_input_nodes)
 
 
-def roots_of(gm: fx.GraphModule, param_name: str) -> list[fx.Node]:
-    """The nodes whose result changes when the parameter ``param_name`` changes.
+def roots_of(gm: fx.GraphModule, param_name: str | tuple[str, ...]) -> list[fx.Node]:
+    """The nodes whose result changes when the parameter ``param_name`` (or any of several) changes.
 
     A leaf module that owns the parameter (``conv``, ``attn`` for ``attn.in_proj_weight``), or the users of a
     ``get_attr`` that fetches it (functional code such as torchvision's Swin attention).
     """
+    names = {graph_name(gm, n) for n in ((param_name,) if isinstance(param_name, str) else param_name)}
     found = []
-    param_name = graph_name(gm, param_name)
     for node in gm.graph.nodes:
-        if node.op == "call_module" and param_name.startswith(node.target + "."):
+        if node.op == "call_module" and any(n.startswith(node.target + ".") for n in names):
             found.append(node)
-        elif node.op == "get_attr" and node.target == param_name:
+        elif node.op == "get_attr" and node.target in names:
             found.extend(node.users)
     return list(dict.fromkeys(found))
 
 
-def split(gm: fx.GraphModule, param_name: str) -> Split:
-    """The roots, downstream part and frontier of the parameter ``param_name`` (``ValueError`` if unused)."""
+def with_params(gm: fx.GraphModule, front: dict, weights: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """``front`` with the model's parameters in ``weights`` (by the model's names) replaced, and the same
+    replacements by the graph's names, for ``run``'s ``params``."""
+    params = {graph_name(gm, n): w for n, w in weights.items()}
+    env = {n: params[n.target] if n.op == "get_attr" and n.target in params else v for n, v in front.items()}
+    return env, params
+
+
+def split(gm: fx.GraphModule, param_name: str | tuple[str, ...]) -> Split:
+    """The roots, downstream part and frontier of the parameter ``param_name`` or parameters (``ValueError`` if
+    unused)."""
     roots = roots_of(gm, param_name)
     if not roots:
         raise ValueError(f"no node of the traced graph reads {param_name}")

@@ -151,6 +151,14 @@ class TextModel(nn.Module):
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
+    def attention_heads(self) -> tuple[int, int, int]:
+        """(query heads, key/value heads, head size) of every block, from the configuration."""
+        config = self.hf.config
+        heads = int(config.num_attention_heads)
+        kv = int(getattr(config, "num_key_value_heads", None) or heads)
+        dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+        return heads, kv, dim
+
     def vocabulary(self) -> int:
         """The vocabulary size of the configuration."""
         return int(getattr(self.hf.config, "vocab_size", 0) or 0)

@@ -26,12 +26,17 @@ with st.sidebar:
                          "sparsity within a tolerated drop")
     criterion = st.selectbox("Criterion", CRITERIA, help="how the weights to remove are chosen")
     granularity = st.selectbox("Granularity", GRANULARITY_CHOICES,
-                               help="single weights, whole output channels, or 2 of every 4 weights")
+                               help="single weights, whole output channels, 2 of every 4 weights, or (transformers) "
+                                    "whole attention heads or MLP neurons of each block")
     grid_text = st.text_input("Sparsities", ", ".join(f"{s:g}" for s in DEFAULT_SPARSITIES), disabled=mode == "bisect",
                               help="fractions of each layer to remove, comma separated (0 is the dense baseline); "
                                    "bisection searches its own grid (its resolution)")
     chosen = st.multiselect("Layers (none picked: all)", [l.name for l in layers])
-    adaptive = adaptive_settings(mode, workload.data.y is not None)
+    left_out = common.left_out_layers(spec)
+    embeddings = bool(left_out) and st.checkbox(
+        f"Include embeddings and the output head ({', '.join(left_out)})",
+        help="listed but left out by default: pruning an embedding table changes every token's representation")
+    adaptive = adaptive_settings(mode, workload.data.y is not None, workload.task)
     cluster = cluster_backend()
     on_cluster = cluster is not None and st.checkbox(f"Run on the Ray cluster at {cluster.address}",
                                                      help="PRUNESCOPE_RAY_ADDRESS or RAY_ADDRESS names it; the "
@@ -41,7 +46,8 @@ config, config_error = None, None
 try:
     sparsities = tuple(check_sparsity(p.strip()) for p in grid_text.split(",") if p.strip())
     config = ScanConfig(criterion, granularity, sparsities if mode != "bisect" else DEFAULT_SPARSITIES,
-                        tuple(chosen) or None, engine=common.best_engine(), adaptive=mode, **adaptive).validated()
+                        tuple(chosen) or None, engine=common.best_engine(), adaptive=mode,
+                        include_embeddings=embeddings, **adaptive).validated()
 except ValueError as exc:
     config_error = str(exc)
 
@@ -93,17 +99,30 @@ if not profile.meta.get("complete", True):
     st.warning(f"This run is unfinished: {len(profile.layers)} of its {len(profile.meta.get('layers', []))} layers "
                "were measured. Run the same settings again to resume it.")
 
-metrics = list(metric_choices(profile.labelled))
-metric = st.selectbox("Metric", metrics, help="accuracy needs labels; agreement and KL compare with the dense model")
+metrics = list(metric_choices(profile.labelled, task=profile.task))
+metric = st.selectbox("Metric", metrics, help="accuracy needs labels; agreement and KL compare with the dense model; "
+                                              "a causal LM's perplexity and an encoder's embedding cosine too")
 base = profile.baseline(metric)
 st.caption(f"Dense {metric}: **{base:.4f}** on {profile.meta['samples']} samples · criterion "
            f"{profile.meta['criterion']} · granularity {profile.meta['granularity']}")
 shown_mode = scanning.show_adaptive(profile)
 
-heat_tab, curve_tab, rank_tab, table_tab, compare_tab = st.tabs(
-    ["Heatmap", "Curves", "Tolerance ranking", "Table", "Compare two runs"])
+blocks = plots.block_table(profile, metric)
+heat_tab, block_tab, curve_tab, rank_tab, table_tab, compare_tab = st.tabs(
+    ["Heatmap", "Blocks", "Curves", "Tolerance ranking", "Table", "Compare two runs"])
 with heat_tab:
     st.plotly_chart(plots.sensitivity_heatmap(profile, metric), key="heatmap")
+with block_tab:
+    if blocks.empty:
+        st.info("No layer of this model sits in a numbered block (such as a transformer's layers.N): the block "
+                "views apply to transformers and staged CNNs.")
+    else:
+        measured = sorted(s for s in set(blocks["sparsity"]) if s > 0) or [0.0]
+        at = st.select_slider("Sparsity", measured, value=measured[len(measured) // 2], format_func=lambda s: f"{s:g}")
+        st.plotly_chart(plots.block_heatmap(profile, at, metric), key="block_heatmap")
+        st.plotly_chart(plots.block_curves(profile, metric), key="block_curves")
+        st.caption("Rows are the blocks by depth, columns the projections (q, k, v, o; the MLP's gate, up and "
+                   "down); each cell is that layer pruned alone.")
 with curve_tab:
     picked = st.multiselect("Layers to draw (none: all)", profile.layers, key="curve_layers")
     st.plotly_chart(plots.sensitivity_curves(profile, metric, picked or None), key="curves")

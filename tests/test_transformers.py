@@ -4,10 +4,12 @@ CLI. The models are small random-init BERT, GPT-2 and Llama (gated MLP) built fr
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import hf_models
@@ -16,15 +18,20 @@ import torch
 
 from analysis.core import metrics
 from analysis.core.data import IGNORE, PAD
+from analysis.core.granularity import CoupledLayer, schedule_layers
 from analysis.core.layers import find_layers
-from analysis.core.metric_table import CAUSAL_LM, CLASSIFICATION, ENCODER
+from analysis.core.masks import applied
+from analysis.core.metric_table import CAUSAL_LM, CLASSIFICATION, ENCODER, drop_scale
 from analysis.core.metrics import dense_pass
+from analysis.report.plots import block_curves, block_heatmap, block_table
+from analysis.schedule.allocate import Owl, Target, allocate, outlier_ratios, wanda_scores
 from analysis.sensitivity.config import ScanConfig
 from analysis.sensitivity.context import prepare
 from analysis.sensitivity.driver import scan
 from analysis.sensitivity.engines import run_layer_fast
 from analysis.sensitivity.naive import run_layer_naive
 from analysis.workload.errors import SpecError
+from analysis.workload.uploads import UploadError, received, text_suffix
 from analysis.workload.workload import load_workload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,3 +248,108 @@ def test_cli_scans_a_causal_lm_on_text(hf: dict, tmp_path: Path) -> None:
     wrong = run_cli("scan", "--model", f"hf:{hf['gpt2']}", "--data", hf["text"], "--seq-len", "4096", "--out",
                     tmp_path / "no", home=tmp_path / "home")
     assert wrong.returncode == 2 and "positions" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+# ------------------------------------------------------------------------------ heads, neurons and OWL
+
+
+def test_a_pruned_head_takes_its_q_k_v_rows_and_o_columns_with_it(hf: dict) -> None:
+    w = workload(hf, "gpt2")
+    heads = [l for l in schedule_layers(w.model, w.data.x[:1], "heads") if isinstance(l, CoupledLayer)]
+    assert [l.name for l in heads] == ["transformer.h.0.attn", "transformer.h.1.attn"]
+    layer = heads[0]
+    assert layer.shape[0] == 4  # 4 heads of 8 dimensions; q, k and v fused in GPT-2's c_attn (Conv1D)
+    keep = torch.tensor([True, False, True, True]).view(4, 1).expand(4, len(layer.parts))
+    masks = layer.masks(keep)
+    qkv, o = masks["transformer.h.0.attn.c_attn.weight"], masks["transformer.h.0.attn.c_proj.weight"]
+    # Conv1D weights are (in, out): the head's q, k and v outputs are columns of c_attn, its o inputs rows of c_proj
+    gone = [c for c in range(96) if not qkv[:, c].any()]
+    assert gone == [*range(8, 16), *range(40, 48), *range(72, 80)] and qkv.sum() == 32 * (96 - 24)
+    assert [r for r in range(32) if not o[r].any()] == list(range(8, 16)) and o.sum() == 32 * 24
+    # once its o columns are gone, the head's q/k/v rows carry nothing: pruning them too changes no output
+    only_o = {"transformer.h.0.attn.c_proj.weight": o}
+    x = w.data.x[:4]
+    with torch.no_grad(), applied(w.model, only_o):
+        want = w.model(x)
+    with torch.no_grad(), applied(w.model, masks):
+        assert torch.allclose(w.model(x), want, atol=1e-5)
+
+
+def test_neurons_couple_gate_and_up_rows_with_down_columns(hf: dict) -> None:
+    w = workload(hf, "llama")
+    neurons = [l for l in schedule_layers(w.model, w.data.x[:1], "neurons") if isinstance(l, CoupledLayer)]
+    assert len(neurons) == 2 and {p.layer.name.rsplit(".", 1)[1] for p in neurons[0].parts} == {
+        "gate_proj", "up_proj", "down_proj"}
+    width = neurons[0].shape[0]
+    keep = (torch.arange(width) % 2 == 0).view(width, 1).expand(width, 3)
+    masks = neurons[0].masks(keep)
+    for name, mask in masks.items():
+        pruned = ~mask.any(dim=1) if "down_proj" not in name else ~mask.any(dim=0)
+        assert pruned.tolist() == [i % 2 == 1 for i in range(width)], name
+
+
+def test_owl_spreads_sparsity_by_outliers_and_keeps_the_target(hf: dict) -> None:
+    w = workload(hf, "llama")
+    layers = find_layers(w.model, w.data.x[:1])
+    scores = wanda_scores(w.model, layers, w.data, samples=8)
+    ratios = outlier_ratios(layers, scores, m=3.0)
+    assert set(ratios) == {"model.layers.0", "model.layers.1"}
+    schedule = allocate("owl", layers, Target("sparsity", 0.5), scores=scores, owl=Owl(lam=0.1, m=3.0))
+    per_block = {b: [schedule.sparsities[l.name] for l in layers if l.name.startswith(b + ".")] for b in ratios}
+    assert schedule.meta["totals"]["global_sparsity"] == pytest.approx(0.5, abs=0.01)
+    more, fewer = sorted(ratios, key=ratios.get, reverse=True)
+    assert ratios[more] > ratios[fewer] and max(per_block[more]) < min(per_block[fewer])  # more outliers: less
+    assert max(per_block[fewer]) - min(per_block[more]) == pytest.approx(0.2, abs=0.01)  # a spread of 2 lambda
+    with pytest.raises(ValueError, match="lambda"):
+        Owl(lam=0.6)
+
+
+# ------------------------------------------------------------------------------------ views and uploads
+
+
+def test_block_views_agree_with_the_layer_table(hf: dict) -> None:
+    w = workload(hf, "llama")
+    profile = scan(w, ScanConfig(sparsities=(0.5,)))
+    table = block_table(profile)
+    assert list(dict.fromkeys(table["block"])) == ["model.layers.0", "model.layers.1"]
+    assert set(table["column"]) == {"q", "k", "v", "o", "gate", "up", "down"}
+    fig = block_heatmap(profile, 0.5)
+    assert list(fig.data[0].x) == ["q", "k", "v", "o", "gate", "up", "down"]
+    drops = profile.drop(profile.default_metric)
+    scale, _ = drop_scale(profile.default_metric)
+    for i, block in enumerate(fig.data[0].y):
+        for j, column in enumerate(fig.data[0].x):
+            name = fig.data[0].customdata[i][j]
+            want = drops[(drops["layer"] == name) & (drops["sparsity"] == 0.5)]["drop"].item() * scale
+            assert name.startswith(block) and fig.data[0].z[i][j] == pytest.approx(want)
+    assert {a.text for a in block_curves(profile).layout.annotations} == {"model.layers.0", "model.layers.1"}
+    with pytest.raises(ValueError, match="not measured"):
+        block_heatmap(profile, 0.3)
+
+
+def hf_zip(folder: Path, extra: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in folder.iterdir():
+            z.write(f, f"model/{f.name}")
+        for name, content in extra.items():
+            z.writestr(f"model/{name}", content)
+    return buf.getvalue()
+
+
+def test_a_zipped_folder_uploads_without_its_code_and_text_is_typed_by_content(hf: dict, tmp_path: Path) -> None:
+    data = hf_zip(hf["gpt2"], {"modeling_evil.py": b"raise SystemExit", "notes.md": b"x"})
+    with received(data, "anything.bin", "model") as upload:
+        assert upload.kind == "hf-zip" and (upload.path / "config.json").is_file()
+        assert not list(upload.path.glob("*.py")) and not list(upload.path.glob("*.md"))
+        loaded = load_workload(f"hf:{upload.path}", str(hf["text"]), seq_len=16)
+        assert loaded.task == CAUSAL_LM and len(loaded.data) == len(workload(hf, "gpt2").data)
+    bare = hf_zip(hf["gpt2"], {"pytorch_model.bin": b"\x80\x04K\x01."})
+    with pytest.raises(UploadError, match="pytorch_model.bin is a pickle"):
+        with received(bare, "m.zip", "model"):
+            pass
+    assert text_suffix(hf["rows"].read_bytes()) == ".jsonl"
+    assert text_suffix(b"text,label\nhello,1\n") == ".csv" and text_suffix(b"one line\nanother\n") == ".txt"
+    for content, why in ((b"\x00\x01", "binary"), (b"\xff\xfe", "UTF-8"), (b"  \n", "empty")):
+        with pytest.raises(UploadError, match=why):
+            text_suffix(content)

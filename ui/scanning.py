@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from analysis.core.metric_table import drop_scale, metric_choices
+from analysis.core.metric_table import CLASSIFICATION, drop_scale, metric_choices
 from analysis.core.profile import SensitivityProfile
 from analysis.report import plots
 from analysis.sensitivity import adaptive
@@ -94,12 +94,13 @@ def stop(spec: WorkloadSpec) -> tuple[int, int, int] | None:
     return run_id, info["done_layers"], info["total_layers"]
 
 
-def adaptive_settings(mode: str, labelled: bool) -> dict:
-    """The sidebar's inputs for an adaptive ``mode``: the ``ScanConfig`` fields they set (none for the full grid)."""
+def adaptive_settings(mode: str, labelled: bool, task: str = CLASSIFICATION) -> dict:
+    """The sidebar's inputs for an adaptive ``mode``: the ``ScanConfig`` fields they set (none for the full grid);
+    the metrics offered are those measured for the workload's ``task``."""
     if mode == "off":
         return {}
     defaults = ScanConfig()
-    choices = list(metric_choices(labelled, bounded=mode == "collapse"))
+    choices = list(metric_choices(labelled, bounded=mode == "collapse", task=task))
     metric = st.selectbox("Metric that decides", choices, help="accuracy needs labels; agreement compares with the "
                                                                 "dense model")
     points = st.number_input("Sparsities per engine call", 1, 32, defaults.points_per_call,

@@ -279,11 +279,10 @@ def _owl(layers: list[Layer], caps: dict[str, float], gran: Granularity, scores:
     shift = {l.name: offsets.get(block_of(l.name) or l.name, 0.0) for l in layers}
 
     def fn(u: float) -> dict[str, float]:
-        return {l.name: _grid(min(caps[l.name], max(0.0, u + shift[l.name])), _units(l, gran))
+        return {l.name: _grid(min(caps[l.name], max(0.0, u - shift[l.name])), _units(l, gran))
                 for l in layers if caps[l.name] > 0}
 
-    low = min(shift.values(), default=0.0)
-    return _Path(fn, -max(shift.values(), default=0.0), 1.0 - low)
+    return _Path(fn, min(shift.values(), default=0.0), 1.0 + max(shift.values(), default=0.0))
 
 
 def _sensitivity(layers: list[Layer], caps: dict[str, float], gran: Granularity,

@@ -23,8 +23,10 @@ from analysis.core.layers import find_layers
 from analysis.core.masks import applied
 from analysis.core.metric_table import CAUSAL_LM, CLASSIFICATION, ENCODER, drop_scale
 from analysis.core.metrics import dense_pass
+from analysis.deploy.export import export
 from analysis.report.plots import block_curves, block_heatmap, block_table
 from analysis.schedule.allocate import Owl, Target, allocate, outlier_ratios, wanda_scores
+from analysis.schedule.schedule import Schedule
 from analysis.sensitivity.config import ScanConfig
 from analysis.sensitivity.context import prepare
 from analysis.sensitivity.driver import scan
@@ -353,3 +355,18 @@ def test_a_zipped_folder_uploads_without_its_code_and_text_is_typed_by_content(h
     for content, why in ((b"\x00\x01", "binary"), (b"\xff\xfe", "UTF-8"), (b"  \n", "empty")):
         with pytest.raises(UploadError, match=why):
             text_suffix(content)
+
+
+def test_a_head_schedule_exports_masked_and_matches_in_onnx_runtime_on_the_eval_text(hf: dict,
+                                                                                      tmp_path: Path) -> None:
+    w = workload(hf, "gpt2")
+    schedule = Schedule({"transformer.h.0.attn": 0.5, "transformer.h.1.attn": 0.25}, granularity="heads")
+    report = export(w.model, schedule, w.data, tmp_path / "gpt2.onnx", measure_latency=False)
+    assert report.mode == "masked" and all(v.passed for v in report.verifications)
+    assert report.verifications[0].samples == len(w.data)  # every window of the eval text
+    rows = report.layers.set_index("layer")
+    for block, share in (("transformer.h.0", 0.5), ("transformer.h.1", 0.25)):
+        for part in ("attn.c_attn", "attn.c_proj"):
+            row = rows.loc[f"{block}.{part}"]
+            assert row.requested == share and row.onnx_zero_fraction == pytest.approx(share, abs=1e-6)
+    assert rows.loc["transformer.h.0.mlp.c_fc"].onnx_zero_fraction == 0.0

@@ -185,6 +185,8 @@ def load_hf(spec: str) -> TextModel:
     except Exception as exc:  # noqa: BLE001 - any failure to load is the folder's
         raise SpecError(f"hf:{folder} could not be loaded as a {task} model: {type(exc).__name__}: "
                         f"{short_error(exc)}") from None
+    if task == ENCODER and isinstance(getattr(hf, "pooler", None), nn.Module):
+        hf.pooler = None  # the sentence embedding is the mean of the last hidden states: the pooler feeds nothing
     return TextModel(hf.float().eval(), task).eval()
 
 

@@ -51,6 +51,7 @@ _API = {  # public name: the module that defines it
     "Schedule": "analysis.schedule.schedule",
     "Target": "analysis.schedule.allocate",
     "Bounds": "analysis.schedule.allocate",
+    "Owl": "analysis.schedule.allocate",
     "METHODS": "analysis.schedule.allocate",
     "allocate": "analysis.schedule.allocate",
     "schedule_setting": "analysis.schedule.allocate",
@@ -66,6 +67,8 @@ _API = {  # public name: the module that defines it
     "scan_into_store": "analysis.store.scanning",
     "sensitivity_heatmap": "analysis.report.plots",
     "sensitivity_curves": "analysis.report.plots",
+    "block_heatmap": "analysis.report.plots",
+    "block_curves": "analysis.report.plots",
     "build_report": "analysis.report.html",
 }
 __all__ = ["__version__", *_API]

@@ -268,8 +268,7 @@ def block_heatmap(profile: SensitivityProfile, sparsity: float, metric: str | No
 
     Example::
 
-        >>> from analysis import ScanConfig, load_workload, scan
-        >>> from analysis.report.plots import block_heatmap
+        >>> from analysis import ScanConfig, block_heatmap, load_workload, scan
         >>> profile = scan(load_workload("sample:digits-resnet", "sample:digits"), ScanConfig(sparsities=(0.5,)))
         >>> [list(block_heatmap(profile, 0.5).data[0].y), list(block_heatmap(profile, 0.5).data[0].x)]
         [['layer1', 'layer2'], ['conv1', 'conv2', 'downsample.0']]
@@ -303,7 +302,15 @@ def block_heatmap(profile: SensitivityProfile, sparsity: float, metric: str | No
 
 
 def block_curves(profile: SensitivityProfile, metric: str | None = None, blocks: list[str] | None = None) -> go.Figure:
-    """One panel per block (by depth), one line per projection in it: drop of ``metric`` against sparsity."""
+    """One panel per block (by depth), one line per projection in it: drop of ``metric`` against sparsity.
+
+    Example::
+
+        >>> from analysis import ScanConfig, block_curves, load_workload, scan
+        >>> profile = scan(load_workload("sample:digits-resnet", "sample:digits"), ScanConfig(sparsities=(0.5, 0.9)))
+        >>> sorted(a.text for a in block_curves(profile).layout.annotations)
+        ['layer1', 'layer2']
+    """
     table = block_table(profile, metric)
     if table.empty:
         raise ValueError("no layer of this profile sits in a numbered block (layers.N, h.N, ...)")

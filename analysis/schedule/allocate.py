@@ -138,7 +138,20 @@ def _grid(s: float, units: int) -> float:
 class Owl:
     """OWL's parameters: ``lam`` (lambda) bounds the spread of the blocks' sparsities (max - min = 2 lambda);
     ``m``: a score above ``m`` times its block's mean is an outlier. The defaults are the OWL paper's
-    unstructured examples (lambda 0.08, M 5)."""
+    unstructured examples (lambda 0.08, M 5). ``allocate("owl", ...)`` takes it with the layers' Wanda scores.
+
+    Example::
+
+        >>> from analysis import Owl, Target, allocate, load_workload
+        >>> from analysis.core.layers import find_layers
+        >>> from analysis.schedule.allocate import wanda_scores
+        >>> w = load_workload("sample:digits-resnet", "sample:digits", count=64)
+        >>> layers = find_layers(w.model, w.data.x[:1])
+        >>> scores = wanda_scores(w.model, layers, w.data)
+        >>> schedule = allocate("owl", layers, Target("sparsity", 0.5), scores=scores, owl=Owl(lam=0.1))
+        >>> round(schedule.meta["totals"]["global_sparsity"], 2), list(schedule.meta["owl"]["outlier_ratios"])
+        (0.5, ['stem.0', 'layer1', 'layer2', 'fc'])
+    """
 
     lam: float = 0.08
     m: float = 5.0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from analysis.store.runs import home
@@ -94,12 +95,18 @@ def save_upload(name: str, content: bytes, role: str) -> Path:
 def save_image_zip(name: str, content: bytes) -> Path:
     """Check a zip of an image folder, unpack it safely and return the folder that holds the class folders."""
     _checked(name, content, "data", IMAGES_FILE, "images")
+    return _unzipped(content, "images", safe_extract)
+
+
+def _unzipped(content: bytes, into: str, extract: Callable[[Path, Path], Path]) -> Path:
+    """Write a checked zip to its upload folder, ``extract`` it into ``into`` there, delete the zip; what
+    ``extract`` returns."""
     folder = _folder(content)
     folder.mkdir(parents=True, exist_ok=True)
     archive = folder / "upload.zip"
     archive.write_bytes(content)
     try:
-        return safe_extract(archive, folder / "images")
+        return extract(archive, folder / into)
     finally:
         archive.unlink(missing_ok=True)
 
@@ -108,15 +115,7 @@ def save_hf_zip(name: str, content: bytes) -> Path:
     """Check a zip of a Hugging Face model folder, extract its configuration, weight and tokenizer files (never
     its code) and return the folder that holds ``config.json``: ``hf:`` names it."""
     _checked(name, content, "model", HF_FILE, "hf")
-    folder = _folder(content)
-    folder.mkdir(parents=True, exist_ok=True)
-    archive = folder / "upload.zip"
-    archive.write_bytes(content)
-    try:
-        root = extract_hf(archive, folder / "hf")
-    finally:
-        archive.unlink(missing_ok=True)
-    return root
+    return _unzipped(content, "hf", extract_hf)
 
 
 def save_text(name: str, content: bytes) -> Path:

@@ -33,13 +33,18 @@ with st.sidebar:
                              help="how the weights to remove are chosen" + (
                                  "; taylor and activation need a PyTorch model" if onnx_model else ""))
     granularity = st.selectbox("Granularity", GRANULARITY_CHOICES,
-                               help="single weights, whole output channels, or 2 of every 4 weights")
+                               help="single weights, whole output channels, 2 of every 4 weights, or (transformers) "
+                                    "whole attention heads or MLP neurons of each block")
     grid_text = st.text_input("Sparsities", ", ".join(f"{s:g}" for s in DEFAULT_SPARSITIES),
                               disabled=mode in SEARCH_MODES,
                               help="fractions of each layer to remove, comma separated (0 is the dense baseline); "
                                    "bisection searches its own grid (its resolution)")
     chosen = st.multiselect("Layers (none picked: all)", [l.name for l in layers])
-    adaptive = adaptive_settings(mode, workload.data.y is not None)
+    left_out = common.left_out_layers(spec)
+    embeddings = bool(left_out) and st.checkbox(
+        f"Include embeddings and the output head ({', '.join(left_out)})",
+        help="listed but left out by default: pruning an embedding table changes every token's representation")
+    adaptive = adaptive_settings(mode, workload.data.y is not None, workload.task)
     confidence = st.select_slider("Confidence level", CONFIDENCE_LEVELS, value=0.95, format_func="{:.0%}".format,
                                   help="the level of every cell's interval (heatmap marks, curve bands, the "
                                        "tolerance ranking's bounds, the table's *_lo/*_hi); a sequential scan "
@@ -54,7 +59,7 @@ try:
     sparsities = tuple(check_sparsity(p.strip()) for p in grid_text.split(",") if p.strip())
     config = ScanConfig(criterion, granularity, sparsities if mode not in SEARCH_MODES else DEFAULT_SPARSITIES,
                         tuple(chosen) or None, engine=common.best_engine(), adaptive=mode, confidence=confidence,
-                        **adaptive).validated()
+                        include_embeddings=embeddings, **adaptive).validated()
 except ValueError as exc:
     config_error = str(exc)
 
@@ -108,20 +113,33 @@ if not profile.meta.get("complete", True):
                "were measured. Run the same settings again to resume it.")
 
 profile = profile.with_confidence(confidence)
-metrics = list(metric_choices(profile.labelled))
+metrics = list(metric_choices(profile.labelled, task=profile.task))
 metric = st.selectbox("Metric", metrics, index=metrics.index(profile.default_metric),
-                      help="accuracy needs labels; agreement and KL compare with the dense model")
+                      help="accuracy needs labels; agreement and KL compare with the dense model; a causal LM's "
+                           "perplexity and an encoder's embedding cosine too")
 base = profile.baseline(metric)
 st.caption(f"Dense {metric}: **{base:.4f}** on {profile.meta['samples']} samples · criterion "
            f"{profile.meta['criterion']} · granularity {profile.meta['granularity']}")
 shown_mode = scanning.show_adaptive(profile)
 
-heat_tab, curve_tab, rank_tab, table_tab, compare_tab = st.tabs(
-    ["Heatmap", "Curves", "Tolerance ranking", "Table", "Compare two runs"])
+blocks = plots.block_table(profile, metric)
+heat_tab, block_tab, curve_tab, rank_tab, table_tab, compare_tab = st.tabs(
+    ["Heatmap", "Blocks", "Curves", "Tolerance ranking", "Table", "Compare two runs"])
 with heat_tab:
     st.plotly_chart(plots.sensitivity_heatmap(profile, metric), key="heatmap")
     st.caption(f"A dot marks a cell whose drop is not distinguishable from zero: its {confidence:.0%} interval holds "
                "0 on this eval set. Hover a cell for its interval and the samples it used.")
+with block_tab:
+    if blocks.empty:
+        st.info("No layer of this model sits in a numbered block (such as a transformer's layers.N): the block "
+                "views apply to transformers and staged CNNs.")
+    else:
+        measured = sorted(s for s in set(blocks["sparsity"]) if s > 0) or [0.0]
+        at = st.select_slider("Sparsity", measured, value=measured[len(measured) // 2], format_func=lambda s: f"{s:g}")
+        st.plotly_chart(plots.block_heatmap(profile, at, metric), key="block_heatmap")
+        st.plotly_chart(plots.block_curves(profile, metric), key="block_curves")
+        st.caption("Rows are the blocks by depth, columns the projections (q, k, v, o; the MLP's gate, up and "
+                   "down); each cell is that layer pruned alone.")
 with curve_tab:
     picked = st.multiselect("Layers to draw (none: all)", profile.layers, key="curve_layers")
     st.plotly_chart(plots.sensitivity_curves(profile, metric, picked or None), key="curves")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import streamlit as st
 
 from analysis.core.intervals import ERROR_BARS
-from analysis.core.metric_table import default_metric, drop_scale, metric_choices
+from analysis.core.metric_table import CLASSIFICATION, default_metric, drop_scale, metric_choices
 from analysis.core.profile import SensitivityProfile
 from analysis.report import plots
 from analysis.sensitivity import adaptive
@@ -109,14 +109,15 @@ def savings(partial: SensitivityProfile) -> str:
             "sample-evaluations saved")
 
 
-def adaptive_settings(mode: str, labelled: bool) -> dict:
-    """The sidebar's inputs for an adaptive ``mode``: the ``ScanConfig`` fields they set (none for the full grid)."""
+def adaptive_settings(mode: str, labelled: bool, task: str = CLASSIFICATION) -> dict:
+    """The sidebar's inputs for an adaptive ``mode``: the ``ScanConfig`` fields they set (none for the full grid);
+    the metrics offered are those measured for the workload's ``task`` (with error bars for a sequential mode)."""
     if mode == "off":
         return {}
     defaults = ScanConfig()
-    choices = [m for m in metric_choices(labelled, bounded=mode == "collapse")
+    choices = [m for m in metric_choices(labelled, bounded=mode == "collapse", task=task)
                if mode not in SEQUENTIAL_MODES or m in ERROR_BARS]
-    first = default_metric(labelled)
+    first = default_metric(labelled, task)
     metric = st.selectbox("Metric that decides", choices, index=choices.index(first) if first in choices else 0,
                           help="accuracy needs labels; agreement compares with the dense model")
     points = st.number_input("Sparsities per engine call", 1, 32, defaults.points_per_call,

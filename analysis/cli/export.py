@@ -10,6 +10,7 @@ from analysis.cli.common import (
     add_data_args,
     add_run_args,
     add_store_arg,
+    add_text_args,
     add_trust_arg,
     load_workload_from,
     print_json,
@@ -39,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="example, calibration and verification inputs (default: sample:digits for samples, "
                         "random:3x224x224 for torchvision models)")
     add_data_args(g)
+    add_text_args(g)
     add_trust_arg(g)
     g = p.add_argument_group("export")
     g.add_argument("--schedule", required=True, type=Path, metavar="FILE.json", help="the schedule to apply (JSON/YAML)")

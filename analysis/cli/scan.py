@@ -54,6 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--sparsities", type=sparsity_list, default=DEFAULT_SPARSITIES, metavar="S,S,...",
                    help="fractions to remove, each in [0, 1) (default 0.1,...,0.9; 0, the dense baseline, is added)")
     g.add_argument("--layers", type=name_list, default=None, metavar="NAME,...", help="only these layers (default all)")
+    g.add_argument("--include-embeddings", action="store_true",
+                   help="also scan embedding tables and a language model's output head onto the vocabulary (listed "
+                        "but left out by default)")
     g.add_argument("--engine", choices=ENGINE_NAMES, default="fast",
                    help="scan engine: fast (default; reuses the dense prefix, same numbers) or naive (the reference)")
     g.add_argument("--precision", choices=PRECISIONS, default="exact",
@@ -147,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
                         layers=args.layers, batch_size=args.batch_size, device=args.device, engine=args.engine,
                         seed=args.seed, calib_samples=args.calib_samples, precision=args.precision,
                         chunk_size=args.chunk_size, bn_recalibrate=args.bn_recalibrate, bn_batches=args.bn_batches,
-                        confidence=args.confidence, **_adaptive_settings(args))
+                        confidence=args.confidence, include_embeddings=args.include_embeddings,
+                        **_adaptive_settings(args))
     config = validated_config(config, backend)
     if config.bn_recalibrate and not has_batchnorm(workload.model):
         note(f"{workload.model_spec} has no BatchNorm layers; --bn-recalibrate does not apply")

@@ -17,7 +17,7 @@ from analysis.cli.common import (
 from analysis.cli.errors import UsageError
 from analysis.cli.folders import folder_run, predictor_from_scan, scan_setting
 from analysis.core.metric_table import METRICS, metric_info
-from analysis.schedule.allocate import METHODS, Bounds, parse_target, schedule_for
+from analysis.schedule.allocate import METHODS, Bounds, Owl, parse_target, schedule_for
 from analysis.schedule.schedule import Schedule
 from analysis.store import artifacts
 from analysis.store.runs import RunStore
@@ -34,6 +34,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--scan", required=True, type=Path, metavar="DIR", help="a scan folder (sensitivity.csv, scan.json)")
     add_target_args(p)
     p.add_argument("--method", choices=METHODS, default="sensitivity", help="allocation method (default sensitivity)")
+    defaults = Owl()
+    p.add_argument("--owl-lambda", type=float, default=defaults.lam, metavar="L",
+                   help=f"owl: the blocks' sparsities spread over 2L around the target (default {defaults.lam:g})")
+    p.add_argument("--owl-m", type=float, default=defaults.m, metavar="M",
+                   help=f"owl: a Wanda score above M times its block's mean is an outlier (default {defaults.m:g})")
     p.add_argument("--metric", choices=METRICS, default=None,
                    help="sensitivity method: the metric whose predicted drop is minimised (default accuracy, or "
                         "agreement without labels)")
@@ -41,7 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="upper bound for every layer (0.9), for named layers (fc=0.5) or both (0.9,fc=0.5)")
     p.add_argument("--keep-dense", type=name_list, default=(), metavar="NAME,...", help="layers never pruned")
     p.add_argument("--model", default=None, metavar="M",
-                   help="the scanned model, where scan.json's model spec no longer loads (global, lamp, channel)")
+                   help="the scanned model, where scan.json's model spec no longer loads (global, lamp, owl, "
+                        "channel)")
     add_trust_arg(p)
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help="schedule file (.json, or .yaml/.yml)")
     p.add_argument("--name", default=None, metavar="NAME",
@@ -60,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     setting = scan_setting(args.scan, (args.method,), args.model, args.trust_code)
     total = setting.accountant.flops if kind == "flops" else setting.accountant.weights
     schedule = schedule_for(setting, args.method, parse_target(kind, value, total),
-                            Bounds(default, per_layer, tuple(args.keep_dense)), args.metric)
+                            Bounds(default, per_layer, tuple(args.keep_dense)), args.metric,
+                            Owl(args.owl_lambda, args.owl_m))
     schedule.meta.update({"scan": str(args.scan), **({"model": args.model} if args.model else {})})
     bounded = args.metric if args.metric and metric_info(args.metric).bounded else None
     predictor = predictor_from_scan(args.scan, bounded)

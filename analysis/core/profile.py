@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.core.intervals import ERROR_BARS, SUM_NAMES, cell_intervals, check_confidence
-from analysis.core.metric_table import default_metric, drop
+from analysis.core.metric_table import CLASSIFICATION, default_metric, drop
 
 DEFAULT_CONFIDENCE = 0.95
 EARLY = "settled_early"  # column of a sequential scan: the cell stopped before the whole eval set
@@ -34,8 +34,13 @@ class SensitivityProfile:
         return bool(self.meta.get("labelled", self.table["accuracy"].notna().any()))
 
     @property
+    def task(self) -> str:
+        """What the scanned model's outputs are (``metric_table.TASKS``; scans made before tasks: classification)."""
+        return str(self.meta.get("task", CLASSIFICATION))
+
+    @property
     def default_metric(self) -> str:
-        return default_metric(self.labelled)
+        return default_metric(self.labelled, self.task)
 
     def baseline(self, metric: str) -> float:
         return float(self.meta["baseline"][metric])

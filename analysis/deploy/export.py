@@ -39,7 +39,7 @@ from torch import nn
 
 from analysis.core import batchnorm, criteria
 from analysis.core.data import EvalData
-from analysis.core.granularity import parse_granularity
+from analysis.core.granularity import CoupledLayer, parse_granularity, schedule_layers
 from analysis.core.layers import Layer, find_layers
 from analysis.core.masks import bake
 from analysis.core.metrics import as_class_scores, predict
@@ -433,11 +433,12 @@ def export(model: nn.Module, schedule: Schedule, data: EvalData, out: str | Path
     work = copy_model(model).to(opts.device).eval()
     example = data.x[:2] if len(data) > 1 else data.x[:1].repeat(2, *([1] * (data.x.dim() - 1)))
     layers = find_layers(work, example[:1].to(opts.device))
-    schedule.validate(layers)
+    units = schedule_layers(work, example[:1].to(opts.device), schedule.granularity, schedule.sparsities)
+    schedule.validate(units)
     if opts.shrink_channels:
         check_shrinkable(schedule)
     clock.lap("prepare")
-    pruned = _prune(work, layers, schedule, data, example, opts)
+    pruned = _prune(work, units, schedule, data, example, opts)
     clock.lap("prune")
     with tempfile.TemporaryDirectory(prefix="prunescope-export-") as tmp:
         used = to_onnx(pruned.model, example, out, opts.exporter)
@@ -445,8 +446,8 @@ def export(model: nn.Module, schedule: Schedule, data: EvalData, out: str | Path
         x_verify = data.x[:opts.verify_samples]
         torch_logits = predict(pruned.model, x_verify, batch_size=64)
         verifications = _verify(out, pruned, x_verify, torch_logits, opts)
-        table = _layer_table(out, layers, schedule, pruned.schedule, pruned.model, opts.shrink_channels,
-                             pruned.out_channels)
+        table = _layer_table(out, layers, by_weight(schedule, units), by_weight(pruned.schedule, units),
+                             pruned.model, opts.shrink_channels, pruned.out_channels)
         _reject_failures(out, verifications, _weight_problems(table, schedule))
         clock.lap("verify")
         dense_path = Path(tmp) / "dense.onnx"
@@ -470,6 +471,16 @@ def export(model: nn.Module, schedule: Schedule, data: EvalData, out: str | Path
     pruned.schedule.save(report.schedule_path)
     report.summary_path.write_text(report.to_markdown())
     return report
+
+
+def by_weight(schedule: Schedule, units: list[Layer]) -> Schedule:
+    """``schedule`` by weight: a coupled layer's sparsity (a share of its heads or neurons) given to each of its
+    parts, whose rows or columns it zeroes in that share; other layers as they are."""
+    spread = {p.layer.name: schedule.sparsities[u.name] for u in units if isinstance(u, CoupledLayer)
+              and u.name in schedule.sparsities for p in u.parts}
+    if not spread:
+        return schedule
+    return Schedule({**schedule.sparsities, **spread}, schedule.criterion, schedule.granularity, schedule.meta)
 
 
 def _prune(work: nn.Module, layers: list[Layer], schedule: Schedule, data: EvalData, example: torch.Tensor,

@@ -13,6 +13,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from analysis.core.blocks import ROLE_ORDER, block_index, column_of, split_name
 from analysis.core.metric_table import check_metric, drop_scale
 from analysis.core.profile import EARLY, SensitivityProfile
 
@@ -104,7 +105,7 @@ def criterion_comparison_figure(comparison: pd.DataFrame) -> go.Figure:
 
 def profile_metric(profile: SensitivityProfile, metric: str | None) -> str:
     """The metric a view of ``profile`` shows: ``metric``, checked against the profile, or its default."""
-    return check_metric(metric or profile.default_metric, profile.labelled)
+    return check_metric(metric or profile.default_metric, profile.labelled, profile.task)
 
 
 def _drop_frame(profile: SensitivityProfile, metric: str) -> pd.DataFrame:
@@ -293,6 +294,97 @@ def profile_overlay(first: SensitivityProfile, second: SensitivityProfile, metri
 
 def _profile_label(profile: SensitivityProfile) -> str:
     return f"{profile.meta.get('criterion', '?')}/{profile.meta.get('granularity', '?')}"
+
+
+def block_table(profile: SensitivityProfile, metric: str | None = None) -> pd.DataFrame:
+    """The profile's cells of layers inside numbered blocks, tidy: ``block``, ``depth`` (the block's number),
+    ``column`` (the layer's role in the block: ``q``, ``k``, ``v``, ``qkv``, ``o``, ``gate``, ``up``, ``down``,
+    else its name inside the block, such as a coupled layer's ``attn``), ``layer``, ``sparsity``, the metric and its
+    ``drop`` (in the metric's shown unit, as the other views). Empty when no layer sits in a numbered block."""
+    metric = profile_metric(profile, metric)
+    df = _drop_frame(profile, metric)
+    parts = df["layer"].map(split_name)
+    df = df[parts.notna()].copy()
+    if df.empty:
+        return pd.DataFrame(columns=["block", "depth", "column", "layer", "sparsity", metric, "drop"])
+    df["block"] = parts[parts.notna()].map(lambda p: p[0])
+    df["depth"] = df["block"].map(block_index)
+    df["column"] = df["layer"].map(column_of)
+    out = df[["block", "depth", "column", "layer", "sparsity", metric, "drop_shown"]].rename(
+        columns={"drop_shown": "drop"})
+    out.attrs["metric"] = metric
+    return out.sort_values(["depth", "block", "sparsity"], kind="stable").reset_index(drop=True)
+
+
+def _columns(table: pd.DataFrame) -> list[str]:
+    """Heatmap columns: the known roles in their order, then the other names in model order."""
+    present = list(dict.fromkeys(table["column"]))
+    return [r for r in ROLE_ORDER if r in present] + [c for c in present if c not in ROLE_ORDER]
+
+
+def block_heatmap(profile: SensitivityProfile, sparsity: float, metric: str | None = None) -> go.Figure:
+    """Blocks (rows, by depth) x projections (columns: q, k, v, o, gate, up, down, ...) at one measured
+    ``sparsity``, coloured by the drop of ``metric`` when that layer alone is pruned.
+
+    Example::
+
+        >>> from analysis import ScanConfig, block_heatmap, load_workload, scan
+        >>> profile = scan(load_workload("sample:digits-resnet", "sample:digits"), ScanConfig(sparsities=(0.5,)))
+        >>> [list(block_heatmap(profile, 0.5).data[0].y), list(block_heatmap(profile, 0.5).data[0].x)]
+        [['layer1', 'layer2'], ['conv1', 'conv2', 'downsample.0']]
+    """
+    table = block_table(profile, metric)
+    if table.empty:
+        raise ValueError("no layer of this profile sits in a numbered block (layers.N, h.N, ...)")
+    metric = table.attrs["metric"]
+    cells = table[(table["sparsity"] - sparsity).abs() < 1e-9]
+    if cells.empty:
+        measured = ", ".join(f"{s:g}" for s in sorted(set(table["sparsity"])))
+        raise ValueError(f"sparsity {sparsity:g} was not measured; the scan measured {measured}")
+    _, unit = drop_scale(metric)
+    blocks = list(dict.fromkeys(cells.sort_values(["depth", "block"], kind="stable")["block"]))
+    columns = _columns(cells)
+    grid = cells.pivot_table(index="block", columns="column", values="drop", aggfunc="first").reindex(
+        index=blocks, columns=columns)
+    names = cells.pivot_table(index="block", columns="column", values="layer", aggfunc="first").reindex(
+        index=blocks, columns=columns)
+    limit = max(float(grid.abs().max().max()) if grid.notna().any().any() else 0.0, 1e-9)
+    fig = go.Figure(go.Heatmap(
+        z=grid.to_numpy(dtype=float), x=columns, y=blocks, customdata=names.to_numpy(dtype=object),
+        colorscale="RdBu_r", zmid=0.0, zmin=-limit, zmax=limit, colorbar={"title": {"text": f"drop ({unit})"}},
+        hovertemplate=f"%{{customdata}}<br>drop %{{z:.3f}} {unit} at sparsity {sparsity:g}<extra></extra>"))
+    fig.update_layout(
+        title=f"{metric} drop per block and projection at sparsity {sparsity:g} (each layer pruned alone)",
+        xaxis_title="projection", yaxis_title="block", xaxis={"type": "category"},
+        yaxis={"autorange": "reversed", "type": "category"}, height=max(320, 60 + 26 * len(blocks)),
+        margin={"l": 10, "r": 10, "t": 50, "b": 40})
+    return fig
+
+
+def block_curves(profile: SensitivityProfile, metric: str | None = None, blocks: list[str] | None = None) -> go.Figure:
+    """One panel per block (by depth), one line per projection in it: drop of ``metric`` against sparsity.
+
+    Example::
+
+        >>> from analysis import ScanConfig, block_curves, load_workload, scan
+        >>> profile = scan(load_workload("sample:digits-resnet", "sample:digits"), ScanConfig(sparsities=(0.5, 0.9)))
+        >>> sorted(a.text for a in block_curves(profile).layout.annotations)
+        ['layer1', 'layer2']
+    """
+    table = block_table(profile, metric)
+    if table.empty:
+        raise ValueError("no layer of this profile sits in a numbered block (layers.N, h.N, ...)")
+    if blocks:
+        table = table[table["block"].isin(blocks)]
+    metric = table.attrs.get("metric", metric)
+    _, unit = drop_scale(metric)
+    fig = px.line(table, x="sparsity", y="drop", color="column", facet_col="block", facet_col_wrap=4, markers=True,
+                  category_orders={"column": _columns(table), "block": list(dict.fromkeys(table["block"]))},
+                  hover_data=["layer", metric], labels={"drop": f"drop ({unit})", "column": "projection"})
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    fig.update_layout(title=f"{metric} drop per block", height=max(360, 260 * ((table["block"].nunique() + 3) // 4)),
+                      margin={"l": 10, "r": 10, "t": 60, "b": 40})
+    return fig
 
 
 def layer_summary_bar(table: pd.DataFrame) -> go.Figure:

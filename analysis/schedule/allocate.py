@@ -15,6 +15,12 @@ channel) per layer.
 - ``sensitivity``: the smallest total predicted drop (sum of the layers' measured drops, curves made
   monotone) for the target: layers are pruned along the lower convex hull of their curves, cheapest drop per
   removed weight (or FLOP) first. A tiny penalty on ``s**2`` spreads pruning evenly where the curves are flat.
+- ``owl``: outlier-weighted layerwise sparsity (Yin et al. 2024, "Outlier Weighed Layerwise Sparsity", as in
+  their code, github.com/luuyin/OWL). Per block (a transformer block, a CNN stage, else the layer), the outlier
+  ratio ``D`` is the percentage of the block's Wanda scores ``|W| x ||X||`` (all its layers pooled, on the dense
+  model and the calibration samples) above ``m`` times their mean; ``D`` is scaled to ``[0, 2 lambda]`` and each
+  block's sparsity is the knob minus its scaled ratio's deviation from the mean: blocks with more outliers get
+  less sparsity, the spread between blocks is ``2 lambda``, and equal ratios give uniform sparsity.
 
 ``Bounds`` (a maximum per layer, layers kept dense) are honoured by every method.
 """
@@ -30,15 +36,23 @@ import torch
 from torch import nn
 
 from analysis.core import criteria
+from analysis.core.blocks import block_of
 from analysis.core.data import EvalData
-from analysis.core.granularity import Granularity, check_sparsity, parse_granularity, supports
-from analysis.core.layers import Layer, find_layers
+from analysis.core.granularity import (
+    CoupledLayer,
+    Granularity,
+    check_sparsity,
+    parse_granularity,
+    schedule_layers,
+    supports,
+)
+from analysis.core.layers import Layer
 from analysis.core.profile import SensitivityProfile
 from analysis.schedule.predict import layer_curves
 from analysis.schedule.schedule import Schedule, ScheduleError
 from analysis.schedule.totals import Accountant, Totals
 
-METHODS = ("sensitivity", "uniform", "global", "lamp", "erk")
+METHODS = ("sensitivity", "uniform", "global", "lamp", "erk", "owl")
 TARGET_KINDS = ("sparsity", "params", "flops")
 FLAT_PENALTY = 1e-4
 
@@ -118,6 +132,70 @@ def _units(layer: Layer, granularity: Granularity) -> int:
 def _grid(s: float, units: int) -> float:
     """``s`` rounded to a whole number of units."""
     return round(s * units) / units
+
+
+@dataclass(frozen=True)
+class Owl:
+    """OWL's parameters: ``lam`` (lambda) bounds the spread of the blocks' sparsities (max - min = 2 lambda);
+    ``m``: a score above ``m`` times its block's mean is an outlier. The defaults are the OWL paper's
+    unstructured examples (lambda 0.08, M 5). ``allocate("owl", ...)`` takes it with the layers' Wanda scores.
+
+    Example::
+
+        >>> from analysis import Owl, Target, allocate, load_workload
+        >>> from analysis.core.layers import find_layers
+        >>> from analysis.schedule.allocate import wanda_scores
+        >>> w = load_workload("sample:digits-resnet", "sample:digits", count=64)
+        >>> layers = find_layers(w.model, w.data.x[:1])
+        >>> scores = wanda_scores(w.model, layers, w.data)
+        >>> schedule = allocate("owl", layers, Target("sparsity", 0.5), scores=scores, owl=Owl(lam=0.1))
+        >>> round(schedule.meta["totals"]["global_sparsity"], 2), list(schedule.meta["owl"]["outlier_ratios"])
+        (0.5, ['stem.0', 'layer1', 'layer2', 'fc'])
+    """
+
+    lam: float = 0.08
+    m: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.lam, (int, float)) and 0.0 <= self.lam < 0.5):
+            raise ValueError(f"OWL lambda {self.lam!r} is outside [0, 0.5): it is half the spread of the sparsities")
+        if not (isinstance(self.m, (int, float)) and self.m > 0):
+            raise ValueError(f"OWL M {self.m!r} must be positive: an outlier is a score above M times the mean")
+
+
+def wanda_scores(model: nn.Module, layers: list[Layer], data: EvalData, samples: int = 256) -> dict[str, torch.Tensor]:
+    """Each layer's Wanda scores ``|W| x ||X||`` on the dense model, the input norms over the first ``samples``
+    samples of ``data`` (real tokens only), in the layer's (out, in) order; a coupled layer's parts flattened."""
+    parts = [p.layer for l in layers if isinstance(l, CoupledLayer) for p in l.parts] + [
+        l for l in layers if not isinstance(l, CoupledLayer)]
+    stats = criteria.calibration_stats(model, parts, data, "activation", samples)
+    one = {l.name: criteria.importance(l, l.weight(model), "activation", stats).flatten() for l in parts}
+    return {l.name: torch.cat([one[p.layer.name] for p in l.parts]) if isinstance(l, CoupledLayer) else one[l.name]
+            for l in layers}
+
+
+def outlier_ratios(layers: list[Layer], scores: Mapping[str, torch.Tensor], m: float = 5.0) -> dict[str, float]:
+    """OWL's ``D`` per block: the percentage of the block's scores (its layers' pooled) above ``m`` times their
+    mean. A layer outside any numbered block is a block of its own."""
+    pooled: dict[str, list[torch.Tensor]] = {}
+    for layer in layers:
+        if layer.name in scores:
+            pooled.setdefault(block_of(layer.name) or layer.name, []).append(scores[layer.name].flatten().double())
+    ratios = {}
+    for block, parts in pooled.items():
+        a = torch.cat(parts)
+        ratios[block] = 100.0 * float((a > m * a.mean()).double().mean())
+    return ratios
+
+
+def owl_offsets(ratios: Mapping[str, float], lam: float) -> dict[str, float]:
+    """How much less than the knob each block is pruned: its ratio scaled to [0, 2 lambda], minus the mean of the
+    scaled ratios (all zero when the ratios are equal, where the reference code would divide by zero)."""
+    values = np.array(list(ratios.values()), dtype=float)
+    if values.size == 0 or values.max() - values.min() <= 0:
+        return {b: 0.0 for b in ratios}
+    scaled = (values - values.min()) / (values.max() - values.min()) * 2 * lam
+    return {b: float(v - scaled.mean()) for b, v in zip(ratios, scaled)}
 
 
 # ------------------------------------------------------------------------------------------------- paths
@@ -202,6 +280,22 @@ def _erk(layers: list[Layer], caps: dict[str, float], gran: Granularity) -> _Pat
 
     values = [raw[l.name] for l in active]
     return _Path(fn, math.log(min(values)), math.log(max(values)) + 40.0)
+
+
+def _owl(layers: list[Layer], caps: dict[str, float], gran: Granularity, scores: Mapping[str, torch.Tensor],
+         owl: Owl) -> _Path:
+    """Every block at the knob minus its OWL offset (``owl_offsets``), each layer within its cap."""
+    missing = [l.name for l in layers if caps[l.name] > 0 and l.name not in scores]
+    if missing:
+        raise ScheduleError(f"the owl method needs the Wanda scores of layer {missing[0]} (model and data)")
+    offsets = owl_offsets(outlier_ratios(layers, scores, owl.m), owl.lam)
+    shift = {l.name: offsets.get(block_of(l.name) or l.name, 0.0) for l in layers}
+
+    def fn(u: float) -> dict[str, float]:
+        return {l.name: _grid(min(caps[l.name], max(0.0, u - shift[l.name])), _units(l, gran))
+                for l in layers if caps[l.name] > 0}
+
+    return _Path(fn, min(shift.values(), default=0.0), 1.0 + max(shift.values(), default=0.0))
 
 
 def _sensitivity(layers: list[Layer], caps: dict[str, float], gran: Granularity,
@@ -298,12 +392,14 @@ def _solve(path: _Path, accountant: Accountant, gran: str, target: Target) -> tu
 def allocate(method: str, layers: list[Layer], target: Target, *, granularity: str = "unstructured",
              criterion: str = "magnitude", bounds: Bounds | None = None, accountant: Accountant | None = None,
              weights: Mapping[str, torch.Tensor] | None = None, profile: SensitivityProfile | None = None,
-             metric: str | None = None, allocatable: list[str] | None = None) -> Schedule:
+             metric: str | None = None, allocatable: list[str] | None = None,
+             scores: Mapping[str, torch.Tensor] | None = None, owl: Owl | None = None) -> Schedule:
     """A ``Schedule`` that meets ``target`` with ``method`` (see the module docstring).
 
     ``layers`` are all prunable layers (the totals cover them all); ``allocatable`` limits which ones the
     method may prune (default: all, or for ``sensitivity`` the layers the profile measured). ``global`` and
-    ``lamp`` need ``weights`` (layer name -> weight tensor); ``sensitivity`` needs ``profile``.
+    ``lamp`` need ``weights`` (layer name -> weight tensor); ``sensitivity`` needs ``profile``; ``owl`` needs the
+    layers' Wanda ``scores`` (``wanda_scores``) and takes its parameters from ``owl``.
 
     Example::
 
@@ -324,6 +420,9 @@ def allocate(method: str, layers: list[Layer], target: Target, *, granularity: s
                             "the sensitivity method chooses which layers (use --method sensitivity)")
     if method == "sensitivity" and profile is None:
         raise ScheduleError("the sensitivity method needs a sensitivity profile (a scan)")
+    if gran.coupled and method in ("global", "lamp"):
+        raise ScheduleError(f"the {method} method ranks single weights or channels; {gran} are allocated with "
+                            "uniform, erk, owl or sensitivity")
     if allocatable is None and method == "sensitivity":
         allocatable = profile.layers
     allowed = set(allocatable) if allocatable is not None else {l.name for l in layers}
@@ -336,12 +435,19 @@ def allocate(method: str, layers: list[Layer], target: Target, *, granularity: s
         path = _threshold(layers, caps, gran, weights, method)
     elif method == "erk":
         path = _erk(layers, caps, gran)
+    elif method == "owl":
+        if scores is None:
+            raise ScheduleError("the owl method needs the layers' Wanda scores: the model and its eval data")
+        path = _owl(layers, caps, gran, scores, owl or Owl())
     else:
         path = _sensitivity(layers, caps, gran, profile, metric, target)
     sparsities, t = _solve(path, accountant, str(gran), target)
     meta = {"method": method, "target": {"kind": target.kind, "value": target.value}, "totals": t.to_dict()}
     if method == "sensitivity":
         meta["metric"] = metric or profile.default_metric
+    if method == "owl":
+        owl = owl or Owl()
+        meta["owl"] = {"lambda": owl.lam, "m": owl.m, "outlier_ratios": outlier_ratios(layers, scores, owl.m)}
     ordered = {l.name: float(sparsities[l.name]) for l in layers if sparsities.get(l.name, 0.0) > 0}
     return Schedule(ordered, criterion, str(gran), meta)
 
@@ -386,19 +492,31 @@ class ScheduleSetting:
     layers: list[Layer]
     accountant: Accountant
     weights: dict[str, torch.Tensor] | None
+    model: nn.Module | None = None
+    data: EvalData | None = None
+    _scores: dict[str, torch.Tensor] | None = None
+
+    def wanda(self) -> dict[str, torch.Tensor] | None:
+        """The layers' Wanda scores (``wanda_scores``, for ``owl``), computed once; ``None`` without the model and
+        its data."""
+        if self._scores is None and self.model is not None and self.data is not None:
+            samples = (self.profile.meta.get("config") or {}).get("calib_samples", 256)
+            self._scores = wanda_scores(self.model, self.layers, self.data, samples)
+        return self._scores
 
 
 def needs_model(profile: SensitivityProfile, methods: Sequence[str] = ("sensitivity",)) -> bool:
     """Whether allocating ``methods`` for ``profile`` needs the model itself (its weights or its channel graph),
     not only the layer list the profile records."""
     gran = parse_granularity(profile.meta.get("granularity", "unstructured"))
-    return gran.structured or any(m in ("global", "lamp") for m in methods)
+    return gran.structured or any(m in ("global", "lamp", "owl") for m in methods)
 
 
-def needs_data(profile: SensitivityProfile) -> bool:
-    """Whether the channel order needs calibration statistics (a structured scan with a data-aware criterion)."""
+def needs_data(profile: SensitivityProfile, methods: Sequence[str] = ()) -> bool:
+    """Whether allocation needs the eval data: the channel order of a structured scan with a data-aware
+    criterion, or OWL's Wanda scores."""
     gran = parse_granularity(profile.meta.get("granularity", "unstructured"))
-    return gran.structured and profile.meta.get("criterion", "magnitude") in criteria.CALIBRATED
+    return "owl" in methods or gran.structured and profile.meta.get("criterion", "magnitude") in criteria.CALIBRATED
 
 
 def schedule_setting(profile: SensitivityProfile, model: nn.Module | None = None,
@@ -424,8 +542,9 @@ def schedule_setting(profile: SensitivityProfile, model: nn.Module | None = None
     shape = meta.get("input_shape")
     if not shape:
         raise ScheduleError("the scan does not record its input shape; it cannot trace the model")
-    example = torch.zeros(1, *shape, dtype=torch.int64 if meta.get("input_dtype") == "int64" else torch.float32)
-    layers = find_layers(model, example)
+    example = data.x[:1] if data is not None else torch.zeros(
+        1, *shape, dtype=torch.int64 if meta.get("input_dtype") == "int64" else torch.float32)
+    layers = schedule_layers(model, example, meta.get("granularity", "unstructured"), profile.layers)
     criterion, config = meta.get("criterion", "magnitude"), meta.get("config") or {}
     stats = None
     if needs_data(profile):
@@ -435,11 +554,11 @@ def schedule_setting(profile: SensitivityProfile, model: nn.Module | None = None
     accountant = Accountant.from_model(model, example, layers, criterion, meta.get("granularity", "unstructured"),
                                        stats, config.get("seed", 0))
     weights = {l.name: l.weight(model).detach() for l in layers}
-    return ScheduleSetting(profile, layers, accountant, weights)
+    return ScheduleSetting(profile, layers, accountant, weights, model, data)
 
 
 def schedule_for(setting: ScheduleSetting, method: str, target: Target, bounds: Bounds | None = None,
-                 metric: str | None = None) -> Schedule:
+                 metric: str | None = None, owl: Owl | None = None) -> Schedule:
     """The schedule ``method`` makes for ``target`` on a scanned model; it inherits the scan's criterion and
     granularity, and (``sensitivity``) prunes only the layers the scan measured.
 
@@ -455,6 +574,7 @@ def schedule_for(setting: ScheduleSetting, method: str, target: Target, bounds: 
     schedule = allocate(method, setting.layers, target, granularity=meta.get("granularity", "unstructured"),
                         criterion=meta.get("criterion", "magnitude"), bounds=bounds, accountant=setting.accountant,
                         weights=setting.weights, profile=setting.profile, metric=metric,
-                        allocatable=setting.profile.layers if method == "sensitivity" else None)
+                        allocatable=setting.profile.layers if method == "sensitivity" else None,
+                        scores=setting.wanda() if method == "owl" else None, owl=owl)
     schedule.meta.update({"model": meta.get("model"), "data": meta.get("data")})
     return schedule

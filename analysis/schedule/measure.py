@@ -8,14 +8,15 @@ FLOPs kept) come from the same masks.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from analysis.core import batchnorm, criteria
 from analysis.core.data import EvalData
-from analysis.core.layers import find_layers
+from analysis.core.granularity import schedule_layers
 from analysis.core.masks import bake
-from analysis.core.metrics import evaluate, predict
+from analysis.core.metrics import batch_for, dense_pass, evaluate, predict
 from analysis.core.modules import copy_model
 from analysis.schedule.finetune import FinetuneProgress, finetune
 from analysis.schedule.schedule import Schedule
@@ -68,9 +69,10 @@ def measure_schedule(workload: Workload, schedule: Schedule, *, bn_recalibrate: 
     if finetune_steps:
         refuse(workload.model, "fine-tuning", "it needs gradients")
     dev = check_device(device)
-    x, y = workload.data.x, workload.data.y
+    x, y, task = workload.data.x, workload.data.y, workload.task
+    batch_size = batch_for(4 * math.prod(workload.output_shape or (workload.num_classes,)), batch_size)
     model = copy_model(workload.model).to(dev).eval()
-    layers = find_layers(model, x[:1].to(dev))
+    layers = schedule_layers(model, x[:1].to(dev), schedule.granularity, schedule.sparsities)
     schedule.validate(layers)
     stats = criteria.calibration_stats(model, layers, workload.data, schedule.criterion, calib_samples, batch_size,
                                        dev)
@@ -78,10 +80,11 @@ def measure_schedule(workload: Workload, schedule: Schedule, *, bn_recalibrate: 
     accountant = Accountant.from_model(model, x[:1].to(dev), layers, schedule.criterion, schedule.granularity,
                                        stats, seed)
     totals = accountant.totals(schedule).fractions()
-    dense_logits = predict(model, x, batch_size, dev)
+    dense_logits, _ = dense_pass(model, x, y, batch_size, dev, task)
+    reference = None if dense_logits is not None else workload.model.to(dev).eval()
 
     def measure() -> dict:
-        return evaluate(model, x, y, dense_logits, batch_size, dev).metrics()
+        return evaluate(model, x, y, dense_logits, batch_size, dev, task, reference).metrics()
 
     dense = measure()
     bake(model, keep)
@@ -101,7 +104,7 @@ def measure_schedule(workload: Workload, schedule: Schedule, *, bn_recalibrate: 
     if finetune_steps:
         soft = predict(workload.model.to(dev), train.x, batch_size, dev) if train.y is None else None
         losses = finetune(model, keep, train.x, train.y, finetune_steps, lr=lr, soft_targets=soft, seed=seed,
-                          device=dev, progress=progress)
+                          device=dev, progress=progress, task=task)
         stages["finetuned"] = measure()
         info.update(finetune_steps=finetune_steps, finetune_lr=lr, train_data=train.spec,
                     finetune_loss_first=losses[0], finetune_loss_last=losses[-1])

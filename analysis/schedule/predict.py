@@ -118,7 +118,7 @@ def layer_curves(profile: SensitivityProfile, metric: str | None = None) -> dict
 
 
 def _check_metric(profile: SensitivityProfile, metric: str) -> None:
-    check_metric(metric, profile.labelled)
+    check_metric(metric, profile.labelled, profile.task)
     if metric not in profile.meta.get("baseline", {}):
         raise ValueError(f"the profile has no dense baseline for {metric!r}")
 

@@ -131,8 +131,8 @@ class Schedule:
         for layer in layers:
             s = self.sparsities.get(layer.name, 0.0)
             if s > 0.0:
-                scores = criteria.importance(layer, layer.weight(model), self.criterion, stats, seed)
-                out[layer.param_name] = masks.make_mask(scores, s, self.granularity, self.criterion)
+                maker = masks.maker_for(layer, model, self.criterion, self.granularity, stats, seed)
+                out.update(layer.masks(maker(s)))
         return out
 
     def totals(self, layers: list[Layer], graph: ChannelGraph | None = None,

@@ -91,7 +91,7 @@ def _drop(row: dict, metric: str, base: float) -> float:
 
 def collapse_floor(ctx: ScanContext, metric: str) -> float:
     """The metric value at or below which a layer counts as collapsed (see the module docstring)."""
-    chance = chance_level(ctx.dense_logits.shape[-1])
+    chance = chance_level(ctx.num_classes)
     dense = float(ctx.baseline().metrics()[metric])
     return chance + (1.0 - ctx.config.collapse_at) * (dense - chance)
 

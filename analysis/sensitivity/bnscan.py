@@ -80,7 +80,7 @@ def run_layer(ctx: ScanContext, state: FastState, layer: Layer, shard: tuple[int
     """``run_layer_naive``'s numbers with ``bn_recalibrate``, running per mask only the layer's downstream part."""
     gm, recal = state.gm, state.bn
     if layer.name not in state.cuts:
-        state.cuts[layer.name] = fxgraph.split(gm, layer.param_name)
+        state.cuts[layer.name] = fxgraph.split(gm, layer.param_names)
     cut = state.cuts[layer.name]
     bns = {id(m): m for _, m in batchnorm.batchnorms(ctx.model)}
     down_bn = [n for n in cut.downstream if n.op == "call_module" and id(gm.get_submodule(n.target)) in bns]
@@ -175,7 +175,7 @@ def _advance_calibration(ctx: ScanContext, gm: fx.GraphModule, cut: fxgraph.Spli
 
 
 def _reestimate(gm: fx.GraphModule, cut: fxgraph.Split, down_bn: list[fx.Node], calib: list[dict], layer: Layer,
-                weight: torch.Tensor) -> None:
+                weight: dict[str, torch.Tensor]) -> None:
     """Reset the downstream BatchNorms and re-estimate them (cumulative average) on the calibration frontiers
     with ``layer``'s weight replaced by ``weight``; they are left in eval mode. Only the nodes that feed a
     downstream BatchNorm run."""
@@ -192,7 +192,7 @@ def _reestimate(gm: fx.GraphModule, cut: fxgraph.Split, down_bn: list[fx.Node], 
         m.train()
     with torch.no_grad():
         for front in calib:
-            env = {n: weight if n.op == "get_attr" and n.target == layer.param_name else v for n, v in front.items()}
-            fxgraph.run(gm, nodes, env, keep=set(), params={layer.param_name: weight})
+            env, params = fxgraph.with_params(gm, front, weight)
+            fxgraph.run(gm, nodes, env, keep=set(), params=params)
     for m in modules:
         m.eval()

@@ -42,6 +42,7 @@ class ScanConfig:
     points_per_call: int = 3
     shard_size: int = 256
     confidence: float = 0.95
+    include_embeddings: bool = False  # also scan embedding tables and the vocabulary head (left out by default)
 
     @property
     def sequential(self) -> bool:

@@ -54,6 +54,7 @@ BUSY_TIMEOUT_S = 60.0
 SQLITE_HEADER = b"SQLite format 3\x00"
 _TABLES = {"runs", "layers", "artifacts"}
 EXECUTION_FIELDS = ("engine", "device", "batch_size")  # how numbers are computed, not which: not in the identity
+LATER_FIELDS = {"include_embeddings": False}  # settings added later: at their default, runs keep their identity
 
 _SCHEMA = """
 CREATE TABLE runs (
@@ -163,7 +164,8 @@ def scan_identity(workload: Workload, config: ScanConfig) -> dict:
     """
     config = config.validated()
     off = left_out_of_identity(config)  # full scans keep the identity they had before adaptive and sequential modes
-    settings = {k: v for k, v in asdict(config).items() if k not in EXECUTION_FIELDS and k not in off}
+    settings = {k: v for k, v in asdict(config).items() if k not in EXECUTION_FIELDS and k not in off
+                and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     settings["sparsities"] = list(settings["sparsities"])
     settings["layers"] = list(settings["layers"]) if settings["layers"] else None
     return {"model_fp": workload.fingerprint(), "data_fp": workload.data.fingerprint(), **settings}

@@ -16,7 +16,7 @@ from torch import nn
 from analysis.core import criteria, masks
 from analysis.core.granularity import check_sparsity, parse_granularity, supports
 from analysis.core.layers import Layer
-from analysis.schedule.channels import ChannelGraph
+from analysis.schedule.coupling import Coupling
 from analysis.schedule.totals import Totals
 from analysis.schedule.totals import totals as count_totals
 
@@ -135,7 +135,6 @@ class Schedule:
                 out[layer.param_name] = masks.make_mask(scores, s, self.granularity, self.criterion)
         return out
 
-    def totals(self, layers: list[Layer], graph: ChannelGraph | None = None,
-               channel_order: dict | None = None) -> Totals:
-        """Global sparsity, parameters and FLOPs kept (pass the channel graph for ``channel`` granularity)."""
-        return count_totals(self, layers, graph, channel_order)
+    def totals(self, layers: list[Layer], coupling: Coupling | None = None) -> Totals:
+        """Global sparsity, parameters and FLOPs kept (pass the model's ``Coupling`` for ``channel`` granularity)."""
+        return count_totals(self, layers, coupling)

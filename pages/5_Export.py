@@ -8,10 +8,20 @@ import streamlit as st
 
 from analysis.core.batchnorm import has_batchnorm
 from analysis.core.granularity import parse_granularity
-from analysis.deploy.export import EXPORTERS, VerificationError, export
+from analysis.deploy.export import (
+    EXPORTERS,
+    VerificationError,
+    accuracy_line,
+    export,
+    format_bytes,
+    size_table,
+    speedups,
+)
 from analysis.report.html import build_report
+from analysis.schedule.prune import resolve
+from analysis.store.artifacts import dense_cache
 from ui import artifacts, common, runs, schedules
-from ui.common import prunescope_home
+from ui.common import fingerprints, prunescope_home
 
 spec = common.header("Export")
 spec, workload, layers = common.workload_or_stop()
@@ -46,15 +56,21 @@ bn = c2.checkbox("Recalibrate BatchNorm", value=has_batchnorm(workload.model), d
 exporter = c3.selectbox("Exporter", ["torchscript", "dynamo", "auto"], help=f"torch.onnx exporter ({', '.join(EXPORTERS)}):"
                         " torchscript is fast on small models, dynamo (torch.export) keeps parameter names")
 timing = c4.checkbox("Measure latency", value=True, help="ONNX Runtime CPU latency, dense vs pruned, batch 1 and 32")
+if channel:
+    _, resolved = resolve(schedule, schedules.accountant_for(spec, schedule, profile))
+    if resolved:
+        st.info("This schedule is resolved to the model's coupled groups before export (Measure and the Schedule "
+                "page's totals count the same):\n\n" + "\n".join(f"- {note}" for note in resolved))
 
 if st.button("Export", type="primary"):
     folder = prunescope_home() / "exports" / time.strftime("%Y%m%d-%H%M%S")
     try:
         with st.status("Exporting: prune, write ONNX, verify in ONNX Runtime, measure size and latency ...",
                        expanded=False) as status, common.holding(spec):
-            report = export(workload.model, schedule, workload.data, folder / "model.onnx", shrink_channels=shrink and channel,
-                            bn_recalibrate=bn, model_spec=spec.model, exporter=exporter, measure_latency=timing,
-                            repeats=10)
+            report = export(workload.model, schedule, workload.data, folder / "model.onnx",
+                            shrink_channels=shrink and channel, bn_recalibrate=bn, model_spec=spec.model,
+                            exporter=exporter, measure_latency=timing, repeats=10,
+                            dense_cache=dense_cache(fingerprints(spec)[0]))
             (folder / "model.export.json").write_text(json.dumps(report.to_dict(), indent=1, default=str))
             status.update(label=f"Exported in {sum(report.seconds.values()):.1f} s", state="complete")
     except (ValueError, VerificationError) as exc:
@@ -103,25 +119,29 @@ text = (f"ONNX Runtime vs PyTorch on {main.samples} samples: max abs diff {main.
 st.dataframe(pd.DataFrame([v.to_dict() for v in report.verifications]), hide_index=True, width="stretch")
 
 q = report.quality
+st.caption(accuracy_line(q))
 cols = st.columns(4)
 if q["dense_accuracy"] is not None:
-    cols[0].metric("dense accuracy", f"{q['dense_accuracy']:.4f}")
-    cols[1].metric("pruned accuracy", f"{q['pruned_accuracy']:.4f}", f"{q['pruned_accuracy'] - q['dense_accuracy']:+.4f}")
-cols[2].metric("top-1 agreement with dense", f"{q['agreement']:.4f}")
-cols[3].metric("file size", f"{report.pruned.file_bytes / 1024:.1f} KB",
-               f"{(report.pruned.file_bytes - report.dense.file_bytes) / 1024:+.1f} KB vs dense", delta_color="inverse")
+    cols[0].metric("dense accuracy", f"{q['dense_accuracy']:.4f}", help=f"on {q['samples']} samples")
+    cols[1].metric("exported accuracy", f"{q['pruned_accuracy']:.4f}",
+                   f"{q['pruned_accuracy'] - q['dense_accuracy']:+.4f}",
+                   help=f"the ONNX file's own outputs in ONNX Runtime, on {q['samples']} samples")
+else:
+    cols[0].metric("top-1 agreement with dense", f"{q['agreement']:.4f}", help=f"on {q['samples']} samples")
+if report.kept:
+    cols[2].metric("layer weights kept", f"{report.kept['weights'] / report.kept['weights_total']:.4f}",
+                   help=f"{report.kept['weights']:,} of {report.kept['weights_total']:,} prunable weights (non-zero, "
+                   f"as stored in the file); FLOPs kept {report.kept['flops'] / report.kept['flops_total']:.4f}")
+cols[3].metric("file size", format_bytes(report.pruned.file_bytes),
+               f"{format_bytes(report.pruned.file_bytes - report.dense.file_bytes)} vs dense", delta_color="inverse")
 
 st.subheader("Size and latency next to the dense model")
-sizes = pd.DataFrame([{"model": name, "file KB": c.file_bytes / 1024, "gzip KB": c.gzip_bytes / 1024,
-                       "parameters": c.params, "non-zero": c.nonzero_params}
-                      for name, c in (("dense", report.dense), ("pruned", report.pruned))])
-st.dataframe(sizes, hide_index=True, width="stretch")
+st.dataframe(size_table(report), hide_index=True, width="stretch")
 if report.latency is not None:
-    wide = report.latency.pivot(index="batch", columns="model", values="median_ms").reset_index()
-    wide["speed-up"] = wide["dense"] / wide["pruned"]
-    st.dataframe(wide.rename(columns={"dense": "dense ms", "pruned": "pruned ms"}), hide_index=True, width="stretch")
-    st.caption(f"Median of {int(report.latency['repeats'].iloc[0])} interleaved runs, {report.threads} ONNX Runtime "
-               "thread(s), CPU. Unstructured zeros save bytes after compression, not time; removed channels save both.")
+    st.dataframe(speedups(report.latency), hide_index=True, width="stretch")
+    st.caption(f"ONNX Runtime CPU latency in ms: median (interquartile range) of interleaved runs, {report.threads} "
+               "thread(s). A speed-up is called one only when the two ranges do not overlap. Unstructured zeros save "
+               "bytes after compression, not time; removed channels save both.")
 for note in report.notes:
     st.warning(note)
 with st.expander("Per-layer detail"):

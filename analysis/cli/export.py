@@ -43,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_data_args(g)
     add_trust_arg(g)
     g = p.add_argument_group("export")
-    g.add_argument("--schedule", required=True, type=Path, metavar="FILE.json", help="the schedule to apply (JSON/YAML)")
+    g.add_argument("--schedule", required=True, type=Path, metavar="FILE.json",
+                   help="the schedule to apply (JSON/YAML)")
     g.add_argument("--shrink", action="store_true",
                    help="channel granularity: remove the pruned channels (and what depends on them) for real")
     g.add_argument("--bn-recalibrate", action="store_true", help="re-estimate BatchNorm statistics after pruning")

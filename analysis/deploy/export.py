@@ -764,6 +764,6 @@ def size_table(r: ExportReport) -> pd.DataFrame:
     rows = []
     for name, c in (("dense", r.dense), ("pruned", r.pruned)):
         rows.append({"model": name, "file": format_bytes(c.file_bytes), "gzip": format_bytes(c.gzip_bytes),
-                     "parameters stored": f"{c.params:,}", "parameters non-zero": f"{c.nonzero_params:,}",
-                     "layer weights non-zero": f"{c.nonzero_weights:,}" if c.nonzero_weights >= 0 else "-"})
+                     "parameters stored": c.params, "parameters non-zero": c.nonzero_params,
+                     "layer weights non-zero": c.nonzero_weights if c.nonzero_weights >= 0 else None})
     return pd.DataFrame(rows)

@@ -635,11 +635,12 @@ def _quality(dense: nn.Module, onnx_logits: torch.Tensor, x: torch.Tensor, y: to
     top-1 agreement; ``samples`` out of the ``total`` the eval set holds."""
     dense_pred = predict(dense, x, batch_size=64).argmax(-1)
     pred = onnx_logits.argmax(-1)
+    n = max(len(x), 1)
     return {
         "samples": int(len(x)), "eval_samples": int(total),
-        "dense_accuracy": None if y is None else float((dense_pred == y).float().mean()),
-        "pruned_accuracy": None if y is None else float((pred == y).float().mean()),
-        "agreement": float((pred == dense_pred).float().mean()),
+        "dense_accuracy": None if y is None else int((dense_pred == y).sum()) / n,
+        "pruned_accuracy": None if y is None else int((pred == y).sum()) / n,
+        "agreement": int((pred == dense_pred).sum()) / n,
     }
 
 

@@ -17,7 +17,7 @@ from analysis.schedule.allocate import METHODS, TARGET_KINDS, Bounds, allocate, 
 from analysis.schedule.calibrate import DEFAULT_METHODS, calibrate, parse_targets
 from analysis.schedule.measure import measure_schedule
 from analysis.schedule.predict import Predictor, compared_stage
-from analysis.schedule.prune import resolve
+from analysis.schedule.prune import resolve_schedule
 from analysis.schedule.schedule import Schedule
 from analysis.schedule.totals import Accountant
 from ui import common, runs, schedules
@@ -325,7 +325,7 @@ def main() -> None:
     schedules.keep(current, spec)
     schedule = schedules.to_schedule(values, profile, {"source": source})
     totals = accountant.totals(schedule)
-    effective, _ = resolve(schedule, accountant)
+    effective, _ = resolve_schedule(schedule, accountant)
     predicted = predictor.predict(effective)
     summary_section(summary, schedule, totals, predictor, predicted, metric, source,
                     current.get("resolved", []) if current.get("preset") == {k: v for k, v in values.items() if v > 0}

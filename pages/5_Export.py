@@ -18,7 +18,7 @@ from analysis.deploy.export import (
     speedups,
 )
 from analysis.report.html import build_report
-from analysis.schedule.prune import resolve
+from analysis.schedule.prune import resolve_schedule
 from analysis.store.artifacts import dense_cache
 from ui import artifacts, common, runs, schedules
 from ui.common import fingerprints, prunescope_home
@@ -52,12 +52,14 @@ c1, c2, c3, c4 = st.columns(4)
 shrink = c1.checkbox("Remove pruned channels (shrink)", value=channel, disabled=not channel,
                      help="channel granularity only: the file really has fewer channels" if channel else
                      "needs channel granularity; this schedule is exported masked (zeros in the weights)")
-bn = c2.checkbox("Recalibrate BatchNorm", value=has_batchnorm(workload.model), disabled=not has_batchnorm(workload.model))
-exporter = c3.selectbox("Exporter", ["torchscript", "dynamo", "auto"], help=f"torch.onnx exporter ({', '.join(EXPORTERS)}):"
-                        " torchscript is fast on small models, dynamo (torch.export) keeps parameter names")
+has_bn = has_batchnorm(workload.model)
+bn = c2.checkbox("Recalibrate BatchNorm", value=has_bn, disabled=not has_bn)
+exporter = c3.selectbox("Exporter", ["torchscript", "dynamo", "auto"],
+                        help=f"torch.onnx exporter ({', '.join(EXPORTERS)}): torchscript is fast on small models,"
+                        " dynamo (torch.export) keeps parameter names")
 timing = c4.checkbox("Measure latency", value=True, help="ONNX Runtime CPU latency, dense vs pruned, batch 1 and 32")
 if channel:
-    _, resolved = resolve(schedule, schedules.accountant_for(spec, schedule, profile))
+    _, resolved = resolve_schedule(schedule, schedules.accountant_for(spec, schedule, profile))
     if resolved:
         st.info("This schedule is resolved to the model's coupled groups before export (Measure and the Schedule "
                 "page's totals count the same):\n\n" + "\n".join(f"- {note}" for note in resolved))
@@ -149,7 +151,8 @@ with st.expander("Per-layer detail"):
 
 if done["html"] is None and profile is not None:
     meta = report.schedule.meta
-    same = (profile.meta.get("criterion"), profile.meta.get("granularity")) == (schedule.criterion, schedule.granularity)
+    asked = (schedule.criterion, schedule.granularity)
+    same = (profile.meta.get("criterion"), profile.meta.get("granularity")) == asked
     if "totals" not in meta and same:
         meta["totals"] = schedules.accountant(spec, profile).totals(schedule).fractions()
     diagnosis = st.session_state.get("diagnosis")

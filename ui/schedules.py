@@ -26,7 +26,7 @@ from analysis.core.profile import SensitivityProfile
 from analysis.schedule.allocate import Bounds
 from analysis.schedule.coupling import CoupledGroup
 from analysis.schedule.predict import Predictor, compared_stage
-from analysis.schedule.prune import resolve
+from analysis.schedule.prune import resolve_schedule
 from analysis.schedule.schedule import Schedule, ScheduleError
 from analysis.schedule.totals import Accountant
 from analysis.store import artifacts as artifacts_engine
@@ -231,7 +231,7 @@ def snapped(value: float, item: SliderItem) -> float:
 def resolved_values(values: dict[str, float], profile: SensitivityProfile,
                     accountant: Accountant) -> tuple[dict[str, float], list[str]]:
     """Slider values as the model takes them (a channel schedule resolved to its coupled groups) and how."""
-    effective, notes = resolve(to_schedule(values, profile), accountant)
+    effective, notes = resolve_schedule(to_schedule(values, profile), accountant)
     return dict(effective.sparsities), notes
 
 
@@ -327,7 +327,7 @@ def compare_table(chosen: dict[str, Schedule], profile: SensitivityProfile, name
                      "criterion": sch.criterion, "granularity": sch.granularity,
                      "layers pruned": len(sch.sparsities), "global_sparsity": t.get("global_sparsity"),
                      "params_kept": t.get("params_kept"), "flops_kept": t.get("flops_kept"),
-                     "predicted": predictor.predict(resolve(sch, accountant)[0]) if same
+                     "predicted": predictor.predict(resolve_schedule(sch, accountant)[0]) if same
                      else sch.meta.get("predicted", {}).get(metric),
                      "measured": result[compared_stage(result, predictor.stage)].get(metric) if result else None})
     return pd.DataFrame(rows)

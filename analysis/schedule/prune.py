@@ -39,9 +39,23 @@ class Pruned:
     plan: ShrinkPlan | None = None
 
 
-def resolve(schedule: Schedule, accountant: Accountant) -> tuple[Schedule, list[str]]:
+def resolve_schedule(schedule: Schedule, accountant: Accountant) -> tuple[Schedule, list[str]]:
     """``schedule`` as the model takes it, and how it was resolved: a channel schedule's per-layer sparsities after
-    ``Coupling.resolve`` (the request kept in ``meta['requested']`` when it differs); other schedules as they are."""
+    ``Coupling.resolve`` (the request kept in ``meta['requested']`` when it differs); other schedules as they are.
+
+    Example::
+
+        >>> from analysis import Accountant, Schedule, find_layers, load_workload, resolve_schedule
+        >>> w = load_workload("sample:digits-resnet", "sample:digits", count=8)
+        >>> layers = find_layers(w.model, w.data.x[:1])
+        >>> accountant = Accountant.from_model(w.model, w.data.x[:1], layers, "l1", "channel")
+        >>> applied, notes = resolve_schedule(Schedule({"stem.0": 0.5, "layer1.conv2": 0.25}, "l1", "channel"),
+        ...                                   accountant)
+        >>> applied.sparsities
+        {'stem.0': 0.25, 'layer1.conv2': 0.25}
+        >>> notes[0].split(":")[0]
+        'stem.0, layer1.conv2'
+    """
     if not parse_granularity(schedule.granularity).structured:
         return schedule, []
     resolved = accountant.resolve(schedule)
@@ -58,7 +72,7 @@ def prune(model: nn.Module, layers: list[Layer], schedule: Schedule, accountant:
     ``accountant`` is the model's (``Accountant.from_model`` with the schedule's criterion and granularity), so
     channels are chosen and counted as the totals count them.
     """
-    applied, notes = resolve(schedule, accountant)
+    applied, notes = resolve_schedule(schedule, accountant)
     coupling = accountant.coupling
     if parse_granularity(schedule.granularity).structured and not coupling.shrinkable:
         shrink_plan = plan(model, coupling, accountant.resolve(applied))

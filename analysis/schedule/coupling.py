@@ -145,7 +145,7 @@ class Coupling:
         >>> w = load_workload("sample:digits-resnet", "sample:digits", count=8)
         >>> coupling = Coupling.build(w.model, w.data.x[:1], find_layers(w.model, w.data.x[:1]))
         >>> [g.layers for g in coupling.groups if len(g.layers) > 1]
-        [['stem.0', 'layer1.conv2'], ['layer2.downsample.0', 'layer2.conv2']]
+        [['layer2.downsample.0', 'layer2.conv2'], ['stem.0', 'layer1.conv2']]
         >>> coupling.by_layer["fc"].kept
         "its channels are the model's outputs (the classes)"
     """
@@ -178,10 +178,6 @@ class Coupling:
         groups = [g for tp_group in graph.get_all_groups(root_module_types=ROOT_TYPES)
                   if (g := _group(tp_group, graph, names, by_name, scores)) is not None]
         groups += _head_groups(model, by_name, scores)
-        for group in groups:  # layers and groups in the model's order
-            group.layers.sort(key=lambda n: by_name[n].order)
-            group.consumers.sort(key=lambda n: by_name[n].order)
-        groups.sort(key=lambda g: by_name[g.layers[0]].order)
         grouped = {n for g in groups for n in g.layers}
         alone = {l.name: _why_alone(l, model) for l in layers if l.name not in grouped}
         return cls(list(layers), groups, alone, "", example.detach()[:1].cpu())

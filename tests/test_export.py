@@ -324,5 +324,6 @@ def test_cli_export_usage_errors(tmp_path, capsys):
     assert main(["export", "--model", "sample:digits-mlp", "--schedule", str(tmp_path / "missing.json"),
                  "--out", str(tmp_path / "a.onnx")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["export", "--model", "model.py:make", "--schedule", str(sched), "--out", str(tmp_path / "a.onnx")]) == 2
+    assert main(["export", "--model", "model.py:make", "--schedule", str(sched),
+                 "--out", str(tmp_path / "a.onnx")]) == 2
     assert "give --data" in capsys.readouterr().err

@@ -418,14 +418,16 @@ def test_schedule_cli_rejects_bad_targets(mlp_scan, tmp_path, capsys) -> None:
 def test_bad_schedule_files_give_one_clear_line(tmp_path, capsys, content: str, needle: str) -> None:
     path = tmp_path / "bad.json"
     path.write_text(content)
-    code, err = _main(["evaluate", "--model", "sample:digits-mlp", "--data", "sample:digits", "--schedule", path], capsys)
+    code, err = _main(["evaluate", "--model", "sample:digits-mlp", "--data", "sample:digits", "--schedule", path],
+                      capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("prunescope: error:") and needle in lines[0], err
 
 
 def test_a_missing_schedule_file_exits_2_from_the_command_line(tmp_path) -> None:
-    r = run_cli("evaluate", "--model", "sample:digits-mlp", "--data", "sample:digits", "--schedule", tmp_path / "no.json")
+    r = run_cli("evaluate", "--model", "sample:digits-mlp", "--data", "sample:digits",
+                "--schedule", tmp_path / "no.json")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "does not exist" in r.stderr, r.stderr
 
 

@@ -100,7 +100,8 @@ class Schedule:
             else:
                 data = json.loads(text)
         except Exception as exc:  # noqa: BLE001 - any parse error is the file's fault
-            raise ScheduleError(f"schedule file {path} is not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: "
+            kind = 'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'
+            raise ScheduleError(f"schedule file {path} is not valid {kind}: "
                                 f"{' '.join(str(exc).split())[:200]}") from None
         return cls.from_dict(data, source=f"schedule file {path}")
 

@@ -59,6 +59,8 @@ _API = {  # public name: the module that defines it
     "schedule_setting": "analysis.schedule.allocate",
     "schedule_for": "analysis.schedule.allocate",
     "Accountant": "analysis.schedule.totals",
+    "Coupling": "analysis.schedule.coupling",
+    "resolve_schedule": "analysis.schedule.prune",
     "Predictor": "analysis.schedule.predict",
     "calibrate": "analysis.schedule.calibrate",
     "measure_schedule": "analysis.schedule.measure",

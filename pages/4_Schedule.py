@@ -17,6 +17,7 @@ from analysis.schedule.allocate import METHODS, TARGET_KINDS, Bounds, allocate, 
 from analysis.schedule.calibrate import DEFAULT_METHODS, calibrate, parse_targets
 from analysis.schedule.measure import measure_schedule
 from analysis.schedule.predict import Prediction, Predictor, calibration_verdict, compared_stage
+from analysis.schedule.prune import resolve_schedule
 from analysis.schedule.schedule import Schedule
 from analysis.schedule.totals import Accountant
 from ui import common, runs, schedules
@@ -115,44 +116,55 @@ def presets_section(spec: common.WorkloadSpec, layers: list, profile: Sensitivit
                              f"{method} to {kind} {target_text.strip()}")
 
 
-def sliders_section(by_name: dict, names: list[str], granularity: str, values: dict[str, float]) -> None:
-    """One slider per scanned layer (grouped by block on large models, filtered by name); writes ``values``."""
-    st.subheader("Per-layer sparsity")
+def sliders_section(by_name: dict, names: list[str], granularity: str, values: dict[str, float],
+                    accountant: Accountant) -> None:
+    """One slider per scanned layer, or for channel pruning per coupled group (grouped by block on large models,
+    filtered by name); writes ``values``."""
+    structured = parse_granularity(granularity).structured
+    st.subheader("Per-group sparsity" if structured else "Per-layer sparsity")
+    if structured:
+        st.caption("Layers that must lose the same channels (a residual sum, a depthwise convolution, an "
+                   "attention's heads) share one slider: it moves every layer of the group, and the export removes "
+                   "exactly that.")
+    items = schedules.slider_items(by_name, names, granularity, accountant)
     search = st.text_input("Filter layers", placeholder="part of a layer name, e.g. block2 or conv")
-    shown = [n for n in names if search.strip().lower() in n.lower()]
+    shown = [i for i in items if any(search.strip().lower() in m.lower() for m in i.members)]
     if not shown:
         st.warning(f"No layer name contains {search.strip()!r}.")
-    grouped = schedules.groups(shown) if len(names) > schedules.GROUP_ABOVE else {"": shown}
-    fixed = parse_granularity(granularity).fixed_sparsity
-    for group, members in grouped.items():
-        box = st.expander(f"{group} ({fmt.plural(len(members), 'layer')})",
-                          expanded=bool(search.strip()) or len(grouped) <= 3) \
-            if group else st.container()
+    blocks = schedules.groups([i.members[0] for i in shown]) if len(items) > schedules.GROUP_ABOVE else {"": None}
+    by_first = {i.members[0]: i for i in shown}
+    for block, firsts in blocks.items():
+        members = [by_first[f] for f in firsts] if firsts is not None else shown
+        what = fmt.plural(len(members), "group" if structured else "layer")
+        box = st.expander(f"{block} ({what})", expanded=bool(search.strip()) or len(blocks) <= 3) \
+            if block else st.container()
         with box:
             cols = st.columns(2)
-            for i, name in enumerate(members):
-                layer_slider(cols[i % 2], by_name[name], granularity, fixed, values)
+            for i, item in enumerate(members):
+                item_slider(cols[i % 2], item, values)
 
 
-def layer_slider(col, layer, granularity: str, fixed: float | None, values: dict[str, float]) -> None:  # noqa: ANN001
-    """The slider of one layer (a two-stop slider for a fixed-sparsity pattern; a note if it cannot be pruned)."""
-    key, limit = schedules.SLIDER + layer.name, schedules.slider_limit(layer, granularity)
-    if limit <= 0:
-        col.caption(f"{layer.name}: cannot take {granularity} pruning; stays dense")
+def item_slider(col, item: schedules.SliderItem, values: dict[str, float]) -> None:  # noqa: ANN001
+    """The slider of one layer or coupled group (a two-stop slider for a fixed-sparsity pattern; a note if it stays
+    dense); its value goes to every member."""
+    if item.why:
+        col.caption(f"{item.label}: {item.why}; stays dense")
         return
-    if key not in st.session_state:
-        st.session_state[key] = min(values.get(layer.name, 0.0), limit)
-    label = f"{layer.name} ({layer.kind}, {layer.params:,} weights)"
-    if fixed is not None:
-        values[layer.name] = col.select_slider(label, [0.0, fixed], key=key)
+    if item.key not in st.session_state:
+        st.session_state[item.key] = schedules.snapped(min(values.get(m, 0.0) for m in item.members), item)
+    if item.options:
+        value = col.select_slider(item.label, list(item.options), key=item.key)
     else:
-        values[layer.name] = col.slider(label, 0.0, limit, step=0.001, format="%.3f", key=key)
+        value = col.slider(item.label, 0.0, item.limit, step=item.step, format="%.3f", key=item.key)
+    for member in item.members:
+        values[member] = value
 
 
 def summary_section(box, schedule: Schedule, totals, predictor: Predictor, prediction: Prediction,  # noqa: ANN001
-                    metric: str, source: str) -> None:
+                    metric: str, source: str, resolved: list[str]) -> None:
     """The live totals and the predicted metric with its band, drawn in ``box`` at the top of the page; a warning
-    when the eval set is too small for the predicted difference to mean anything."""
+    when the eval set is too small for the predicted difference to mean anything; ``resolved`` says how a loaded
+    schedule was resolved to the model's coupled groups."""
     base, predicted = predictor.baseline, prediction.value
     with box:
         cols = st.columns(4)
@@ -166,12 +178,15 @@ def summary_section(box, schedule: Schedule, totals, predictor: Predictor, predi
                        help=prediction.band_text())
         if not schedule.sparsities:
             st.info("This schedule prunes nothing: every layer is dense. Apply a preset or move a slider.")
-            return
-        st.caption(f"{fmt.plural(len(schedule.sparsities), 'layer')} pruned · {source} · predicted {metric} "
-                   f"{prediction.band_text()} (the eval set's sampling error only) · prediction model "
-                   f"{prediction.reason}")
-        if prediction.warning():
-            st.warning(prediction.warning())
+        else:
+            st.caption(f"{fmt.plural(len(schedule.sparsities), 'layer')} pruned · {source} · predicted {metric} "
+                       f"{prediction.band_text()} (the eval set's sampling error only) · prediction model "
+                       f"{prediction.reason}")
+            if prediction.warning():
+                st.warning(prediction.warning())
+        if resolved:
+            st.info("Resolved to the model's coupled groups (Measure and the export prune exactly this):\n\n"
+                    + "\n".join(f"- {note}" for note in resolved))
 
 
 def measure_section(spec: common.WorkloadSpec, workload, schedule: Schedule, predictor: Predictor,  # noqa: ANN001
@@ -200,24 +215,35 @@ def measure_section(spec: common.WorkloadSpec, workload, schedule: Schedule, pre
         st.caption("The last measurement was of another schedule; press Measure for this one.")
         return None
     if measured:
-        show_measurement(measured["result"], predictor, predicted, metric)
+        show_measurement(measured["result"], predictor, predicted, metric, bn)
         return measured["result"]
     return None
 
 
-def show_measurement(result: dict, predictor: Predictor, predicted: float, metric: str) -> None:
-    """The measured metric at the stage the prediction stands for, beside the prediction."""
+def measured_stage(result: dict, bn: bool) -> str:
+    """The stage the headline shows: after BatchNorm recalibration when the box is ticked and it was measured."""
+    return "bn_recalibrated" if bn and result.get("bn_recalibrated") else "pruned"
+
+
+def show_measurement(result: dict, predictor: Predictor, predicted: float, metric: str, bn: bool) -> None:
+    """The measured metric at the stage the BatchNorm box asks for, beside the prediction."""
     row = {"metric": metric, "dense": result["dense"][metric], "predicted": predicted,
            "measured (pruned)": result["pruned"][metric]}
     if result.get("bn_recalibrated"):
         row["measured (BatchNorm recalibrated)"] = result["bn_recalibrated"][metric]
-    stage = compared_stage(result, predictor.stage)
+    stage = measured_stage(result, bn)
     value = result[stage][metric]
+    same = stage == compared_stage(result, predictor.stage)
     cols = st.columns(3)
     cols[0].metric(f"predicted {metric}", f"{predicted:.4f}")
-    cols[1].metric(f"measured {metric}", f"{value:.4f}", f"{value - predicted:+.4f} vs predicted", delta_color="off")
-    cols[2].metric("stage", stage.replace("_", " "), help="the stage the prediction stands for: right after pruning, "
-                   "or after BatchNorm recalibration when the scan or its calibration recalibrated")
+    cols[1].metric(f"measured {metric}", f"{value:.4f}", f"{value - predicted:+.4f} vs predicted" if same else None,
+                   delta_color="off", help=f"on {result.get('samples', '?')} samples, "
+                   + ("the shrunk model the export writes" if result.get("shrunk") else "the pruned model"))
+    cols[2].metric("stage", stage.replace("_", " "), help="right after pruning, or after BatchNorm recalibration "
+                   "when the box above is ticked")
+    if not same:
+        st.caption(f"The prediction stands for the {compared_stage(result, predictor.stage).replace('_', ' ')} "
+                   "stage; the table has both.")
     st.dataframe(pd.DataFrame([row]), hide_index=True, width="stretch")
 
 
@@ -244,7 +270,8 @@ def save_section(spec: common.WorkloadSpec, run_id: int, profile: SensitivityPro
                        "application/json", disabled=not schedule.sparsities, on_click="ignore")
 
 
-def saved_section(spec: common.WorkloadSpec, profile: SensitivityProfile, names: list[str], current: dict) -> dict:
+def saved_section(spec: common.WorkloadSpec, profile: SensitivityProfile, names: list[str], current: dict,
+                  accountant: Accountant) -> dict:
     """Load a saved schedule into the sliders or delete it; returns the saved schedules by name."""
     saved = schedules.list_saved(spec)
     if not saved:
@@ -262,7 +289,8 @@ def saved_section(spec: common.WorkloadSpec, profile: SensitivityProfile, names:
             st.error(f"{to_load} was made for {chosen.criterion}/{chosen.granularity} pruning; this run is "
                      f"{criterion}/{granularity}. Pick a run with those settings above.")
         else:
-            schedules.set_values(current, {n: chosen.sparsities.get(n, 0.0) for n in names}, to_load)
+            values, notes = schedules.resolved_values(chosen.sparsities, profile, accountant)
+            schedules.set_values(current, {n: values.get(n, 0.0) for n in names}, to_load, notes)
             st.rerun()
     return saved
 
@@ -301,20 +329,23 @@ def main() -> None:
     summary = st.container(border=True)
     presets_section(spec, layers, profile, names, accountant, metric, current)
     values = current["values"]
-    sliders_section(by_name, names, granularity, values)
+    sliders_section(by_name, names, granularity, values, accountant)
 
     source = schedules.source(current)
     schedules.keep(current, spec)
     schedule = schedules.to_schedule(values, profile, {"source": source})
     totals = accountant.totals(schedule)
-    prediction = predictor.prediction(schedule)
+    effective, _ = resolve_schedule(schedule, accountant)
+    prediction = predictor.prediction(effective)
     predicted = prediction.value
-    summary_section(summary, schedule, totals, predictor, prediction, metric, source)
+    summary_section(summary, schedule, totals, predictor, prediction, metric, source,
+                    current.get("resolved", []) if current.get("preset") == {k: v for k, v in values.items() if v > 0}
+                    else [])
     if schedule.sparsities:
         st.plotly_chart(plots.schedule_bars({"current": schedule.sparsities}, names), key="current-bars")
     measured = measure_section(spec, workload, schedule, predictor, predicted, metric, current)
     save_section(spec, run_id, profile, values, schedule, totals, predictor, predicted, metric, source, measured)
-    saved = saved_section(spec, profile, names, current)
+    saved = saved_section(spec, profile, names, current, accountant)
     compare_section(saved, schedule, profile, names, accountant, predictor, metric, measured)
 
 

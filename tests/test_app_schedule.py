@@ -144,12 +144,18 @@ def test_measure_shows_the_measurement_next_to_the_prediction(stored_run, sample
     schedule = Schedule({k: v for k, v in sliders.items() if v > 0})
     expected = measure_schedule(cached_workload(SPEC), schedule, bn_recalibrate=True).to_dict()
     m = _metrics(at)
-    assert m["measured accuracy"] == f"{expected['pruned']['accuracy']:.4f}", "the profile predicts the pruned stage"
-    assert m["stage"] == "pruned"
+    box = next(c for c in at.checkbox if c.label.startswith("Recalibrate BatchNorm"))
+    assert box.value, "a model with BatchNorm is measured recalibrated by default"
+    assert m["measured accuracy"] == f"{expected['bn_recalibrated']['accuracy']:.4f}", "the headline follows the box"
+    assert m["stage"] == "bn recalibrated"
     row = at.dataframe[0].value.iloc[0]
     assert row["predicted"] == pytest.approx(Predictor(sample_profile).predict(schedule))
     assert row["measured (pruned)"] == pytest.approx(expected["pruned"]["accuracy"])
     assert row["measured (BatchNorm recalibrated)"] == pytest.approx(expected["bn_recalibrated"]["accuracy"])
+    box.uncheck()
+    at = at.run()
+    m = _metrics(at)
+    assert m["measured accuracy"] == f"{expected['pruned']['accuracy']:.4f}" and m["stage"] == "pruned"
 
     next(s for s in at.slider if s.label.startswith("fc")).set_value(0.0)
     at = at.run()

@@ -71,7 +71,7 @@ def main() -> None:
     p.add_argument("--data", default="random:1x8x8", help="the eval set of every model (e.g. sample:digits)")
     p.add_argument("--count", type=int, default=5000, help="samples (random data; sample:digits has at most 449)")
     p.add_argument("--tolerance", type=float, default=0.01)
-    p.add_argument("--shard-size", type=int, default=256)
+    p.add_argument("--shard-size", type=int, default=128)
     p.add_argument("--confidence", type=float, default=0.95)
     args = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); agreement decides, drop <= "

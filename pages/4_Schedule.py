@@ -24,7 +24,8 @@ from ui import common, runs, schedules
 from ui import format as fmt
 
 METHOD_WORDS = {"sensitivity": "sensitivity-based (smallest predicted drop)", "uniform": "uniform",
-                "global": "global magnitude", "lamp": "LAMP", "erk": "ERK"}
+                "global": "global magnitude", "lamp": "LAMP", "erk": "ERK",
+                "owl": "OWL (outlier-weighted, per block)"}
 TARGET_WORDS = {"sparsity": "global sparsity", "params": "parameters kept", "flops": "FLOPs kept"}
 
 
@@ -92,7 +93,7 @@ def presets_section(spec: common.WorkloadSpec, layers: list, profile: Sensitivit
     st.subheader("Presets")
     criterion, granularity = profile.meta["criterion"], profile.meta["granularity"]
     c1, c2, c3 = st.columns(3)
-    method = c1.selectbox("Method", METHODS, format_func=METHOD_WORDS.get)
+    method = c1.selectbox("Method", METHODS, format_func=lambda m: METHOD_WORDS.get(m, m))
     kind = c2.radio("Target", TARGET_KINDS, horizontal=True, format_func=TARGET_WORDS.get)
     target_text = c3.text_input("Target value", "0.5" if kind == "sparsity" else "50%", key=f"target-{kind}",
                                 help="sparsity: a fraction in [0, 1); parameters or FLOPs kept: a count (120000, "
@@ -108,6 +109,7 @@ def presets_section(spec: common.WorkloadSpec, layers: list, profile: Sensitivit
                             criterion=criterion, bounds=Bounds(max_sparsity, {}, tuple(keep_dense)),
                             accountant=accountant,
                             weights=schedules.weights(spec) if method in ("global", "lamp") else None,
+                            scores=schedules.owl_scores(spec) if method == "owl" else None,
                             profile=profile, metric=metric, allocatable=names)
     except ValueError as exc:
         st.error(f"Cannot apply the {method} preset: {exc}")

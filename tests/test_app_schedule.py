@@ -7,7 +7,7 @@ import json
 import pytest
 from app_support import app, assert_clean, downloads, plotly_specs, sample_profile, sample_scan, stored_run, texts  # noqa: F401
 
-from analysis.schedule.allocate import Bounds, Target, allocate
+from analysis.schedule.allocate import Bounds, Target, allocate, wanda_scores
 from analysis.schedule.measure import measure_schedule
 from analysis.schedule.predict import Predictor, calibration_verdict
 from analysis.schedule.schedule import Schedule
@@ -75,14 +75,16 @@ def test_a_fresh_schedule_prunes_nothing_and_says_so(stored_run, sample_profile)
     assert not plotly_specs(at)
 
 
-@pytest.mark.parametrize("method", ["uniform", "global", "lamp", "erk", "sensitivity"])
+@pytest.mark.parametrize("method", ["uniform", "global", "lamp", "erk", "sensitivity", "owl"])
 def test_each_preset_reaches_the_target_and_its_prediction_is_the_profiles(method, stored_run, sample_profile):  # noqa: F811
     at = _preset(app("schedule"), method, value="0.6")
     assert_clean(at)
     layers = cached_layers(SPEC)
-    weights = {l.name: l.weight(cached_workload(SPEC).model).detach() for l in layers}
+    workload = cached_workload(SPEC)
+    weights = {l.name: l.weight(workload.model).detach() for l in layers}
+    scores = wanda_scores(workload.model, layers, workload.data) if method == "owl" else None
     made = allocate(method, layers, Target("sparsity", 0.6), bounds=Bounds(0.95), accountant=Accountant(layers),
-                    weights=weights, profile=sample_profile, allocatable=LAYERS)
+                    weights=weights, profile=sample_profile, allocatable=LAYERS, scores=scores)
     sliders = _sliders(at)
     assert sliders == pytest.approx({n: round(made.sparsities.get(n, 0.0), 3) for n in LAYERS}, abs=1e-9)
     totals, predicted = _expected(sample_profile, sliders)

@@ -23,13 +23,14 @@ from analysis.core import criteria
 from analysis.core.granularity import parse_granularity
 from analysis.core.layers import Layer
 from analysis.core.profile import SensitivityProfile
-from analysis.schedule.allocate import Bounds
+from analysis.schedule.allocate import Bounds, wanda_scores
 from analysis.schedule.coupling import CoupledGroup
 from analysis.schedule.predict import Predictor, compared_stage
 from analysis.schedule.prune import resolve_schedule
 from analysis.schedule.schedule import Schedule, ScheduleError
 from analysis.schedule.totals import Accountant
 from analysis.store import artifacts as artifacts_engine
+from analysis.store.runs import default_path
 from ui import artifacts, runs
 from ui.common import WorkloadSpec, cached_layers, cached_workload, model_lock
 
@@ -45,11 +46,12 @@ def predictor(run_id: int, metric: str) -> Predictor:
     """The run's predictor (calibrated when the store keeps a calibration of the run), built once per run, metric
     and calibration."""
     stored = runs.stored_calibration(run_id)
-    return _predictor(run_id, metric, stored[0] if stored else None)
+    return _predictor(str(default_path()), run_id, metric, stored[0] if stored else None)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _predictor(run_id: int, metric: str, calibration_id: int | None) -> Predictor:
+def _predictor(store_path: str, run_id: int, metric: str, calibration_id: int | None) -> Predictor:
+    """Keyed by the store's file too: run ids are per store (a server started on another home, a test)."""
     stored = runs.stored_calibration(run_id) if calibration_id is not None else None
     return Predictor.from_profile(runs.load_run(run_id), stored[1] if stored else None, metric)
 
@@ -84,6 +86,14 @@ def _accountant(spec: WorkloadSpec, criterion: str, granularity: str, calib_samp
         if parse_granularity(granularity).structured and criterion in criteria.CALIBRATED:
             stats = criteria.calibration_stats(w.model, layers, w.data, criterion, calib_samples)
         return Accountant.from_model(w.model, w.data.x[:1], layers, criterion, granularity, stats, seed)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def owl_scores(spec: WorkloadSpec) -> dict[str, torch.Tensor]:
+    """Each layer's Wanda scores on the eval data (the OWL preset reads their outliers)."""
+    workload = cached_workload(spec)
+    with model_lock(spec):
+        return wanda_scores(workload.model, cached_layers(spec), workload.data)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

@@ -40,7 +40,7 @@ class ScanConfig:
     resolution: float = 0.01
     adaptive_metric: str | None = None
     points_per_call: int = 3
-    shard_size: int = 256
+    shard_size: int = 128
     confidence: float = 0.95
     include_embeddings: bool = False  # also scan embedding tables and the vocabulary head (left out by default)
 

@@ -14,7 +14,7 @@ from analysis.cli import main
 from analysis.core.granularity import parse_granularity
 from analysis.core.layers import find_layers
 from analysis.core.profile import SensitivityProfile
-from analysis.schedule.allocate import METHODS, Bounds, Target, allocate, parse_target, slots
+from analysis.schedule.allocate import METHODS, Bounds, Target, allocate, parse_target, slots, wanda_scores
 from analysis.schedule.finetune import finetune
 from analysis.schedule.predict import MODELS, Predictor, isotonic
 from analysis.schedule.schedule import Schedule, ScheduleError
@@ -163,6 +163,13 @@ def cnn(workloads):
     return layers, weights, accountants, _fake_profile(layers)
 
 
+@pytest.fixture(scope="module")
+def cnn_scores(workloads, cnn):
+    """The digits-cnn layers' Wanda scores on the eval data (the owl method reads them)."""
+    wl = workloads["digits-cnn"]
+    return wanda_scores(wl.model, cnn[0], wl.data)
+
+
 def _one_unit_slack(acc: Accountant, sparsities: dict, gran: str, kind: str) -> float:
     """How much the target metric moves when each slot (layer, or coupled group) gives up one more unit: the
     allowed miss."""
@@ -181,13 +188,14 @@ def _one_unit_slack(acc: Accountant, sparsities: dict, gran: str, kind: str) -> 
 @pytest.mark.parametrize("gran", ["unstructured", "channel"])
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kind, fraction", [("sparsity", 0.6), ("params", 0.35), ("flops", 0.5)])
-def test_every_method_hits_its_target_within_one_unit_per_layer(cnn, method: str, gran: str, kind: str,
+def test_every_method_hits_its_target_within_one_unit_per_layer(cnn, cnn_scores, method: str, gran: str, kind: str,
                                                                   fraction: float) -> None:
     layers, weights, accountants, profile = cnn
     acc = accountants[gran]
     value = fraction if kind == "sparsity" else fraction * (acc.flops if kind == "flops" else acc.weights)
     target = Target(kind, value)
-    schedule = allocate(method, layers, target, granularity=gran, accountant=acc, weights=weights, profile=profile)
+    schedule = allocate(method, layers, target, granularity=gran, accountant=acc, weights=weights, profile=profile,
+                        scores=cnn_scores)
     t = acc.totals(schedule)
     achieved = {"sparsity": t.weights_removed, "params": t.params_kept, "flops": t.flops_kept}[kind]
     goal = value * acc.weights if kind == "sparsity" else value
@@ -198,12 +206,12 @@ def test_every_method_hits_its_target_within_one_unit_per_layer(cnn, method: str
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_bounds_are_honoured_by_every_method(cnn, method: str) -> None:
+def test_bounds_are_honoured_by_every_method(cnn, cnn_scores, method: str) -> None:
     layers, weights, accountants, profile = cnn
     first, last = layers[0].name, layers[-1].name
     bounds = Bounds(max_sparsity=0.85, per_layer={last: 0.3}, keep_dense=(first,))
     schedule = allocate(method, layers, Target("sparsity", 0.7), accountant=accountants["unstructured"],
-                        weights=weights, profile=profile, bounds=bounds)
+                        weights=weights, profile=profile, bounds=bounds, scores=cnn_scores)
     assert first not in schedule.sparsities
     assert schedule.sparsities.get(last, 0.0) <= 0.3
     assert all(s <= 0.85 for s in schedule.sparsities.values())

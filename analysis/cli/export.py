@@ -51,7 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="channel granularity: remove the pruned channels (and what depends on them) for real")
     g.add_argument("--bn-recalibrate", action="store_true", help="re-estimate BatchNorm statistics after pruning")
     g.add_argument("--exporter", choices=EXPORTERS, default="auto",
-                   help="torch.onnx exporter: dynamo, torchscript, or auto (dynamo, then torchscript; default)")
+                   help="torch.onnx exporter: dynamo, torchscript, or auto (default: torchscript first, dynamo "
+                        "first for attention models, each falling back to the other)")
     g.add_argument("--tolerance", type=float, default=1e-3, metavar="T",
                    help="largest accepted output difference relative to the largest output (default 1e-3)")
     g.add_argument("--verify-samples", type=int, default=None, metavar="N",

@@ -21,8 +21,9 @@ self-contained ``.onnx`` file with a dynamic batch dimension. Then, always:
 
 Exporter: torch 2.14 has two. The ``torch.export``-based one (``dynamo=True``, the default since 2.9) keeps
 parameter names as initializer names; it takes a few seconds. The legacy TorchScript one (``dynamo=False``) is
-deprecated and renames folded weights, but it is faster and exports TorchScript models. ``exporter="auto"`` tries
-the first and falls back to the second.
+deprecated and renames folded weights, but it is several times faster and exports TorchScript models.
+``exporter="auto"`` (``auto_order``) takes the TorchScript one first for models without attention and the
+``torch.export`` one first for attention models, each falling back to the other.
 """
 
 from __future__ import annotations
@@ -187,9 +188,7 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, exporter:
         raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    tried = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
-    if isinstance(model, torch.jit.ScriptModule) and exporter == "auto":
-        tried = ["torchscript"]
+    tried = auto_order(model) if exporter == "auto" else [exporter]
     failures = []
     for name in tried:
         try:
@@ -201,6 +200,19 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, exporter:
         except Exception as exc:  # noqa: BLE001 - an exporter failure: try the next one, report all
             failures.append(f"{name}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
     raise ExportError("the model could not be exported to ONNX (" + "; ".join(failures) + ")")
+
+
+def auto_order(model: nn.Module) -> list[str]:
+    """The exporters ``auto`` tries, in order. A TorchScript model has only the TorchScript exporter. A model with
+    attention (a module whose class name says so: ``nn.MultiheadAttention``, a transformer's attention) goes through
+    dynamo first, whose initializers keep the parameter names the weight check looks for (packed and tied
+    projections). Any other model goes through the TorchScript exporter first: several times faster, and it falls
+    back to dynamo where tracing cannot write the graph (an adaptive pooling that does not divide its input)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return ["torchscript"]
+    if any("Attention" in type(m).__name__ for m in model.modules()):
+        return ["dynamo", "torchscript"]
+    return ["torchscript", "dynamo"]
 
 
 def _write(model: nn.Module, example: torch.Tensor, path: Path, exporter: str) -> None:
@@ -408,11 +420,12 @@ class ExportOptions:
     """How an export runs; checked at the door (``checked``).
 
     ``shrink_channels`` removes a channel schedule's channels for real; ``bn_recalibrate`` re-estimates BatchNorm
-    statistics after pruning (``batchnorm.recalibrate``, as Measure does); ``exporter`` is ``auto`` (dynamo, then
-    TorchScript), ``dynamo`` or ``torchscript``; verification compares the outputs on ``verify_samples`` samples
-    (``None``: the whole eval set) and fails past ``tolerance`` (relative to the largest output); latency runs up to
-    ``repeats`` interleaved repeats (fewer, at least five, past ``latency_budget_s`` seconds per batch size) on
-    ``threads`` ONNX Runtime threads unless ``measure_latency`` is off; the taylor and activation criteria rank
+    statistics after pruning (``batchnorm.recalibrate``, as Measure does); ``exporter`` is ``auto``
+    (``auto_order``: TorchScript first, dynamo first for attention models), ``dynamo`` or ``torchscript``;
+    verification compares the outputs on ``verify_samples`` samples (``None``: the whole eval set) and fails past
+    ``tolerance`` (relative to the largest output); latency runs up to ``repeats`` interleaved repeats (fewer, at
+    least five, past ``latency_budget_s`` seconds per batch size) on ``threads`` ONNX Runtime threads unless
+    ``measure_latency`` is off; the taylor and activation criteria rank
     weights on ``calib_samples`` samples. ``dense_cache`` keeps the dense reference file between exports."""
 
     shrink_channels: bool = False

@@ -1,6 +1,8 @@
 """Schedule: one sparsity per layer, presets, live totals and predicted metric, measured on demand, saved and compared.
 
 The page is a sequence of sections, each a function that draws one part and returns what the next parts read.
+What the sliders drive (presets, sliders, totals, prediction, measure, save, compare) is one ``st.fragment``:
+moving a slider reruns that part alone, not the workload, the run picker and the calibration above it.
 """
 
 import json
@@ -275,6 +277,7 @@ def compare_section(saved: dict, schedule: Schedule, profile: SensitivityProfile
 
 
 def main() -> None:
+    """The page: the workload, the run and the metric the prediction comes from, then the live section."""
     spec = common.header("Schedule")
     spec, workload, layers = common.workload_or_stop()
     run_id, profile = pick_run(spec)
@@ -284,24 +287,33 @@ def main() -> None:
         calibration_section(spec, workload, run_id, profile, metric)
     predictor = schedules.predictor(run_id, metric)
     accountant = schedules.accountant(spec, profile)
+    st.caption(f"{profile.meta['criterion']} criterion · {profile.meta['granularity']} granularity (from the run) · "
+               f"prediction: {predictor.model} model from the stored profile, no evaluation of the model · layers "
+               "the run did not scan stay dense")
+    live_section(spec, workload, layers, run_id, profile, predictor, accountant, metric)
+
+
+@st.fragment
+def live_section(spec: common.WorkloadSpec, workload, layers: list, run_id: int,  # noqa: ANN001
+                 profile: SensitivityProfile, predictor: Predictor, accountant: Accountant, metric: str) -> None:
+    """Everything a slider, a preset or a saved schedule changes: a fragment, so moving a slider reruns this part
+    alone (not the workload, the run picker nor the calibration above it). Its buttons that change what is above
+    (Load, Delete) rerun the whole page."""
     current = schedules.state(run_id, spec)
     by_name = {l.name: l for l in layers}
     names = [n for n in profile.layers if n in by_name]
     granularity = profile.meta["granularity"]
-    st.caption(f"{profile.meta['criterion']} criterion · {granularity} granularity (from the run) · prediction: "
-               f"{predictor.model} model from the stored profile, no evaluation of the model · layers the run did "
-               "not scan stay dense")
     summary = st.container(border=True)
     presets_section(spec, layers, profile, names, accountant, metric, current)
     values = current["values"]
     sliders_section(by_name, names, granularity, values)
 
     source = schedules.source(current)
-    schedules.keep(current, spec)
     schedule = schedules.to_schedule(values, profile, {"source": source})
     totals = accountant.totals(schedule)
     predicted = predictor.predict(schedule)
     summary_section(summary, schedule, totals, predictor, predicted, metric, source)
+    schedules.keep(current, spec)  # after the numbers: the store's write does not delay them
     if schedule.sparsities:
         st.plotly_chart(plots.schedule_bars({"current": schedule.sparsities}, names), key="current-bars")
     measured = measure_section(spec, workload, schedule, predictor, predicted, metric, current)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import shutil
 import socket
@@ -236,6 +237,10 @@ def test_the_whole_story_in_a_browser(page):  # noqa: ANN001
     expect(page.locator('[data-testid="stSlider"]', has_text="block1.0")).to_contain_text("0.990")
     assert predicted() != before
     expect(page.get_by_text("hand-tuned from sensitivity")).to_be_visible()
+    # The slider reran only the page's live part (a fragment); what it offers below follows the move all the same.
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download schedule JSON").click()
+    assert json.loads(Path(download.value.path()).read_text())["sparsities"]["block1.0"] == 0.99
     page.get_by_role("button", name="Measure", exact=True).click()
     settle(page)
     expect(page.locator('[data-testid="stMetric"]', has_text="measured accuracy")).to_be_visible()

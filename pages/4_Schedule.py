@@ -269,7 +269,7 @@ def compare_section(saved: dict, schedule: Schedule, profile: SensitivityProfile
     chosen = {"current": schedule, **{n: saved[n] for n in compared}}
     table = schedules.compare_table(chosen, profile, names, accountant, predictor, metric,
                                     {"current": measured} if measured else {})
-    st.dataframe(table, hide_index=True, width="stretch")
+    st.dataframe(schedules.styled_compare(table), hide_index=True, width="stretch")
     left, right = st.columns(2)
     left.plotly_chart(plots.schedule_bars({k: s.sparsities for k, s in chosen.items()}, names), key="compare-bars")
     right.plotly_chart(plots.schedule_tradeoff(table.dropna(subset=["global_sparsity", "predicted"]), metric),

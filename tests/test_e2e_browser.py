@@ -11,6 +11,7 @@ install``. Without it the test is skipped on a workstation and fails in CI (``CI
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -45,11 +46,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``prunescope dashboard`` (``streamlit run app.py``) on a free localhost port with its own PRUNESCOPE_HOME."""
+@contextlib.contextmanager
+def dashboard(home: Path) -> Iterator[str]:
+    """``prunescope dashboard`` (``streamlit run app.py``) on a free localhost port with ``home`` as its
+    PRUNESCOPE_HOME; yields its URL."""
     port = _free_port()
-    home = tmp_path_factory.mktemp("e2e-home")
     env = dict(os.environ, PRUNESCOPE_HOME=str(home), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONPATH=str(ROOT))
     log = open(home / "streamlit.log", "w")  # noqa: SIM115 - closed after the server stops
@@ -78,6 +79,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One dashboard for the walks of this module, with its own PRUNESCOPE_HOME."""
+    with dashboard(tmp_path_factory.mktemp("e2e-home")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -423,3 +431,20 @@ def test_uploaded_onnx_model_on_random_inputs(page, tmp_path):  # noqa: ANN001
     shot(page, "onnx_sensitivity", readme=False)
     _schedule_and_export(page, "onnx", 3)
     offline(page)
+
+
+def test_a_fresh_server_first_opened_on_a_page_address_shows_the_apps_navigation(browser, tmp_path):  # noqa: ANN001
+    """Streamlit's pages-folder mode (its own page list: "app", no icons) must not outlive the first visit."""
+    from playwright.sync_api import expect
+
+    with dashboard(tmp_path) as url:
+        context = browser.new_context(viewport={"width": 1400, "height": 1300})
+        page = context.new_page()
+        page.base_url = url
+        open_page(page, "Sensitivity")
+        expect(page.get_by_role("heading", name="Sensitivity")).to_be_visible()
+        sidebar = page.locator('[data-testid="stSidebarNav"]')
+        expect(sidebar.locator("a", has_text="Model & data")).to_have_count(1)
+        expect(sidebar.locator("a", has_text="Home")).to_have_count(1)
+        expect(sidebar.locator("a", has_text="app")).to_have_count(0)
+        context.close()

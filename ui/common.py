@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 
 from analysis.core.layers import Layer, find_layers, layer_table
 from analysis.store.runs import home as prunescope_home
@@ -255,7 +256,19 @@ def summary_table(layers: list[Layer]):  # noqa: ANN201 - a pandas Styler-free D
     return df.rename(columns={"params_share": "params %", "flops_share": "FLOPs %"})
 
 
+def leave_pages_folder_mode() -> None:
+    """Make app.py's navigation the one on show. Streamlit starts a server in its old pages-folder mode (because
+    ``pages/`` exists) and leaves it only when ``st.navigation`` in app.py runs. When the first visitor after a
+    start opens a page's own address, the page runs without app.py, and the server stays in that mode for every
+    session: Streamlit's own page list ("app", no icons, no Home) and no favicon set. So a page that finds the
+    mode on turns it off and reruns: app.py runs, with its navigation, and opens the same page."""
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def header(title: str) -> WorkloadSpec:
+    leave_pages_folder_mode()
     st.set_page_config(page_title=f"{title} · Prunescope", layout="wide")
     st.title(title)
     spec = current_spec()

@@ -28,21 +28,16 @@ are wall-clock on whatever else the machine runs; the checkouts run one after th
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-CHROMIUM = "/usr/bin/chromium"
-IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from browser_support import CHROMIUM, CHROMIUM_ARGS, dashboard, set_sparsities, settle  # noqa: E402 - the tests' server helper
+
 PAGES = ["Model & data", "Sensitivity", "Diagnostics", "Schedule", "Export", "Strategy lab", "Home"]
 TITLES = {"Home": "Prunescope"}
 RESNET = "model=torchvision:resnet18&data=random:3x32x32&count=32&size=224"
@@ -64,50 +59,6 @@ WATCH = """() => { window.__bench = new Promise(resolve => {
   });
   obs.observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
 }); }"""
-
-
-def free_port() -> int:
-    """A free localhost port for one server."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve(root: Path) -> Iterator[str]:
-    """The dashboard of checkout ``root`` on a free port with a fresh PRUNESCOPE_HOME; yields its URL."""
-    port, home = free_port(), Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
-    env = dict(os.environ, PRUNESCOPE_HOME=str(home), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(root))
-    with open(home / "streamlit.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "analysis", "dashboard", "--port", str(port), "--",
-                                 "--server.headless", "true", "--browser.gatherUsageStats", "false",
-                                 "--server.fileWatcherType", "none"], cwd=root, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-        try:
-            wait_healthy(f"http://127.0.0.1:{port}", proc)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
-
-
-def wait_healthy(url: str, proc: subprocess.Popen) -> None:
-    """Until the server answers its health check (or fails to start)."""
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and proc.poll() is None:
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    return
-        time.sleep(0.3)
-    raise RuntimeError(f"the dashboard at {url} did not start")
-
-
-def settle(page) -> None:  # noqa: ANN001
-    """Wait for the script run an action starts to be over (it may start a moment after the action)."""
-    with contextlib.suppress(Exception):
-        page.wait_for_selector('[data-testid="stApp"]:not([data-test-script-state="notRunning"])', timeout=3000)
-    page.wait_for_selector(IDLE, timeout=300_000)
 
 
 def first_load(page, url: str) -> float:  # noqa: ANN001
@@ -149,11 +100,7 @@ def slider_moves(page, layer: str, moves: int) -> list[tuple[float, float]]:  # 
 
 def scan(page, grid: str) -> None:  # noqa: ANN001
     """Set the Sensitivity page's grid and press Run scan (returns at once; the scan runs on)."""
-    sidebar = page.locator('[data-testid="stSidebar"]')
-    box = sidebar.get_by_label("Sparsities", exact=True).and_(sidebar.locator("input"))
-    box.fill(grid)
-    box.press("Enter")
-    settle(page)
+    set_sparsities(page, grid)
     page.get_by_role("button", name="Run scan").click()
 
 
@@ -215,9 +162,9 @@ def main() -> None:
 
     results = {}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for name, path in (a.split("=", 1) for a in args.app):
-            with serve(Path(path).resolve()) as url:
+            with dashboard(Path(tempfile.mkdtemp(prefix="bench-dashboard-")), Path(path).resolve()) as url:
                 results[name] = walk(browser, url, args.moves, args.cancels)
             print(f"{name}: done", file=sys.stderr)
         browser.close()

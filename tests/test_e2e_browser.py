@@ -11,16 +11,11 @@ install``. Without it the test is skipped on a workstation and fails in CI (``CI
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
 import zipfile
@@ -28,57 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser_support import CHROMIUM, CHROMIUM_ARGS, dashboard, set_sparsities, settle
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 SCREENSHOTS = ROOT / "docs" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 
 pytestmark = pytest.mark.browser
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def dashboard(home: Path) -> Iterator[str]:
-    """``prunescope dashboard`` (``streamlit run app.py``) on a free localhost port with ``home`` as its
-    PRUNESCOPE_HOME; yields its URL."""
-    port = _free_port()
-    env = dict(os.environ, PRUNESCOPE_HOME=str(home), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=str(ROOT))
-    log = open(home / "streamlit.log", "w")  # noqa: SIM115 - closed after the server stops
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "analysis", "dashboard", "--port", str(port), "--", "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start: {(home / 'streamlit.log').read_text()[-2000:]}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -126,16 +77,6 @@ def page(browser, server):  # noqa: ANN001, ANN201
 def offline(page) -> None:  # noqa: ANN001
     """The walk needed nothing outside the machine: no request went to a host other than the dashboard's."""
     assert page.foreign == [], f"requests to other hosts: {sorted(set(page.foreign))[:10]}"
-
-
-def settle(page, started: float = 3.0) -> None:  # noqa: ANN001
-    """Wait for the script run an action triggers to finish (it may start a moment after the action)."""
-    try:
-        page.wait_for_selector('[data-testid="stApp"]:not([data-test-script-state="notRunning"])',
-                               timeout=started * 1000)
-    except Exception:  # noqa: BLE001 - the run was over before we looked
-        pass
-    page.wait_for_selector(IDLE, timeout=120_000)
 
 
 def open_page(page, path: str) -> None:  # noqa: ANN001
@@ -196,10 +137,7 @@ def test_the_whole_story_in_a_browser(page):  # noqa: ANN001
     page.get_by_role("button", name="Run scan").click()
     settle(page)
     expect(page.get_by_text("reopened it without recomputing")).to_be_visible()
-    sidebar = page.locator('[data-testid="stSidebar"]')
-    sidebar.get_by_label("Sparsities", exact=True).and_(sidebar.locator("input")).fill("0.5, 0.9")
-    sidebar.get_by_label("Sparsities", exact=True).and_(sidebar.locator("input")).press("Enter")
-    settle(page)
+    set_sparsities(page, "0.5, 0.9")
     page.get_by_role("button", name="Run scan").click()
     settle(page)
     expect(page.locator(".js-plotly-plot .heatmaplayer")).to_have_count(1)
@@ -338,11 +276,7 @@ def _scan(page, sparsities: str) -> None:  # noqa: ANN001
     from playwright.sync_api import expect
 
     nav(page, "Sensitivity")
-    sidebar = page.locator('[data-testid="stSidebar"]')
-    box = sidebar.get_by_label("Sparsities", exact=True).and_(sidebar.locator("input"))
-    box.fill(sparsities)
-    box.press("Enter")
-    settle(page)
+    set_sparsities(page, sparsities)
     page.get_by_role("button", name="Run scan").click()
     settle(page)
     expect(page.locator(".js-plotly-plot .heatmaplayer")).to_have_count(1)

@@ -1,4 +1,5 @@
-"""Model & data: pick a bundled sample, a torchvision architecture or an uploaded file, and an eval set.
+"""Model & data: pick a bundled sample, a torchvision architecture, an uploaded file or a Hugging Face folder (a
+zip), and an eval set (text for a Hugging Face model).
 
 Uploads are data, never code: ``analysis.uploads`` types them by content and limits their size, then they are
 written to a file and read by ``analysis.workload`` with pickling off.
@@ -18,9 +19,9 @@ left, right = st.columns(2)
 
 with left:
     st.subheader("Model")
-    model_kind = st.radio("Model source", ["Bundled sample", "torchvision architecture", "Upload a model file"],
-                          key="model_kind")
-    model_spec, model_error = None, None
+    model_kind = st.radio("Model source", ["Bundled sample", "torchvision architecture", "Upload a model file",
+                                           "Hugging Face folder (.zip)"], key="model_kind")
+    model_spec, model_error, seq_len = None, None, None
     try:
         if model_kind == "Bundled sample":
             names = samples.sample_names()
@@ -35,6 +36,20 @@ with left:
             model_spec = f"torchvision:{arch}"
             if weights is not None:
                 model_spec += f"={uploads.save_upload(weights.name, weights.getvalue(), 'weights')}"
+        elif model_kind == "Hugging Face folder (.zip)":
+            upload = st.file_uploader("A zip of the folder save_pretrained wrote: config.json, the weights "
+                                      "(.safetensors or .bin) and the tokenizer files. Only those are extracted; a "
+                                      "model that needs its own code (auto_map) is refused")
+            task = st.selectbox("Task", ["from the config", *common.HF_TASKS],
+                                help="causal-lm: perplexity and next-token agreement; encoder (also masked LMs): "
+                                     "cosine of the mean-pooled sentence embeddings to the dense model's; "
+                                     "classification: accuracy")
+            seq_len = int(st.number_input("Tokens per sequence", 2, 8192, 128, step=16,
+                                          help="a text file for a causal LM is cut into windows of this many "
+                                               "tokens; lines and rows are truncated to it"))
+            if upload is not None:
+                folder = uploads.save_hf_zip(upload.name, upload.getvalue())
+                model_spec = f"hf:{folder}" + ("" if task == "from the config" else f"@{task}")
         else:
             if uploads.code_uploads_allowed():
                 st.warning("This server takes TorchScript and torch.export (.pt2) uploads (it was started with "
@@ -53,7 +68,8 @@ with left:
 with right:
     st.subheader("Data")
     data_kind = st.radio("Data source", ["Bundled digits", "Random inputs (no labels)", "Upload tensors (.pt, .npz)",
-                                         "Upload images (.zip of class folders)"], key="data_kind")
+                                         "Upload images (.zip of class folders)",
+                                         "Upload text (.txt, .jsonl, .csv)"], key="data_kind")
     data_spec, data_error, input_size = None, None, 224
     try:
         if data_kind == "Bundled digits":
@@ -66,6 +82,12 @@ with right:
             upload = st.file_uploader("A tensor x (N, ...) or a dict with x and optional labels y (.pt, .npz)")
             if upload is not None:
                 data_spec = str(uploads.save_upload(upload.name, upload.getvalue(), "tensors"))
+        elif data_kind == "Upload text (.txt, .jsonl, .csv)":
+            upload = st.file_uploader("Text for a Hugging Face model: plain text (one sample per line; a causal LM "
+                                      "reads it whole, in windows), JSON lines or a CSV with a text column and "
+                                      "optionally a label")
+            if upload is not None:
+                data_spec = str(uploads.save_text(upload.name, upload.getvalue()))
         else:
             upload = st.file_uploader("A zip of an image folder: one sub-folder per class")
             input_size = st.number_input("Resize and crop to (pixels)", 8, 1024, 224, step=8)
@@ -81,7 +103,7 @@ for error in (model_error, data_error):
         st.error(error)
 refused = bool(model_error or data_error)  # a refused weights upload must not fall back to random weights
 if st.button("Use this model and data", type="primary", disabled=refused or not (model_spec and data_spec)):
-    chosen = common.WorkloadSpec(model_spec, data_spec, int(count) or None, int(input_size))
+    chosen = common.WorkloadSpec(model_spec, data_spec, int(count) or None, int(input_size), seq_len)
     try:
         common.try_workload(chosen)
     except Exception as exc:  # noqa: BLE001 - a user's file may fail in any way; the page says how and stays up
@@ -102,7 +124,12 @@ table = common.summary_table(layers)
 cols = st.columns(4)
 cols[0].metric("prunable layers", len(layers))
 cols[1].metric("parameters in them", f"{int(table['params'].sum()):,}")
-cols[2].metric("classes", workload.num_classes)
+cols[2].metric({"causal-lm": "vocabulary", "encoder": "embedding size"}.get(workload.task, "classes"),
+               workload.num_classes)
 cols[3].metric("eval samples", f"{len(workload.data):,}" + ("" if workload.data.labelled else " (no labels)"))
 st.dataframe(table, hide_index=True, width="stretch")
+left_out = common.left_out_layers(spec)
+if left_out:
+    st.caption("Listed but left out of scans by default (the Sensitivity page can include them): "
+               + "; ".join(f"**{name}**: {why.split(':')[0]}" for name, why in left_out.items()))
 st.plotly_chart(plots.layer_summary_bar(layer_table(layers)), key="layer-bar")

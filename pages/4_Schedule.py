@@ -18,14 +18,16 @@ from analysis.report import plots
 from analysis.schedule.allocate import METHODS, TARGET_KINDS, Bounds, allocate, parse_target
 from analysis.schedule.calibrate import DEFAULT_METHODS, calibrate, parse_targets
 from analysis.schedule.measure import measure_schedule
-from analysis.schedule.predict import Predictor, compared_stage
+from analysis.schedule.predict import Prediction, Predictor, calibration_verdict, compared_stage
+from analysis.schedule.prune import resolve_schedule
 from analysis.schedule.schedule import Schedule
 from analysis.schedule.totals import Accountant
 from ui import common, runs, schedules
 from ui import format as fmt
 
 METHOD_WORDS = {"sensitivity": "sensitivity-based (smallest predicted drop)", "uniform": "uniform",
-                "global": "global magnitude", "lamp": "LAMP", "erk": "ERK"}
+                "global": "global magnitude", "lamp": "LAMP", "erk": "ERK",
+                "owl": "OWL (outlier-weighted, per block)"}
 TARGET_WORDS = {"sparsity": "global sparsity", "params": "parameters kept", "flops": "FLOPs kept"}
 
 
@@ -83,6 +85,7 @@ def calibration_section(spec: common.WorkloadSpec, workload, run_id: int, profil
     st.caption(f"Calibrated {info['metric']} ({info.get('stage', 'pruned')}) from {info.get('schedules')} "
                f"schedules: power {info['power']:.3f}; mean absolute error additive {mae.get('additive', 0):.4f}, "
                f"calibrated {mae.get('calibrated', 0):.4f} (leave-one-out)")
+    st.markdown(f"**In use:** {calibration_verdict(info)[1]}.")
     st.dataframe(table, hide_index=True, width="stretch")
 
 
@@ -92,7 +95,7 @@ def presets_section(spec: common.WorkloadSpec, layers: list, profile: Sensitivit
     st.subheader("Presets")
     criterion, granularity = profile.meta["criterion"], profile.meta["granularity"]
     c1, c2, c3 = st.columns(3)
-    method = c1.selectbox("Method", METHODS, format_func=METHOD_WORDS.get)
+    method = c1.selectbox("Method", METHODS, format_func=lambda m: METHOD_WORDS.get(m, m))
     kind = c2.radio("Target", TARGET_KINDS, horizontal=True, format_func=TARGET_WORDS.get)
     target_text = c3.text_input("Target value", "0.5" if kind == "sparsity" else "50%", key=f"target-{kind}",
                                 help="sparsity: a fraction in [0, 1); parameters or FLOPs kept: a count (120000, "
@@ -108,6 +111,7 @@ def presets_section(spec: common.WorkloadSpec, layers: list, profile: Sensitivit
                             criterion=criterion, bounds=Bounds(max_sparsity, {}, tuple(keep_dense)),
                             accountant=accountant,
                             weights=schedules.weights(spec) if method in ("global", "lamp") else None,
+                            scores=schedules.owl_scores(spec) if method == "owl" else None,
                             profile=profile, metric=metric, allocatable=names)
     except ValueError as exc:
         st.error(f"Cannot apply the {method} preset: {exc}")
@@ -116,44 +120,56 @@ def presets_section(spec: common.WorkloadSpec, layers: list, profile: Sensitivit
                              f"{method} to {kind} {target_text.strip()}")
 
 
-def sliders_section(by_name: dict, names: list[str], granularity: str, values: dict[str, float]) -> None:
-    """One slider per scanned layer (grouped by block on large models, filtered by name); writes ``values``."""
-    st.subheader("Per-layer sparsity")
+def sliders_section(by_name: dict, names: list[str], granularity: str, values: dict[str, float],
+                    accountant: Accountant) -> None:
+    """One slider per scanned layer, or for channel pruning per coupled group (grouped by block on large models,
+    filtered by name); writes ``values``."""
+    structured = parse_granularity(granularity).structured
+    st.subheader("Per-group sparsity" if structured else "Per-layer sparsity")
+    if structured:
+        st.caption("Layers that must lose the same channels (a residual sum, a depthwise convolution, an "
+                   "attention's heads) share one slider: it moves every layer of the group, and the export removes "
+                   "exactly that.")
+    items = schedules.slider_items(by_name, names, granularity, accountant)
     search = st.text_input("Filter layers", placeholder="part of a layer name, e.g. block2 or conv")
-    shown = [n for n in names if search.strip().lower() in n.lower()]
+    shown = [i for i in items if any(search.strip().lower() in m.lower() for m in i.members)]
     if not shown:
         st.warning(f"No layer name contains {search.strip()!r}.")
-    grouped = schedules.groups(shown) if len(names) > schedules.GROUP_ABOVE else {"": shown}
-    fixed = parse_granularity(granularity).fixed_sparsity
-    for group, members in grouped.items():
-        box = st.expander(f"{group} ({fmt.plural(len(members), 'layer')})",
-                          expanded=bool(search.strip()) or len(grouped) <= 3) \
-            if group else st.container()
+    blocks = schedules.groups([i.members[0] for i in shown]) if len(items) > schedules.GROUP_ABOVE else {"": None}
+    by_first = {i.members[0]: i for i in shown}
+    for block, firsts in blocks.items():
+        members = [by_first[f] for f in firsts] if firsts is not None else shown
+        what = fmt.plural(len(members), "group" if structured else "layer")
+        box = st.expander(f"{block} ({what})", expanded=bool(search.strip()) or len(blocks) <= 3) \
+            if block else st.container()
         with box:
             cols = st.columns(2)
-            for i, name in enumerate(members):
-                layer_slider(cols[i % 2], by_name[name], granularity, fixed, values)
+            for i, item in enumerate(members):
+                item_slider(cols[i % 2], item, values)
 
 
-def layer_slider(col, layer, granularity: str, fixed: float | None, values: dict[str, float]) -> None:  # noqa: ANN001
-    """The slider of one layer (a two-stop slider for a fixed-sparsity pattern; a note if it cannot be pruned)."""
-    key, limit = schedules.SLIDER + layer.name, schedules.slider_limit(layer, granularity)
-    if limit <= 0:
-        col.caption(f"{layer.name}: cannot take {granularity} pruning; stays dense")
+def item_slider(col, item: schedules.SliderItem, values: dict[str, float]) -> None:  # noqa: ANN001
+    """The slider of one layer or coupled group (a two-stop slider for a fixed-sparsity pattern; a note if it stays
+    dense); its value goes to every member."""
+    if item.why:
+        col.caption(f"{item.label}: {item.why}; stays dense")
         return
-    if key not in st.session_state:
-        st.session_state[key] = min(values.get(layer.name, 0.0), limit)
-    label = f"{layer.name} ({layer.kind}, {layer.params:,} weights)"
-    if fixed is not None:
-        values[layer.name] = col.select_slider(label, [0.0, fixed], key=key)
+    if item.key not in st.session_state:
+        st.session_state[item.key] = schedules.snapped(min(values.get(m, 0.0) for m in item.members), item)
+    if item.options:
+        value = col.select_slider(item.label, list(item.options), key=item.key)
     else:
-        values[layer.name] = col.slider(label, 0.0, limit, step=0.001, format="%.3f", key=key)
+        value = col.slider(item.label, 0.0, item.limit, step=item.step, format="%.3f", key=item.key)
+    for member in item.members:
+        values[member] = value
 
 
-def summary_section(box, schedule: Schedule, totals, predictor: Predictor, predicted: float,  # noqa: ANN001
-                    metric: str, source: str) -> None:
-    """The live totals and the predicted metric, drawn in ``box`` at the top of the page."""
-    base = predictor.baseline
+def summary_section(box, schedule: Schedule, totals, predictor: Predictor, prediction: Prediction,  # noqa: ANN001
+                    metric: str, source: str, resolved: list[str]) -> None:
+    """The live totals and the predicted metric with its band, drawn in ``box`` at the top of the page; a warning
+    when the eval set is too small for the predicted difference to mean anything; ``resolved`` says how a loaded
+    schedule was resolved to the model's coupled groups."""
+    base, predicted = predictor.baseline, prediction.value
     with box:
         cols = st.columns(4)
         cols[0].metric("global sparsity", f"{totals.global_sparsity:.4f}")
@@ -162,11 +178,19 @@ def summary_section(box, schedule: Schedule, totals, predictor: Predictor, predi
                        help=f"{totals.flops_kept:,} FLOPs per sample")
         cols[3].metric(f"predicted {metric}", f"{predicted:.4f}", f"{predicted - base:+.4f} vs dense {base:.4f}",
                        delta_color=fmt.delta_color(predicted - base, 4,
-                                                   "normal" if HIGHER_IS_BETTER[metric] else "inverse"))
+                                                   "normal" if HIGHER_IS_BETTER[metric] else "inverse"),
+                       help=prediction.band_text())
         if not schedule.sparsities:
             st.info("This schedule prunes nothing: every layer is dense. Apply a preset or move a slider.")
         else:
-            st.caption(f"{fmt.plural(len(schedule.sparsities), 'layer')} pruned · {source}")
+            st.caption(f"{fmt.plural(len(schedule.sparsities), 'layer')} pruned · {source} · predicted {metric} "
+                       f"{prediction.band_text()} (the eval set's sampling error only) · prediction model "
+                       f"{prediction.reason}")
+            if prediction.warning():
+                st.warning(prediction.warning())
+        if resolved:
+            st.info("Resolved to the model's coupled groups (Measure and the export prune exactly this):\n\n"
+                    + "\n".join(f"- {note}" for note in resolved))
 
 
 def measure_section(spec: common.WorkloadSpec, workload, schedule: Schedule, predictor: Predictor,  # noqa: ANN001
@@ -195,24 +219,35 @@ def measure_section(spec: common.WorkloadSpec, workload, schedule: Schedule, pre
         st.caption("The last measurement was of another schedule; press Measure for this one.")
         return None
     if measured:
-        show_measurement(measured["result"], predictor, predicted, metric)
+        show_measurement(measured["result"], predictor, predicted, metric, bn)
         return measured["result"]
     return None
 
 
-def show_measurement(result: dict, predictor: Predictor, predicted: float, metric: str) -> None:
-    """The measured metric at the stage the prediction stands for, beside the prediction."""
+def measured_stage(result: dict, bn: bool) -> str:
+    """The stage the headline shows: after BatchNorm recalibration when the box is ticked and it was measured."""
+    return "bn_recalibrated" if bn and result.get("bn_recalibrated") else "pruned"
+
+
+def show_measurement(result: dict, predictor: Predictor, predicted: float, metric: str, bn: bool) -> None:
+    """The measured metric at the stage the BatchNorm box asks for, beside the prediction."""
     row = {"metric": metric, "dense": result["dense"][metric], "predicted": predicted,
            "measured (pruned)": result["pruned"][metric]}
     if result.get("bn_recalibrated"):
         row["measured (BatchNorm recalibrated)"] = result["bn_recalibrated"][metric]
-    stage = compared_stage(result, predictor.stage)
+    stage = measured_stage(result, bn)
     value = result[stage][metric]
+    same = stage == compared_stage(result, predictor.stage)
     cols = st.columns(3)
     cols[0].metric(f"predicted {metric}", f"{predicted:.4f}")
-    cols[1].metric(f"measured {metric}", f"{value:.4f}", f"{value - predicted:+.4f} vs predicted", delta_color="off")
-    cols[2].metric("stage", stage.replace("_", " "), help="the stage the prediction stands for: right after pruning, "
-                   "or after BatchNorm recalibration when the scan or its calibration recalibrated")
+    cols[1].metric(f"measured {metric}", f"{value:.4f}", f"{value - predicted:+.4f} vs predicted" if same else None,
+                   delta_color="off", help=f"on {result.get('samples', '?')} samples, "
+                   + ("the shrunk model the export writes" if result.get("shrunk") else "the pruned model"))
+    cols[2].metric("stage", stage.replace("_", " "), help="right after pruning, or after BatchNorm recalibration "
+                   "when the box above is ticked")
+    if not same:
+        st.caption(f"The prediction stands for the {compared_stage(result, predictor.stage).replace('_', ' ')} "
+                   "stage; the table has both.")
     st.dataframe(pd.DataFrame([row]), hide_index=True, width="stretch")
 
 
@@ -225,7 +260,7 @@ def save_section(spec: common.WorkloadSpec, run_id: int, profile: SensitivityPro
     name = c1.text_input("Schedule name", source.split(" ")[0] if schedule.sparsities else "")
     if c2.button("Save", disabled=not schedule.sparsities):
         meta = {"run_id": run_id, "method": source, "totals": totals.fractions(),
-                "predicted": {metric: predicted, "model": predictor.model, "stage": predictor.stage}}
+                "predicted": predictor.prediction(schedule).recorded()}
         if measured:
             meta["measured"] = measured
         try:
@@ -239,7 +274,8 @@ def save_section(spec: common.WorkloadSpec, run_id: int, profile: SensitivityPro
                        "application/json", disabled=not schedule.sparsities, on_click="ignore")
 
 
-def saved_section(spec: common.WorkloadSpec, profile: SensitivityProfile, names: list[str], current: dict) -> dict:
+def saved_section(spec: common.WorkloadSpec, profile: SensitivityProfile, names: list[str], current: dict,
+                  accountant: Accountant) -> dict:
     """Load a saved schedule into the sliders or delete it; returns the saved schedules by name."""
     saved = schedules.list_saved(spec)
     if not saved:
@@ -257,7 +293,8 @@ def saved_section(spec: common.WorkloadSpec, profile: SensitivityProfile, names:
             st.error(f"{to_load} was made for {chosen.criterion}/{chosen.granularity} pruning; this run is "
                      f"{criterion}/{granularity}. Pick a run with those settings above.")
         else:
-            schedules.set_values(current, {n: chosen.sparsities.get(n, 0.0) for n in names}, to_load)
+            values, notes = schedules.resolved_values(chosen.sparsities, profile, accountant)
+            schedules.set_values(current, {n: values.get(n, 0.0) for n in names}, to_load, notes)
             st.rerun()
     return saved
 
@@ -288,8 +325,8 @@ def main() -> None:
     predictor = schedules.predictor(run_id, metric)
     accountant = schedules.accountant(spec, profile)
     st.caption(f"{profile.meta['criterion']} criterion · {profile.meta['granularity']} granularity (from the run) · "
-               f"prediction: {predictor.model} model from the stored profile, no evaluation of the model · layers "
-               "the run did not scan stay dense")
+               f"prediction from the stored profile, no evaluation of the model ({predictor.reason}) · layers the run "
+               "did not scan stay dense")
     live_section(spec, workload, layers, run_id, profile, predictor, accountant, metric)
 
 
@@ -306,19 +343,23 @@ def live_section(spec: common.WorkloadSpec, workload, layers: list, run_id: int,
     summary = st.container(border=True)
     presets_section(spec, layers, profile, names, accountant, metric, current)
     values = current["values"]
-    sliders_section(by_name, names, granularity, values)
+    sliders_section(by_name, names, granularity, values, accountant)
 
     source = schedules.source(current)
     schedule = schedules.to_schedule(values, profile, {"source": source})
     totals = accountant.totals(schedule)
-    predicted = predictor.predict(schedule)
-    summary_section(summary, schedule, totals, predictor, predicted, metric, source)
+    effective, _ = resolve_schedule(schedule, accountant)
+    prediction = predictor.prediction(effective)
+    predicted = prediction.value
+    summary_section(summary, schedule, totals, predictor, prediction, metric, source,
+                    current.get("resolved", []) if current.get("preset") == {k: v for k, v in values.items() if v > 0}
+                    else [])
     schedules.keep(current, spec)  # after the numbers: the store's write does not delay them
     if schedule.sparsities:
         st.plotly_chart(plots.schedule_bars({"current": schedule.sparsities}, names), key="current-bars")
     measured = measure_section(spec, workload, schedule, predictor, predicted, metric, current)
     save_section(spec, run_id, profile, values, schedule, totals, predictor, predicted, metric, source, measured)
-    saved = saved_section(spec, profile, names, current)
+    saved = saved_section(spec, profile, names, current, accountant)
     compare_section(saved, schedule, profile, names, accountant, predictor, metric, measured)
 
 

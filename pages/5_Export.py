@@ -8,12 +8,22 @@ import streamlit as st
 
 from analysis.core.batchnorm import has_batchnorm
 from analysis.core.granularity import parse_granularity
-from analysis.deploy.export import EXPORTERS, VerificationError, export
+from analysis.deploy.export import (
+    EXPORTERS,
+    VerificationError,
+    accuracy_line,
+    export,
+    format_bytes,
+    size_table,
+    speedups,
+)
 from analysis.report.html import build_report
+from analysis.schedule.prune import resolve_schedule
+from analysis.store.artifacts import dense_cache
 from analysis.workload.onnx import OnnxModel
 from ui import artifacts, common, runs, schedules, upload_names
 from ui import format as fmt
-from ui.common import prunescope_home
+from ui.common import fingerprints, prunescope_home
 
 spec = common.header("Export")
 spec, workload, layers = common.workload_or_stop()
@@ -44,19 +54,27 @@ c1, c2, c3, c4 = st.columns(4)
 shrink = c1.checkbox("Remove pruned channels (shrink)", value=channel, disabled=not channel,
                      help="channel granularity only: the file really has fewer channels" if channel else
                      "needs channel granularity; this schedule is exported masked (zeros in the weights)")
-bn = c2.checkbox("Recalibrate BatchNorm", value=has_batchnorm(workload.model), disabled=not has_batchnorm(workload.model))
-exporter = c3.selectbox("Exporter", ["torchscript", "dynamo", "auto"], help=f"torch.onnx exporter ({', '.join(EXPORTERS)}):"
-                        " torchscript is fast on small models, dynamo (torch.export) keeps parameter names")
+has_bn = has_batchnorm(workload.model)
+bn = c2.checkbox("Recalibrate BatchNorm", value=has_bn, disabled=not has_bn)
+exporter = c3.selectbox("Exporter", ["torchscript", "dynamo", "auto"],
+                        help=f"torch.onnx exporter ({', '.join(EXPORTERS)}): torchscript is fast on small models,"
+                        " dynamo (torch.export) keeps parameter names")
 timing = c4.checkbox("Measure latency", value=True, help="ONNX Runtime CPU latency, dense vs pruned, batch 1 and 32")
+if channel:
+    _, resolved = resolve_schedule(schedule, schedules.accountant_for(spec, schedule, profile))
+    if resolved:
+        st.info("This schedule is resolved to the model's coupled groups before export (Measure and the Schedule "
+                "page's totals count the same):\n\n" + "\n".join(f"- {note}" for note in resolved))
 
 if st.button("Export", type="primary"):
     folder = prunescope_home() / "exports" / time.strftime("%Y%m%d-%H%M%S")
     try:
         with st.status("Exporting: prune, write ONNX, verify in ONNX Runtime, measure size and latency ...",
                        expanded=False) as status, common.holding(spec):
-            report = export(workload.model, schedule, workload.data, folder / "model.onnx", shrink_channels=shrink and channel,
-                            bn_recalibrate=bn, model_spec=spec.model, exporter=exporter, measure_latency=timing,
-                            repeats=10)
+            report = export(workload.model, schedule, workload.data, folder / "model.onnx",
+                            shrink_channels=shrink and channel, bn_recalibrate=bn, model_spec=spec.model,
+                            exporter=exporter, measure_latency=timing, repeats=10,
+                            dense_cache=dense_cache(fingerprints(spec)[0]))
             (folder / "model.export.json").write_text(json.dumps(report.to_dict(), indent=1, default=str))
             status.update(label=f"Exported in {sum(report.seconds.values()):.1f} s", state="complete")
     except (ValueError, VerificationError) as exc:
@@ -106,27 +124,31 @@ text = (f"{pair[0].upper()}{pair[1:]} on {main.samples} samples: max abs diff {m
 st.dataframe(pd.DataFrame([v.to_dict() for v in report.verifications]), hide_index=True, width="stretch")
 
 q = report.quality
+st.caption(accuracy_line(q))
 cols = st.columns(4)
 if q["dense_accuracy"] is not None:
-    cols[0].metric("dense accuracy", f"{q['dense_accuracy']:.4f}")
-    cols[1].metric("pruned accuracy", f"{q['pruned_accuracy']:.4f}", f"{q['pruned_accuracy'] - q['dense_accuracy']:+.4f}",
-                  delta_color=fmt.delta_color(q["pruned_accuracy"] - q["dense_accuracy"], 4))
-cols[2].metric("top-1 agreement with dense", f"{q['agreement']:.4f}")
-cols[3].metric("file size", f"{report.pruned.file_bytes / 1024:.1f} KB",
-               f"{(report.pruned.file_bytes - report.dense.file_bytes) / 1024:+.1f} KB vs dense",
-               delta_color=fmt.delta_color((report.pruned.file_bytes - report.dense.file_bytes) / 1024, 1, "inverse"))
+    cols[0].metric("dense accuracy", f"{q['dense_accuracy']:.4f}", help=f"on {q['samples']} samples")
+    cols[1].metric("exported accuracy", f"{q['pruned_accuracy']:.4f}",
+                   f"{q['pruned_accuracy'] - q['dense_accuracy']:+.4f}",
+                   delta_color=fmt.delta_color(q["pruned_accuracy"] - q["dense_accuracy"], 4),
+                   help=f"the ONNX file's own outputs in ONNX Runtime, on {q['samples']} samples")
+else:
+    cols[0].metric("top-1 agreement with dense", f"{q['agreement']:.4f}", help=f"on {q['samples']} samples")
+if report.kept:
+    cols[2].metric("layer weights kept", f"{report.kept['weights'] / report.kept['weights_total']:.4f}",
+                   help=f"{report.kept['weights']:,} of {report.kept['weights_total']:,} prunable weights (non-zero, "
+                   f"as stored in the file); FLOPs kept {report.kept['flops'] / report.kept['flops_total']:.4f}")
+size_change = report.pruned.file_bytes - report.dense.file_bytes
+cols[3].metric("file size", format_bytes(report.pruned.file_bytes), f"{format_bytes(size_change)} vs dense",
+               delta_color=fmt.delta_color(size_change, 0, "inverse"))
 
 st.subheader("Size and latency next to the dense model")
-sizes = pd.DataFrame([{"model": name, "file KB": c.file_bytes / 1024, "gzip KB": c.gzip_bytes / 1024,
-                       "parameters": c.params, "non-zero": c.nonzero_params}
-                      for name, c in (("dense", report.dense), ("pruned", report.pruned))])
-st.dataframe(sizes, hide_index=True, width="stretch")
+st.dataframe(size_table(report), hide_index=True, width="stretch")
 if report.latency is not None:
-    wide = report.latency.pivot(index="batch", columns="model", values="median_ms").reset_index()
-    wide["speed-up"] = wide["dense"] / wide["pruned"]
-    st.dataframe(wide.rename(columns={"dense": "dense ms", "pruned": "pruned ms"}), hide_index=True, width="stretch")
-    st.caption(f"Median of {int(report.latency['repeats'].iloc[0])} interleaved runs, {report.threads} ONNX Runtime "
-               "thread(s), CPU. Unstructured zeros save bytes after compression, not time; removed channels save both.")
+    st.dataframe(speedups(report.latency), hide_index=True, width="stretch")
+    st.caption(f"ONNX Runtime CPU latency in ms: median (interquartile range) of interleaved runs, {report.threads} "
+               "thread(s). A speed-up is called one only when the two ranges do not overlap. Unstructured zeros save "
+               "bytes after compression, not time; removed channels save both.")
 for note in report.notes:
     st.warning(note)
 with st.expander("Per-layer detail"):
@@ -134,7 +156,8 @@ with st.expander("Per-layer detail"):
 
 if done["html"] is None and profile is not None:
     meta = report.schedule.meta
-    same = (profile.meta.get("criterion"), profile.meta.get("granularity")) == (schedule.criterion, schedule.granularity)
+    asked = (schedule.criterion, schedule.granularity)
+    same = (profile.meta.get("criterion"), profile.meta.get("granularity")) == asked
     if "totals" not in meta and same:
         meta["totals"] = schedules.accountant(spec, profile).totals(schedule).fractions()
     diagnosis = st.session_state.get("diagnosis")

@@ -24,7 +24,9 @@ from analysis.sensitivity.context import prepare
 from analysis.sensitivity.driver import run_scan
 from analysis.workload.workload import load_workload
 
-COUNTS = ["layer", "sparsity", "actual_sparsity", "n", "correct", "agree"]
+COUNTS = ["layer", "sparsity", "actual_sparsity", "n", "correct", "agree", "lost", "gained"]
+SUMS = ("loss_sum", "kl_sum", "loss", "kl", "logit_cosine", "logit_rel_l2", "loss_sq_sum", "loss_diff_sum",
+        "loss_diff_sq_sum", "kl_sq_sum", "accuracy_drop_lo", "accuracy_drop_hi", "loss_drop_lo", "loss_drop_hi")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,10 +39,11 @@ def cluster():
 
 
 def assert_same_profile(got: SensitivityProfile, want: SensitivityProfile) -> None:
-    """Counts equal; loss and KL sums within 1e-9 relative (sums of shards are added in another order)."""
+    """Counts equal (the paired ones too); loss and KL sums, their sums of squares and the intervals drawn from them
+    within 1e-9 relative (sums of shards are added in another order)."""
     assert got.meta["complete"] and want.meta["complete"]
     pd.testing.assert_frame_equal(got.table[COUNTS], want.table[COUNTS])
-    for col in ("loss_sum", "kl_sum", "loss", "kl", "logit_cosine", "logit_rel_l2"):
+    for col in SUMS:
         pd.testing.assert_series_equal(got.table[col], want.table[col], rtol=1e-9, atol=1e-12)
     assert got.meta["baseline"] == want.meta["baseline"]
 

@@ -13,6 +13,7 @@ from analysis.sensitivity.context import prepare
 from analysis.sensitivity.driver import scan
 from analysis.store.runs import RunStore, identity_key, scan_identity
 from tests.conftest import run_cli
+from tests.resuming import stop_and_resume
 
 GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
 SUMS = ["n", "correct", "agree"]
@@ -126,21 +127,9 @@ def test_adaptive_runs_are_stored_resumable_and_their_own_identity(small, tmp_pa
     config = ScanConfig(adaptive="bisect", tolerance=0.02, resolution=0.02)
     reference = scan(wl, config)
     with RunStore(tmp_path / "runs.sqlite") as store:
-        ctx = prepare(wl, config)
-        run = store.open_scan(wl, ctx)
-        finished = []
-
-        def sink(result) -> None:  # noqa: ANN001
-            store.add_layer(run.id, result, ctx.config)
-            finished.append(result.layer)
-
-        scan(wl, config, on_result=sink, should_stop=lambda: len(finished) >= 1, context=ctx)
-        again = store.open_scan(wl, prepare(wl, config))
-        assert again.resumed and list(again.done) == finished
-        resumed = scan(wl, config, done=again.done, on_result=lambda r: store.add_layer(run.id, r, config))
-        store.finish(run.id, resumed.meta)
+        run_id, resumed = stop_and_resume(store, wl, config, stop_after=1)
         pd.testing.assert_frame_equal(resumed.table, reference.table)
-        stored = store.profile(run.id)
+        stored = store.profile(run_id)
         assert stored.meta["adaptive"]["mode"] == "bisect" and stored.table["measured"].all()
         pd.testing.assert_frame_equal(adaptive.bisect_table(stored), adaptive.bisect_table(reference))
 
@@ -181,7 +170,7 @@ def test_cli_bisect_writes_the_tolerance_csv(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--adaptive", "bisect", "--collapse-at", "0.5"], "--collapse-at applies to --adaptive collapse only"),
-    (["--tolerance", "0.1"], "--tolerance applies to --adaptive bisect only"),
+    (["--tolerance", "0.1"], "--tolerance applies to --adaptive bisect, sequential or sequential-bisect only"),
     (["--adaptive", "bisect", "--sparsities", "0.5"], "--sparsities does not apply to --adaptive bisect"),
     (["--adaptive", "collapse", "--collapse-at", "2"], "collapse_at 2.0 is outside (0, 1]"),
     (["--adaptive", "bisect", "--backend", "ray"], "an adaptive scan (bisect) decides on the whole eval set"),
@@ -202,5 +191,6 @@ def test_cli_help_names_the_adaptive_options(capsys):
     with pytest.raises(SystemExit):
         main(["scan", "--help"])
     helped = capsys.readouterr().out
-    assert all(flag in helped for flag in ("--adaptive {off,collapse,bisect}", "--collapse-at", "--tolerance",
+    assert all(flag in helped for flag in ("--adaptive {off,collapse,bisect,sequential,sequential-bisect}",
+                                           "--collapse-at", "--tolerance", "--shard-size", "--confidence",
                                            "--resolution", "--points-per-call"))

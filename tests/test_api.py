@@ -17,8 +17,10 @@ from tests.conftest import ROOT, cli_env
 
 WITH_EXAMPLES = ["load_workload", "load_model", "load_data", "prepare", "scan", "iter_scan", "run_scan",
                  "tolerance_table", "diagnose", "compare_criteria", "allocate", "schedule_setting", "schedule_for",
+                 "Coupling", "resolve_schedule",
                  "calibrate", "measure_schedule", "export", "sensitivity_heatmap", "build_report", "scan_into_store",
-                 "LabConfig", "run_lab", "lab_into_store", "open_lab", "recovery_figure"]
+                 "LabConfig", "run_lab", "lab_into_store", "open_lab", "recovery_figure", "Predictor", "side_by_side",
+                 "Owl", "block_heatmap", "block_curves"]
 
 
 def test_every_public_name_resolves() -> None:

@@ -7,9 +7,9 @@ import json
 import pytest
 from app_support import app, assert_clean, downloads, plotly_specs, sample_profile, sample_scan, stored_run, texts  # noqa: F401
 
-from analysis.schedule.allocate import Bounds, Target, allocate
+from analysis.schedule.allocate import Bounds, Target, allocate, wanda_scores
 from analysis.schedule.measure import measure_schedule
-from analysis.schedule.predict import Predictor
+from analysis.schedule.predict import Predictor, calibration_verdict
 from analysis.schedule.schedule import Schedule
 from analysis.schedule.totals import Accountant
 from ui import runs, schedules
@@ -75,14 +75,16 @@ def test_a_fresh_schedule_prunes_nothing_and_says_so(stored_run, sample_profile)
     assert not plotly_specs(at)
 
 
-@pytest.mark.parametrize("method", ["uniform", "global", "lamp", "erk", "sensitivity"])
+@pytest.mark.parametrize("method", ["uniform", "global", "lamp", "erk", "sensitivity", "owl"])
 def test_each_preset_reaches_the_target_and_its_prediction_is_the_profiles(method, stored_run, sample_profile):  # noqa: F811
     at = _preset(app("schedule"), method, value="0.6")
     assert_clean(at)
     layers = cached_layers(SPEC)
-    weights = {l.name: l.weight(cached_workload(SPEC).model).detach() for l in layers}
+    workload = cached_workload(SPEC)
+    weights = {l.name: l.weight(workload.model).detach() for l in layers}
+    scores = wanda_scores(workload.model, layers, workload.data) if method == "owl" else None
     made = allocate(method, layers, Target("sparsity", 0.6), bounds=Bounds(0.95), accountant=Accountant(layers),
-                    weights=weights, profile=sample_profile, allocatable=LAYERS)
+                    weights=weights, profile=sample_profile, allocatable=LAYERS, scores=scores)
     sliders = _sliders(at)
     assert sliders == pytest.approx({n: round(made.sparsities.get(n, 0.0), 3) for n in LAYERS}, abs=1e-9)
     totals, predicted = _expected(sample_profile, sliders)
@@ -144,12 +146,18 @@ def test_measure_shows_the_measurement_next_to_the_prediction(stored_run, sample
     schedule = Schedule({k: v for k, v in sliders.items() if v > 0})
     expected = measure_schedule(cached_workload(SPEC), schedule, bn_recalibrate=True).to_dict()
     m = _metrics(at)
-    assert m["measured accuracy"] == f"{expected['pruned']['accuracy']:.4f}", "the profile predicts the pruned stage"
-    assert m["stage"] == "pruned"
+    box = next(c for c in at.checkbox if c.label.startswith("Recalibrate BatchNorm"))
+    assert box.value, "a model with BatchNorm is measured recalibrated by default"
+    assert m["measured accuracy"] == f"{expected['bn_recalibrated']['accuracy']:.4f}", "the headline follows the box"
+    assert m["stage"] == "bn recalibrated"
     row = at.dataframe[0].value.iloc[0]
     assert row["predicted"] == pytest.approx(Predictor(sample_profile).predict(schedule))
     assert row["measured (pruned)"] == pytest.approx(expected["pruned"]["accuracy"])
     assert row["measured (BatchNorm recalibrated)"] == pytest.approx(expected["bn_recalibrated"]["accuracy"])
+    box.uncheck()
+    at = at.run()
+    m = _metrics(at)
+    assert m["measured accuracy"] == f"{expected['pruned']['accuracy']:.4f}" and m["stage"] == "pruned"
 
     next(s for s in at.slider if s.label.startswith("fc")).set_value(0.0)
     at = at.run()
@@ -264,20 +272,22 @@ def test_calibrate_the_prediction_from_the_page(stored_run, sample_profile, prun
 
     at = app("schedule")
     assert "Not calibrated yet" in texts(at.info)
-    assert "prediction: additive model" in "\n".join(c.value for c in at.caption)
+    assert "(additive: no calibration)" in "\n".join(c.value for c in at.caption)
     _text(at, "Target sparsities").set_value("0.5, 0.8")
     _button(at, "Calibrate").click()
     at = at.run()
     assert_clean(at)
     assert "Calibrated on 4 measured schedules" in texts(at.success)
-    assert "prediction: calibrated model" in "\n".join(c.value for c in at.caption), "the cached predictor was kept"
     expected = calibrate(sample_profile, cached_workload(SPEC), targets=(0.5, 0.8))
+    used, reason = calibration_verdict(expected.to_dict())  # calibrated only when it predicts better
+    assert f"({reason})" in "\n".join(c.value for c in at.caption), "the cached predictor was kept"
     table = at.dataframe[0].value
     assert list(table["method"]) == list(expected.table["method"])
     assert list(table["measured"]) == pytest.approx(list(expected.table["measured"]))
     at = _preset(at, "uniform", value="0.6")
     sliders = {k: v for k, v in _sliders(at).items() if v > 0}
-    assert _metrics(at)["predicted accuracy"] == f"{expected.predictor.predict(sliders):.4f}"
+    chosen = expected.predictor if used else Predictor(sample_profile)
+    assert _metrics(at)["predicted accuracy"] == f"{chosen.predict(sliders):.4f}"
     assert expected.predictor.predict(sliders) != pytest.approx(Predictor(sample_profile).predict(sliders))
     stored = runs.store().artifacts(kind="calibration")
     assert list(stored["run_id"]) == [stored_run]
@@ -285,5 +295,5 @@ def test_calibrate_the_prediction_from_the_page(stored_run, sample_profile, prun
     assert not (prunescope_home / "scans").exists()  # no folder is derived from the store: it holds the calibration
     again = app("schedule")
     assert_clean(again)
-    assert "prediction: calibrated model" in "\n".join(c.value for c in again.caption)
+    assert f"({reason})" in "\n".join(c.value for c in again.caption)
     assert list(again.dataframe[0].value["measured"]) == pytest.approx(list(expected.table["measured"]))

@@ -40,7 +40,7 @@ def test_stored_run_shows_heatmap_curves_ranking_and_table(stored_run, sample_pr
     drops = sample_profile.drop("accuracy")
     fc = drops[drops["layer"] == "fc"].sort_values("sparsity")["drop"].tolist()
     assert heat["z"][3] == pytest.approx([d * 100 for d in fc])
-    curves = _figure(at, "drop per layer")["data"]
+    curves = [c for c in _figure(at, "drop per layer")["data"] if c.get("mode") == "lines+markers"]
     assert [c["name"] for c in curves] == sample_profile.layers
     assert "accuracy %{customdata[2]:.4f}" in curves[0]["hovertemplate"]
     ranking = at.dataframe[0].value

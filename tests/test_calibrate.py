@@ -72,7 +72,7 @@ def test_schedule_predicts_with_the_calibration_and_evaluate_shows_it_next_to_th
     path = tmp_path / "uniform.json"
     r = run_cli("schedule", "--scan", out, "--method", "uniform", "--target-sparsity", "0.5", "--out", path)
     assert r.returncode == 0, r.stderr
-    assert "(calibrated, power" in r.stdout
+    assert "prediction model calibrated (power" in r.stdout and "leave-one-out error" in r.stdout
     schedule = Schedule.load(path)
     predicted = schedule.meta["predicted"]
     assert predicted["model"] == "calibrated" and predicted["stage"] == "pruned"

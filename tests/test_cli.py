@@ -151,8 +151,8 @@ def test_a_failure_in_prunescope_itself_keeps_its_traceback(monkeypatch, tmp_pat
     def broken(*args, **kwargs):  # noqa: ANN002, ANN003
         raise RuntimeError("a bug of ours")
 
-    monkeypatch.setattr(metrics, "predict", broken)
-    monkeypatch.setattr("analysis.sensitivity.context.predict", broken)
+    monkeypatch.setattr(metrics, "dense_pass", broken)
+    monkeypatch.setattr("analysis.sensitivity.context.dense_pass", broken)
     with pytest.raises(RuntimeError, match="a bug of ours"):
         cli.main(["scan", "--model", "sample:digits-mlp", "--data", "sample:digits", "--count", "8",
                   "--sparsities", "0.5", "--quiet", "--no-store", "--out", str(tmp_path / "o")])

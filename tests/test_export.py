@@ -21,8 +21,10 @@ from analysis.core.layers import find_layers
 from analysis.core.masks import applied
 from analysis.core.metrics import predict
 from analysis.deploy import export as ex
-from analysis.schedule import coupling as shrink
+from analysis.schedule import shrink
+from analysis.schedule.coupling import ShrinkError
 from analysis.schedule.schedule import Schedule, ScheduleError
+from analysis.schedule.totals import Accountant
 from tests.conftest import run_cli
 
 FAST = dict(exporter="torchscript", measure_latency=False, verify_samples=64)
@@ -35,6 +37,11 @@ def _initializers(path) -> dict[str, np.ndarray]:
 def _data(workload, n: int = 64) -> EvalData:
     d = workload.data
     return EvalData(d.x[:n], d.y[:n], d.spec)
+
+
+def _plan(model, layers, schedule, x) -> shrink.ShrinkPlan:
+    accountant = Accountant.from_model(model, x[:1], layers, schedule.criterion, "channel")
+    return shrink.plan(model, accountant.coupling, accountant.resolve(schedule))
 
 
 # ---------------------------------------------------------------------------------------------- masked export
@@ -170,7 +177,7 @@ def test_shrunk_export_matches_the_masked_reference(resnet_shrunk):
     assert all(v.passed for v in report.verifications)
     # Independently: rebuild the reference and compare it with what ONNX Runtime computes from the file.
     layers = find_layers(w.model, w.data.x[:1])
-    plan = shrink.plan(w.model, layers, schedule, w.data.x[:1])
+    plan = _plan(w.model, layers, schedule, w.data.x)
     reference = plan.masked(w.model)
     x = w.data.x[:64]
     got = ex.run_onnx(report.onnx_path, x)
@@ -183,12 +190,13 @@ def test_single_layer_groups_remove_the_channels_the_schedule_masks(workloads):
     w = workloads["digits-cnn"]
     layers = find_layers(w.model, w.data.x[:1])
     schedule = Schedule({"block1.0": 0.5, "block2.0": 0.25, "block3.0": 0.75}, "l1", "channel")
-    plan = shrink.plan(w.model, layers, schedule, w.data.x[:1])
+    plan = _plan(w.model, layers, schedule, w.data.x)
     keep = schedule.masks(w.model, layers)
     for layer in layers[:3]:
         dropped = (~keep[layer.param_name].reshape(layer.shape[0], -1).all(dim=1)).nonzero().flatten().tolist()
-        assert plan.removed_channels[layer.name] == dropped
-    assert plan.effective_sparsities() == schedule.sparsities
+        rows = plan.kept[layer.param_name][0].tolist()
+        assert sorted(set(range(layer.shape[0])) - set(rows)) == dropped
+    assert {n: 1 - after / before for n, (before, after) in plan.out_channels(layers).items()} == schedule.sparsities
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small"])
@@ -200,14 +208,16 @@ def test_torchvision_shrink_matches_masked_reference(arch):
     x = torch.randn(4, 3, 32, 32)
     layers = find_layers(model, x[:1])
     schedule = Schedule({l.name: 0.5 for l in layers}, "l1", "channel")
-    plan = shrink.plan(model, layers, schedule, x[:1])
+    accountant = Accountant.from_model(model, x[:1], layers, "l1", "channel")
+    resolved = accountant.resolve(schedule)
+    plan = shrink.plan(model, accountant.coupling, resolved)
     reference = plan.masked(model)
-    small = plan.apply(reference)
+    small = plan.build(reference)
     a, b = predict(small, x), predict(reference, x)
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
     assert sum(p.numel() for p in small.parameters()) < 0.5 * sum(p.numel() for p in model.parameters())
-    coupled = [g for g in plan.groups if len(g.layers) > 1]
-    assert coupled and all(g.removed == g.channels // 2 for g in coupled)
+    coupled = [g for g in accountant.coupling.groups if len(g.layers) > 1]
+    assert coupled and all(resolved.units[g.key] == g.channels // 2 for g in coupled)
     if arch == "mobilenet_v3_small":  # a depthwise convolution loses what the conv that feeds it loses
         assert any(name.endswith("block.1.0") for g in coupled for name in g.layers)
 
@@ -238,19 +248,28 @@ class Grouped(nn.Module):
         return self.head(F.relu(self.conv2(F.relu(self.conv1(x)))).mean(dim=(2, 3)))
 
 
-@pytest.mark.parametrize("make, layer, message", [
-    (FunctionalConv, "kernel", "not a Conv/Linear module"),
-    (Grouped, "conv1", "grouped convolution"),
-])
-def test_models_the_graph_cannot_shrink_fail_clearly_and_export_masked(make, layer, message, digits, tmp_path):
+def test_a_layer_the_graph_cannot_shrink_is_left_dense_and_the_notes_say_so(digits, tmp_path):
     torch.manual_seed(0)
-    model = make().eval()
+    model = FunctionalConv().eval()
     data = EvalData(digits.x[:32], digits.y[:32], digits.spec)
-    schedule = Schedule({layer: 0.5}, "l1", "channel")
-    with pytest.raises(shrink.ShrinkError, match=message):
-        ex.export(model, schedule, data, tmp_path / "shrunk.onnx", shrink_channels=True, **FAST)
-    report = ex.export(model, schedule, data, tmp_path / "masked.onnx", **FAST)
-    assert report.mode == "masked" and all(v.passed for v in report.verifications)
+    schedule = Schedule({"kernel": 0.5}, "l1", "channel")
+    report = ex.export(model, schedule, data, tmp_path / "shrunk.onnx", shrink_channels=True, **FAST)
+    assert report.schedule.sparsities == {} and all(v.passed for v in report.verifications)
+    assert any("kernel: not pruned by channel" in n and "not a Conv/Linear module" in n for n in report.notes)
+
+
+def test_a_grouped_convolution_loses_the_same_positions_in_every_group(digits, tmp_path):
+    torch.manual_seed(0)
+    model = Grouped().eval()
+    data = EvalData(digits.x[:32], digits.y[:32], digits.spec)
+    schedule = Schedule({"conv1": 0.5, "conv2": 0.5}, "l1", "channel")
+    report = ex.export(model, schedule, data, tmp_path / "shrunk.onnx", shrink_channels=True, **FAST)
+    assert all(v.passed for v in report.verifications)
+    weights = _initializers(tmp_path / "shrunk.onnx")
+    conv1 = next(a for a in weights.values() if a.shape[:2] == (4, 1))  # 2 of 4 channels in each of 2 groups
+    conv2 = next(a for a in weights.values() if a.ndim == 4 and a.shape[0] == 4 and a.shape[1] == 2)
+    assert conv1.shape == (4, 1, 3, 3) and conv2.shape == (4, 2, 3, 3)
+    assert report.schedule.sparsities == {"conv1": 0.5, "conv2": 0.5}
 
 
 def test_torchscript_model_exports_masked_but_not_shrunk(workloads, tmp_path):
@@ -258,7 +277,7 @@ def test_torchscript_model_exports_masked_but_not_shrunk(workloads, tmp_path):
     scripted = torch.jit.script(w.model)
     data = _data(w, 32)
     schedule = Schedule({"block2.0": 0.5}, "l1", "channel")
-    with pytest.raises(shrink.ShrinkError):
+    with pytest.raises(ShrinkError, match="TorchScript"):
         ex.export(scripted, schedule, data, tmp_path / "s.onnx", shrink_channels=True, **FAST)
     report = ex.export(scripted, schedule, data, tmp_path / "m.onnx", exporter="auto", measure_latency=False,
                        verify_samples=32)
@@ -305,5 +324,6 @@ def test_cli_export_usage_errors(tmp_path, capsys):
     assert main(["export", "--model", "sample:digits-mlp", "--schedule", str(tmp_path / "missing.json"),
                  "--out", str(tmp_path / "a.onnx")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["export", "--model", "model.py:make", "--schedule", str(sched), "--out", str(tmp_path / "a.onnx")]) == 2
+    assert main(["export", "--model", "model.py:make", "--schedule", str(sched),
+                 "--out", str(tmp_path / "a.onnx")]) == 2
     assert "give --data" in capsys.readouterr().err

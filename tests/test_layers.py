@@ -68,13 +68,13 @@ def test_table_shares_and_selection(workloads):
 
 
 def test_tracing_leaves_requires_grad_as_it_was():
-    from analysis.schedule.channels import trace_channels
+    from analysis.schedule.coupling import Coupling
 
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10)).eval()
     model[0].weight.requires_grad_(False)
     x = torch.randn(1, 1, 8, 8)
     layers = find_layers(model, x)
-    trace_channels(model, x, layers)
+    Coupling.build(model, x, layers)
     assert [p.requires_grad for p in model.parameters()] == [False, True, True, True]
     assert torch.is_grad_enabled()
 

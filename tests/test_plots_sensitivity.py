@@ -50,8 +50,9 @@ def test_label_free_profile_has_no_accuracy_views(workloads):
 def test_curves_hover_shows_exact_numbers(profiles):
     profile, _ = profiles
     fig = plots.sensitivity_curves(profile, "loss", layers=["fc", "block1.0"])
-    assert [t.name for t in fig.data] == ["block1.0", "fc"]
-    fc = fig.data[1]
+    lines = [t for t in fig.data if t.mode == "lines+markers"]
+    assert [t.name for t in lines] == ["block1.0", "fc"]
+    fc = lines[1]
     rows = profile.table[profile.table["layer"] == "fc"].sort_values("sparsity")
     assert [c[2] for c in fc.customdata] == pytest.approx(rows["loss"].tolist())
     assert list(fc.y) == pytest.approx((rows["loss"] - profile.baseline("loss")).tolist())
@@ -90,3 +91,18 @@ def test_heatmap_of_drops_all_zero_or_unmeasured_keeps_a_readable_colour_range(p
     heat = plots.sensitivity_heatmap(flat, "accuracy").data[0]
     assert heat.zmax == -heat.zmin == plots.colour_limit(flat.drop("accuracy").pivot_table(
         index="layer", columns="sparsity", values="drop", aggfunc="first")) >= 1e-3
+
+
+def test_heatmap_marks_cells_within_noise_and_curves_draw_the_intervals(profiles):
+    profile, _ = profiles
+    drops = profile.drop("accuracy")
+    noise = drops[(drops["sparsity"] > 0) & (drops["drop_lo"] <= 0) & (drops["drop_hi"] >= 0)]
+    assert 0 < len(noise) < len(drops[drops["sparsity"] > 0])
+    marked = next(t for t in plots.sensitivity_heatmap(profile).data if (t.name or "").startswith("drop within noise"))
+    assert sorted(zip(marked.y, marked.x)) == sorted(zip(noise["layer"], (f"{s:g}" for s in noise["sparsity"])))
+    fig = plots.sensitivity_curves(profile, layers=["fc"])
+    band = next(t for t in fig.data if t.fill == "toself")
+    fc = drops[drops["layer"] == "fc"].sort_values("sparsity")
+    assert list(band.y) == pytest.approx([*(fc["drop_hi"] * 100), *(fc["drop_lo"] * 100)[::-1]])
+    wider = plots.sensitivity_curves(profile.with_confidence(0.99), layers=["fc"])
+    assert max(next(t for t in wider.data if t.fill == "toself").y) > max(band.y)

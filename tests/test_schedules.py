@@ -14,8 +14,7 @@ from analysis.cli import main
 from analysis.core.granularity import parse_granularity
 from analysis.core.layers import find_layers
 from analysis.core.profile import SensitivityProfile
-from analysis.schedule.allocate import METHODS, Bounds, Target, allocate, parse_target
-from analysis.schedule.channels import trace_channels
+from analysis.schedule.allocate import METHODS, Bounds, Target, allocate, parse_target, slots
 from analysis.schedule.finetune import finetune
 from analysis.schedule.predict import MODELS, Predictor, isotonic
 from analysis.schedule.schedule import Schedule, ScheduleError
@@ -53,7 +52,7 @@ class Flat(nn.Module):
 
 
 class Residual(nn.Module):
-    """a = conv_a(x); b = conv_b(a); conv_c reads a + b (a residual sum of two producers)."""
+    """a = conv_a(x); b = conv_b(a); conv_c reads a + b (a residual sum couples a and b)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -72,11 +71,13 @@ def _setup(model: nn.Module, hw: int) -> tuple[list, torch.Tensor]:
     return find_layers(model, example), example
 
 
+def _channel_accountant(model: nn.Module, hw: int) -> tuple[Accountant, list]:
+    layers, example = _setup(model, hw)
+    return Accountant.from_model(model, example, layers, "magnitude", "channel"), layers
+
+
 def test_totals_exact_on_a_chain_with_channel_pruning() -> None:
-    model = Chain()
-    layers, example = _setup(model, 8)
-    order = {"c1": np.arange(8), "c2": np.arange(16), "fc": np.arange(10)}
-    acc = Accountant(layers, trace_channels(model, example, layers), order)
+    acc, layers = _channel_accountant(Chain(), 8)
     t = acc.totals({"c1": 0.5, "c2": 0.25}, "channel", per_layer=True)
     # By hand: c1 keeps 4 of 8 outputs (4*3*9); c2 keeps 12 of 16 outputs and 4 of 8 inputs (12*4*9);
     # fc keeps all 10 outputs but only the 12 inputs c2 still produces (10*12).
@@ -93,26 +94,24 @@ def test_totals_exact_on_a_chain_with_channel_pruning() -> None:
 
 
 def test_totals_exact_when_a_flattened_channel_feeds_several_features() -> None:
-    model = Flat()
-    layers, example = _setup(model, 2)
-    acc = Accountant(layers, trace_channels(model, example, layers), {"conv": np.array([3, 1, 0, 2])})
+    acc, _ = _channel_accountant(Flat(), 2)
     t = acc.totals({"conv": 0.5}, "channel", per_layer=True)
     assert t.per_layer["conv"]["params_kept"] == 2 * 3 * 9
-    assert t.per_layer["fc"]["params_kept"] == 5 * 8  # channels 3 and 1 go: 2 x 4 of the 16 features
+    assert t.per_layer["fc"]["params_kept"] == 5 * 8  # two channels go: 2 x 4 of the 16 features
     assert t.per_layer["fc"]["inputs_removed"] == 8
+    assert acc.coupling.by_layer["fc"].kept  # its channels are the outputs
 
 
-@pytest.mark.parametrize("order_b, removable", [([0, 1, 2, 3], True), ([2, 3, 0, 1], False)])
-def test_a_residual_channel_goes_only_when_every_addend_loses_it(order_b: list[int], removable: bool) -> None:
-    model = Residual()
-    layers, example = _setup(model, 3)
-    graph = trace_channels(model, example, layers)
-    assert graph.inputs["c"][0] == (("a", 0), ("b", 0))
-    acc = Accountant(layers, graph, {"a": np.array([0, 1, 2, 3]), "b": np.array(order_b)})
-    t = acc.totals({"a": 0.5, "b": 0.5}, "channel", per_layer=True)
-    # b reads a directly, so it loses a's two removed channels as inputs either way.
-    assert t.per_layer["b"]["params_kept"] == 2 * 2
-    assert t.per_layer["c"]["params_kept"] == 6 * (2 if removable else 4)
+def test_a_residual_sum_couples_its_addends_to_the_smallest_sparsity_asked() -> None:
+    acc, _ = _channel_accountant(Residual(), 3)
+    group = acc.coupling.by_layer["a"]
+    assert group is acc.coupling.by_layer["b"] and sorted(group.consumers) == ["b", "c"]
+    resolved = acc.resolve({"a": 0.5, "b": 0.25})
+    assert resolved.sparsities == {"a": 0.25, "b": 0.25}
+    assert "limited by b" in resolved.notes[0]
+    t = acc.totals({"a": 0.5, "b": 0.25}, "channel", per_layer=True)
+    # one of the four channels goes: from a's and b's rows, b's inputs and c's inputs
+    assert {k: v["params_kept"] for k, v in t.per_layer.items()} == {"a": 3 * 3, "b": 3 * 3, "c": 6 * 3}
 
 
 def test_unstructured_totals_count_the_zeros_of_the_actual_masks(workloads) -> None:
@@ -165,14 +164,14 @@ def cnn(workloads):
 
 
 def _one_unit_slack(acc: Accountant, sparsities: dict, gran: str, kind: str) -> float:
-    """How much the target metric moves when each layer gives up one more unit: the allowed miss."""
-    g = parse_granularity(gran)
+    """How much the target metric moves when each slot (layer, or coupled group) gives up one more unit: the
+    allowed miss."""
     base = acc.totals(sparsities, gran)
     slack = 0.0
-    for layer in acc.layers:
-        units = layer.shape[0] if g.kind == "channel" else layer.params
-        s = sparsities.get(layer.name, 0.0)
-        more = dict(sparsities, **{layer.name: min(s + 1 / units, (units - 1) / units)})
+    for slot in slots(acc.layers, gran, acc):
+        s = sparsities.get(slot.members[0].name, 0.0)
+        more = dict(sparsities, **{l.name: min(s + 1 / slot.units, (slot.units - 1) / slot.units)
+                                   for l in slot.members})
         t = acc.totals(more, gran)
         slack += {"sparsity": t.weights_removed - base.weights_removed, "params": base.params_kept - t.params_kept,
                   "flops": base.flops_kept - t.flops_kept}[kind]
@@ -282,10 +281,13 @@ def test_isotonic_pools_violators() -> None:
 
 @pytest.mark.parametrize("model", MODELS)
 def test_prediction_equals_the_profile_at_single_layer_schedules(cnn, model: str) -> None:
+    """Except where the profile is better than dense (its made-up gains have no error bars: noise, they count 0)."""
     profile = cnn[3]
     predictor = Predictor(profile, "accuracy", model, power=0.6)
+    assert (profile.table["accuracy"] > 0.98).any()
     for row in profile.table.itertuples():
-        assert predictor.predict({row.layer: row.sparsity}) == pytest.approx(row.accuracy, abs=1e-9)
+        expected = min(max(row.accuracy, 0.1), 0.98)  # never below chance (10 classes), never above dense
+        assert predictor.predict({row.layer: row.sparsity}) == pytest.approx(expected, abs=1e-9)
 
 
 def test_additive_prediction_sums_the_layers_drops(cnn) -> None:
@@ -419,14 +421,16 @@ def test_schedule_cli_rejects_bad_targets(mlp_scan, tmp_path, capsys) -> None:
 def test_bad_schedule_files_give_one_clear_line(tmp_path, capsys, content: str, needle: str) -> None:
     path = tmp_path / "bad.json"
     path.write_text(content)
-    code, err = _main(["evaluate", "--model", "sample:digits-mlp", "--data", "sample:digits", "--schedule", path], capsys)
+    code, err = _main(["evaluate", "--model", "sample:digits-mlp", "--data", "sample:digits", "--schedule", path],
+                      capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("prunescope: error:") and needle in lines[0], err
 
 
 def test_a_missing_schedule_file_exits_2_from_the_command_line(tmp_path) -> None:
-    r = run_cli("evaluate", "--model", "sample:digits-mlp", "--data", "sample:digits", "--schedule", tmp_path / "no.json")
+    r = run_cli("evaluate", "--model", "sample:digits-mlp", "--data", "sample:digits",
+                "--schedule", tmp_path / "no.json")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "does not exist" in r.stderr, r.stderr
 
 

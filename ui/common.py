@@ -21,7 +21,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
-from analysis.core.layers import Layer, find_layers, layer_table
+from analysis.core.layers import Layer, embedding_layers, find_layers, layer_table
 from analysis.store.runs import home as prunescope_home
 from analysis.workload import samples
 from analysis.workload.data import RANDOM_COUNT, parse_shape
@@ -43,11 +43,13 @@ class WorkloadSpec:
     data: str = DEFAULT_DATA
     count: int | None = None
     input_size: int = 224
+    seq_len: int | None = None  # Hugging Face models: tokens per sequence (None: the default)
 
     @property
     def key(self) -> str:
         size = f"|{self.input_size}px" if self.input_size != 224 else ""
-        return f"{self.model}|{self.data}|{self.count or 'all'}{size}"
+        seq = f"|{self.seq_len}tok" if self.seq_len else ""
+        return f"{self.model}|{self.data}|{self.count or 'all'}{size}{seq}"
 
     @property
     def label(self) -> str:
@@ -85,12 +87,15 @@ def set_spec(spec: WorkloadSpec) -> None:
     _to_address(spec)
 
 
+ADDRESS_KEYS = ("model", "data", "count", "size", "seq")
+
+
 def _to_address(spec: WorkloadSpec) -> None:
     wanted = {} if spec == WorkloadSpec() else {
         "model": _short_spec(spec.model), "data": _short_spec(spec.data), "count": str(spec.count or 0),
-        "size": str(spec.input_size)}
-    if {k: st.query_params.get(k) for k in ("model", "data", "count", "size") if k in st.query_params} != wanted:
-        for key in ("model", "data", "count", "size"):
+        "size": str(spec.input_size), **({"seq": str(spec.seq_len)} if spec.seq_len else {})}
+    if {k: st.query_params.get(k) for k in ADDRESS_KEYS if k in st.query_params} != wanted:
+        for key in ADDRESS_KEYS:
             st.query_params.pop(key, None)
         st.query_params.update(wanted)
 
@@ -100,15 +105,18 @@ def spec_from_address(params: dict[str, str]) -> WorkloadSpec | None:
     ``address_model`` and ``address_data``); never a ``file.py:factory`` spec or another path on the server."""
     try:
         count, size = int(params.get("count", "0")), int(params.get("size", "224"))
+        seq = int(params["seq"]) if "seq" in params else None
         model, data = address_model(params["model"]), address_data(params["data"], count or RANDOM_COUNT)
     except (KeyError, ValueError):
         return None
-    if model is None or data is None or count < 0 or not 8 <= size <= 1024:
+    if model is None or data is None or count < 0 or not 8 <= size <= 1024 or not (seq is None or 2 <= seq <= 1 << 16):
         return None
-    return WorkloadSpec(model, data, count or None, size)
+    return WorkloadSpec(model, data, count or None, size, seq)
 
 
-UPLOAD = re.compile(r"^uploaded:([0-9a-f]{16})/(upload\.(?:onnx|pt|pt2|safetensors|npz)|images(?:/[^/]+)?)$")
+UPLOAD = re.compile(r"^uploaded:([0-9a-f]{16})/(upload\.(?:onnx|pt|pt2|safetensors|npz|txt|jsonl|csv)|images(?:/[^/]+)?"
+                    r"|hf(?:/[^/@]+)?)$")
+HF_TASKS = ("causal-lm", "encoder", "classification")
 
 
 def address_model(text: str) -> str | None:
@@ -124,8 +132,23 @@ def address_model(text: str) -> str | None:
             return text
         path = _upload_file(weights, WEIGHTS_FILE)
         return f"torchvision:{arch}={path}" if path else None
+    if text.startswith("hf:"):
+        return _upload_hf(text.removeprefix("hf:"))
     path = _upload_file(text, uploads.model_kinds())
     return str(path) if path else None
+
+
+def _upload_hf(text: str) -> str | None:
+    """``hf:`` of an uploaded Hugging Face folder (with its ``@TASK``), when this server extracted it."""
+    folder, at, task = text.partition("@")
+    match = UPLOAD.match(folder)
+    if not match or not match.group(2).startswith("hf") or (at and task not in HF_TASKS):
+        return None
+    root = prunescope_home() / "uploads" / match.group(1) / "hf"
+    path = prunescope_home() / "uploads" / match.group(1) / match.group(2)
+    if not (root.is_dir() and path.is_relative_to(root) and (path / "config.json").is_file()):
+        return None
+    return f"hf:{path}" + (f"@{task}" if at else "")
 
 
 def address_data(text: str, count: int) -> str | None:
@@ -140,6 +163,9 @@ def address_data(text: str, count: int) -> str | None:
             return None
         return text
     match = UPLOAD.match(text)
+    if match and match.group(2).endswith((".txt", ".jsonl", ".csv")):
+        path = prunescope_home() / "uploads" / match.group(1) / match.group(2)
+        return str(path) if path.is_file() and not path.is_symlink() else None
     if match and match.group(2).startswith("images"):
         root = prunescope_home() / "uploads" / match.group(1) / "images"
         path = prunescope_home() / "uploads" / match.group(1) / match.group(2)
@@ -151,7 +177,7 @@ def address_data(text: str, count: int) -> str | None:
 def _upload_file(text: str, kinds: set[str]) -> Path | None:
     """The file ``uploaded:HASH/upload.SUFFIX`` names when it exists and its content is of one of ``kinds``."""
     match = UPLOAD.match(text)
-    if not match or match.group(2).startswith("images"):
+    if not match or match.group(2).startswith(("images", "hf")):
         return None
     path = prunescope_home() / "uploads" / match.group(1) / match.group(2)
     try:
@@ -164,7 +190,7 @@ def _upload_file(text: str, kinds: set[str]) -> Path | None:
 def cached_workload(spec: WorkloadSpec) -> Workload:
     """The workload of ``spec``; programs load only when this server takes them as uploads, and only from its
     uploads folder (the pages never build another program spec)."""
-    return load_workload(spec.model, spec.data, count=spec.count, input_size=spec.input_size,
+    return load_workload(spec.model, spec.data, count=spec.count, input_size=spec.input_size, seq_len=spec.seq_len,
                          trust_code=uploads.code_uploads_allowed() and is_upload(spec.model))
 
 
@@ -179,6 +205,14 @@ def cached_layers(spec: WorkloadSpec) -> list[Layer]:
     w = cached_workload(spec)
     with model_lock(spec):
         return find_layers(w.model, w.data.x[:1])
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def left_out_layers(spec: WorkloadSpec) -> dict[str, str]:
+    """The embeddings and vocabulary head of the workload's model, listed but left out of scans by default."""
+    w = cached_workload(spec)
+    with model_lock(spec):
+        return embedding_layers(find_layers(w.model, w.data.x[:1], include_embeddings=True))
 
 
 @st.cache_resource(show_spinner=False)

@@ -16,12 +16,13 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from analysis.core.metric_table import default_metric, drop_scale, metric_choices
+from analysis.core.intervals import ERROR_BARS
+from analysis.core.metric_table import CLASSIFICATION, default_metric, drop_scale, metric_choices
 from analysis.core.profile import SensitivityProfile
 from analysis.report import plots
 from analysis.sensitivity import adaptive
 from analysis.sensitivity.backends import Backend
-from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.config import SEARCH_MODES, SEQUENTIAL_MODES, ScanConfig
 from analysis.sensitivity.driver import Progress
 from analysis.store.runs import RunStore, ScanRun
 from analysis.store.scanning import scan_into_store as store_scan
@@ -31,7 +32,9 @@ from ui.common import WorkloadSpec
 from ui.format import change_word, plural
 
 SCANNING = "scanning"  # session key: the run id of the scan this session has in flight
-SCAN_MODES = {"off": "full grid", "collapse": "stop after collapse", "bisect": "bisection"}
+SCAN_MODES = {"off": "full grid", "collapse": "stop after collapse", "bisect": "bisection",
+              "sequential": "sequential (stop sampling settled cells)", "sequential-bisect": "sequential + bisection"}
+CONFIDENCE_LEVELS = (0.8, 0.9, 0.95, 0.99)
 
 
 def scan_into_store(store: RunStore, workload: Workload, config: ScanConfig, lock: threading.RLock,
@@ -63,8 +66,9 @@ def run_scan(spec: WorkloadSpec, workload: Workload, config: ScanConfig, metric:
 
     def on_progress(p: Progress, partial: Callable[[], SensitivityProfile]) -> None:
         eta = "" if p.eta is None else f" · about {p.eta:.0f} s left"
-        bar.progress(p.done / p.total, text=f"{p.done}/{p.total} layers · last: {p.layer}{eta}")
-        live.plotly_chart(plots.sensitivity_heatmap(partial(), metric), key=f"live-heatmap-{p.done}")
+        profile = partial()
+        bar.progress(p.done / p.total, text=f"{p.done}/{p.total} layers · last: {p.layer}{eta}{savings(profile)}")
+        live.plotly_chart(plots.sensitivity_heatmap(profile, metric), key=f"live-heatmap-{p.done}")
 
     try:
         with common.holding(spec):
@@ -96,13 +100,25 @@ def stop(spec: WorkloadSpec) -> tuple[int, int, int] | None:
     return run_id, info["done_layers"], info["total_layers"]
 
 
-def adaptive_settings(mode: str, labelled: bool) -> dict:
-    """The sidebar's inputs for an adaptive ``mode``: the ``ScanConfig`` fields they set (none for the full grid)."""
+def savings(partial: SensitivityProfile) -> str:
+    """`` · K of C cells settled early, S% of sample-evaluations saved`` for a sequential scan in progress."""
+    if partial.table.empty or adaptive.mode_of(partial) not in SEQUENTIAL_MODES:
+        return ""
+    spent = adaptive.sample_evaluations(partial)
+    return (f" · {spent['settled_early']} of {spent['cells']} cells settled early, {spent['saved']:.0%} of "
+            "sample-evaluations saved")
+
+
+def adaptive_settings(mode: str, labelled: bool, task: str = CLASSIFICATION) -> dict:
+    """The sidebar's inputs for an adaptive ``mode``: the ``ScanConfig`` fields they set (none for the full grid);
+    the metrics offered are those measured for the workload's ``task`` (with error bars for a sequential mode)."""
     if mode == "off":
         return {}
     defaults = ScanConfig()
-    choices = list(metric_choices(labelled, bounded=mode == "collapse"))
-    metric = st.selectbox("Metric that decides", choices, index=choices.index(default_metric(labelled)),
+    choices = [m for m in metric_choices(labelled, bounded=mode == "collapse", task=task)
+               if mode not in SEQUENTIAL_MODES or m in ERROR_BARS]
+    first = default_metric(labelled, task)
+    metric = st.selectbox("Metric that decides", choices, index=choices.index(first) if first in choices else 0,
                           help="accuracy needs labels; agreement compares with the dense model")
     points = st.number_input("Sparsities per engine call", 1, 32, defaults.points_per_call,
                              help="measured together in one batched run: more per call, fewer calls")
@@ -114,10 +130,18 @@ def adaptive_settings(mode: str, labelled: bool) -> dict:
     scale, unit = drop_scale(metric)
     tolerance = st.number_input(f"Tolerated {change_word(metric)} ({unit})", 0.0, value=defaults.tolerance * scale,
                                 step=0.5 if scale > 1 else 0.01)
+    chosen = {"tolerance": float(tolerance) / scale, "adaptive_metric": metric}
+    if mode in SEQUENTIAL_MODES:
+        chosen["shard_size"] = int(st.number_input(
+            "Samples per look (shard size)", 1, 100_000, defaults.shard_size,
+            help="the eval set is read in this many samples at a time, in a fixed shuffled order; after each shard "
+                 "every open cell is tested, and a cell whose drop is settled within or beyond the tolerance at the "
+                 "confidence level stops sampling"))
+    if mode == "sequential":
+        return chosen
     resolution = st.number_input("Resolution (sparsity step searched)", 0.005, 0.5, defaults.resolution, 0.005,
                                  format="%.3f")
-    return {"tolerance": float(tolerance) / scale, "resolution": float(resolution), "adaptive_metric": metric,
-            "points_per_call": int(points)}
+    return {**chosen, "resolution": float(resolution), "points_per_call": int(points)}
 
 
 def show_adaptive(profile: SensitivityProfile) -> str:
@@ -129,12 +153,20 @@ def show_adaptive(profile: SensitivityProfile) -> str:
                    f"**{cells['measured']}** of {cells['cells']} cells measured, {cells['filled']} filled with the "
                    "last measured value (crossed out on the heatmap, open circles on the curves, measured = False "
                    "in the table).")
-    elif mode == "bisect":
+    elif mode in SEARCH_MODES:
         info = profile.meta["adaptive"]
         st.caption(f"Bisection: per layer, the largest sparsity whose {info['adaptive_metric']} "
                    f"{change_word(info['adaptive_metric'])} stays within "
                    f"{info['tolerance']:g}, to {info['resolution']:g}; only the points the search measured are "
                    "shown (the Tolerance ranking tab has the answer).")
+    if mode in SEQUENTIAL_MODES:
+        info, spent = profile.meta["adaptive"], adaptive.sample_evaluations(profile)
+        st.caption(f"Sequential: each cell read {info['shard_size']} samples at a time until its "
+                   f"{info['adaptive_metric']} drop was settled within or beyond {info['tolerance']:g} at "
+                   f"{info['confidence']:.0%} confidence: **{spent['settled_early']}** of {spent['cells']} cells "
+                   f"settled early (triangles on the heatmap and the curves, settled_early in the table; their "
+                   f"intervals are confidence sequences), {spent['sample_evaluations']:,} sample-evaluations against "
+                   f"the full grid's {spent['full_grid']:,} (**{spent['saved']:.0%} saved**).")
     return mode
 
 
@@ -145,6 +177,26 @@ def show_bisection(profile: SensitivityProfile) -> None:
     st.dataframe(table, hide_index=True, width="stretch")
     st.download_button("Download tolerance CSV", table.to_csv(index=False), "tolerance.csv", "text/csv",
                        on_click="ignore")
-    st.caption(f"{int(table['evaluations'].sum())} pruned evaluations in all, against "
-               f"{len(table) * (len(profile.meta['sparsities']) - 1)} for the full grid at this resolution. "
-               "Below: the same measured points ranked at another drop (coarse: only the measured points).")
+    st.caption(f"{int(table['evaluations'].sum())} pruned evaluations ({int(table['sample_evaluations'].sum()):,} "
+               f"sample-evaluations) in all, against {len(table) * (len(profile.meta['sparsities']) - 1)} for the "
+               "full grid at this resolution. Below: the same measured points ranked at another drop (coarse: only "
+               "the measured points).")
+
+
+def show_side_by_side(first: SensitivityProfile, second: SensitivityProfile) -> None:
+    """An adaptive run next to a full grid of the same pruning (``prunescope compare``'s table), when the two are
+    such a pair."""
+    modes = [adaptive.mode_of(p) for p in (first, second)]
+    same = {(p.meta.get("criterion"), p.meta.get("granularity")) for p in (first, second)}
+    if modes.count("off") != 1 or len(same) != 1:
+        return
+    scan, full = (second, first) if modes[0] == "off" else (first, second)
+    table = adaptive.side_by_side(scan, full)
+    a, b = table.attrs["scan"], table.attrs["full"]
+    st.subheader(f"{modes[modes.index('off') - 1]} vs full grid")
+    st.dataframe(table, hide_index=True, width="stretch")
+    st.caption(f"Per layer, the largest sparsity whose {table.attrs['metric']} drop is within "
+               f"{table.attrs['tolerance']:g}. The full grid's answer lies within the adaptive run's bounds for "
+               f"{int(table['inside'].sum())} of {len(table)} layers and equals its answer for "
+               f"{int(table['same'].sum())}; {a['sample_evaluations']:,} sample-evaluations against "
+               f"{b['sample_evaluations']:,}.")

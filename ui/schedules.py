@@ -13,6 +13,7 @@ totals, the prediction and any measurement.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import pandas as pd
 import streamlit as st
@@ -22,11 +23,14 @@ from analysis.core import criteria
 from analysis.core.granularity import parse_granularity
 from analysis.core.layers import Layer
 from analysis.core.profile import SensitivityProfile
-from analysis.schedule.allocate import Bounds
+from analysis.schedule.allocate import Bounds, wanda_scores
+from analysis.schedule.coupling import CoupledGroup
 from analysis.schedule.predict import Predictor, compared_stage
+from analysis.schedule.prune import resolve_schedule
 from analysis.schedule.schedule import Schedule, ScheduleError
 from analysis.schedule.totals import Accountant
 from analysis.store import artifacts as artifacts_engine
+from analysis.store.runs import default_path
 from ui import artifacts, runs
 from ui.common import WorkloadSpec, cached_layers, cached_workload, model_lock
 
@@ -42,11 +46,12 @@ def predictor(run_id: int, metric: str) -> Predictor:
     """The run's predictor (calibrated when the store keeps a calibration of the run), built once per run, metric
     and calibration."""
     stored = runs.stored_calibration(run_id)
-    return _predictor(run_id, metric, stored[0] if stored else None)
+    return _predictor(str(default_path()), run_id, metric, stored[0] if stored else None)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _predictor(run_id: int, metric: str, calibration_id: int | None) -> Predictor:
+def _predictor(store_path: str, run_id: int, metric: str, calibration_id: int | None) -> Predictor:
+    """Keyed by the store's file too: run ids are per store (a server started on another home, a test)."""
     stored = runs.stored_calibration(run_id) if calibration_id is not None else None
     return Predictor.from_profile(runs.load_run(run_id), stored[1] if stored else None, metric)
 
@@ -59,10 +64,18 @@ def forget_predictors() -> None:
 def accountant(spec: WorkloadSpec, profile: SensitivityProfile) -> Accountant:
     """Totals of any schedule of ``profile``'s run on this workload's model, with the run's criterion, granularity,
     calibration size and seed (so channels rank as in ``prunescope schedule``); well under a millisecond once
-    built."""
+    built. For channel pruning it holds the model's coupled groups (``accountant.coupling``)."""
     meta, config = profile.meta, profile.meta.get("config") or {}
     return _accountant(spec, meta.get("criterion", "magnitude"), meta.get("granularity", "unstructured"),
                        int(config.get("calib_samples", 256)), int(config.get("seed", 0)))
+
+
+def accountant_for(spec: WorkloadSpec, schedule: Schedule, profile: SensitivityProfile | None) -> Accountant:
+    """The accountant of ``schedule``'s own criterion and granularity (the run's calibration size and seed when its
+    run is known): how the export will resolve and count it."""
+    config = (profile.meta.get("config") or {}) if profile is not None else {}
+    return _accountant(spec, schedule.criterion, schedule.granularity, int(config.get("calib_samples", 256)),
+                       int(config.get("seed", 0)))
 
 
 @st.cache_resource(show_spinner="Tracing the channel graph ...", max_entries=8)
@@ -73,6 +86,14 @@ def _accountant(spec: WorkloadSpec, criterion: str, granularity: str, calib_samp
         if parse_granularity(granularity).structured and criterion in criteria.CALIBRATED:
             stats = criteria.calibration_stats(w.model, layers, w.data, criterion, calib_samples)
         return Accountant.from_model(w.model, w.data.x[:1], layers, criterion, granularity, stats, seed)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def owl_scores(spec: WorkloadSpec) -> dict[str, torch.Tensor]:
+    """Each layer's Wanda scores on the eval data (the OWL preset reads their outliers)."""
+    workload = cached_workload(spec)
+    with model_lock(spec):
+        return wanda_scores(workload.model, cached_layers(spec), workload.data)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -120,10 +141,12 @@ def _kept(spec: WorkloadSpec) -> dict | None:
     return record if isinstance(record, dict) and isinstance(record.get("values"), dict) else None
 
 
-def set_values(current: dict, values: dict[str, float], source: str) -> None:
-    """Replace the sliders' values (their widgets pick them up on this run)."""
+def set_values(current: dict, values: dict[str, float], source: str, resolved: list[str] | None = None) -> None:
+    """Replace the sliders' values (their widgets pick them up on this run); ``resolved`` says how a loaded
+    schedule was resolved to the model's coupled groups (shown until the values are replaced)."""
     current["values"] = {k: float(v) for k, v in values.items()}
     current["source"] = source
+    current["resolved"] = list(resolved or [])
     current["preset"] = _pruned(current["values"])
     for key in [k for k in st.session_state if str(k).startswith(SLIDER)]:
         del st.session_state[key]
@@ -144,6 +167,82 @@ def slider_limit(layer: Layer, granularity: str) -> float:
     """The largest sparsity a slider offers: every unit but one, on a 0.001 grid, at most 0.99."""
     cap = Bounds().limit(layer, parse_granularity(granularity))
     return min(0.99, int(cap * 1000) / 1000)
+
+
+FINE_GRID = 100  # a group of at most this many positions per block gets a slider with one stop per position
+
+
+@dataclass(frozen=True)
+class SliderItem:
+    """One slider of the page: a layer, or a coupled group moving all its ``members``; ``why`` (no slider) says why
+    it stays dense."""
+
+    key: str
+    label: str
+    members: tuple[str, ...]
+    limit: float = 0.0
+    step: float = 0.001
+    options: tuple[float, ...] = ()
+    why: str = ""
+
+
+def slider_items(by_name: dict[str, Layer], names: list[str], granularity: str,
+                 accountant: Accountant) -> list[SliderItem]:
+    """The sliders of the scanned layers ``names``: one per layer, or for channel pruning one per coupled group
+    (named by its layers; a group whose layers were not all scanned, or that is kept whole, gets a reason)."""
+    gran = parse_granularity(granularity)
+    if not gran.structured:
+        fixed = gran.fixed_sparsity
+        return [_layer_item(by_name[n], granularity, fixed) for n in names]
+    scanned, items = set(names), []
+    for group in accountant.coupling.groups:
+        if scanned.intersection(group.layers):
+            items.append(_group_item(group, by_name, scanned))
+    alone = accountant.coupling.alone
+    items += [SliderItem(SLIDER + n, n, (n,), why=f"not pruned by channel: {alone[n]}") for n in names if n in alone]
+    return items
+
+
+def _layer_item(layer: Layer, granularity: str, fixed: float | None) -> SliderItem:
+    label = f"{layer.name} ({layer.kind}, {layer.params:,} weights)"
+    limit = slider_limit(layer, granularity)
+    if limit <= 0:
+        return SliderItem(SLIDER + layer.name, layer.name, (layer.name,), why=f"cannot take {granularity} pruning")
+    return SliderItem(SLIDER + layer.name, label, (layer.name,), limit, options=(0.0, fixed) if fixed else ())
+
+
+def _group_item(group: CoupledGroup, by_name: dict[str, Layer], scanned: set[str]) -> SliderItem:
+    members = tuple(group.layers)
+    weights = sum(by_name[n].params for n in members)
+    coupled = f"{len(members)} layers coupled, " if len(members) > 1 else ""
+    label = f"{group.label} ({coupled}{group.size}, {weights:,} weights)"
+    if group.kept or not group.prunable:
+        return SliderItem(SLIDER + group.key, group.label, members, why=f"kept whole: {group.kept or 'one channel'}")
+    missing = [n for n in members if n not in scanned]
+    if missing:
+        return SliderItem(SLIDER + group.key, group.label, members,
+                          why=f"coupled with {missing[0]}, which the scan did not measure")
+    units = group.per_block
+    limit = min(0.99, (units - 1) / units)
+    step = 1 / units if units <= FINE_GRID else 0.001
+    return SliderItem(SLIDER + group.key, label, members, limit if units <= FINE_GRID else int(limit * 1000) / 1000,
+                      step)
+
+
+def snapped(value: float, item: SliderItem) -> float:
+    """``value`` on the slider's grid and within its range (where a group's slider starts: the smallest value of
+    its members, as a schedule is resolved)."""
+    value = min(max(value, 0.0), item.limit)
+    if item.options:
+        return min(item.options, key=lambda o: abs(o - value))
+    return round(round(value / item.step) * item.step, 6)
+
+
+def resolved_values(values: dict[str, float], profile: SensitivityProfile,
+                    accountant: Accountant) -> tuple[dict[str, float], list[str]]:
+    """Slider values as the model takes them (a channel schedule resolved to its coupled groups) and how."""
+    effective, notes = resolve_schedule(to_schedule(values, profile), accountant)
+    return dict(effective.sparsities), notes
 
 
 def groups(names: list[str]) -> dict[str, list[str]]:
@@ -238,7 +337,8 @@ def compare_table(chosen: dict[str, Schedule], profile: SensitivityProfile, name
                      "criterion": sch.criterion, "granularity": sch.granularity,
                      "layers pruned": len(sch.sparsities), "global_sparsity": t.get("global_sparsity"),
                      "params_kept": t.get("params_kept"), "flops_kept": t.get("flops_kept"),
-                     "predicted": predictor.predict(sch) if same else sch.meta.get("predicted", {}).get(metric),
+                     "predicted": predictor.predict(resolve_schedule(sch, accountant)[0]) if same
+                     else sch.meta.get("predicted", {}).get(metric),
                      "measured": result[compared_stage(result, predictor.stage)].get(metric) if result else None})
     numbers = ["global_sparsity", "params_kept", "flops_kept", "predicted", "measured"]
     return pd.DataFrame(rows).astype({c: float for c in numbers})  # NaN, not None, where a figure is missing

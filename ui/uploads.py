@@ -14,16 +14,26 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from analysis.store.runs import home
-from analysis.workload.uploads import CODE_UPLOADS_ENV, PROGRAM_KINDS, UploadError, check, safe_extract
+from analysis.workload.uploads import (
+    CODE_UPLOADS_ENV,
+    DEFAULT_MAX_BYTES,
+    PROGRAM_KINDS,
+    UploadError,
+    check,
+    extract_hf,
+    safe_extract,
+    text_suffix,
+)
 from ui import upload_names
 
 WHAT = {"onnx": "an ONNX model", "torchscript": "a TorchScript model", "export": "a torch.export program",
         "torch-save": "a torch.save archive (a state dict, or a pickled model)",
         "safetensors": "a safetensors state dict",
-        "npz": "a NumPy .npz file", "images-zip": "a zip of images"}
+        "npz": "a NumPy .npz file", "images-zip": "a zip of images", "hf-zip": "a zip of a Hugging Face model folder"}
 
 
 def code_uploads_allowed() -> bool:
@@ -36,6 +46,7 @@ MODEL_FILE = {"onnx"}
 WEIGHTS_FILE = {"torch-save", "safetensors"}
 TENSOR_FILE = {"torch-save", "npz"}
 IMAGES_FILE = {"images-zip"}
+HF_FILE = {"hf-zip"}
 ADVICE = {
     "model": "a state dict goes with a torchvision architecture (upload it there as its weights); a whole model "
              "must be exported to ONNX. Uploads are never unpickled: a pickled nn.Module loads only from the CLI "
@@ -48,6 +59,8 @@ ADVICE = {
     "tensors": "upload a .pt (torch.save of a tensor or of a dict with x and y) or a .npz with x and y; a zip of "
                "images goes under 'Upload images'",
     "images": "upload a zip of an image folder: one sub-folder per class",
+    "hf": "upload a zip of the folder save_pretrained wrote: config.json, the weights (safetensors) and the "
+          "tokenizer files",
 }
 
 
@@ -84,12 +97,40 @@ def save_upload(name: str, content: bytes, role: str) -> Path:
 def save_image_zip(name: str, content: bytes) -> Path:
     """Check a zip of an image folder, unpack it safely and return the folder that holds the class folders."""
     _checked(name, content, "data", IMAGES_FILE, "images")
+    return _unzipped(name, content, "images", safe_extract)
+
+
+def _unzipped(name: str, content: bytes, into: str, extract: Callable[[Path, Path], Path]) -> Path:
+    """Write a checked zip (uploaded as ``name``) to its upload folder, ``extract`` it into ``into`` there, delete the zip; what
+    ``extract`` returns."""
     folder = _folder(content)
     folder.mkdir(parents=True, exist_ok=True)
     archive = folder / "upload.zip"
     archive.write_bytes(content)
     upload_names.remember(folder, name)
     try:
-        return safe_extract(archive, folder / "images")
+        return extract(archive, folder / into)
     finally:
         archive.unlink(missing_ok=True)
+
+
+def save_hf_zip(name: str, content: bytes) -> Path:
+    """Check a zip of a Hugging Face model folder, extract its configuration, weight and tokenizer files (never
+    its code) and return the folder that holds ``config.json``: ``hf:`` names it."""
+    _checked(name, content, "model", HF_FILE, "hf")
+    return _unzipped(name, content, "hf", extract_hf)
+
+
+def save_text(name: str, content: bytes) -> Path:
+    """Check uploaded text (UTF-8, within the size limit) and keep it under the suffix its content deserves
+    (``.jsonl``, ``.csv`` or ``.txt``)."""
+    if len(content) > DEFAULT_MAX_BYTES:
+        raise UploadError(f"{name} is larger than the upload limit of {DEFAULT_MAX_BYTES >> 20} MiB "
+                          "(PRUNESCOPE_MAX_UPLOAD_MB)")
+    suffix = text_suffix(content, name)
+    folder = _folder(content)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"upload{suffix}"
+    if not path.is_file():
+        path.write_bytes(content)
+    return path

@@ -21,7 +21,7 @@ from analysis.workload.usercode import model_failure
 COMMANDS = {  # name: one-line help (each command's own module repeats it as HELP; a test keeps them equal)
     "scan": "measure every layer alone at every sparsity (a sensitivity profile)",
     "diagnose": "why a layer is fragile: activation shift, dead neurons, BatchNorm recalibration",
-    "compare": "scans with different criteria side by side, cell by cell",
+    "compare": "scans with different criteria side by side, or a sequential (adaptive) scan next to a full grid",
     "schedule": "allocate per-layer sparsities from a scan to reach a global target",
     "evaluate": "apply a whole schedule and measure it (prints one JSON object)",
     "calibrate": "measure real schedules of a scan and fit how its drops combine",

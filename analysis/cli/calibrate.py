@@ -6,7 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from analysis.cli.common import add_data_args, add_run_args, add_trust_arg, load_more_data, load_workload_from, note
+from analysis.cli.common import (
+    add_data_args,
+    add_run_args,
+    add_text_args,
+    add_trust_arg,
+    load_more_data,
+    load_workload_from,
+    note,
+)
 from analysis.cli.errors import UsageError
 from analysis.cli.folders import save_calibration
 from analysis.core.batchnorm import has_batchnorm
@@ -20,7 +28,8 @@ from analysis.schedule.calibrate import (
     parse_methods,
     parse_targets,
 )
-from analysis.workload.workload import Workload
+from analysis.schedule.predict import calibration_verdict
+from analysis.workload.workload import Workload, seq_len_of
 
 HELP = "measure real schedules of a scan and fit how its drops combine"
 
@@ -37,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--model", default=None, metavar="M", help="the scanned model, as for scan")
     g.add_argument("--data", default=None, metavar="D", help="the eval data the scan measured")
     add_data_args(g)
+    add_text_args(g)
     add_trust_arg(g)
     g = p.add_argument_group("calibration")
     targets = ",".join(f"{t:g}" for t in DEFAULT_TARGETS)
@@ -88,7 +98,8 @@ def _scanned_workload(args: argparse.Namespace, profile: SensitivityProfile) -> 
         missing = "model" if not model else "data"
         raise UsageError(f"{args.scan}/scan.json does not name its {missing}; pass --{missing}")
     count = args.count if args.count is not None else (meta.get("samples") if data == meta.get("data") else None)
-    return load_workload_from(args, model, data, count)
+    return load_workload_from(args, model, data, count,
+                              seq_len_of(meta.get("input_shape") or [], meta.get("input_dtype", "float32")))
 
 
 def _say_stage(args: argparse.Namespace, profile: SensitivityProfile, workload: Workload) -> None:
@@ -115,6 +126,7 @@ def _print(args: argparse.Namespace, workload: Workload, result: Calibration, pa
     print(f"mean absolute error: additive {mae['additive']:.4f}, multiplicative {mae['multiplicative']:.4f}, "
           f"calibrated {mae['calibrated']:.4f} (leave-one-out; {mae['calibrated_fitted']:.4f} fitted on all)")
     edge = " (at the edge of the range searched)" if not 0.06 < predictor.power < 8.0 else ""
+    used, reason = calibration_verdict(info)
     print(f"calibrated power {predictor.power:.3f}{edge} from {len(result.table)} schedules; `prunescope schedule "
-          f"--scan {args.scan}` now predicts with it")
+          f"--scan {args.scan}` now predicts with {'it' if used else 'the additive model'}: {reason}")
     print(f"wrote {paths[0]} and {paths[1]}")

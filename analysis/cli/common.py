@@ -13,10 +13,11 @@ from pathlib import Path
 from analysis.cli.errors import UsageError
 from analysis.core.criteria import CRITERIA
 from analysis.core.granularity import check_sparsity
+from analysis.core.metric_table import CLASSIFICATION
 from analysis.store import artifacts
 from analysis.store.runs import RunStore
-from analysis.workload.data import NORMALIZATIONS, load_data
-from analysis.workload.workload import Workload, image_channels, load_workload
+from analysis.workload.data import NORMALIZATIONS
+from analysis.workload.workload import Workload, image_channels, load_eval_data, load_workload, seq_len_of
 
 # ------------------------------------------------------------------------------------------- argument types
 
@@ -55,13 +56,15 @@ def max_sparsity(text: str) -> tuple[float | None, dict[str, float]]:
 def add_workload_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     g = p.add_argument_group("model and data")
     g.add_argument("--model", required=True, metavar="M",
-                   help="sample:NAME, torchvision:ARCH[=weights.pth], an ONNX .onnx file, or (programs, with "
-                        "--trust-code) model.py:factory[=weights], a TorchScript .pt/.ts file or a torch.export "
-                        ".pt2 file")
+                   help="sample:NAME, torchvision:ARCH[=weights.pth], hf:FOLDER (a local Hugging Face model), an "
+                        "ONNX .onnx file, or (programs, with --trust-code) model.py:factory[=weights], a TorchScript "
+                        ".pt/.ts file or a torch.export .pt2 file")
     g.add_argument("--data", required=data_required, default=None, metavar="D",
                    help="sample:digits, a tensor file (.pt/.npz with x and optional y), an image folder or a .zip "
-                        "of one, or random:CxHxW (label-free)")
+                        "of one, random:CxHxW (label-free), or for hf: models text (.txt, .jsonl/.csv with a text "
+                        "column) or token ids")
     add_data_args(g)
+    add_text_args(g)
     add_trust_arg(g)
 
 
@@ -72,6 +75,19 @@ def add_data_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--input-size", type=int, default=224, metavar="PX", help="image folders: resize and crop to PX")
     g.add_argument("--normalize", choices=NORMALIZATIONS, default="imagenet",
                    help="image folders: normalisation after scaling to [0, 1] (default imagenet)")
+
+
+TASK_CHOICES = ("causal-lm", "encoder", "masked-lm", "classification")  # hf.TASKS and the alias masked-lm
+
+
+def add_text_args(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--seq-len", type=int, default=None, metavar="T",
+                   help="hf: models: tokens per sequence; a .txt file for a causal LM is cut into windows of T "
+                        "tokens, lines and rows are truncated to T (default 128, or the model's positions if fewer; "
+                        "commands that read a scan: the scan's)")
+    g.add_argument("--task", choices=TASK_CHOICES, default=None,
+                   help="hf: models: what to measure, instead of the task the config's architecture names: "
+                        "causal-lm (perplexity), encoder or masked-lm (sentence-embedding cosine), classification")
 
 
 def add_trust_arg(g: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
@@ -120,18 +136,22 @@ def add_store_arg(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def load_workload_from(args: argparse.Namespace, model: str | None = None, data: str | None = None,
-                       count: int | None = None) -> Workload:
-    """The workload the command's ``--model``/``--data`` (or the given specs) name."""
+                       count: int | None = None, seq_len: int | None = None) -> Workload:
+    """The workload the command's ``--model``/``--data`` (or the given specs) name; ``seq_len`` is the one of the
+    scan the command reads when ``--seq-len`` is not given."""
     return load_workload(model or args.model, data or args.data, count=args.count if count is None else count,
-                         input_size=args.input_size, normalize=args.normalize, trust_code=args.trust_code)
+                         input_size=args.input_size, normalize=args.normalize, trust_code=args.trust_code,
+                         seq_len=getattr(args, "seq_len", None) or seq_len, task=getattr(args, "task", None))
 
 
 def load_more_data(args: argparse.Namespace, spec: str, workload: Workload, option: str):  # noqa: ANN201 - EvalData
     """More inputs for ``workload`` (calibration or training data), read as its eval set was read (an image folder
     at the same size and channels); inputs of another shape are a ``UsageError`` naming ``option``."""
-    data = load_data(spec, input_size=args.input_size, normalize=args.normalize,
-                     channels=image_channels(workload.input_shape))
-    if tuple(data.x.shape[1:]) != tuple(workload.input_shape):
+    data = load_eval_data(workload.model, workload.model_spec, spec, input_size=args.input_size,
+                          normalize=args.normalize, channels=image_channels(workload.input_shape),
+                          seq_len=seq_len_of(workload.input_shape, workload.input_dtype))
+    if tuple(data.x.shape[1:]) != tuple(workload.input_shape) and workload.task == CLASSIFICATION \
+            and workload.input_dtype != "int64":
         hint = f" (an image folder is resized to --input-size: give --input-size {workload.input_shape[-1]})" \
             if Path(spec).is_dir() or spec.endswith(".zip") else ""
         raise UsageError(f"{option} {spec} has inputs of shape {list(data.x.shape[1:])}, the eval data "

@@ -20,9 +20,8 @@ from analysis.schedule.predict import Predictor
 from analysis.schedule.schedule import Schedule, ScheduleError
 from analysis.store import artifacts
 from analysis.store.runs import RunStore
-from analysis.workload.data import load_data
 from analysis.workload.models import load_model
-from analysis.workload.workload import image_channels
+from analysis.workload.workload import image_channels, load_eval_data, seq_len_of
 
 CALIBRATION_JSON = "calibration.json"
 CALIBRATION_CSV = "calibration.csv"
@@ -69,7 +68,8 @@ def current_calibration(scan_dir: str | Path) -> dict | None:
 
 
 def predictor_from_scan(scan_dir: str | Path, metric: str | None = None) -> Predictor:
-    """The predictor of a scan folder: calibrated if ``calibration.json`` holds for it, else additive."""
+    """The predictor of a scan folder: calibrated if ``calibration.json`` holds for it and its leave-one-out error
+    beats additive's, else additive (``Predictor.reason`` says which and why)."""
     try:
         return Predictor.from_profile(SensitivityProfile.load(scan_dir), current_calibration(scan_dir), metric)
     except ValueError as exc:
@@ -88,12 +88,15 @@ def scan_model(scan_dir: str | Path, profile: SensitivityProfile, model_spec: st
     return load_model(spec, trust_code=trust_code)
 
 
-def scan_data(profile: SensitivityProfile):  # noqa: ANN201 - EvalData
-    """The scanned eval data, read again as the scan read it (an image folder at the scan's size and channels)."""
-    shape = profile.meta.get("input_shape") or []
+def scan_data(profile: SensitivityProfile, model: nn.Module):  # noqa: ANN201 - EvalData
+    """The scanned eval data, read again for ``model`` as the scan read it (an image folder at the scan's size and
+    channels, text in sequences of the scan's length)."""
+    meta = profile.meta
+    shape = meta.get("input_shape") or []
     channels = image_channels(shape)
-    return load_data(profile.meta["data"], count=profile.meta.get("samples"),
-                     input_size=shape[1] if channels else 224, channels=channels)
+    return load_eval_data(model, meta.get("model", ""), meta["data"], count=meta.get("samples"),
+                          input_size=shape[1] if channels else 224, channels=channels,
+                          seq_len=seq_len_of(shape, meta.get("input_dtype", "float32")))
 
 
 def scan_setting(scan_dir: str | Path, methods: tuple[str, ...] = ("sensitivity",), model_spec: str | None = None,
@@ -103,7 +106,7 @@ def scan_setting(scan_dir: str | Path, methods: tuple[str, ...] = ("sensitivity"
     if not needs_model(profile, methods):
         return schedule_setting(profile)
     model = model if model is not None else scan_model(scan_dir, profile, model_spec, trust_code)
-    return schedule_setting(profile, model, scan_data(profile) if needs_data(profile) else None)
+    return schedule_setting(profile, model, scan_data(profile, model) if needs_data(profile, methods) else None)
 
 
 def folder_run(store: RunStore, scan: str | Path) -> int | None:

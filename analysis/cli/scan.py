@@ -21,10 +21,19 @@ from analysis.cli.errors import UsageError
 from analysis.core.batchnorm import has_batchnorm
 from analysis.core.metric_table import METRICS
 from analysis.core.profile import SensitivityProfile, tolerance_table
-from analysis.sensitivity.adaptive import bisect_table, measured_cells, mode_of
+from analysis.sensitivity.adaptive import bisect_table, measured_cells, mode_of, sample_evaluations
 from analysis.sensitivity.backends import Backend, validated_config
 from analysis.sensitivity.cluster import describe
-from analysis.sensitivity.config import DEFAULT_SPARSITIES, ENGINE_NAMES, MODES, PARAMETERS, PRECISIONS, ScanConfig
+from analysis.sensitivity.config import (
+    DEFAULT_SPARSITIES,
+    ENGINE_NAMES,
+    MODES,
+    PARAMETERS,
+    PRECISIONS,
+    SEARCH_MODES,
+    SEQUENTIAL_MODES,
+    ScanConfig,
+)
 from analysis.sensitivity.driver import Progress, run_scan
 from analysis.store.runs import RunStore, ScanRun
 from analysis.store.scanning import scan_into_store
@@ -32,7 +41,7 @@ from analysis.workload.workload import Workload
 
 HELP = "measure every layer alone at every sparsity (a sensitivity profile)"
 ADAPTIVE_FLAGS = {"collapse_at": "--collapse-at", "tolerance": "--tolerance", "resolution": "--resolution",
-                  "adaptive_metric": "--metric", "points_per_call": "--points-per-call"}
+                  "adaptive_metric": "--metric", "points_per_call": "--points-per-call", "shard_size": "--shard-size"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -45,6 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--sparsities", type=sparsity_list, default=DEFAULT_SPARSITIES, metavar="S,S,...",
                    help="fractions to remove, each in [0, 1) (default 0.1,...,0.9; 0, the dense baseline, is added)")
     g.add_argument("--layers", type=name_list, default=None, metavar="NAME,...", help="only these layers (default all)")
+    g.add_argument("--include-embeddings", action="store_true",
+                   help="also scan embedding tables and a language model's output head onto the vocabulary (listed "
+                        "but left out by default)")
     g.add_argument("--engine", choices=ENGINE_NAMES, default="fast",
                    help="scan engine: fast (default; reuses the dense prefix, same numbers) or naive (the reference)")
     g.add_argument("--precision", choices=PRECISIONS, default="exact",
@@ -58,7 +70,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--bn-batches", type=int, default=8, metavar="N",
                    help="batches of the eval inputs that --bn-recalibrate uses (default 8)")
     g.add_argument("--max-drop", type=float, default=0.01, metavar="D",
-                   help="for the printed summary: the largest sparsity per layer within this drop (default 0.01)")
+                   help="for the printed summary: the largest sparsity per layer within this drop (default 0.01; "
+                        "sequential scans use their --tolerance)")
+    g.add_argument("--confidence", type=float, default=ScanConfig().confidence, metavar="C",
+                   help="level of every cell's interval in sensitivity.csv (*_lo, *_hi) and of the summary's bounds, "
+                        "in (0, 1) (default 0.95); sequential scans decide at this level. The intervals cover the "
+                        "eval set's sampling error only")
     g.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for sensitivity.csv and scan.json")
     g.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     _add_adaptive_args(p)
@@ -78,21 +95,27 @@ def _add_adaptive_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adaptive", choices=MODES, default="off",
                    help="off (default: every layer at every sparsity); collapse (stop a layer once its metric has "
                         "collapsed, fill the rest and flag it measured=False); bisect (search each layer's largest "
-                        "sparsity within --tolerance to --resolution, and write DIR/tolerance.csv)")
+                        "sparsity within --tolerance to --resolution, and write DIR/tolerance.csv); sequential "
+                        "(every cell, sampled --shard-size samples at a time in a fixed seeded order until its drop "
+                        "is settled within or beyond --tolerance at --confidence; settled cells stop sampling and are "
+                        "flagged settled_early); sequential-bisect (bisection whose cells are sampled that way)")
     g.add_argument("--collapse-at", type=float, default=None, metavar="F",
                    help=f"collapse: a layer has collapsed once its metric has fallen this fraction of the way from "
                         f"dense to chance (1/classes), in (0, 1] (default {defaults.collapse_at:g})")
     g.add_argument("--tolerance", type=float, default=None, metavar="D",
-                   help=f"bisect: the largest drop of the metric a layer may cost (default {defaults.tolerance:g} "
-                        "= 1 point of accuracy or agreement)")
+                   help=f"bisect and sequential modes: the largest drop of the metric a layer may cost (default "
+                        f"{defaults.tolerance:g} = 1 point of accuracy or agreement)")
     g.add_argument("--resolution", type=float, default=None, metavar="R",
-                   help=f"bisect: step of the sparsity grid searched, in (0, 0.5] (default {defaults.resolution:g})")
+                   help=f"bisect, sequential-bisect: step of the sparsity grid searched, in (0, 0.5] (default "
+                        f"{defaults.resolution:g})")
     g.add_argument("--metric", choices=METRICS, default=None,
-                   help="collapse and bisect: the metric that decides (default accuracy with labels, else "
-                        "agreement; collapse takes accuracy or agreement)")
+                   help="adaptive modes: the metric that decides (default accuracy with labels, else agreement; "
+                        "collapse takes accuracy or agreement, sequential modes accuracy, agreement, loss or kl)")
     g.add_argument("--points-per-call", type=int, default=None, metavar="K",
-                   help=f"collapse and bisect: sparsities measured per engine call (default "
+                   help=f"collapse and the bisections: sparsities measured per engine call (default "
                         f"{defaults.points_per_call})")
+    g.add_argument("--shard-size", type=int, default=None, metavar="N",
+                   help=f"sequential modes: samples between two looks (default {defaults.shard_size})")
 
 
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
@@ -112,9 +135,11 @@ def _adaptive_settings(args: argparse.Namespace) -> dict:
     for field, value in given.items():
         if value is not None and field not in used:
             modes = [m for m, fields in PARAMETERS.items() if field in fields]
-            raise UsageError(f"{ADAPTIVE_FLAGS[field]} applies to --adaptive {' or '.join(modes)} only")
-    if args.adaptive == "bisect" and args.sparsities is not DEFAULT_SPARSITIES:
-        raise UsageError("--sparsities does not apply to --adaptive bisect: it searches the grid of --resolution")
+            named = modes[0] if len(modes) == 1 else f"{', '.join(modes[:-1])} or {modes[-1]}"
+            raise UsageError(f"{ADAPTIVE_FLAGS[field]} applies to --adaptive {named} only")
+    if args.adaptive in SEARCH_MODES and args.sparsities is not DEFAULT_SPARSITIES:
+        raise UsageError(f"--sparsities does not apply to --adaptive {args.adaptive}: it searches the grid of "
+                         "--resolution")
     return {"adaptive": args.adaptive, **{k: v for k, v in given.items() if v is not None}}
 
 
@@ -125,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
                         layers=args.layers, batch_size=args.batch_size, device=args.device, engine=args.engine,
                         seed=args.seed, calib_samples=args.calib_samples, precision=args.precision,
                         chunk_size=args.chunk_size, bn_recalibrate=args.bn_recalibrate, bn_batches=args.bn_batches,
+                        confidence=args.confidence, include_embeddings=args.include_embeddings,
                         **_adaptive_settings(args))
     config = validated_config(config, backend)
     if config.bn_recalibrate and not has_batchnorm(workload.model):
@@ -174,24 +200,34 @@ def _print_summary(args: argparse.Namespace, workload: Workload, config: ScanCon
         print(describe(profile.meta["backend"]))
     for name, reason in profile.meta["skipped_layers"].items():
         print(f"skipped {name}: {reason}")
-    if tolerance is not None:
+    if tolerance is not None and mode_of(profile) in SEARCH_MODES:
         print(f"bisection: per layer, the largest sparsity whose {tolerance.attrs['metric']} drop stays within "
               f"{tolerance.attrs['tolerance']:g} (grid step {tolerance.attrs['resolution']:g})")
-        print(tolerance.to_string(index=False))
-    else:
-        print(tolerance_table(profile, max_drop=args.max_drop).to_string(index=False))
+    ranked = tolerance if tolerance is not None else tolerance_table(profile, max_drop=args.max_drop)
+    print(f"max_sparsity_lo/_hi: the answer's bounds at {profile.confidence:.0%} confidence (the eval set's "
+          "sampling error only)")
+    print(ranked.to_string(index=False))
     if config.adaptive == "collapse":
         cells = measured_cells(profile)
         print(f"collapse: measured {cells['measured']} of {cells['cells']} cells; {cells['filled']} filled after "
               "a collapse (measured=False in sensitivity.csv)")
+    if config.adaptive in SEQUENTIAL_MODES:
+        spent = sample_evaluations(profile)
+        print(f"{config.adaptive}: {spent['settled_early']} of {spent['cells']} cells settled early "
+              f"(settled_early in sensitivity.csv); {spent['sample_evaluations']:,} sample-evaluations, the full "
+              f"grid's {spent['full_grid']:,} ({spent['saved']:.0%} saved)")
     extra = f" and {args.out / 'tolerance.csv'}" if tolerance is not None else ""
     print(f"wrote {args.out / 'sensitivity.csv'} and {args.out / 'scan.json'}{extra}")
 
 
 def _save_adaptive(profile: SensitivityProfile, out: Path):  # noqa: ANN202 - DataFrame | None
-    """A bisection scan's tolerance table, written to ``out/tolerance.csv`` (``None`` for other scans)."""
-    if mode_of(profile) != "bisect" or profile.table.empty:
+    """The tolerance table of a bisection or sequential scan (at its tolerance), written to ``out/tolerance.csv``
+    (``None`` for other scans)."""
+    mode = mode_of(profile)
+    if mode not in (*SEARCH_MODES, *SEQUENTIAL_MODES) or profile.table.empty:
         return None
-    table = bisect_table(profile)
+    info = profile.meta["adaptive"]
+    table = bisect_table(profile) if mode in SEARCH_MODES else \
+        tolerance_table(profile, float(info["tolerance"]), info["adaptive_metric"])
     table.to_csv(out / "tolerance.csv", index=False)
     return table

@@ -17,7 +17,7 @@ from analysis.cli.common import (
 from analysis.cli.errors import UsageError
 from analysis.cli.folders import folder_run, predictor_from_scan, scan_setting
 from analysis.core.metric_table import METRICS, metric_info
-from analysis.schedule.allocate import METHODS, Bounds, parse_target, schedule_for
+from analysis.schedule.allocate import METHODS, Bounds, Owl, parse_target, schedule_for
 from analysis.schedule.schedule import Schedule
 from analysis.store import artifacts
 from analysis.store.runs import RunStore
@@ -34,6 +34,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--scan", required=True, type=Path, metavar="DIR", help="a scan folder (sensitivity.csv, scan.json)")
     add_target_args(p)
     p.add_argument("--method", choices=METHODS, default="sensitivity", help="allocation method (default sensitivity)")
+    defaults = Owl()
+    p.add_argument("--owl-lambda", type=float, default=defaults.lam, metavar="L",
+                   help=f"owl: the blocks' sparsities spread over 2L around the target (default {defaults.lam:g})")
+    p.add_argument("--owl-m", type=float, default=defaults.m, metavar="M",
+                   help=f"owl: a Wanda score above M times its block's mean is an outlier (default {defaults.m:g})")
     p.add_argument("--metric", choices=METRICS, default=None,
                    help="sensitivity method: the metric whose predicted drop is minimised (default accuracy, or "
                         "agreement without labels)")
@@ -41,7 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="upper bound for every layer (0.9), for named layers (fc=0.5) or both (0.9,fc=0.5)")
     p.add_argument("--keep-dense", type=name_list, default=(), metavar="NAME,...", help="layers never pruned")
     p.add_argument("--model", default=None, metavar="M",
-                   help="the scanned model, where scan.json's model spec no longer loads (global, lamp, channel)")
+                   help="the scanned model, where scan.json's model spec no longer loads (global, lamp, owl, "
+                        "channel)")
     add_trust_arg(p)
     p.add_argument("--out", required=True, type=Path, metavar="FILE", help="schedule file (.json, or .yaml/.yml)")
     p.add_argument("--name", default=None, metavar="NAME",
@@ -60,18 +66,20 @@ def run(args: argparse.Namespace) -> int:
     setting = scan_setting(args.scan, (args.method,), args.model, args.trust_code)
     total = setting.accountant.flops if kind == "flops" else setting.accountant.weights
     schedule = schedule_for(setting, args.method, parse_target(kind, value, total),
-                            Bounds(default, per_layer, tuple(args.keep_dense)), args.metric)
+                            Bounds(default, per_layer, tuple(args.keep_dense)), args.metric,
+                            Owl(args.owl_lambda, args.owl_m))
     schedule.meta.update({"scan": str(args.scan), **({"model": args.model} if args.model else {})})
     bounded = args.metric if args.metric and metric_info(args.metric).bounded else None
     predictor = predictor_from_scan(args.scan, bounded)
-    predicted = predictor.recorded(schedule)
-    if predicted is None:
+    warning = None
+    if predictor.unmeasured(schedule):
         prediction = f"no prediction: the scan did not measure {', '.join(predictor.unmeasured(schedule))}"
     else:
-        schedule.meta["predicted"] = predicted
-        power = f", power {predictor.power:.2f}" if predictor.model == "calibrated" else ""
-        prediction = (f"predicted {predictor.metric} {predicted[predictor.metric]:.4f} ({predictor.model}{power}, "
-                      f"{predictor.stage})")
+        found = predictor.prediction(schedule)
+        schedule.meta["predicted"] = found.recorded()
+        prediction = (f"predicted {found.metric} {found.value:.4f} ({found.band_text()}; {found.stage}); "
+                      f"prediction model {found.reason}")
+        warning = found.warning()
     schedule.save(args.out)
     if not args.quiet:
         totals = schedule.meta["totals"]
@@ -79,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:40s} {s:.4f}")
         print(f"{args.method}: global sparsity {totals['global_sparsity']:.4f}, params kept "
               f"{totals['params_kept']:.4f}, FLOPs kept {totals['flops_kept']:.4f}; {prediction}")
+        if warning:
+            print(f"warning: {warning}")
         print(f"wrote {args.out}")
     if not args.no_store:
         store_artifact(artifacts.SCHEDULE, lambda store: _stored(store, schedule, stored_name, args.scan), args.quiet)

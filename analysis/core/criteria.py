@@ -13,7 +13,10 @@ per-channel scores.
   data without labels the loss is the cross-entropy to the dense model's own top-1 (the KL to the dense
   outputs has a zero gradient at the dense model).
 - ``activation``: |w| * ||x_j||, the weight times the L2 norm of the input feature it reads (Wanda, Sun et
-  al. 2023), with the norms measured on calibration batches.
+  al. 2023), with the norms measured on calibration batches (real tokens only: padding never counts).
+  Unstructured masks compare the weights within each output row, as Wanda does (``per_row``).
+
+Scores come in the layer's (out, in, ...) order, whatever the weight's storage (``Layer.transposed``).
 
 ``taylor`` and ``activation`` need calibration statistics (``collect_stats``): gradients or input norms of the
 first ``samples`` eval samples, the one place those are computed.
@@ -26,13 +29,13 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from analysis.core.data import EvalData
+from analysis.core.data import EvalData, real_rows, token_mask
 from analysis.core.dispatch import EagerDispatchMode, storage_key
 from analysis.core.layers import Layer
-from analysis.core.metrics import class_scores
+from analysis.core.metric_table import CLASSIFICATION
+from analysis.core.metrics import class_scores, task_loss
 from analysis.core.ops import CONV_OPS, WEIGHT_OPS, input_operand, op_name, weight_operand
 
 
@@ -52,6 +55,7 @@ class Criterion:
     name: ClassVar[str]
     needs: ClassVar[str | None] = None
     summary: ClassVar[str]
+    per_row: ClassVar[bool] = False  # unstructured masks compare weights within each output row
 
     def scores(self, layer: Layer, weight: torch.Tensor, stats: CalibrationStats | None, seed: int) -> torch.Tensor:
         """Element-wise importance of ``weight`` (float32, on the CPU), in its shape."""
@@ -111,12 +115,13 @@ class Taylor(Criterion):
     name, needs, summary = "taylor", "gradients", "|w * dL/dw| on calibration batches (first-order Taylor)"
 
     def scores(self, layer: Layer, weight: torch.Tensor, stats: CalibrationStats | None, seed: int) -> torch.Tensor:
-        return _stats(self, stats).taylor[layer.param_name]
+        return layer.stored(_stats(self, stats).taylor[layer.param_name])
 
 
 @register
 class Activation(Criterion):
     name, needs, summary = "activation", "activations", "|w| x ||input feature|| on calibration batches (Wanda)"
+    per_row = True
 
     def scores(self, layer: Layer, weight: torch.Tensor, stats: CalibrationStats | None, seed: int) -> torch.Tensor:
         w = weight.detach().float().cpu()
@@ -154,8 +159,9 @@ def check_criterion(criterion: str) -> str:
 
 def importance(layer: Layer, weight: torch.Tensor, criterion: str, stats: CalibrationStats | None = None,
                seed: int = 0) -> torch.Tensor:
-    """Element-wise importance of ``weight`` (same shape, float32, on the CPU) under ``criterion``."""
-    return get_criterion(criterion).scores(layer, weight, stats, seed)
+    """Element-wise importance of ``weight`` (float32, on the CPU) under ``criterion``, in the layer's (out, in)
+    order (``weight`` as stored; transposed for a ``Conv1D``)."""
+    return get_criterion(criterion).scores(layer, weight.t() if layer.transposed else weight, stats, seed)
 
 
 def channel_scores(scores: torch.Tensor, criterion: str) -> torch.Tensor:
@@ -173,6 +179,7 @@ class _InputNormRecorder(EagerDispatchMode):
         super().__init__()
         self.watched = watched
         self.sq: dict[str, torch.Tensor] = {}
+        self.mask: torch.Tensor | None = None  # the batch's real tokens (token-id inputs); padding never counts
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         out = func(*args, **(kwargs or {}))
@@ -187,7 +194,7 @@ class _InputNormRecorder(EagerDispatchMode):
         if op in CONV_OPS:
             self._add(name, (x * x).sum(dim=[d for d in range(x.dim()) if d != 1]))
         else:
-            x = x.reshape(-1, x.shape[-1])
+            x = real_rows(x, self.mask).reshape(-1, x.shape[-1])
             self._add(name, (x * x).sum(dim=0))
         return out
 
@@ -201,20 +208,21 @@ def calibration_stats(model: nn.Module, layers: list[Layer], data: EvalData, cri
     ``data`` (with their labels, when it has them). Every caller (the scan, the schedule's channel ranking,
     measurement, export) passes the scan's ``calib_samples``, so they all rank weights by the same numbers."""
     head = data.head(samples)
-    return collect_stats(model, layers, head.x, head.y, criterion, batch_size, device)
+    return collect_stats(model, layers, head.x, head.y, criterion, batch_size, device, data.task)
 
 
 def collect_stats(model: nn.Module, layers: list[Layer], x: torch.Tensor, y: torch.Tensor | None, criterion: str,
-                  batch_size: int = 64, device: str | torch.device = "cpu") -> CalibrationStats:
+                  batch_size: int = 64, device: str | torch.device = "cpu",
+                  task: str = CLASSIFICATION) -> CalibrationStats:
     """Gradients (``taylor``), input norms (``activation``) or nothing, as ``criterion`` needs, for ``layers``
-    over the calibration inputs ``x`` (and labels ``y``)."""
+    over the calibration inputs ``x`` (and labels ``y``; ``task`` says what the outputs are)."""
     needs = get_criterion(criterion).needs
     stats = CalibrationStats(samples=len(x))
     params = {l.param_name: l.weight(model) for l in layers}
     if needs == "activations":
         stats.input_norms = _input_norms(model, params, x, batch_size, device)
     elif needs == "gradients":
-        stats.taylor = _taylor(model, params, x, y, batch_size, device)
+        stats.taylor = _taylor(model, params, x, y, batch_size, device, task)
     return stats
 
 
@@ -223,12 +231,14 @@ def _input_norms(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Ten
     recorder = _InputNormRecorder({storage_key(p): n for n, p in params.items()})
     with torch.inference_mode(), recorder:
         for start in range(0, len(x), batch_size):
-            model(x[start : start + batch_size].to(device))
+            xb = x[start : start + batch_size]
+            recorder.mask = token_mask(xb)
+            model(xb.to(device))
     return {n: sq.sqrt().float().cpu() for n, sq in recorder.sq.items()}
 
 
 def _taylor(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor | None,
-            batch_size: int, device: str | torch.device) -> dict[str, torch.Tensor]:
+            batch_size: int, device: str | torch.device, task: str = CLASSIFICATION) -> dict[str, torch.Tensor]:
     all_params = dict(model.named_parameters())
     restore = {n: p.requires_grad for n, p in all_params.items()}
     grads = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
@@ -241,8 +251,7 @@ def _taylor(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, 
                 logits = class_scores(model(xb))
                 # Without labels the dense model's own top-1 is the target: the KL to the dense outputs has a
                 # zero gradient at the dense model itself, so it cannot rank weights to first order.
-                target = y[start : start + batch_size].to(device) if y is not None else logits.detach().argmax(-1)
-                loss = F.cross_entropy(logits, target, reduction="sum")
+                loss = task_loss(logits, None if y is None else y[start : start + batch_size], task)
                 found = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
             for (n, p), g in zip(params.items(), found):
                 if g is not None:

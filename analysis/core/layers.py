@@ -1,10 +1,16 @@
 """Find the prunable layers of a model, with their shapes, parameter counts and FLOPs.
 
 A prunable layer is a weight that a convolution or a matrix multiplication reads: ``Conv1d/2d/3d``,
-``Linear``, and the projections inside ``nn.MultiheadAttention`` (``in_proj_weight``, ``out_proj``). Layers are
-found by watching one forward pass at the ATen level rather than by module type, so the same code finds
-them in a plain ``nn.Module``, a TorchScript module and an unlifted ``torch.export`` program. FLOPs come from
-``torch.utils.flop_counter``'s formulas, attributed to the weight each operation reads.
+``Linear``, the projections inside ``nn.MultiheadAttention`` (``in_proj_weight``, ``out_proj``) and in
+Hugging Face transformers (``nn.Linear``, and ``Conv1D``, whose weight is stored (in, out) and read as
+``x @ W``). Layers are found by watching one forward pass at the ATen level rather than by module type, so the
+same code finds them in a plain ``nn.Module``, a TorchScript module and an unlifted ``torch.export`` program.
+FLOPs come from ``torch.utils.flop_counter``'s formulas, attributed to the weight each operation reads.
+
+Embedding tables (read by ``aten.embedding``) and the output projection onto the vocabulary (a language
+model's head, tied to the embeddings or of their shape) are found too but left out unless asked for
+(``include_embeddings``): pruning them changes every token's representation at once, and they are listed
+with that reason beside the layers.
 """
 
 from __future__ import annotations
@@ -20,12 +26,24 @@ from torch.utils.flop_counter import flop_registry
 
 from analysis.core.dispatch import EagerDispatchMode, storage_key
 from analysis.core.modules import parameter
-from analysis.core.ops import CONV_OPS, WEIGHT_OPS, conv_groups, is_transposed_conv
+from analysis.core.ops import (
+    CONV_OPS,
+    EMBEDDING_OPS,
+    WEIGHT_OPS,
+    conv_groups,
+    is_transposed_conv,
+    stored_in_out,
+    weight_operand,
+)
 
 
 @dataclass
 class Layer:
-    """One prunable weight: where it lives, what it is, and what it costs on the workload's input."""
+    """One prunable weight: where it lives, what it is, and what it costs on the workload's input.
+
+    ``shape`` is the weight as the layer computes with it, output features first: (out, in, ...). A weight
+    stored the other way round, (in, out) (``transposed``: transformers' ``Conv1D``), has ``shape`` (out, in) all
+    the same; masks are made in that order and stored in the weight's own (``stored``)."""
 
     name: str
     param_name: str
@@ -36,6 +54,7 @@ class Layer:
     groups: int = 1
     order: int = 0
     extra: dict = field(default_factory=dict)
+    transposed: bool = False
 
     @property
     def out_channels(self) -> int:
@@ -45,15 +64,30 @@ class Layer:
     def from_meta(cls, d: dict) -> "Layer":
         """A layer as a scan records it (``scan.json``'s ``layers``, ``describe``)."""
         return cls(d["name"], d.get("param_name", d["name"] + ".weight"), d.get("type", ""), tuple(d["shape"]),
-                   int(d["params"]), int(d["flops"]), int(d.get("groups", 1)))
+                   int(d["params"]), int(d["flops"]), int(d.get("groups", 1)), transposed=bool(d.get("transposed")))
 
     def to_meta(self) -> dict:
-        return {"name": self.name, "param_name": self.param_name, "type": self.kind, "shape": list(self.shape),
+        meta = {"name": self.name, "param_name": self.param_name, "type": self.kind, "shape": list(self.shape),
                 "params": self.params, "flops": self.flops, "groups": self.groups}
+        return {**meta, "transposed": True} if self.transposed else meta
 
     def weight(self, model: nn.Module) -> torch.Tensor:
-        """The live weight tensor of this layer inside ``model``."""
+        """The live weight tensor of this layer inside ``model`` (as stored)."""
         return parameter(model, self.param_name)
+
+    def stored(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor in the layer's (out, in) order as the weight is stored (and back: the swap is its own inverse)."""
+        return t.t().contiguous() if self.transposed else t
+
+    def masks(self, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The keep-masks by parameter name that prune this layer with ``mask`` (given in the layer's (out, in)
+        order, returned in the weight's stored one)."""
+        return {self.param_name: self.stored(mask)}
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """The parameters pruning this layer changes (several for a coupled layer: heads, neurons)."""
+        return (self.param_name,)
 
 
 def _layer_name(param_name: str) -> str:
@@ -68,9 +102,10 @@ def _layer_name(param_name: str) -> str:
 class _WeightUseRecorder(EagerDispatchMode):
     """Records, for every conv/matmul operation, which watched weights it reads and how many FLOPs it does."""
 
-    def __init__(self, watched: dict[int, str]) -> None:
+    def __init__(self, watched: dict[int, str], params: dict[str, torch.Tensor]) -> None:
         super().__init__()
         self.watched = watched
+        self.params = params
         self.uses: dict[str, dict] = {}
         self.total_flops = 0
 
@@ -86,27 +121,33 @@ class _WeightUseRecorder(EagerDispatchMode):
                 flops = 0
         self.total_flops += flops
         op = str(packet)
-        if op not in WEIGHT_OPS:
+        if op not in WEIGHT_OPS and op not in EMBEDDING_OPS:
             return out
         for arg in args:
             if isinstance(arg, torch.Tensor) and arg.dim() >= 2:
                 name = self.watched.get(storage_key(arg))
                 if name is None:
                     continue
-                use = self.uses.setdefault(name, {"op": op, "flops": 0, "groups": 1, "transposed": False})
+                use = self.uses.setdefault(name, {"op": op, "flops": 0, "groups": 1, "transposed": False,
+                                                  "in_out": arg is weight_operand(op, args)
+                                                  and stored_in_out(op, arg, self.params[name]), "ops": set()})
                 use["flops"] += flops
+                use["ops"].add(op)
                 if op in CONV_OPS:
                     use["transposed"] = is_transposed_conv(op, args)
                     use["groups"] = conv_groups(op, args)
         return out
 
 
-def _kind(op: str, shape: tuple[int, ...], param_name: str) -> str:
+def _kind(use: dict, shape: tuple[int, ...], param_name: str) -> str:
+    op = use["op"]
+    if op in EMBEDDING_OPS:
+        return "Embedding" + (" (tied to the output head)" if use["ops"] & WEIGHT_OPS else "")
     if op in CONV_OPS:
         return f"Conv{len(shape) - 2}d"
     if param_name.endswith("in_proj_weight"):
         return "MultiheadAttention.in_proj"
-    return "Linear"
+    return "Conv1D" if use["in_out"] else "Linear"
 
 
 @contextmanager
@@ -144,41 +185,65 @@ def decomposed_attention() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(before)
 
 
-def find_layers(model: nn.Module, example: torch.Tensor, unsupported: dict[str, str] | None = None) -> list[Layer]:
+EMBEDDING_REASON = ("an embedding table: left out by default, as pruning it changes every token's "
+                    "representation (include_embeddings, --include-embeddings, scans it)")
+HEAD_REASON = ("the output head onto the vocabulary: left out by default with the embeddings "
+               "(include_embeddings, --include-embeddings, scans it)")
+
+
+def find_layers(model: nn.Module, example: torch.Tensor, unsupported: dict[str, str] | None = None,
+                include_embeddings: bool = False) -> list[Layer]:
     """Prunable layers of ``model`` in execution order, measured on one forward pass of ``example``.
 
     ``example`` should be a small batch (one sample is enough); FLOPs are reported per sample. A model that
     does not run through PyTorch's operators (``analysis.onnx_model.OnnxModel``) lists its own layers. Weights
-    found but not prunable (transposed convolutions) go to ``unsupported``, by layer name, with the reason.
+    found but not prunable (transposed convolutions), and embeddings and the vocabulary head unless
+    ``include_embeddings``, go to ``unsupported``, by layer name, with the reason.
     """
     if callable(getattr(model, "prunable_layers", None)):
         return model.prunable_layers(example)
     params = dict(model.named_parameters())
     watched = {storage_key(p): n for n, p in params.items() if p.dim() >= 2}
-    recorder = _WeightUseRecorder(watched)
+    recorder = _WeightUseRecorder(watched, params)
     with gradients_on(model), recorder:
         model(example)
     batch = max(1, example.shape[0])
-    layers = []
+    layers, skipped = [], {}
     for order, (param_name, use) in enumerate(recorder.uses.items()):
         if use["transposed"]:
-            if unsupported is not None:
-                unsupported[_layer_name(param_name)] = TRANSPOSED_REASON
+            skipped[_layer_name(param_name)] = TRANSPOSED_REASON
             continue
         p = params[param_name]
-        shape = tuple(p.shape)
-        layers.append(
-            Layer(
-                name=_layer_name(param_name),
-                param_name=param_name,
-                kind=_kind(use["op"], shape, param_name),
-                shape=shape,
-                params=p.numel(),
-                flops=use["flops"] // batch,
-                groups=use["groups"],
-                order=order,
-            )
-        )
+        shape = tuple(p.shape)[::-1] if use["in_out"] else tuple(p.shape)
+        layers.append(Layer(name=_layer_name(param_name), param_name=param_name, kind=_kind(use, shape, param_name),
+                            shape=shape, params=p.numel(), flops=use["flops"] // batch, groups=use["groups"],
+                            order=order, transposed=use["in_out"]))
+    if not include_embeddings:
+        left_out = embedding_layers(layers)
+        skipped.update(left_out)
+        layers = [l for l in layers if l.name not in left_out]
+    if unsupported is not None:
+        unsupported.update(skipped)
+    return layers
+
+
+def embedding_layers(layers: list[Layer]) -> dict[str, str]:
+    """The embedding tables among ``layers`` and the output head onto the vocabulary (a matmul weight of an
+    embedding's shape: a language model's untied head), by name with the reason they are left out by default."""
+    tables = {l.shape for l in layers if l.kind.startswith("Embedding")}
+    return {l.name: EMBEDDING_REASON if l.kind.startswith("Embedding") else HEAD_REASON
+            for l in layers if l.kind.startswith("Embedding") or (l.kind in ("Linear", "Conv1D") and l.shape in tables)}
+
+
+def layers_for(model: nn.Module, example: torch.Tensor, names: "list[str] | set[str] | dict") -> list[Layer]:
+    """The layers a schedule over ``names`` counts: those found by default, plus the embeddings or vocabulary
+    head it names (a schedule made from a scan that included them)."""
+    left_out: dict[str, str] = {}
+    layers = find_layers(model, example, left_out)
+    if any(left_out.get(n) in (EMBEDDING_REASON, HEAD_REASON) for n in names):
+        named = set(names)
+        layers = [l for l in find_layers(model, example, include_embeddings=True)
+                  if l.name in named or left_out.get(l.name) not in (EMBEDDING_REASON, HEAD_REASON)]
     return layers
 
 
@@ -188,7 +253,7 @@ def layer_table(layers: list[Layer]) -> pd.DataFrame:
         {
             "layer": [l.name for l in layers],
             "type": [l.kind for l in layers],
-            "shape": ["x".join(map(str, l.shape)) for l in layers],
+            "shape": ["x".join(map(str, l.shape)) for l in layers],  # (out, in, ...), whatever the storage
             "params": [l.params for l in layers],
             "flops": [l.flops for l in layers],
         }

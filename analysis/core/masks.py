@@ -13,8 +13,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from analysis.core.criteria import channel_scores
-from analysis.core.granularity import Granularity, check_sparsity, parse_granularity
+from analysis.core.criteria import CalibrationStats, channel_scores, get_criterion, importance
+from analysis.core.granularity import CoupledLayer, Granularity, check_sparsity, parse_granularity
+from analysis.core.layers import Layer
 from analysis.core.modules import parameter
 
 
@@ -40,6 +41,8 @@ class MaskMaker:
 
     def __init__(self, scores: torch.Tensor, granularity: str | Granularity, criterion: str = "magnitude") -> None:
         self.gran = parse_granularity(granularity)
+        if get_criterion(criterion).per_row:
+            self.gran = self.gran.per_row()
         self.shape = tuple(scores.shape)
         self.scores, self.criterion = scores, criterion
         self.gran.check_weight(self.shape)
@@ -48,7 +51,8 @@ class MaskMaker:
     def order(self) -> torch.Tensor:
         """The sort that decides every mask: of the weights, the channels, or the weights within each N:M block."""
         if self._order is None:
-            per_channel = channel_scores(self.scores, self.criterion) if self.gran.structured else self.scores
+            whole = self.gran.structured or self.gran.coupled
+            per_channel = channel_scores(self.scores, self.criterion) if whole else self.scores
             self._order = self.gran.order(self.scores, per_channel)
         return self._order
 
@@ -57,6 +61,15 @@ class MaskMaker:
         if s == 0.0:
             return torch.ones(self.shape, dtype=torch.bool)
         return self.gran.keep(self.order(), s, self.shape)
+
+
+def maker_for(layer: Layer, model: nn.Module, criterion: str, granularity: str | Granularity,
+              stats: CalibrationStats | None = None, seed: int = 0) -> MaskMaker:
+    """The mask maker of one layer of ``model``: its weight scored by ``criterion``, or for a coupled layer (heads,
+    neurons) its units' summed scores. Its masks go through ``layer.masks`` to become parameter masks."""
+    if isinstance(layer, CoupledLayer):
+        return MaskMaker(layer.unit_scores(model, criterion, stats, seed), granularity, criterion)
+    return MaskMaker(importance(layer, layer.weight(model), criterion, stats, seed), granularity, criterion)
 
 
 @contextmanager

@@ -1,28 +1,48 @@
 """One evaluation pass: accuracy, loss, agreement and KL divergence against the dense model.
 
-Every metric is kept as a sum over samples (``Sums``), so results over shards of the eval set add up
-exactly: counts are integers, and loss and KL sums are accumulated in float64 per batch.
+Every metric is kept as a sum over predictions (``Sums``), so results over shards of the eval set add up
+exactly: counts are integers, and loss and KL sums are accumulated in float64 per batch. A prediction is a
+sample, or for a causal LM one real position of a sequence (its next token; padding never counts). What each
+metric means is ``core.metric_table``'s business:
 
 - ``accuracy``: top-1 against the labels (``None`` when the data has none).
 - ``loss``: mean cross-entropy against the labels; without labels, against the dense model's top-1.
-- ``agreement``: fraction of samples whose top-1 equals the dense model's (label-free).
+- ``perplexity``: exp(loss), causal LMs only.
+- ``agreement``: fraction of predictions whose top-1 equals the dense model's (label-free).
 - ``kl``: mean KL(dense || pruned) of the softmax outputs (label-free).
-- ``logit_cosine``: mean per-sample cosine similarity of the logits to the dense logits (label-free).
+- ``logit_cosine``: mean per-prediction cosine similarity of the logits to the dense logits (label-free).
 - ``logit_rel_l2``: ||pruned - dense|| / ||dense|| over all logits (label-free).
+- ``embedding_cosine``: encoders only, the mean per-sample cosine similarity of the sentence embeddings.
+
+Besides the sums behind these means, every cell keeps the sums its error bars need (``ERROR_SUMS``, read by
+``core.intervals``): the paired counts against the dense model on the same samples (``lost``: dense right and
+pruned wrong; ``gained``: dense wrong and pruned right; labelled data only), and the sums of squares of the
+per-sample loss, loss change (pruned minus dense) and KL. The unit counted in ``n`` (a sample; a causal LM's
+next-token position) is the unit of every sum; an encoder's embeddings have none of them (``None``). Rows stored
+before these sums existed read them as ``None`` ("not recorded"), and ``None`` plus anything is ``None``: such
+cells keep the error bars their counts allow.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from analysis.core.data import IGNORE
+from analysis.core.metric_table import CAUSAL_LM, CLASSIFICATION, ENCODER, METRICS, applies
+
+_FLAGS = ("labelled", "task")  # fields that describe the sums rather than add up
+
 
 @dataclass
 class Sums:
-    """Sums over the samples of one or more eval shards."""
+    """Sums over the predictions of one or more eval shards (all add up exactly; ``labelled`` is and-ed). ``task``
+    is the task they were measured for (empty until a shard is added: a classification's rows written before tasks
+    existed read as such)."""
 
     n: int = 0
     correct: int = 0
@@ -33,42 +53,86 @@ class Sums:
     cos_sum: float = 0.0
     diff_sq_sum: float = 0.0
     ref_sq_sum: float = 0.0
+    lost: int | None = 0
+    gained: int | None = 0
+    loss_sq_sum: float | None = 0.0
+    loss_diff_sum: float | None = 0.0
+    loss_diff_sq_sum: float | None = 0.0
+    kl_sq_sum: float | None = 0.0
+    task: str = ""
 
     def __add__(self, other: "Sums") -> "Sums":
-        return Sums(self.n + other.n, self.correct + other.correct, self.agree + other.agree,
-                    self.loss_sum + other.loss_sum, self.kl_sum + other.kl_sum, self.labelled and other.labelled,
-                    self.cos_sum + other.cos_sum, self.diff_sq_sum + other.diff_sq_sum,
-                    self.ref_sq_sum + other.ref_sq_sum)
+        """Field by field: every count and sum adds (``None``, not recorded, stays ``None``); ``labelled`` holds
+        when it holds for both; the task is the one both share (an empty start takes the other's)."""
+        if self.task and other.task and self.task != other.task:
+            raise ValueError(f"cannot add sums of a {self.task} and a {other.task} model")
+        added = {f.name: _add(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
+                 if f.name not in _FLAGS}
+        return Sums(**added, labelled=self.labelled and other.labelled, task=self.task or other.task)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Sums":
-        """The sums in a stored row (rows written before the logit columns existed lack them)."""
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        """The sums in a stored row. Rows written before the logit columns existed lack them (0); rows written before
+        the error-bar sums existed lack those (``None``: not recorded)."""
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known, **{k: None for k in ERROR_SUMS if k not in known})
 
     def metrics(self) -> dict[str, float | None]:
+        """The six classic metrics (``None`` where they do not apply to the task), plus those only the task has
+        (perplexity for a causal LM, the embedding cosine for an encoder)."""
+        task = self.task or CLASSIFICATION
         n = max(self.n, 1)
-        return {
+        values = {
             "accuracy": self.correct / n if self.labelled else None,
             "loss": self.loss_sum / n,
+            "perplexity": _exp(self.loss_sum / n),
             "agreement": self.agree / n,
             "kl": self.kl_sum / n,
             "logit_cosine": self.cos_sum / n,
             "logit_rel_l2": (self.diff_sq_sum / self.ref_sq_sum) ** 0.5 if self.ref_sq_sum > 0 else 0.0,
+            "embedding_cosine": self.cos_sum / n,
         }
+        return {m: values[m] if applies(m, task) else None for m in METRICS if m in CLASSIC or applies(m, task)}
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def sums_from_logits(logits: torch.Tensor, dense_logits: torch.Tensor, labels: torch.Tensor | None) -> Sums:
+ERROR_SUMS = ("lost", "gained", "loss_sq_sum", "loss_diff_sum", "loss_diff_sq_sum", "kl_sq_sum")
+"""The sums behind the error bars (``core.intervals``); ``None`` in rows stored before they existed and for an
+encoder's embeddings (no loss, no classes)."""
+CLASSIC = ("accuracy", "loss", "agreement", "kl", "logit_cosine", "logit_rel_l2")  # every profile has these columns
+
+
+def _add(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 700 else math.inf
+
+
+def sums_from_logits(logits: torch.Tensor, dense_logits: torch.Tensor, labels: torch.Tensor | None,
+                     task: str = CLASSIFICATION) -> Sums:
     """Metric sums for one batch of ``logits`` against the dense model's logits and the labels (if any)."""
-    return sums_per_variant(logits.unsqueeze(0), dense_logits, labels)[0]
+    return sums_per_variant(logits.unsqueeze(0), dense_logits, labels, task)[0]
 
 
-def sums_per_variant(logits: torch.Tensor, dense_logits: torch.Tensor, labels: torch.Tensor | None) -> list[Sums]:
-    """``sums_from_logits`` for a stack of variants at once: ``logits`` is (variants, batch, classes) against one
-    batch of dense logits. The same sums (the float64 ones summed in another order), in a handful of tensor
+def sums_per_variant(logits: torch.Tensor, dense_logits: torch.Tensor, labels: torch.Tensor | None,
+                     task: str = CLASSIFICATION) -> list[Sums]:
+    """``sums_from_logits`` for a stack of variants at once: ``logits`` is (variants, batch, ...) against one
+    batch of dense outputs. The same sums (the float64 ones summed in another order), in a handful of tensor
     operations instead of a handful per variant."""
+    if task == CAUSAL_LM:
+        return _next_token_sums(logits, dense_logits, labels)
+    if task == ENCODER:
+        return _embedding_sums(logits, dense_logits)
+    return _class_sums(logits, dense_logits, labels)
+
+
+def _class_sums(logits: torch.Tensor, dense_logits: torch.Tensor, labels: torch.Tensor | None,
+                task: str = CLASSIFICATION) -> list[Sums]:
+    """Sums of (variants, predictions, classes) scores against (predictions, classes) dense scores."""
     logits = logits.float()
     dense_logits = dense_logits.to(logits.device).float()
     pred = logits.argmax(dim=-1)
@@ -76,22 +140,65 @@ def sums_per_variant(logits: torch.Tensor, dense_logits: torch.Tensor, labels: t
     target = labels.to(logits.device) if labels is not None else dense_pred
     log_p = F.log_softmax(logits, dim=-1)
     log_q = F.log_softmax(dense_logits, dim=-1)
-    loss = -log_p.gather(-1, target.view(1, -1, 1).expand(len(logits), -1, 1)).double().sum(dim=(1, 2))
-    kl = (log_q.exp() * (log_q - log_p)).double().sum(dim=(1, 2))
+    ce = -log_p.gather(-1, target.view(1, -1, 1).expand(len(logits), -1, 1)).squeeze(-1).double()  # (V, B)
+    dense_ce = -log_q.gather(-1, target.view(-1, 1)).squeeze(-1).double()  # (B,)
+    kl_each = _kl_rows(log_p, log_q)  # (V, B)
+    change = ce - dense_ce
     wide, ref = logits.double(), dense_logits.double()
     cos = F.cosine_similarity(wide, ref.unsqueeze(0), dim=-1).sum(dim=1)
     diff_sq = ((wide - ref) ** 2).sum(dim=(1, 2))
     same = (logits == dense_logits).flatten(1).all(dim=1)
-    correct = (pred == target).sum(dim=1) if labels is not None else torch.zeros(len(pred), dtype=torch.long)
+    right = pred == target
+    none = torch.zeros(len(pred), dtype=torch.long)
+    correct = right.sum(dim=1) if labels is not None else none
+    dense_right = dense_pred == target
+    lost = (dense_right & ~right).sum(dim=1) if labels is not None else none
+    gained = (~dense_right & right).sum(dim=1) if labels is not None else none
     agree = (pred == dense_pred).sum(dim=1)
     ref_sq = float((ref ** 2).sum())
     n = int(logits.shape[1])
-    columns = (c.tolist() for c in (correct, agree, loss, kl, cos, diff_sq, same))  # one device sync per column
+    sums = (correct, agree, ce.sum(dim=1), kl_each.sum(dim=1), cos, diff_sq, same, lost, gained, (ce ** 2).sum(dim=1),
+            change.sum(dim=1), (change ** 2).sum(dim=1), (kl_each ** 2).sum(dim=1))
+    columns = (c.tolist() for c in sums)  # one device sync per column
     return [
         Sums(n=n, correct=c, agree=a, loss_sum=lo, kl_sum=k, labelled=labels is not None,
-             cos_sum=float(n) if eq else co, diff_sq_sum=0.0 if eq else d, ref_sq_sum=ref_sq)
-        for c, a, lo, k, co, d, eq in zip(*columns)
+             cos_sum=float(n) if eq else co, diff_sq_sum=0.0 if eq else d, ref_sq_sum=ref_sq, lost=b, gained=g,
+             loss_sq_sum=lsq, loss_diff_sum=ds, loss_diff_sq_sum=dsq, kl_sq_sum=ksq, task=task)
+        for c, a, lo, k, co, d, eq, b, g, lsq, ds, dsq, ksq in zip(*columns)
     ]
+
+
+WIDE_CLASSES = 4096  # past this many classes (a vocabulary) the per-class terms are summed in float32 first
+
+
+def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(q || p) per prediction, in float64. Over a vocabulary the per-class terms are added in float32 first:
+    a float64 copy of (variants, positions, vocabulary) would be the largest tensor of the scan."""
+    terms = log_q.exp() * (log_q - log_p)
+    return terms.sum(dim=-1).double() if terms.shape[-1] > WIDE_CLASSES else terms.double().sum(dim=-1)
+
+
+def _next_token_sums(logits: torch.Tensor, dense_logits: torch.Tensor, labels: torch.Tensor | None) -> list[Sums]:
+    """Causal LM: (variants, batch, positions, vocabulary) scores, one prediction per position with a real next
+    token (``labels`` != ``IGNORE``); padding and the last position of each sequence never count."""
+    if labels is None:
+        raise ValueError("a causal LM is measured against its next tokens; the data has none")
+    valid = (labels != IGNORE).to(logits.device)
+    return _class_sums(logits[:, valid], dense_logits.to(logits.device)[valid], labels.to(logits.device)[valid],
+                       CAUSAL_LM)
+
+
+def _embedding_sums(emb: torch.Tensor, dense_emb: torch.Tensor) -> list[Sums]:
+    """Encoder: (variants, batch, features) sentence embeddings against the dense ones; only the cosine and
+    distance sums mean anything."""
+    wide, ref = emb.double(), dense_emb.to(emb.device).double()
+    cos = F.cosine_similarity(wide, ref.unsqueeze(0), dim=-1).sum(dim=1)
+    diff_sq = ((wide - ref) ** 2).flatten(1).sum(dim=1)
+    same = (emb == dense_emb.to(emb.device)).flatten(1).all(dim=1)
+    ref_sq, n = float((ref ** 2).sum()), int(emb.shape[1])
+    return [Sums(n=n, labelled=False, cos_sum=float(n) if eq else co, diff_sq_sum=0.0 if eq else d,
+                 ref_sq_sum=ref_sq, task=ENCODER, **dict.fromkeys(ERROR_SUMS))
+            for co, d, eq in zip(cos.tolist(), diff_sq.tolist(), same.tolist())]
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 128,
@@ -105,17 +212,66 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 128,
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, dense_logits: torch.Tensor,
-             batch_size: int = 128, device: str | torch.device = "cpu") -> Sums:
-    """One pass of ``model`` over ``x``: the metric sums against the dense logits and the labels."""
+def evaluate(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, dense_logits: torch.Tensor | None,
+             batch_size: int = 128, device: str | torch.device = "cpu", task: str = CLASSIFICATION,
+             reference: nn.Module | None = None) -> Sums:
+    """One pass of ``model`` over ``x``: the metric sums against the dense logits and the labels. Without
+    ``dense_logits`` (too large to keep) the dense ones come from ``reference``, batch by batch."""
     total = Sums(labelled=labels is not None)
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
             stop = start + batch_size
-            out = class_scores(model(x[start:stop].to(device)))
-            total = total + sums_from_logits(out, dense_logits[start:stop],
-                                             None if labels is None else labels[start:stop])
+            xb = x[start:stop].to(device)
+            dense = dense_logits[start:stop] if dense_logits is not None else class_scores(reference(xb)).float()
+            out = class_scores(model(xb))
+            total = total + sums_from_logits(out, dense, None if labels is None else labels[start:stop], task)
     return total
+
+
+DENSE_CACHE_BYTES = 1 << 30  # the dense outputs are kept in memory up to this size, else recomputed per batch
+OUTPUT_BATCH_BYTES = 256 << 20  # the outputs of one batch (a fast-engine chunk: of all its variants) stay below
+
+
+def batch_for(sample_bytes: int, wanted: int) -> int:
+    """The batch size to run: ``wanted``, fewer when a batch's outputs would pass ``OUTPUT_BATCH_BYTES`` (a
+    language model's scores over its vocabulary at every position), at least one sample."""
+    return max(1, min(wanted, OUTPUT_BATCH_BYTES // max(1, sample_bytes)))
+
+
+def dense_pass(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, batch_size: int = 128,
+               device: str | torch.device = "cpu", task: str = CLASSIFICATION,
+               keep_bytes: int | None = None) -> tuple[torch.Tensor | None, Sums]:
+    """One pass of the dense model: its outputs (on the CPU, float32; ``None`` when they would take more than
+    ``keep_bytes``, default ``DENSE_CACHE_BYTES``: a language model's next-token scores over a long eval set)
+    and its sums against itself (the baseline)."""
+    limit = DENSE_CACHE_BYTES if keep_bytes is None else keep_bytes
+    outs: list[torch.Tensor] | None = []
+    total, kept = Sums(labelled=labels is not None), 0
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            out = class_scores(model(x[start : start + batch_size].to(device))).float()
+            total = total + sums_from_logits(out, out, None if labels is None else labels[start : start + batch_size],
+                                             task)
+            kept += out.numel() * 4
+            outs = outs if outs is not None and kept <= limit else None
+            if outs is not None:
+                outs.append(out.cpu())
+    return (torch.cat(outs) if outs else (torch.empty(0) if outs is not None else None)), total
+
+
+def task_loss(logits: torch.Tensor, target: torch.Tensor | None, task: str = CLASSIFICATION,
+              reduction: str = "sum") -> torch.Tensor:
+    """The loss gradient-based passes (the ``taylor`` criterion, fine-tuning) minimise: cross-entropy to the
+    labels, or (``target`` None) to the dense model's own top-1 given as ``logits``' argmax; for a causal LM the
+    next-token loss over real positions. An encoder's embeddings have no loss: a ``ValueError``."""
+    if task == ENCODER:
+        raise ValueError("an encoder's sentence embeddings have no loss to take gradients of; use a criterion "
+                         "without gradients (magnitude, activation), and no fine-tuning")
+    if task == CAUSAL_LM:
+        return F.cross_entropy(logits.flatten(0, -2).float(), target.flatten().to(logits.device), ignore_index=IGNORE,
+                               reduction=reduction)
+    target = target.to(logits.device) if target is not None else logits.detach().argmax(-1)
+    return F.cross_entropy(logits, target, reduction=reduction)
 
 
 def as_class_scores(t: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 CONV_OPS = frozenset({"aten.convolution", "aten._convolution", "aten.conv1d", "aten.conv2d", "aten.conv3d"})
 MATMUL_OPS = frozenset({"aten.addmm", "aten.mm", "aten.bmm", "aten.baddbmm", "aten.linear", "aten.matmul"})
 WEIGHT_OPS = CONV_OPS | MATMUL_OPS
+EMBEDDING_OPS = frozenset({"aten.embedding", "aten.embedding_bag", "aten._embedding_bag"})  # a table read by index
 _FULL_CONV = frozenset({"aten.convolution", "aten._convolution"})  # (input, weight, bias, ..., transposed, ..., groups)
 
 # Output channel c depends only on input channel c, and the shape is kept: activations, BatchNorm, copies.
@@ -69,6 +70,15 @@ def input_operand(op: str, args: tuple) -> torch.Tensor | None:
     if op in ("aten.addmm", "aten.baddbmm"):
         return args[1] if len(args) > 1 else None
     return None
+
+
+def stored_in_out(op: str, operand: torch.Tensor, param: torch.Tensor) -> bool:
+    """Whether a matmul reads ``param`` as it is stored, as ``x @ W`` with W of shape (in, out) (transformers'
+    ``Conv1D``, GPT-2's projections), rather than through a transpose as ``nn.Linear``'s (out, in) weight is read.
+    Its output features are then the stored weight's columns."""
+    if op not in ("aten.addmm", "aten.mm", "aten.matmul") or operand.dim() != 2:
+        return False
+    return tuple(operand.shape) == tuple(param.shape) and tuple(operand.stride()) == tuple(param.stride())
 
 
 def is_transposed_conv(op: str, args: tuple) -> bool:

@@ -1,31 +1,36 @@
 """Export a pruned model to ONNX, verify it in ONNX Runtime, and measure what pruning saved.
 
-``export()`` applies a schedule to a copy of the model (optionally recalibrating BatchNorm), bakes the masks
-into the weights, or for channel granularity with ``shrink=True`` removes the channels for real
-(``analysis/shrink.py``), and writes one self-contained ``.onnx`` file with a dynamic batch dimension. Then,
-always:
+``export()`` prunes the model as Measure does (``schedule.prune``: masks baked into the weights; a channel schedule
+resolved to the model's coupled groups, its channels removed for real with ``shrink=True``), optionally
+recalibrates BatchNorm (``batchnorm.recalibrate`` with its defaults, as Measure does), and writes one
+self-contained ``.onnx`` file with a dynamic batch dimension. Then, always:
 
-- it runs the file in ONNX Runtime on eval batches and compares with the PyTorch pruned model (max absolute
-  and relative difference, top-1 agreement); past ``tolerance`` the export fails (``VerificationError``);
-- it reads the weights back from the ONNX initializers: their sparsity, their channel counts, and for N:M
-  schedules the N:M pattern itself;
-- it exports the dense model too and reports file size, gzip size (what unstructured zeros save on the
-  wire), parameter counts and ONNX Runtime latency at batch 1 and 32, dense and pruned side by side
-  (interleaved repeats, median, the thread count stated);
+- it runs the file in ONNX Runtime on the eval set (all of it unless ``verify_samples`` says fewer; every figure
+  states the count) and compares with the PyTorch pruned model (max absolute and relative difference, top-1
+  agreement), and a shrunk model with its masked reference; past ``tolerance`` the export fails
+  (``VerificationError``). The accuracy it reports is the file's own, from those ONNX Runtime outputs;
+- it reads the weights back from the ONNX initializers: their sparsity, their channel counts, the N:M pattern,
+  and the layer weights kept (stored and non-zero) with their FLOPs: the twins of the schedule's totals;
+- it reports file size, gzip size, stored and non-zero parameters and ONNX Runtime latency at batch 1 and 32 next
+  to the dense model (interleaved repeats; median and interquartile range; a speed-up is called one only when the
+  ranges do not overlap). The dense reference file is exported once per model and kept (``DenseCache``: the faces
+  keep it with the run store, by the model's fingerprint); the pruned file's ONNX Runtime session serves both the
+  verification and the latency run;
 - it writes the schedule that was exported (``NAME.schedule.json``) and a Markdown summary (``NAME.md``) next
   to the ``.onnx``, and returns an ``ExportReport``.
 
 Exporter: torch 2.14 has two. The ``torch.export``-based one (``dynamo=True``, the default since 2.9) keeps
-parameter names as initializer names and folds BatchNorm into the convolutions; it takes a few seconds. The
-legacy TorchScript one (``dynamo=False``) is deprecated and renames folded weights, but it is faster and
-exports TorchScript models. ``exporter="auto"`` tries the first and falls back to the second.
+parameter names as initializer names; it takes a few seconds. The legacy TorchScript one (``dynamo=False``) is
+deprecated and renames folded weights, but it is faster and exports TorchScript models. ``exporter="auto"`` tries
+the first and falls back to the second.
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 import math
-import statistics
+import os
 import tempfile
 import time
 import warnings
@@ -39,13 +44,14 @@ from torch import nn
 
 from analysis.core import batchnorm, criteria
 from analysis.core.data import EvalData
-from analysis.core.granularity import parse_granularity
+from analysis.core.granularity import CoupledLayer, parse_granularity, schedule_layers
 from analysis.core.layers import Layer, find_layers
-from analysis.core.masks import bake
 from analysis.core.metrics import as_class_scores, predict
 from analysis.core.modules import copy_model
-from analysis.schedule import coupling as shrink
+from analysis.schedule.coupling import CoupledGroup, ShrinkError
+from analysis.schedule.prune import prune
 from analysis.schedule.schedule import Schedule
+from analysis.schedule.totals import Accountant
 from analysis.workload.onnx import fixed_batch, run_batched
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -82,17 +88,36 @@ class Verification:
 
 @dataclass
 class FileCost:
-    """What one ONNX file costs: bytes on disk, bytes gzipped, weights stored and weights that are non-zero."""
+    """What one ONNX file costs: bytes on disk and gzipped, floating-point parameters stored and non-zero, and of
+    those the prunable layers' weights (``weights``, ``nonzero_weights``; -1 where the file was not read for them)."""
 
     file_bytes: int
     gzip_bytes: int
     params: int
     nonzero_params: int
+    weights: int = -1
+    nonzero_weights: int = -1
+
+
+@dataclass(frozen=True)
+class DenseCache:
+    """Where dense reference files are kept between exports: ``folder``, one file per model ``fingerprint``,
+    exporter and input shape, with its ``FileCost`` beside it."""
+
+    folder: Path
+    fingerprint: str
+
+    def path(self, exporter: str, example: torch.Tensor) -> Path:
+        shape = "x".join(map(str, example.shape[1:]))
+        return Path(self.folder) / f"{self.fingerprint}-{exporter}-{shape}-{str(example.dtype).split('.')[-1]}.onnx"
 
 
 @dataclass
 class ExportReport:
-    """Everything an export did and measured; ``to_dict`` for JSON, ``to_markdown`` for the summary file."""
+    """Everything an export did and measured; ``to_dict`` for JSON, ``to_markdown`` for the summary file.
+
+    ``kept`` holds the layer weights and FLOPs the file keeps (``weights``, ``flops``: counted on the exported
+    model, out of ``weights_total`` and ``flops_total``), the twins of the schedule's totals."""
 
     onnx_path: Path
     schedule_path: Path
@@ -106,7 +131,7 @@ class ExportReport:
     schedule: Schedule
     requested: dict[str, float]
     layers: pd.DataFrame
-    groups: list[shrink.ChannelGroup]
+    groups: list[CoupledGroup]
     verifications: list[Verification]
     dense: FileCost
     pruned: FileCost
@@ -116,11 +141,8 @@ class ExportReport:
     bn_recalibrated: int
     seconds: dict[str, float]
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def adjusted_groups(self) -> list[shrink.ChannelGroup]:
-        """Coupled groups that lost a different fraction than the schedule asked of some layer."""
-        return [g for g in self.groups if g.adjusted]
+    kept: dict[str, int] = field(default_factory=dict)
+    dense_cached: bool = False
 
     def to_dict(self) -> dict:
         return {
@@ -128,19 +150,17 @@ class ExportReport:
             "summary_path": str(self.summary_path), "model": self.model_spec, "data": self.data_spec,
             "mode": self.mode, "criterion": self.criterion, "granularity": self.granularity,
             "exporter": self.exporter, "requested": self.requested, "exported": self.schedule.sparsities,
-            "layers": self.layers.to_dict(orient="records"), "groups": [g.to_dict() for g in self.groups],
+            "layers": self.layers.to_dict(orient="records"),
+            "groups": [{"key": g.key, "layers": g.layers, "channels": g.channels, "kept": g.kept} for g in self.groups],
             "verifications": [v.to_dict() for v in self.verifications], "dense": asdict(self.dense),
             "pruned": asdict(self.pruned), "threads": self.threads,
             "latency": None if self.latency is None else self.latency.to_dict(orient="records"),
             "quality": self.quality, "bn_recalibrated": self.bn_recalibrated, "seconds": self.seconds,
-            "notes": self.notes,
+            "notes": self.notes, "kept": self.kept, "dense_cached": self.dense_cached,
         }
 
     def to_markdown(self) -> str:
         return _markdown(self)
-
-
-# -------------------------------------------------------------------------------------------------- pruning
 
 
 def check_shrinkable(schedule: Schedule) -> None:
@@ -148,13 +168,6 @@ def check_shrinkable(schedule: Schedule) -> None:
     if not parse_granularity(schedule.granularity).structured:
         raise ExportError(f"--shrink removes whole channels and needs channel granularity; this schedule has "
                           f"{schedule.granularity}. Export it masked (without --shrink)")
-
-
-def _calibration(model: nn.Module, layers: list[Layer], schedule: Schedule, data: EvalData, calib_samples: int,
-                 device: str | torch.device) -> criteria.CalibrationStats | None:
-    if schedule.criterion not in criteria.CALIBRATED:
-        return None
-    return criteria.calibration_stats(model, layers, data, schedule.criterion, calib_samples, device=device)
 
 
 # ---------------------------------------------------------------------------------------------------- ONNX
@@ -173,24 +186,14 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, exporter:
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.cpu().eval()
-    example = example.cpu()
+    model = model.eval()
     tried = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
     if isinstance(model, torch.jit.ScriptModule) and exporter == "auto":
         tried = ["torchscript"]
     failures = []
     for name in tried:
         try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                if name == "dynamo":
-                    torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
-                                      dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},),
-                                      external_data=False, verbose=False)
-                else:
-                    torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
-                                      dynamo=False, opset_version=18,
-                                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            _write(model, example.cpu(), path, name)
             _check_file(path)
             return name
         except ExportError:
@@ -198,6 +201,19 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, exporter:
         except Exception as exc:  # noqa: BLE001 - an exporter failure: try the next one, report all
             failures.append(f"{name}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
     raise ExportError("the model could not be exported to ONNX (" + "; ".join(failures) + ")")
+
+
+def _write(model: nn.Module, example: torch.Tensor, path: Path, exporter: str) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
+                              dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},),
+                              external_data=False, verbose=False)
+        else:
+            torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
+                              dynamo=False, opset_version=18,
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
 
 
 def _check_file(path: Path) -> None:
@@ -208,63 +224,66 @@ def _check_file(path: Path) -> None:
     if stray:
         raise ExportError(f"the exporter wrote external data ({', '.join(sorted(set(stray)))}) next to {path}; "
                           "expected one self-contained file")
-    proto = onnx.load(str(path))
-    onnx.checker.check_model(proto, full_check=True)
+    onnx.checker.check_model(str(path), full_check=True)
 
 
-def _initializers(path: Path) -> dict[str, np.ndarray]:
-    import onnx
+def _initializers(proto) -> dict[str, np.ndarray]:  # noqa: ANN001 - an onnx.ModelProto
     from onnx import numpy_helper
 
-    proto = onnx.load(str(path))
     return {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
 
 
-def onnx_weights(path: str | Path, layers: list[Layer], shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+def _load(path: str | Path):  # noqa: ANN202 - an onnx.ModelProto
+    import onnx
+
+    return onnx.load(str(path))
+
+
+def onnx_weights(path: str | Path, layers: list[Layer], shapes: dict[str, tuple[int, ...]],
+                 proto: object | None = None) -> dict[str, np.ndarray]:
     """The weight of each layer as stored in the ONNX file, in PyTorch's (out, in, ...) layout.
 
     Found by parameter name (the dynamo exporter keeps them); otherwise, for exporters that rename folded
     weights, by position: the weight inputs of the Conv/Gemm/MatMul nodes in graph order, matched to the
-    layers in execution order where the shapes agree. Layers that cannot be found are left out.
+    layers in execution order where the shapes agree. Layers that cannot be found are left out. ``proto`` is the
+    file already loaded, if it is.
     """
-    import onnx
-    from onnx import numpy_helper
-
-    proto = onnx.load(str(path))
-    inits = {i.name: i for i in proto.graph.initializer}
+    proto = proto if proto is not None else _load(path)
+    inits = _initializers(proto)
     found: dict[str, np.ndarray] = {}
-
-    def fitted(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
-        if tuple(array.shape) == shape:
-            return array
-        if array.ndim == 2 and tuple(array.shape[::-1]) == shape:
-            return array.T
-        return None
-
     for layer in layers:
         if layer.param_name in inits:
-            array = fitted(numpy_helper.to_array(inits[layer.param_name]), shapes[layer.name])
+            array = _fitted(inits[layer.param_name], shapes[layer.name])
             if array is not None:
                 found[layer.name] = array
     rest = [l for l in layers if l.name not in found]
     if rest:
-        used = {n for l in layers if l.name in found for n in (l.param_name,)}
+        used = {l.param_name for l in layers if l.name in found}
         candidates = [n.input[1] for n in proto.graph.node
                       if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in inits
                       and n.input[1] not in used]
-        arrays = [numpy_helper.to_array(inits[c]) for c in candidates]
+        arrays = [inits[c] for c in candidates]
         i = 0
         for layer in rest:
-            while i < len(arrays) and fitted(arrays[i], shapes[layer.name]) is None:
+            while i < len(arrays) and _fitted(arrays[i], shapes[layer.name]) is None:
                 i += 1
             if i == len(arrays):
                 break
-            found[layer.name] = fitted(arrays[i], shapes[layer.name])
+            found[layer.name] = _fitted(arrays[i], shapes[layer.name])
             i += 1
     return found
 
 
-def _session(path: Path, threads: int):  # noqa: ANN202 - an onnxruntime.InferenceSession
+def _fitted(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    if tuple(array.shape) == tuple(shape):
+        return array
+    if array.ndim == 2 and tuple(array.shape[::-1]) == tuple(shape):
+        return array.T
+    return None
+
+
+def session(path: str | Path, threads: int = 1):  # noqa: ANN201 - an onnxruntime.InferenceSession
+    """An ONNX Runtime CPU session of the file with ``threads`` intra-op threads."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -274,12 +293,13 @@ def _session(path: Path, threads: int):  # noqa: ANN202 - an onnxruntime.Inferen
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def run_onnx(path: str | Path, x: torch.Tensor, batch_size: int = 32, threads: int = 1) -> torch.Tensor:
+def run_onnx(path: str | Path, x: torch.Tensor, batch_size: int = 32, threads: int = 1,
+             runner: object | None = None) -> torch.Tensor:
     """The file's first output for ``x`` in ONNX Runtime, batched (a graph exported for a fixed batch size runs
-    in batches of that size)."""
-    session = _session(Path(path), threads)
-    name = session.get_inputs()[0].name
-    out = run_batched(lambda xb: session.run(None, {name: xb})[0], x.cpu().numpy(), fixed_batch(session), batch_size)
+    in batches of that size); ``runner`` is an open session of the file, if there is one."""
+    s = runner if runner is not None else session(path, threads)
+    name = s.get_inputs()[0].name
+    out = run_batched(lambda xb: s.run(None, {name: xb})[0], x.cpu().numpy(), fixed_batch(s), batch_size)
     return as_class_scores(torch.from_numpy(out).float())
 
 
@@ -301,43 +321,83 @@ def compare(candidate: torch.Tensor, reference: torch.Tensor, tolerance: float, 
 # -------------------------------------------------------------------------------------------- size and speed
 
 
-def file_cost(path: str | Path) -> FileCost:
-    path = Path(path)
-    raw = path.read_bytes()
+def file_cost(path: str | Path, weights: dict[str, np.ndarray] | None = None, proto: object | None = None) -> FileCost:
+    """Bytes, gzip bytes (level 1: what zeros save on the wire, quickly) and floating-point parameters of the file;
+    ``weights`` are its layer weights (``onnx_weights``) when they should be counted too."""
+    raw = Path(path).read_bytes()
     params = nonzero = 0
-    for array in _initializers(path).values():
+    for array in _initializers(proto if proto is not None else _load(path)).values():
         if np.issubdtype(array.dtype, np.floating):
             params += array.size
             nonzero += int(np.count_nonzero(array))
-    return FileCost(len(raw), len(gzip.compress(raw, compresslevel=6)), params, nonzero)
+    stored = sum(w.size for w in weights.values()) if weights is not None else -1
+    alive = sum(int(np.count_nonzero(w)) for w in weights.values()) if weights is not None else -1
+    return FileCost(len(raw), len(gzip.compress(raw, compresslevel=1)), params, nonzero, stored, alive)
 
 
-def latency(paths: dict[str, Path], inputs: np.ndarray, batches: tuple[int, ...] = LATENCY_BATCHES,
-            threads: int = 1, repeats: int = 20, warmup: int = 3) -> pd.DataFrame:
-    """Median ONNX Runtime latency of each file at each batch size, the files run interleaved.
+def latency(runners: dict[str, object], inputs: np.ndarray, batches: tuple[int, ...] = LATENCY_BATCHES,
+            threads: int = 1, repeats: int = 20, warmup: int = 3, budget_s: float | None = None) -> pd.DataFrame:
+    """ONNX Runtime latency of each model at each batch size, the models run interleaved.
 
-    ``inputs`` are real rows of the eval set (their dtype is the model's: token ids stay integers), repeated to
-    fill a batch. Each repeat runs every file once, in an order that alternates between repeats, so a slow spell
-    of the machine hits all of them alike. Returns columns ``model, batch, median_ms, min_ms, repeats, threads``.
+    ``runners`` maps a name to an ONNX file or an open session of one. ``inputs`` are real rows of the eval set
+    (their dtype is the model's: token ids stay integers), repeated to fill a batch. Each repeat runs every model
+    once, in an order that alternates between repeats, so a slow spell of the machine hits all of them alike.
+    ``budget_s`` (per batch size) stops after fewer repeats, at least five, when a batch size takes long. Returns
+    columns ``model, batch, median_ms, q1_ms, q3_ms, min_ms, repeats, threads``.
     """
-    sessions = {name: _session(Path(p), threads) for name, p in paths.items()}
+    sessions = {name: r if hasattr(r, "run") else session(r, threads) for name, r in runners.items()}
     fixed = {fixed_batch(s) for s in sessions.values()} - {None}
     rows = []
     for batch in sorted(fixed) or batches:  # a graph exported for a fixed batch size runs at that size only
         x = np.ascontiguousarray(inputs[np.arange(batch) % len(inputs)])
-        feeds = {name: {s.get_inputs()[0].name: x} for name, s in sessions.items()}
-        times: dict[str, list[float]] = {name: [] for name in sessions}
-        order = list(sessions)
-        for r in range(warmup + repeats):
-            for name in order if r % 2 == 0 else order[::-1]:
-                start = time.perf_counter()
-                sessions[name].run(None, feeds[name])
-                if r >= warmup:
-                    times[name].append(time.perf_counter() - start)
+        times = _interleaved(sessions, x, repeats, warmup, budget_s)
         for name, ts in times.items():
-            rows.append({"model": name, "batch": batch, "median_ms": 1e3 * statistics.median(ts),
-                         "min_ms": 1e3 * min(ts), "repeats": repeats, "threads": threads})
+            q1, median, q3 = np.percentile(np.asarray(ts) * 1e3, [25, 50, 75])
+            rows.append({"model": name, "batch": batch, "median_ms": float(median), "q1_ms": float(q1),
+                         "q3_ms": float(q3), "min_ms": 1e3 * min(ts), "repeats": len(ts), "threads": threads})
     return pd.DataFrame(rows)
+
+
+def _interleaved(sessions: dict, x: np.ndarray, repeats: int, warmup: int,
+                 budget_s: float | None) -> dict[str, list[float]]:
+    feeds = {name: {s.get_inputs()[0].name: x} for name, s in sessions.items()}
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    order, start = list(sessions), time.perf_counter()
+    for r in range(warmup + repeats):
+        if budget_s is not None and r >= warmup + 5 and time.perf_counter() - start > budget_s:
+            break
+        for name in order if r % 2 == 0 else order[::-1]:
+            t = time.perf_counter()
+            sessions[name].run(None, feeds[name])
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t)
+    return times
+
+
+def speedups(table: pd.DataFrame) -> pd.DataFrame:
+    """Dense against pruned per batch size: the medians with their interquartile ranges, the ratio of medians,
+    and ``verdict``: ``speed-up``/``slow-down`` only when the two ranges do not overlap, else ``within noise``."""
+    rows = []
+    for batch, part in table.groupby("batch"):
+        d, p = (part[part["model"] == m].iloc[0] for m in ("dense", "pruned"))
+        verdict = ("speed-up" if p["q3_ms"] < d["q1_ms"] else "slow-down" if p["q1_ms"] > d["q3_ms"]
+                   else "within noise")
+        rows.append({"batch": int(batch), "dense ms": _spread(d), "pruned ms": _spread(p),
+                     "ratio": d["median_ms"] / p["median_ms"], "verdict": verdict, "repeats": int(p["repeats"])})
+    return pd.DataFrame(rows)
+
+
+def _spread(row: pd.Series) -> str:
+    return f"{row['median_ms']:.3g} ({row['q1_ms']:.3g}-{row['q3_ms']:.3g})"
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in B, KB, MB or GB (1024-based), whichever reads best."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
 
 
 # -------------------------------------------------------------------------------------------------- export
@@ -348,22 +408,26 @@ class ExportOptions:
     """How an export runs; checked at the door (``checked``).
 
     ``shrink_channels`` removes a channel schedule's channels for real; ``bn_recalibrate`` re-estimates BatchNorm
-    statistics after pruning (on the first ``calib_samples`` inputs); ``exporter`` is ``auto`` (dynamo, then
-    TorchScript), ``dynamo`` or ``torchscript``; verification compares ``verify_samples`` outputs and fails past
-    ``tolerance`` (relative to the largest output); latency runs ``repeats`` interleaved repeats on ``threads``
-    ONNX Runtime threads unless ``measure_latency`` is off."""
+    statistics after pruning (``batchnorm.recalibrate``, as Measure does); ``exporter`` is ``auto`` (dynamo, then
+    TorchScript), ``dynamo`` or ``torchscript``; verification compares the outputs on ``verify_samples`` samples
+    (``None``: the whole eval set) and fails past ``tolerance`` (relative to the largest output); latency runs up to
+    ``repeats`` interleaved repeats (fewer, at least five, past ``latency_budget_s`` seconds per batch size) on
+    ``threads`` ONNX Runtime threads unless ``measure_latency`` is off; the taylor and activation criteria rank
+    weights on ``calib_samples`` samples. ``dense_cache`` keeps the dense reference file between exports."""
 
     shrink_channels: bool = False
     bn_recalibrate: bool = False
     exporter: str = "auto"
     tolerance: float = 1e-3
-    verify_samples: int = 256
+    verify_samples: int | None = None
     measure_latency: bool = True
     threads: int = 1
     repeats: int = 20
+    latency_budget_s: float | None = 30.0
     calib_samples: int = 256
     seed: int = 0
     device: str | torch.device = "cpu"
+    dense_cache: DenseCache | None = None
 
     def checked(self, out: Path, data: EvalData) -> "ExportOptions":
         if out.suffix != ".onnx":
@@ -374,21 +438,21 @@ class ExportOptions:
             raise ExportError(f"tolerance must be a non-negative number, got {self.tolerance!r}")
         if len(data) == 0:
             raise ExportError(f"the data {data.spec} holds no samples")
-        if self.verify_samples < 1:
+        if self.verify_samples is not None and self.verify_samples < 1:
             raise ExportError(f"verify_samples must be at least 1, got {self.verify_samples}")
         return self
 
 
 @dataclass
 class _Pruned:
-    """What pruning a copy of the model gave: the model to export, the reference a shrunk one is checked against,
-    the schedule exported, the coupled channel groups and what the user should know."""
+    """What pruning gave: the model to export, the masked reference a shrunk one is checked against, the schedule
+    exported, the coupled groups, the layers of the exported model and what the user should know."""
 
     model: nn.Module
     reference: nn.Module | None
     schedule: Schedule
-    groups: list[shrink.ChannelGroup]
-    out_channels: dict[str, tuple[int, int]]
+    groups: list[CoupledGroup]
+    layers: list[Layer]
     bn_count: int
     notes: list[str]
 
@@ -424,98 +488,110 @@ def export(model: nn.Module, schedule: Schedule, data: EvalData, out: str | Path
         >>> workload = load_workload("sample:digits-mlp", "sample:digits", count=64)
         >>> out = Path(tempfile.mkdtemp()) / "mlp.onnx"
         >>> report = export(workload.model, Schedule({"fc1": 0.5}), workload.data, out, measure_latency=False)
-        >>> report.mode, all(v.passed for v in report.verifications), out.is_file()
-        ('masked', True, True)
+        >>> report.mode, all(v.passed for v in report.verifications), out.is_file(), report.quality["samples"]
+        ('masked', True, True, 64)
     """
     out = Path(out)
     opts = ExportOptions(**options).checked(out, data)
     clock = _Clock()
-    work = copy_model(model).to(opts.device).eval()
     example = data.x[:2] if len(data) > 1 else data.x[:1].repeat(2, *([1] * (data.x.dim() - 1)))
-    layers = find_layers(work, example[:1].to(opts.device))
-    schedule.validate(layers)
+    layers = find_layers(model, example[:1].to(opts.device))
+    units = schedule_layers(model, example[:1].to(opts.device), schedule.granularity, schedule.sparsities)
+    schedule.validate(units)
     if opts.shrink_channels:
         check_shrinkable(schedule)
     clock.lap("prepare")
-    pruned = _prune(work, layers, schedule, data, example, opts)
+    pruned = _prune(model, layers, units, schedule, data, example, opts)
     clock.lap("prune")
+    used = to_onnx(pruned.model, example, out, opts.exporter)
+    clock.lap("export")
+    x = data.x[:opts.verify_samples or len(data)]
+    runner = session(out, opts.threads)
+    onnx_logits = run_onnx(out, x, runner=runner)
+    torch_logits = predict(pruned.model, x, batch_size=64)
+    verifications = _verify(onnx_logits, torch_logits, run_onnx(out, x[:1], 1, runner=runner), pruned, x, opts)
+    pruned.reference = None
+    proto = _load(out)
+    stored = onnx_weights(out, pruned.layers, {l.name: l.shape for l in pruned.layers}, proto)
+    table = _layer_table(stored, layers, by_weight(schedule, units), by_weight(pruned.schedule, units), pruned,
+                         opts.shrink_channels)
+    _reject_failures(out, verifications, _weight_problems(table, schedule))
+    clock.lap("verify")
+    pruned_cost = file_cost(out, stored, proto)
+    del proto
     with tempfile.TemporaryDirectory(prefix="prunescope-export-") as tmp:
-        used = to_onnx(pruned.model, example, out, opts.exporter)
-        clock.lap("export")
-        x_verify = data.x[:opts.verify_samples]
-        torch_logits = predict(pruned.model, x_verify, batch_size=64)
-        verifications = _verify(out, pruned, x_verify, torch_logits, opts)
-        table = _layer_table(out, layers, schedule, pruned.schedule, pruned.model, opts.shrink_channels,
-                             pruned.out_channels)
-        _reject_failures(out, verifications, _weight_problems(table, schedule))
-        clock.lap("verify")
-        dense_path = Path(tmp) / "dense.onnx"
-        to_onnx(copy_model(model).cpu().eval(), example, dense_path, used)
-        costs = file_cost(dense_path), file_cost(out)
-        clock.lap("dense export and sizes")
+        dense_path, cached = _dense_file(model, example, used, opts, Path(tmp))
+        dense_cost = _dense_cost(dense_path, layers, cached)
+        clock.lap("dense reference and sizes")
         timing = None
         if opts.measure_latency:
-            timing = latency({"dense": dense_path, "pruned": out}, data.x[:max(LATENCY_BATCHES)].numpy(),
-                             threads=opts.threads, repeats=opts.repeats)
+            timing = latency({"dense": dense_path, "pruned": runner}, data.x[:max(LATENCY_BATCHES)].numpy(),
+                             threads=opts.threads, repeats=opts.repeats, budget_s=opts.latency_budget_s)
             clock.lap("latency")
-    quality = _quality(model, pruned.model, x_verify, None if data.y is None else data.y[:opts.verify_samples],
-                       torch_logits)
+    quality = _quality(model, onnx_logits, x, None if data.y is None else data.y[:len(x)], len(data))
     report = ExportReport(
         onnx_path=out, schedule_path=out.with_suffix(".schedule.json"), summary_path=out.with_suffix(".md"),
         model_spec=model_spec, data_spec=data.spec, mode="shrunk" if opts.shrink_channels else "masked",
         criterion=schedule.criterion, granularity=schedule.granularity, exporter=used, schedule=pruned.schedule,
         requested=dict(schedule.sparsities), layers=table, groups=pruned.groups, verifications=verifications,
-        dense=costs[0], pruned=costs[1], latency=timing, threads=opts.threads, quality=quality,
-        bn_recalibrated=pruned.bn_count, seconds=clock.seconds, notes=pruned.notes)
+        dense=dense_cost, pruned=pruned_cost, latency=timing, threads=opts.threads, quality=quality,
+        bn_recalibrated=pruned.bn_count, seconds=clock.seconds, notes=pruned.notes,
+        kept=_kept(pruned.layers, stored, layers, opts.shrink_channels), dense_cached=cached)
     pruned.schedule.save(report.schedule_path)
     report.summary_path.write_text(report.to_markdown())
     return report
 
 
-def _prune(work: nn.Module, layers: list[Layer], schedule: Schedule, data: EvalData, example: torch.Tensor,
+def by_weight(schedule: Schedule, units: list[Layer]) -> Schedule:
+    """``schedule`` by weight: a coupled layer's sparsity (a share of its heads or neurons) given to each of its
+    parts, whose rows or columns it zeroes in that share; other layers as they are."""
+    spread = {p.layer.name: schedule.sparsities[u.name] for u in units if isinstance(u, CoupledLayer)
+              and u.name in schedule.sparsities for p in u.parts}
+    if not spread:
+        return schedule
+    return Schedule({**schedule.sparsities, **spread}, schedule.criterion, schedule.granularity, schedule.meta)
+
+
+def _prune(model: nn.Module, layers: list[Layer], units: list[Layer], schedule: Schedule, data: EvalData,
+           example: torch.Tensor,
            opts: ExportOptions) -> _Pruned:
-    """``work`` pruned by ``schedule``: masked in place, or (``shrink_channels``) its channels removed."""
-    stats = _calibration(work, layers, schedule, data, opts.calib_samples, opts.device)
-    calib = data.x[: max(opts.calib_samples, 1)]
-    if opts.shrink_channels:
-        return _shrunk(work, layers, schedule, example, stats, calib, opts)
-    bake(work, schedule.masks(work, layers, stats, opts.seed))
-    bn_count = batchnorm.recalibrate(work, calib, device=opts.device) if opts.bn_recalibrate else 0
-    kept = Schedule(dict(schedule.sparsities), schedule.criterion, schedule.granularity,
-                    {**schedule.meta, "export": {"mode": "masked"}})
-    return _Pruned(work.cpu().eval(), None, kept, [], {}, bn_count, _bn_notes(opts, bn_count))
-
-
-def _shrunk(work: nn.Module, layers: list[Layer], schedule: Schedule, example: torch.Tensor,
-            stats: criteria.CalibrationStats | None, calib: torch.Tensor, opts: ExportOptions) -> _Pruned:
-    plan = shrink.plan(work, layers, schedule, example[:1], stats, opts.seed)
-    reference = plan.masked(work)
-    bn_count = batchnorm.recalibrate(reference, calib, device=opts.device) if opts.bn_recalibrate else 0
-    small = plan.apply(reference.cpu())
-    groups = plan.groups
-    kept = Schedule(plan.effective_sparsities(), schedule.criterion, "channel",
-                    {**schedule.meta, "export": {"mode": "shrunk", "requested": dict(schedule.sparsities),
-                                                 "coupled_groups": [g.to_dict() for g in groups if g.note],
-                                                 "removed_channels": plan.removed_channels}})
-    notes = [f"{', '.join(g.layers)}: {g.note}; exported {g.sparsity:.3g} "
-             f"(asked {', '.join(f'{v:g}' for v in g.requested.values())})"
-             for g in groups if g.note and g.removed != round(max(g.requested.values()) * g.channels)]
-    return _Pruned(small, reference.cpu().eval(), kept, groups, plan.out_channels, bn_count,
-                   notes + _bn_notes(opts, bn_count))
+    """``model`` pruned as Measure prunes it, recalibrated if asked: masked, or (``shrink_channels``) shrunk next to
+    its masked reference. ``units`` are what the schedule names: a transformer's coupled heads or neurons, else
+    ``layers``."""
+    stats = None
+    if schedule.criterion in criteria.CALIBRATED:
+        stats = criteria.calibration_stats(model, units, data, schedule.criterion, opts.calib_samples,
+                                           device=opts.device)
+    accountant = Accountant.from_model(model, example[:1].to(opts.device), units, schedule.criterion,
+                                       schedule.granularity, stats, opts.seed)
+    if opts.shrink_channels and accountant.coupling.shrinkable:
+        raise ShrinkError(accountant.coupling.shrinkable)
+    pruned = prune(model, units, schedule, accountant, stats, opts.seed, shrink=False)
+    work = pruned.model.to(opts.device)
+    bn_count = batchnorm.recalibrate(work, data.x, device=opts.device) if opts.bn_recalibrate else 0
+    work = work.cpu().eval()
+    exported = pruned.plan.build(work) if opts.shrink_channels else work
+    exported_layers = find_layers(exported, example[:1]) if opts.shrink_channels else layers
+    notes = pruned.notes + _bn_notes(opts, bn_count)
+    meta = {**pruned.schedule.meta, "export": {"mode": "shrunk" if opts.shrink_channels else "masked",
+                                               "requested": dict(schedule.sparsities), "resolved": pruned.notes}}
+    applied = Schedule(pruned.schedule.sparsities, schedule.criterion, schedule.granularity, meta)
+    groups = [g for g in accountant.coupling.groups if len(g.layers) > 1 or g.kept or g.unit == "head"] \
+        if parse_granularity(schedule.granularity).structured else []
+    return _Pruned(exported, work if opts.shrink_channels else None, applied, groups, exported_layers, bn_count,
+                   notes)
 
 
 def _bn_notes(opts: ExportOptions, bn_count: int) -> list[str]:
     return ["the model has no BatchNorm: recalibration did not apply"] if opts.bn_recalibrate and not bn_count else []
 
 
-def _verify(out: Path, pruned: _Pruned, x: torch.Tensor, torch_logits: torch.Tensor,
-            opts: ExportOptions) -> list[Verification]:
+def _verify(onnx_logits: torch.Tensor, torch_logits: torch.Tensor, onnx_one: torch.Tensor, pruned: _Pruned,
+            x: torch.Tensor, opts: ExportOptions) -> list[Verification]:
     """The file in ONNX Runtime against the PyTorch pruned model (batched, and at batch 1), and a shrunk model
     against its masked reference."""
-    checks = [compare(run_onnx(out, x, threads=opts.threads), torch_logits, opts.tolerance,
-                      ("onnxruntime", "pytorch pruned model")),
-              compare(run_onnx(out, x[:1], batch_size=1, threads=opts.threads), torch_logits[:1], opts.tolerance,
-                      ("onnxruntime batch 1", "pytorch pruned model"))]
+    checks = [compare(onnx_logits, torch_logits, opts.tolerance, ("onnxruntime", "pytorch pruned model")),
+              compare(onnx_one, torch_logits[:1], opts.tolerance, ("onnxruntime batch 1", "pytorch pruned model"))]
     if pruned.reference is not None:
         checks.append(compare(torch_logits, predict(pruned.reference, x, batch_size=64), opts.tolerance,
                               ("pytorch shrunk model", "masked reference")))
@@ -535,36 +611,81 @@ def _reject_failures(out: Path, verifications: list[Verification], problems: lis
                             + f"; the file was moved to {rejected}")
 
 
-def _quality(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, y: torch.Tensor | None,
-             pruned_logits: torch.Tensor) -> dict[str, float | None]:
-    dense_logits = predict(copy_model(dense).cpu().eval(), x, batch_size=64)
-    pred, dense_pred = pruned_logits.argmax(-1), dense_logits.argmax(-1)
+def _dense_file(model: nn.Module, example: torch.Tensor, exporter: str, opts: ExportOptions,
+                tmp: Path) -> tuple[Path, bool]:
+    """The dense reference file: the cached one for this model, exporter and input shape, else a fresh export
+    (kept in the cache when there is one, in ``tmp`` otherwise); and whether it came from the cache."""
+    if opts.dense_cache is None:
+        path = tmp / "dense.onnx"
+    else:
+        path = opts.dense_cache.path(exporter, example)
+        if path.is_file() and path.with_suffix(".json").is_file():
+            return path, True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}-{os.getpid()}.onnx")
+    dense = model if next(iter(model.parameters()), torch.zeros(0)).device.type == "cpu" else copy_model(model).cpu()
+    try:
+        to_onnx(dense, example, partial, exporter)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path, False
+
+
+def _dense_cost(path: Path, layers: list[Layer], cached: bool) -> FileCost:
+    """The dense file's cost, read from beside a cached file or counted (and written there) once."""
+    side = path.with_suffix(".json")
+    if cached:
+        return FileCost(**json.loads(side.read_text()))
+    proto = _load(path)
+    cost = file_cost(path, onnx_weights(path, layers, {l.name: l.shape for l in layers}, proto), proto)
+    side.write_text(json.dumps(asdict(cost)))
+    return cost
+
+
+def _quality(dense: nn.Module, onnx_logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None,
+             total: int) -> dict[str, float | None]:
+    """Accuracy of the dense model (PyTorch) and of the exported file (its ONNX Runtime outputs) on ``x``, and their
+    top-1 agreement; ``samples`` out of the ``total`` the eval set holds."""
+    dense_pred = predict(dense, x, batch_size=64).argmax(-1)
+    pred = onnx_logits.argmax(-1)
+    n = max(len(x), 1)
     return {
-        "samples": int(len(x)),
-        "dense_accuracy": None if y is None else float((dense_pred == y).float().mean()),
-        "pruned_accuracy": None if y is None else float((pred == y).float().mean()),
-        "agreement": float((pred == dense_pred).float().mean()),
+        "samples": int(len(x)), "eval_samples": int(total),
+        "dense_accuracy": None if y is None else int((dense_pred == y).sum()) / n,
+        "pruned_accuracy": None if y is None else int((pred == y).sum()) / n,
+        "agreement": int((pred == dense_pred).sum()) / n,
     }
 
 
-def _layer_table(path: Path, layers: list[Layer], requested: Schedule, exported: Schedule, pruned: nn.Module,
-                 shrunk: bool, out_channels: dict[str, tuple[int, int]]) -> pd.DataFrame:
-    """One row per layer: asked and exported sparsity, and what the ONNX initializers hold."""
-    params = dict(pruned.named_parameters())
-    weights = {l.name: params[l.param_name].detach() for l in layers}
-    shapes = {name: tuple(w.shape) for name, w in weights.items()}
-    stored = onnx_weights(path, layers, shapes)
+def _kept(exported: list[Layer], stored: dict[str, np.ndarray], layers: list[Layer], shrunk: bool) -> dict[str, int]:
+    """Layer weights and FLOPs the file keeps: the stored weights and the FLOP counter of the shrunk model, or the
+    non-zero weights with FLOPs in proportion (as the totals count a masked schedule)."""
+    if shrunk:
+        weights, flops = sum(l.params for l in exported), sum(l.flops for l in exported)
+    else:
+        alive = {n: int(np.count_nonzero(w)) for n, w in stored.items()}
+        weights = sum(alive.get(l.name, l.params) for l in layers)
+        flops = sum(l.flops * alive.get(l.name, l.params) // l.params for l in layers)
+    return {"weights": int(weights), "flops": int(flops), "weights_total": sum(l.params for l in layers),
+            "flops_total": sum(l.flops for l in layers), "layers_found": len(stored), "layers": len(exported)}
+
+
+def _layer_table(stored: dict[str, np.ndarray], layers: list[Layer], requested: Schedule, exported: Schedule,
+                 pruned: _Pruned, shrunk: bool) -> pd.DataFrame:
+    """One row per layer: asked and exported sparsity (by weight), and what the ONNX initializers hold."""
+    weights = {l.name: l.weight(pruned.model).detach() for l in pruned.layers}
+    after = {l.name: l.shape[0] for l in pruned.layers}
     gran = parse_granularity(requested.granularity)
     rows = []
     for layer in layers:
-        w = stored.get(layer.name)
+        w, mine = stored.get(layer.name), weights[layer.name]
         row = {"layer": layer.name, "type": layer.kind, "requested": requested.sparsities.get(layer.name, 0.0),
                "exported": exported.sparsities.get(layer.name, 0.0),
-               "torch_zero_fraction": int((weights[layer.name] == 0).sum()) / max(weights[layer.name].numel(), 1), "found_in_onnx": w is not None,
+               "torch_zero_fraction": int((mine == 0).sum()) / max(mine.numel(), 1), "found_in_onnx": w is not None,
                "onnx_zero_fraction": int(np.count_nonzero(w == 0)) / max(w.size, 1) if w is not None else None}
         if shrunk:
-            before, after = out_channels.get(layer.name, (layer.shape[0], layer.shape[0]))
-            row.update(out_channels=before, out_channels_kept=after,
+            row.update(out_channels=layer.shape[0], out_channels_kept=after[layer.name],
                        onnx_out_channels=int(w.shape[0]) if w is not None else None)
         if gran.has_pattern:
             row["nm_ok"] = gran.pattern_holds(torch.from_numpy(np.array(w))) if w is not None else None
@@ -577,8 +698,7 @@ def _weight_problems(table: pd.DataFrame, schedule: Schedule) -> list[str]:
     problems = []
     gran = parse_granularity(schedule.granularity)
     for row in table.itertuples():
-        pruned = row.exported > 0 or row.requested > 0
-        if not pruned:
+        if not (row.exported > 0):
             continue
         if not row.found_in_onnx:
             problems.append(f"the weight of layer {row.layer} was not found in the ONNX file")
@@ -599,12 +719,14 @@ def _weight_problems(table: pd.DataFrame, schedule: Schedule) -> list[str]:
 # ---------------------------------------------------------------------------------------------------- summary
 
 
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)
+def accuracy_line(quality: dict) -> str:
+    """The export's accuracy in words, with the sample count it was measured on."""
+    n, total = quality["samples"], quality.get("eval_samples", quality["samples"])
+    on = f"{n} samples (the whole eval set)" if n == total else f"{n} of the eval set's {total} samples"
+    if quality.get("dense_accuracy") is None:
+        return f"Top-1 agreement with the dense model on {on}: {quality['agreement']:.4f}."
+    return (f"Accuracy on {on}: dense {quality['dense_accuracy']:.4f}, exported file {quality['pruned_accuracy']:.4f} "
+            f"(ONNX Runtime); top-1 agreement with dense {quality['agreement']:.4f}.")
 
 
 def _markdown(r: ExportReport) -> str:
@@ -612,37 +734,27 @@ def _markdown(r: ExportReport) -> str:
              f"- model: `{r.model_spec or 'model'}`, data: `{r.data_spec}`",
              f"- {r.mode} export, {r.granularity} granularity, {r.criterion} criterion, exporter {r.exporter}"
              + (f", BatchNorm recalibrated ({r.bn_recalibrated} layers)" if r.bn_recalibrated else ""),
-             f"- schedule exported: `{r.schedule_path.name}`", ""]
-    q = r.quality
-    if q["dense_accuracy"] is not None:
-        lines.append(f"Accuracy on {q['samples']} samples: dense {q['dense_accuracy']:.4f}, "
-                     f"pruned {q['pruned_accuracy']:.4f}; top-1 agreement with dense {q['agreement']:.4f}.")
-    else:
-        lines.append(f"Top-1 agreement with the dense model on {q['samples']} samples: {q['agreement']:.4f}.")
-    lines += ["", "## Verification", "", "| output | against | samples | max abs diff | max rel diff | top-1 agreement | passed |",
+             f"- schedule exported: `{r.schedule_path.name}`", "", accuracy_line(r.quality)]
+    if r.kept:
+        lines.append(f"Layer weights kept: {r.kept['weights']:,} of {r.kept['weights_total']:,}; FLOPs kept: "
+                     f"{r.kept['flops']:,} of {r.kept['flops_total']:,} per sample.")
+    lines += ["", "## Verification", "",
+              "| output | against | samples | max abs diff | max rel diff | top-1 agreement | passed |",
               "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for v in r.verifications:
         lines.append(f"| {v.candidate} | {v.reference} | {v.samples} | {v.max_abs:.3g} | {v.max_rel:.3g} | "
                      f"{v.top1_agreement:.4f} | {'yes' if v.passed else 'NO'} (tol {v.tolerance:g}) |")
-    lines += ["", "## Size and speed", "", "| | file | gzip | parameters | non-zero |", "| --- | ---: | ---: | ---: | ---: |"]
-    for name, c in (("dense", r.dense), ("pruned", r.pruned)):
-        lines.append(f"| {name} | {_fmt_bytes(c.file_bytes)} | {_fmt_bytes(c.gzip_bytes)} | {c.params:,} | {c.nonzero_params:,} |")
+    lines += ["", "## Size and speed", "", _md_table(size_table(r))]
     if r.latency is not None:
-        lines += ["", f"ONNX Runtime CPU latency, median of {int(r.latency['repeats'].iloc[0])} interleaved runs, "
-                      f"{r.threads} thread(s):", "", "| batch | dense ms | pruned ms | speed-up |", "| ---: | ---: | ---: | ---: |"]
-        wide = r.latency.pivot(index="batch", columns="model", values="median_ms")
-        for batch, row in wide.iterrows():
-            lines.append(f"| {batch} | {row['dense']:.3f} | {row['pruned']:.3f} | {row['dense'] / row['pruned']:.2f}x |")
-    if r.groups:
-        coupled = [g for g in r.groups if g.note]
-        if coupled:
-            lines += ["", "## Coupled channels", "",
-                      "Layers joined by residual adds or depthwise convolutions lose the same channels; each group "
-                      "loses the smallest sparsity the schedule gives any of its layers.", "",
-                      "| layers | channels | asked | removed | note |", "| --- | ---: | --- | ---: | --- |"]
-            for g in coupled:
-                asked = ", ".join(f"{v:g}" for v in g.requested.values())
-                lines.append(f"| {', '.join(g.layers)} | {g.channels} | {asked} | {g.removed} ({g.sparsity:.3g}) | {g.note} |")
+        lines += ["", f"ONNX Runtime CPU latency in ms, median (interquartile range) of interleaved runs, "
+                      f"{r.threads} thread(s):", "", _md_table(speedups(r.latency))]
+    resolved = [g for g in r.groups if len(g.layers) > 1]
+    if resolved:
+        lines += ["", "## Coupled channels", "",
+                  "Layers joined by residual adds or depthwise convolutions lose the same channels; each group "
+                  "takes the smallest sparsity the schedule gives any of its layers.", "",
+                  "| layers | size | kept whole |", "| --- | --- | --- |"]
+        lines += [f"| {', '.join(g.layers)} | {g.size} | {g.kept or '-'} |" for g in resolved]
     if r.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
     pruned_rows = r.layers[(r.layers["requested"] > 0) | (r.layers["exported"] > 0)]
@@ -660,3 +772,13 @@ def _md_table(df: pd.DataFrame) -> str:
     rows = ["| " + " | ".join(df.columns) + " |", "|" + " --- |" * len(df.columns)]
     rows += ["| " + " | ".join(cell(v) for v in rec) + " |" for rec in df.itertuples(index=False)]
     return "\n".join(rows)
+
+
+def size_table(r: ExportReport) -> pd.DataFrame:
+    """Dense and pruned file side by side: sizes in words, parameters stored and non-zero, layer weights."""
+    rows = []
+    for name, c in (("dense", r.dense), ("pruned", r.pruned)):
+        rows.append({"model": name, "file": format_bytes(c.file_bytes), "gzip": format_bytes(c.gzip_bytes),
+                     "parameters stored": c.params, "parameters non-zero": c.nonzero_params,
+                     "layer weights non-zero": c.nonzero_weights if c.nonzero_weights >= 0 else None})
+    return pd.DataFrame(rows)

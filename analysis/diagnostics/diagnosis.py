@@ -571,7 +571,7 @@ def _observe_cell(seen: _Seen, plan: _Plan, i: int, layer: Layer, mask: torch.Te
             seen.shifts.setdefault((i, name), _Shift()).add(dense_out[name][0], out, dim)
 
     obs = _Observer(plan.watched, compare)
-    with masks.applied(model, {layer.param_name: mask}), obs:
+    with masks.applied(model, layer.masks(mask)), obs:
         logits = class_scores(model(xb)).float()
     seen.shifts.setdefault((i, LOGITS), _Shift()).add(dense_logits, logits, logits.dim() - 1)
     seen.sums[i] = seen.sums.get(i, Sums(labelled=yb is not None)) + sums_from_logits(logits, dense_logits, yb)
@@ -597,7 +597,7 @@ def _dead_table(ctx: ScanContext, plan: _Plan, seen: _Seen) -> pd.DataFrame:
     rows, model, example = [], ctx.model, ctx.x[:1].to(ctx.device)
     struct_dense = structural_dead(model, plan.all_layers, example)
     for i, (layer, sparsity, mask) in enumerate(plan.cells):
-        with masks.applied(model, {layer.param_name: mask}):
+        with masks.applied(model, layer.masks(mask)):
             struct_after = structural_dead(model, plan.all_layers, example)
         for name in plan.downstream[layer.name]:
             if name in struct_dense and name in struct_after:
@@ -641,7 +641,7 @@ def recalibration_table(ctx: ScanContext, cells: list[tuple[Layer, float, torch.
     rows = []
     for i, (layer, sparsity, mask) in enumerate(cells):
         before = pruned[i].metrics()
-        with masks.applied(model, {layer.param_name: mask}), batchnorm.preserved(model):
+        with masks.applied(model, layer.masks(mask)), batchnorm.preserved(model):
             batchnorm.recalibrate(model, calib, cfg.bn_batches, cfg.batch_size, ctx.device)
             after = evaluate(model, ctx.x, ctx.y, ctx.dense_logits, cfg.batch_size, ctx.device).metrics()
         drop = base[metric] - before[metric]

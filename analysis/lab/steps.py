@@ -21,6 +21,7 @@ from analysis.core.metrics import evaluate
 from analysis.core.modules import copy_model
 from analysis.lab.context import LabContext, LabError
 from analysis.schedule.allocate import Bounds, ScheduleSetting, Target, schedule_for
+from analysis.schedule.coupling import OUTPUTS
 from analysis.schedule.finetune import finetune
 from analysis.schedule.schedule import Schedule
 from analysis.schedule.totals import Accountant
@@ -95,10 +96,8 @@ def scan_key(criterion: str, granularity: str) -> str:
 
 
 def output_layers(accountant: Accountant) -> tuple[str, ...]:
-    """Layers no other layer reads (the classifier): their output channels are the model's outputs."""
-    if accountant.graph is None:
-        return ()
-    return tuple(l.name for l in accountant.layers if not accountant.graph.consumers(l.name))
+    """Layers whose output channels are the model's outputs (the classifier): the coupling keeps their group whole."""
+    return tuple(name for g in accountant.coupling.groups if g.kept == OUTPUTS for name in g.layers)
 
 
 def allocate_at(lab: LabContext, model: nn.Module, criterion: str, granularity: str, target: Target,

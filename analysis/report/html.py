@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from analysis.core.metric_table import drop_scale
+from analysis.core.metric_table import METRICS, drop_scale
 from analysis.core.profile import SensitivityProfile, tolerance_table
 from analysis.core.version import __version__
 from analysis.lab.result import LabResult
@@ -83,6 +83,10 @@ def _sensitivity(profile: SensitivityProfile, metric: str, fig: _Figures) -> lis
         fig(plots.sensitivity_heatmap(profile, metric)),
         fig(plots.sensitivity_curves(profile, metric)),
         f"<h3>Tolerance: the largest sparsity per layer within a drop of {limit * scale:g} {unit}</h3>",
+        _p(f"max_sparsity_lo is the largest sparsity within that drop at {profile.confidence:.0%} confidence, "
+           "max_sparsity_hi the last before a drop beyond it at that confidence: the eval set's sampling error "
+           "puts the answer between them. Heatmap cells marked with a dot have a drop not distinguishable from "
+           "zero at that confidence.", "muted"),
         _table(tolerance_table(profile, limit, metric)),
     ]
 
@@ -124,7 +128,7 @@ def _schedule(schedule: Schedule, profile: SensitivityProfile, metric: str, pred
         try:
             predictor = Predictor(profile, metric)
             drops = predictor.drops(schedule)
-            prediction = {metric: predictor.predict(schedule), "model": predictor.model}
+            prediction = predictor.prediction(schedule).recorded()
         except ValueError as exc:
             out.append(_p(f"No prediction: {exc}", "muted"))
     else:
@@ -135,10 +139,16 @@ def _schedule(schedule: Schedule, profile: SensitivityProfile, metric: str, pred
     measurement = measurement or schedule.meta.get("measured")
     rows = []
     if prediction:
+        band = prediction.get("band")
         for m, v in prediction.items():
-            if isinstance(v, (int, float)):
+            if m in METRICS and isinstance(v, (int, float)):
                 rows.append({"metric": m, "dense": profile.meta.get("baseline", {}).get(m),
-                             f"predicted ({prediction.get('model', 'additive')})": v})
+                             f"predicted ({prediction.get('model', 'additive')})": v,
+                             **({f"band ({prediction.get('confidence', 0.95):.0%})": f"{band[0]:.4f} to {band[1]:.4f}"}
+                                if band else {})})
+        if prediction.get("reason"):
+            out.append(_p(f"Prediction model {prediction['reason']}. The band covers the eval set's sampling error "
+                          "only, not the combination model's error.", "muted"))
     if measurement:
         dense = measurement.get("dense") or {}
         stages = [s for s in ("pruned", "bn_recalibrated", "finetuned") if measurement.get(s)]

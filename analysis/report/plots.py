@@ -13,8 +13,9 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from analysis.core.blocks import ROLE_ORDER, block_index, column_of, split_name
 from analysis.core.metric_table import check_metric, drop_scale
-from analysis.core.profile import SensitivityProfile
+from analysis.core.profile import EARLY, SensitivityProfile
 
 # ------------------------------------------------------------------------------------------- diagnostics
 
@@ -104,14 +105,21 @@ def criterion_comparison_figure(comparison: pd.DataFrame) -> go.Figure:
 
 def profile_metric(profile: SensitivityProfile, metric: str | None) -> str:
     """The metric a view of ``profile`` shows: ``metric``, checked against the profile, or its default."""
-    return check_metric(metric or profile.default_metric, profile.labelled)
+    return check_metric(metric or profile.default_metric, profile.labelled, profile.task)
 
 
 def _drop_frame(profile: SensitivityProfile, metric: str) -> pd.DataFrame:
     df = profile.drop(metric)
     scale, _ = drop_scale(metric)
-    df["drop_shown"] = df["drop"] * scale
+    for column in ("drop", "drop_lo", "drop_hi"):
+        df[f"{column}_shown"] = df[column] * scale
+    df["early"] = df[EARLY].astype(bool) if EARLY in df else False
     return df
+
+
+def within_noise(df: pd.DataFrame) -> pd.Series:
+    """Pruned cells whose drop is not distinguishable from zero: the interval holds 0 (``profile.drop`` rows)."""
+    return (df["sparsity"] > 0) & (df["drop_lo"] <= 0) & (df["drop_hi"] >= 0)
 
 
 def sensitivity_heatmap(profile: SensitivityProfile, metric: str | None = None) -> go.Figure:
@@ -127,24 +135,31 @@ def sensitivity_heatmap(profile: SensitivityProfile, metric: str | None = None) 
     metric = profile_metric(profile, metric)
     df = _drop_frame(profile, metric)
     _, unit = drop_scale(metric)
-    grid = df.pivot_table(index="layer", columns="sparsity", values="drop_shown", aggfunc="first")
+    grid = df.pivot_table(index="layer", columns="sparsity", values="drop_shown", aggfunc="first", dropna=False)
     grid = grid.reindex(index=[l for l in profile.layers if l in grid.index])
-    values = df.pivot_table(index="layer", columns="sparsity", values=metric, aggfunc="first").reindex(grid.index)
+    extra = np.stack([df.pivot_table(index="layer", columns="sparsity", values=c, aggfunc="first", dropna=False)
+                      .reindex(index=grid.index, columns=grid.columns).to_numpy(dtype=float)
+                      for c in (metric, "drop_lo_shown", "drop_hi_shown", "n")], axis=-1)
     limit = colour_limit(grid)
     fig = go.Figure(go.Heatmap(
         z=grid.to_numpy(),
         x=[f"{s:g}" for s in grid.columns],
         y=list(grid.index),
-        customdata=values.to_numpy(),
+        customdata=extra,
         colorscale="RdBu_r",
         zmid=0.0,
         zmin=-limit,
         zmax=limit,
         colorbar={"title": {"text": f"drop ({unit})"}},
-        hovertemplate=(f"layer %{{y}}<br>sparsity %{{x}}<br>{metric} %{{customdata:.4f}}"
-                       f"<br>drop %{{z:.3f}} {unit}<extra></extra>"),
+        hovertemplate=(f"layer %{{y}}<br>sparsity %{{x}}<br>{metric} %{{customdata[0]:.4f}}"
+                       f"<br>drop %{{z:.3f}} {unit} ({profile.confidence:.0%} interval %{{customdata[1]:.3f}} to "
+                       f"%{{customdata[2]:.3f}})<br>%{{customdata[3]:.0f}} samples<extra></extra>"),
     ))
     _mark_filled(fig, df)
+    _mark_cells(fig, df[within_noise(df)], "circle", f"drop within noise (its {profile.confidence:.0%} interval "
+                "holds 0)", "the drop is not distinguishable from zero on this eval set")
+    _mark_cells(fig, df[df["early"]], "triangle-up-open", "settled early (fewer samples)",
+                "a sequential scan settled this cell before the whole eval set")
     fig.update_layout(
         title=f"{metric} drop when one layer is pruned ({profile.meta.get('criterion', '')}, "
               f"{profile.meta.get('granularity', '')})",
@@ -180,14 +195,28 @@ def _mark_filled(fig: go.Figure, df: pd.DataFrame) -> None:
     fig.update_layout(legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0})
 
 
+def _mark_cells(fig: go.Figure, cells: pd.DataFrame, symbol: str, name: str, why: str) -> None:
+    """Mark ``cells`` of a heatmap with ``symbol`` (a legend entry ``name``; ``why`` on hover)."""
+    if cells.empty:
+        return
+    fig.add_trace(go.Scatter(
+        x=[f"{s:g}" for s in cells["sparsity"]], y=list(cells["layer"]), mode="markers", name=name, showlegend=True,
+        marker={"symbol": symbol, "size": 7 if symbol == "circle" else 11, "color": "rgba(40, 40, 40, 0.55)",
+                "line": {"width": 1.5, "color": "black"}},
+        hovertemplate=f"layer %{{y}}<br>sparsity %{{x}}<br>{why}<extra></extra>"))
+    fig.update_layout(legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0})
+
+
 def _curve_hover(metric: str, unit: str, label: str = "") -> str:
     prefix = f"{label} " if label else ""
     return (f"{prefix}layer %{{customdata[0]}}<br>sparsity %{{x:.3f}} (actual %{{customdata[1]:.4f}})"
-            f"<br>{metric} %{{customdata[2]:.4f}}<br>drop %{{y:.4f}} {unit}<extra></extra>")
+            f"<br>{metric} %{{customdata[2]:.4f}}<br>drop %{{y:.4f}} {unit} (interval %{{customdata[3]:.4f}} to "
+            f"%{{customdata[4]:.4f}})<br>%{{customdata[5]}} samples<extra></extra>")
 
 
 def _curve_traces(profile: SensitivityProfile, metric: str, layers: list[str] | None, label: str = "",
-                  dash: str | None = None) -> list[go.Scatter]:
+                  dash: str | None = None, bands: bool = False) -> list[go.Scatter]:
+    """One line per layer; with ``bands``, each layer's drop interval as a shaded band behind it."""
     df = _drop_frame(profile, metric)
     _, unit = drop_scale(metric)
     wanted = profile.layers if not layers else [l for l in profile.layers if l in set(layers)]
@@ -195,16 +224,25 @@ def _curve_traces(profile: SensitivityProfile, metric: str, layers: list[str] | 
     traces = []
     for i, layer in enumerate(wanted):
         cells = df[df["layer"] == layer].sort_values("sparsity")
+        colour = palette[i % len(palette)]
+        if bands and cells["drop_lo"].notna().all():
+            traces.append(go.Scatter(
+                x=[*cells["sparsity"], *cells["sparsity"][::-1]],
+                y=[*cells["drop_hi_shown"], *cells["drop_lo_shown"][::-1]],
+                fill="toself", fillcolor=colour, opacity=0.18, line={"width": 0}, mode="lines", hoverinfo="skip",
+                legendgroup=layer, showlegend=False, name=f"{layer} interval"))
+        measured = cells["measured"].astype(bool) if "measured" in cells else [True] * len(cells)
         traces.append(go.Scatter(
             x=cells["sparsity"],
             y=cells["drop_shown"],
             mode="lines+markers",
             name=f"{layer} ({label})" if label else layer,
             legendgroup=layer,
-            line={"color": palette[i % len(palette)], "dash": dash},
-            marker={"symbol": ["circle" if m else "circle-open" for m in cells["measured"].astype(bool)]}
-            if "measured" in cells else None,
-            customdata=cells[["layer", "actual_sparsity", metric]].to_numpy(dtype=object),
+            line={"color": colour, "dash": dash},
+            marker={"symbol": ["circle-open" if not m else "triangle-up" if e else "circle"
+                               for m, e in zip(measured, cells["early"])]},
+            customdata=cells.assign(n=cells["n"] if "n" in cells else "?")[
+                ["layer", "actual_sparsity", metric, "drop_lo_shown", "drop_hi_shown", "n"]].to_numpy(dtype=object),
             hovertemplate=_curve_hover(metric, unit, label),
         ))
     return traces
@@ -212,12 +250,13 @@ def _curve_traces(profile: SensitivityProfile, metric: str, layers: list[str] | 
 
 def sensitivity_curves(profile: SensitivityProfile, metric: str | None = None,
                        layers: list[str] | None = None) -> go.Figure:
-    """One line per layer: drop of ``metric`` against sparsity; hovering shows the exact numbers."""
+    """One line per layer: drop of ``metric`` against sparsity, its interval at the profile's confidence as a
+    band (cells settled early by a sequential scan are triangles); hovering shows the exact numbers."""
     metric = profile_metric(profile, metric)
     _, unit = drop_scale(metric)
-    fig = go.Figure(_curve_traces(profile, metric, layers))
+    fig = go.Figure(_curve_traces(profile, metric, layers, bands=True))
     fig.update_layout(
-        title=f"{metric} drop per layer",
+        title=f"{metric} drop per layer (bands: {profile.confidence:.0%} intervals)",
         xaxis_title="sparsity of the layer",
         yaxis_title=f"drop ({unit}, higher is worse)",
         hovermode="closest",
@@ -255,6 +294,97 @@ def profile_overlay(first: SensitivityProfile, second: SensitivityProfile, metri
 
 def _profile_label(profile: SensitivityProfile) -> str:
     return f"{profile.meta.get('criterion', '?')}/{profile.meta.get('granularity', '?')}"
+
+
+def block_table(profile: SensitivityProfile, metric: str | None = None) -> pd.DataFrame:
+    """The profile's cells of layers inside numbered blocks, tidy: ``block``, ``depth`` (the block's number),
+    ``column`` (the layer's role in the block: ``q``, ``k``, ``v``, ``qkv``, ``o``, ``gate``, ``up``, ``down``,
+    else its name inside the block, such as a coupled layer's ``attn``), ``layer``, ``sparsity``, the metric and its
+    ``drop`` (in the metric's shown unit, as the other views). Empty when no layer sits in a numbered block."""
+    metric = profile_metric(profile, metric)
+    df = _drop_frame(profile, metric)
+    parts = df["layer"].map(split_name)
+    df = df[parts.notna()].copy()
+    if df.empty:
+        return pd.DataFrame(columns=["block", "depth", "column", "layer", "sparsity", metric, "drop"])
+    df["block"] = parts[parts.notna()].map(lambda p: p[0])
+    df["depth"] = df["block"].map(block_index)
+    df["column"] = df["layer"].map(column_of)
+    out = df[["block", "depth", "column", "layer", "sparsity", metric, "drop_shown"]].rename(
+        columns={"drop_shown": "drop"})
+    out.attrs["metric"] = metric
+    return out.sort_values(["depth", "block", "sparsity"], kind="stable").reset_index(drop=True)
+
+
+def _columns(table: pd.DataFrame) -> list[str]:
+    """Heatmap columns: the known roles in their order, then the other names in model order."""
+    present = list(dict.fromkeys(table["column"]))
+    return [r for r in ROLE_ORDER if r in present] + [c for c in present if c not in ROLE_ORDER]
+
+
+def block_heatmap(profile: SensitivityProfile, sparsity: float, metric: str | None = None) -> go.Figure:
+    """Blocks (rows, by depth) x projections (columns: q, k, v, o, gate, up, down, ...) at one measured
+    ``sparsity``, coloured by the drop of ``metric`` when that layer alone is pruned.
+
+    Example::
+
+        >>> from analysis import ScanConfig, block_heatmap, load_workload, scan
+        >>> profile = scan(load_workload("sample:digits-resnet", "sample:digits"), ScanConfig(sparsities=(0.5,)))
+        >>> [list(block_heatmap(profile, 0.5).data[0].y), list(block_heatmap(profile, 0.5).data[0].x)]
+        [['layer1', 'layer2'], ['conv1', 'conv2', 'downsample.0']]
+    """
+    table = block_table(profile, metric)
+    if table.empty:
+        raise ValueError("no layer of this profile sits in a numbered block (layers.N, h.N, ...)")
+    metric = table.attrs["metric"]
+    cells = table[(table["sparsity"] - sparsity).abs() < 1e-9]
+    if cells.empty:
+        measured = ", ".join(f"{s:g}" for s in sorted(set(table["sparsity"])))
+        raise ValueError(f"sparsity {sparsity:g} was not measured; the scan measured {measured}")
+    _, unit = drop_scale(metric)
+    blocks = list(dict.fromkeys(cells.sort_values(["depth", "block"], kind="stable")["block"]))
+    columns = _columns(cells)
+    grid = cells.pivot_table(index="block", columns="column", values="drop", aggfunc="first").reindex(
+        index=blocks, columns=columns)
+    names = cells.pivot_table(index="block", columns="column", values="layer", aggfunc="first").reindex(
+        index=blocks, columns=columns)
+    limit = max(float(grid.abs().max().max()) if grid.notna().any().any() else 0.0, 1e-9)
+    fig = go.Figure(go.Heatmap(
+        z=grid.to_numpy(dtype=float), x=columns, y=blocks, customdata=names.to_numpy(dtype=object),
+        colorscale="RdBu_r", zmid=0.0, zmin=-limit, zmax=limit, colorbar={"title": {"text": f"drop ({unit})"}},
+        hovertemplate=f"%{{customdata}}<br>drop %{{z:.3f}} {unit} at sparsity {sparsity:g}<extra></extra>"))
+    fig.update_layout(
+        title=f"{metric} drop per block and projection at sparsity {sparsity:g} (each layer pruned alone)",
+        xaxis_title="projection", yaxis_title="block", xaxis={"type": "category"},
+        yaxis={"autorange": "reversed", "type": "category"}, height=max(320, 60 + 26 * len(blocks)),
+        margin={"l": 10, "r": 10, "t": 50, "b": 40})
+    return fig
+
+
+def block_curves(profile: SensitivityProfile, metric: str | None = None, blocks: list[str] | None = None) -> go.Figure:
+    """One panel per block (by depth), one line per projection in it: drop of ``metric`` against sparsity.
+
+    Example::
+
+        >>> from analysis import ScanConfig, block_curves, load_workload, scan
+        >>> profile = scan(load_workload("sample:digits-resnet", "sample:digits"), ScanConfig(sparsities=(0.5, 0.9)))
+        >>> sorted(a.text for a in block_curves(profile).layout.annotations)
+        ['layer1', 'layer2']
+    """
+    table = block_table(profile, metric)
+    if table.empty:
+        raise ValueError("no layer of this profile sits in a numbered block (layers.N, h.N, ...)")
+    if blocks:
+        table = table[table["block"].isin(blocks)]
+    metric = table.attrs.get("metric", metric)
+    _, unit = drop_scale(metric)
+    fig = px.line(table, x="sparsity", y="drop", color="column", facet_col="block", facet_col_wrap=4, markers=True,
+                  category_orders={"column": _columns(table), "block": list(dict.fromkeys(table["block"]))},
+                  hover_data=["layer", metric], labels={"drop": f"drop ({unit})", "column": "projection"})
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    fig.update_layout(title=f"{metric} drop per block", height=max(360, 260 * ((table["block"].nunique() + 3) // 4)),
+                      margin={"l": 10, "r": 10, "t": 60, "b": 40})
+    return fig
 
 
 def layer_summary_bar(table: pd.DataFrame) -> go.Figure:

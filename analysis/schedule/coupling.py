@@ -1,256 +1,367 @@
-"""Remove pruned output channels for real, following the dependencies between layers.
+"""Which channels go together: the coupled groups of a model, the one model of what a structured schedule does.
 
-A channel-pruned model full of zero rows is no smaller and no faster. Removing a channel for real also
-removes it from every place it flows to: the BatchNorm after the convolution, the input channels of the
-layers that read it, the other branch of a residual add, the slice of a concatenation, the depthwise
-convolution that works channel by channel. That bookkeeping is Torch-Pruning's ``DependencyGraph``; this
-module only decides which channels go and keeps the result honest.
+Removing an output channel of a convolution for real also removes it everywhere it flows: the BatchNorm after it,
+the input channels of the layers that read it, the other branch of a residual add, the slice of a concatenation,
+the depthwise convolution that works channel by channel. Layers tied like that lose the same channels: a *coupled
+group*. Torch-Pruning's ``DependencyGraph`` finds the groups; this module turns them into ``CoupledGroup`` records
+that every face shares: the Schedule page draws one slider per group, allocation allocates per group, the totals
+count what each group removes, and Measure, ``evaluate``, ``calibrate`` and the export remove exactly that.
 
-Coupling. Layers joined by a residual add or a depthwise convolution must lose the same channels (a
-*coupled group*). A group loses ``round(s * C)`` channels where ``s`` is the smallest sparsity the schedule
-gives any of its layers (a layer the schedule does not name counts as 0), so no layer loses more than its
-schedule allows; the channels are chosen by the criterion's channel scores summed over the group, each
-layer's scores normalised to sum 1. A group whose channels are the model's outputs (the classifier) is kept
-whole. ``ChannelGroup`` records what was asked and what was done, so the exported schedule is the real one.
+A group is a set of *positions*: the channels of its first layer, or for attention the heads of an
+``nn.MultiheadAttention`` (its packed query/key/value rows and the output projection's matching columns). Where a
+grouped convolution reads or writes the channels they form ``blocks`` equal blocks, and every block loses the same
+positions (a grouped convolution needs the same number of channels in every group). A group loses
+``round(s * positions per block)`` positions per block at sparsity ``s``, always keeping one; which ones is decided
+by the criterion's channel scores of the group's layers, each layer's scores normalised to sum 1 and summed over
+the layers (and over the blocks).
 
-The masked reference. Zeroing a convolution's output channel does not make the channel zero downstream
-(the BatchNorm bias after it, or an activation with f(0) != 0, lets a constant through), so a model with
-zero weight rows is *not* equal to the model with those channels removed. ``ShrinkPlan.masked`` therefore
-zeroes every parameter entry the shrink removes (the convolution rows and biases, the BatchNorm scales and
-shifts, the consumers' input columns): that model has the original architecture and computes the same
-function as the shrunk one, up to float summation order. It is the reference the shrunk model is checked
-against.
+Some groups are kept whole, and say why: channels that are the model's outputs (the classifier's classes),
+an attention's embedding width (every head reads it; the heads are pruned instead), channels a ``GroupNorm`` or an
+LSTM reads. A layer in no group (a weight used by a functional call, an attention projection's embedding width)
+is not pruned by channel.
 
-How the removed entries are found: every parameter and buffer of a scratch copy is overwritten with its own
-flat indices (float64, exact up to 2**53) and Torch-Pruning prunes that copy; the indices that survive are
-exactly the entries kept. No pruning rule is written here twice.
+Resolution: a schedule names a sparsity per layer. A group takes the smallest sparsity the schedule gives any of
+its layers (a layer it does not name counts as 0), so no layer loses more than its schedule allows; a kept group
+and an ungrouped layer take 0. ``Coupling.resolve`` does that once for every face and says, one note per group,
+where the result differs from what was asked.
+
+When the dependency graph cannot trace the model (TorchScript, a model run in ONNX Runtime, code it does not
+understand), ``Coupling.per_layer`` stands in: every layer is its own group and only its rows go (the masked
+export zeroes them); the model cannot be shrunk and ``shrinkable`` says why.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
 from analysis.core import criteria
-from analysis.core.granularity import parse_granularity
+from analysis.core.granularity import Channel, supports
 from analysis.core.layers import Layer, gradients_on
-from analysis.schedule.schedule import Schedule
+from analysis.schedule.attention import supports_heads
+
+ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+OUTPUTS = "its channels are the model's outputs (the classes)"
+ATTENTION_WIDTH = "the attention's embedding width: every head reads it (its heads can be pruned instead)"
+NOT_IN_GRAPH = "not a Conv/Linear module that Torch-Pruning's dependency graph can shrink"
+_KEPT_TYPES = {"OUTPUT": OUTPUTS, "MHA": ATTENTION_WIDTH, "GN": "a GroupNorm normalises these channels in groups",
+               "LSTM": "an LSTM reads these channels"}
 
 
 class ShrinkError(ValueError):
-    """A model or schedule that the dependency graph cannot shrink; masked export still works."""
+    """A model or schedule that the dependency graph cannot shrink; the masked export still works."""
 
 
 @dataclass
-class ChannelGroup:
-    """Layers whose output channels are removed together, what the schedule asked and what was removed."""
+class Share:
+    """One layer's part in a group: its rows (``out``) or its input columns (``in``); ``removed[k]`` is how many
+    entries of that dimension go when ``k`` positions per block go; ``positions`` (rows only) is the position of
+    each row in its block."""
 
+    layer: str
+    role: str
+    removed: np.ndarray
+    positions: np.ndarray | None = None
+
+
+@dataclass
+class CoupledGroup:
+    """Layers whose output rows go together (``layers``), the layers whose input columns go with them
+    (``consumers``), the positions (``channels``, or heads) in ``blocks`` equal blocks, and why the group is
+    ``kept`` whole ("" when it can be pruned). ``order`` ranks the positions of a block, least important first."""
+
+    key: str
     layers: list[str]
+    consumers: list[str]
     channels: int
-    requested: dict[str, float]
-    removed: int
-    note: str = ""
+    blocks: int = 1
+    unit: str = "channel"
+    kept: str = ""
+    order: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    shares: list[Share] = field(default_factory=list)
 
     @property
-    def sparsity(self) -> float:
-        return self.removed / self.channels if self.channels else 0.0
+    def per_block(self) -> int:
+        return self.channels // self.blocks
 
     @property
-    def adjusted(self) -> bool:
-        """True when some layer of the group loses a different fraction than the schedule asked."""
-        return any(abs(s - self.sparsity) > 0.5 / self.channels for s in self.requested.values())
+    def prunable(self) -> bool:
+        return not self.kept and self.per_block > 1
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), "sparsity": self.sparsity}
+    @property
+    def label(self) -> str:
+        """The group named by its layers (the first three, then how many more)."""
+        shown = ", ".join(self.layers[:3])
+        return shown + (f" (+{len(self.layers) - 3} more)" if len(self.layers) > 3 else "")
+
+    @property
+    def size(self) -> str:
+        """What one step of the group's slider removes, in words."""
+        if self.unit == "head":
+            return f"{self.channels} heads"
+        if self.blocks > 1:
+            return f"{self.channels} channels in {self.blocks} blocks of {self.per_block}"
+        return f"{self.channels} channels"
+
+    def units_at(self, sparsity: float) -> int:
+        """Positions each block loses at ``sparsity`` (at least one position stays)."""
+        if sparsity <= 0.0 or not self.prunable:
+            return 0
+        return min(round(sparsity * self.per_block), self.per_block - 1)
+
+    def sparsity_at(self, units: int) -> float:
+        return units / self.per_block
+
+    def removed_positions(self, units: int) -> list[int]:
+        """The group's positions (root channel or head indices) that go when ``units`` per block go."""
+        picked = np.asarray(self.order[:units], dtype=np.int64)
+        return sorted(int(p) for b in range(self.blocks) for p in picked + b * self.per_block)
 
 
 @dataclass
-class ShrinkPlan:
-    """Which entries of every tensor survive, and the shrunk architecture (values filled by ``apply``)."""
+class Resolved:
+    """A schedule as the model can take it: positions removed per group (``units``), the resulting sparsity of
+    every layer that loses rows, and one note per group where that differs from what was asked."""
 
-    skeleton: nn.Module
-    kept: dict[str, torch.Tensor]
-    groups: list[ChannelGroup]
-    out_channels: dict[str, tuple[int, int]] = field(default_factory=dict)
-    removed_channels: dict[str, list[int]] = field(default_factory=dict)
-
-    def effective_sparsities(self) -> dict[str, float]:
-        """Fraction of output channels removed, for every layer that loses any."""
-        return {n: 1.0 - after / before for n, (before, after) in self.out_channels.items() if after < before}
-
-    def masked(self, model: nn.Module) -> nn.Module:
-        """A copy of ``model`` (same architecture) with every entry the shrink removes set to zero."""
-        reference = copy.deepcopy(model)
-        with torch.no_grad():
-            for name, p in reference.named_parameters():
-                keep = self.kept.get(name)
-                if keep is not None and keep.numel() < p.numel():
-                    flat_keep = torch.zeros(p.numel(), dtype=torch.bool)
-                    flat_keep[keep] = True
-                    p.masked_fill_(~flat_keep.view(p.shape).to(p.device), 0)
-        return reference
-
-    def apply(self, reference: nn.Module) -> nn.Module:
-        """The shrunk model, holding the kept entries of ``reference`` (e.g. after BatchNorm recalibration)."""
-        small = copy.deepcopy(self.skeleton)
-        values = dict(reference.named_parameters()) | dict(reference.named_buffers())
-        targets = dict(small.named_parameters()) | dict(small.named_buffers())
-        with torch.no_grad():
-            for name, keep in self.kept.items():
-                source = values[name].detach().cpu()
-                targets[name].data = source.reshape(-1)[keep].view(targets[name].shape).clone()
-        return small.eval()
+    units: dict[str, int]
+    sparsities: dict[str, float]
+    notes: list[str]
 
 
-def _module_of(model: nn.Module, layer: Layer) -> nn.Module | None:
-    """The Conv/Linear module that owns ``layer``'s weight, or None (attention projections, scripted code)."""
-    if not layer.param_name.endswith(".weight"):
-        return None
-    try:
-        module = model.get_submodule(layer.name)
-    except (AttributeError, RuntimeError):
-        return None
-    return module if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) else None
+@dataclass
+class Coupling:
+    """The coupled groups of one model (built once, then every question is a table look-up).
+
+    ``alone`` names the layers in no group and why; ``shrinkable`` is "" when the channels can be removed for real,
+    else the reason (the groups are then the layers themselves). ``example`` is the input the graph was traced on.
+
+    Example::
+
+        >>> from analysis import Coupling, find_layers, load_workload
+        >>> w = load_workload("sample:digits-resnet", "sample:digits", count=8)
+        >>> coupling = Coupling.build(w.model, w.data.x[:1], find_layers(w.model, w.data.x[:1]))
+        >>> [g.layers for g in coupling.groups if len(g.layers) > 1]
+        [['layer2.downsample.0', 'layer2.conv2'], ['stem.0', 'layer1.conv2']]
+        >>> coupling.by_layer["fc"].kept
+        "its channels are the model's outputs (the classes)"
+    """
+
+    layers: list[Layer]
+    groups: list[CoupledGroup]
+    alone: dict[str, str] = field(default_factory=dict)
+    shrinkable: str = ""
+    example: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.by_key = {g.key: g for g in self.groups}
+        self.by_layer = {name: g for g in self.groups for name in g.layers}
+
+    @classmethod
+    def build(cls, model: nn.Module, example: torch.Tensor, layers: list[Layer], criterion: str = "magnitude",
+              stats: criteria.CalibrationStats | None = None, seed: int = 0) -> "Coupling":
+        """Trace ``model`` once on ``example`` (one sample) and rank each group's positions by ``criterion``."""
+        scores = _Scores(model, criterion, stats, seed)
+        if isinstance(model, torch.jit.ScriptModule) or not isinstance(model, nn.Module):
+            return cls.per_layer(layers, scores, "a TorchScript model or one run in ONNX Runtime cannot be shrunk: "
+                                 "Torch-Pruning's dependency graph rewrites Python modules; export it without "
+                                 "--shrink, or load the model from its Python code")
+        try:
+            graph = trace(model, example)
+        except ShrinkError as exc:
+            return cls.per_layer(layers, scores, str(exc))
+        names = {m: n for n, m in model.named_modules()}
+        by_name = {l.name: l for l in layers}
+        groups = [g for tp_group in graph.get_all_groups(root_module_types=ROOT_TYPES)
+                  if (g := _group(tp_group, graph, names, by_name, scores)) is not None]
+        groups += _head_groups(model, by_name, scores)
+        grouped = {n for g in groups for n in g.layers}
+        alone = {l.name: _why_alone(l, model) for l in layers if l.name not in grouped}
+        return cls(list(layers), groups, alone, "", example.detach()[:1].cpu())
+
+    @classmethod
+    def per_layer(cls, layers: list[Layer], scores: "_Scores | None", reason: str) -> "Coupling":
+        """Every layer its own group, only its rows counted (the model cannot be shrunk: ``reason``; without
+        ``scores`` the channels are not ranked, which counting does not need)."""
+        groups = []
+        for layer in layers:
+            if supports(Channel(), layer.shape) is not None:
+                continue
+            order = np.argsort(scores.of(layer), kind="stable") if scores else np.arange(layer.shape[0])
+            rows = np.arange(layer.shape[0] + 1, dtype=np.int64)
+            groups.append(CoupledGroup(layer.name, [layer.name], [], layer.shape[0], order=order,
+                                       shares=[Share(layer.name, "out", rows, np.arange(layer.shape[0]))]))
+        return cls(list(layers), groups, {}, reason)
+
+    # ------------------------------------------------------------------------------------------ resolution
+
+    def resolve(self, sparsities: Mapping[str, float]) -> Resolved:
+        """Positions each group loses under ``sparsities`` (``{layer: s}``), each layer's resulting sparsity, and
+        notes where that differs from what was asked (see the module docstring)."""
+        units, result, notes = {}, {}, []
+        for group in self.groups:
+            asked = {n: float(sparsities.get(n, 0.0)) for n in group.layers}
+            if max(asked.values(), default=0.0) <= 0.0:
+                continue
+            k = group.units_at(min(asked.values()))
+            units[group.key] = k
+            got = group.sparsity_at(k)
+            if k:
+                result.update(dict.fromkeys(group.layers, got))
+            note = _note(group, asked, got)
+            if note:
+                notes.append(note)
+        for name, s in sparsities.items():
+            if float(s) > 0.0 and name in self.alone:
+                notes.append(f"{name}: not pruned by channel: {self.alone[name]} (asked {float(s):g})")
+        ordered = {l.name: result[l.name] for l in self.layers if l.name in result}
+        return Resolved(units, ordered, notes)
+
+    def removed_entries(self, units: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+        """Rows and input columns each layer loses when each group loses ``units[key]`` positions per block."""
+        rows: dict[str, int] = {}
+        cols: dict[str, int] = {}
+        for key, k in units.items():
+            if k:
+                for share in self.by_key[key].shares:
+                    target = rows if share.role == "out" else cols
+                    target[share.layer] = target.get(share.layer, 0) + int(share.removed[k])
+        return rows, cols
 
 
-def _channel_scores(layer: Layer, model: nn.Module, criterion: str, stats: criteria.CalibrationStats | None,
-                    seed: int) -> torch.Tensor:
-    scores = criteria.importance(layer, layer.weight(model), criterion, stats, seed)
-    return criteria.channel_scores(scores, criterion).double()
+# ---------------------------------------------------------------------------------------------- the graph
 
 
-def _build_graph(model: nn.Module, example: torch.Tensor):  # noqa: ANN202 - a torch_pruning.DependencyGraph
+def trace(model: nn.Module, example: torch.Tensor):  # noqa: ANN201 - a torch_pruning.DependencyGraph
+    """Torch-Pruning's dependency graph of ``model`` on ``example``; a ``ShrinkError`` when it cannot trace it."""
     import torch_pruning as tp
 
     try:
         with gradients_on(model):
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example[:1], verbose=False)
     except Exception as exc:  # noqa: BLE001 - any tracing failure means the graph cannot handle this model
         raise ShrinkError(f"Torch-Pruning's dependency graph cannot trace this model ({type(exc).__name__}: "
                           f"{' '.join(str(exc).split())[:200]}); export without --shrink") from None
 
 
-def plan(model: nn.Module, layers: list[Layer], schedule: Schedule, example: torch.Tensor,
-         stats: criteria.CalibrationStats | None = None, seed: int = 0) -> ShrinkPlan:
-    """Decide the channels every coupled group loses and prune a scratch copy; ``model`` is not changed.
+class _Scores:
+    """Each layer's channel scores under the criterion, computed once."""
 
-    ``schedule`` must have channel granularity; ``layers`` are ``model``'s layers (``find_layers``).
-    """
-    if not parse_granularity(schedule.granularity).structured:
-        raise ShrinkError(f"only channel granularity can be shrunk, the schedule has {schedule.granularity}; "
-                          "export it masked (without --shrink)")
-    schedule.validate(layers)
-    if isinstance(model, torch.jit.ScriptModule):
-        raise ShrinkError("a TorchScript model cannot be shrunk: Torch-Pruning's dependency graph rewrites Python "
-                          "modules; export it without --shrink, or load the model from its Python code")
-    work = copy.deepcopy(model).cpu().eval()
-    example = example.cpu()
-    graph = _build_graph(work, example)
-    by_module = {}
-    for layer in layers:
-        module = _module_of(work, layer)
-        if module is not None and module in graph.module2node:
-            by_module[module] = layer
+    def __init__(self, model: nn.Module, criterion: str, stats: criteria.CalibrationStats | None, seed: int) -> None:
+        self.model, self.criterion, self.stats, self.seed = model, criterion, stats, seed
+        self._cache: dict[str, np.ndarray] = {}
 
-    decided = []
-    grouped: set[str] = set()
-    for group in graph.get_all_groups(root_module_types=(nn.modules.conv._ConvNd, nn.Linear)):
-        members, consumed = [], False
-        for item in group:
-            module, handler = item.dep.target.module, item.dep.handler
-            is_out = graph.is_out_channel_pruning_fn(handler)
-            if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
-                if is_out and module in by_module:
-                    members.append((by_module[module], item.idxs, item.root_idxs))
-                if graph.is_in_channel_pruning_fn(handler) and not is_out:
-                    consumed = True
-        if not members:
+    def of(self, layer: Layer) -> np.ndarray:
+        if layer.name not in self._cache:
+            scores = criteria.importance(layer, layer.weight(self.model), self.criterion, self.stats, self.seed)
+            self._cache[layer.name] = criteria.channel_scores(scores, self.criterion).double().numpy()
+        return self._cache[layer.name]
+
+
+def _group(tp_group, graph, names: dict, by_name: dict[str, Layer], scores: _Scores) -> CoupledGroup | None:  # noqa: ANN001
+    """One Torch-Pruning group as a ``CoupledGroup`` (None when none of our layers loses rows in it)."""
+    out, into, kept, blocks = [], [], "", 1
+    for item in tp_group:
+        module, handler = item.dep.target.module, item.dep.handler
+        kept = kept or _KEPT_TYPES.get(item.dep.target.type.name, "")
+        if not isinstance(module, ROOT_TYPES) or names.get(module) not in by_name:
             continue
-        root = group[0].dep.target.module
-        channels = graph.get_out_channels(root)
-        requested = {layer.name: schedule.sparsities.get(layer.name, 0.0) for layer, _, _ in members}
-        grouped.update(requested)
-        chosen, note = _choose(members, channels, requested, consumed, work, schedule, stats, seed)
-        if chosen:
-            _check_grouped(group, graph, work)
-        decided.append((group, ChannelGroup([l.name for l, _, _ in members], channels, requested, len(chosen), note),
-                        chosen))
-
-    missing = [n for n, s in schedule.sparsities.items() if s > 0 and n not in grouped]
-    if missing:
-        raise ShrinkError(f"layer {missing[0]} is not a Conv/Linear module that Torch-Pruning's dependency graph "
-                          "can shrink (scripted code, an attention projection or a functional call); export "
-                          "without --shrink, or leave it out of the schedule")
-
-    before = {layer.name: _module_of(work, layer).weight.shape[0] for layer in by_module.values()}
-    kept = _prune_with_tags(work, [(g, chosen) for g, _, chosen in decided if chosen])
-    after = {layer.name: _module_of(work, layer).weight.shape[0] for layer in by_module.values()}
-    removed = {l: [] for l in before}
-    for group, info, chosen in decided:
-        for layer, idxs, root_idxs in _members(group, by_module, graph):
-            position = {r: i for r, i in zip(root_idxs, idxs)}
-            removed[layer.name] = sorted(int(position[c]) for c in chosen if c in position)
-    return ShrinkPlan(work, kept, [info for _, info, _ in decided],
-                      {n: (before[n], after[n]) for n in before},
-                      {n: idx for n, idx in removed.items() if idx})
+        blocks = max(blocks, _blocks(module))
+        entry = (by_name[names[module]], np.asarray(item.idxs, dtype=np.int64), np.asarray(item.root_idxs))
+        if graph.is_out_channel_pruning_fn(handler):
+            if all(entry[0] is not o[0] for o in out):
+                out.append(entry)
+        elif graph.is_in_channel_pruning_fn(handler):
+            into.append(entry)
+    if not out:
+        return None
+    channels = graph.get_out_channels(tp_group[0].dep.target.module)
+    if not into:
+        kept = kept or OUTPUTS
+    if channels % blocks:
+        kept = kept or f"{channels} channels do not split into the {blocks} groups of a grouped convolution"
+    root_scores = np.zeros(channels)
+    for layer, idxs, roots in out:
+        s = scores.of(layer)[idxs]
+        root_scores[roots] += s / max(s.sum(), 1e-300) if len(out) > 1 else s
+    key = names[tp_group[0].dep.target.module]
+    return _finish(CoupledGroup(key, [l.name for l, _, _ in out], [l.name for l, _, _ in into], channels, blocks,
+                                kept=kept), root_scores, [(l, "out", i, r) for l, i, r in out]
+                   + [(l, "in", i, r) for l, i, r in into])
 
 
-def _members(group, by_module: dict, graph) -> list[tuple[Layer, list[int], list[int]]]:  # noqa: ANN001
-    out = []
-    for item in group:
-        module = item.dep.target.module
-        if module in by_module and graph.is_out_channel_pruning_fn(item.dep.handler):
-            out.append((by_module[module], item.idxs, item.root_idxs))
-    return out
+def _blocks(module: nn.Module) -> int:
+    """The groups of a grouped (not depthwise) convolution: its channels split into that many equal blocks."""
+    groups = getattr(module, "groups", 1)
+    return groups if 1 < groups != module.out_channels else 1
 
 
-def _choose(members: list, channels: int, requested: dict[str, float], consumed: bool, model: nn.Module,
-            schedule: Schedule, stats: criteria.CalibrationStats | None, seed: int) -> tuple[list[int], str]:
-    """Root channel indices the group loses, and a note for the user when the schedule could not be kept."""
-    names = [layer.name for layer, _, _ in members]
-    target = min(requested.values())
-    if max(requested.values()) == 0.0:
-        return [], ""
-    if not consumed:
-        return [], "kept whole: these channels are the model's outputs"
-    k = min(round(target * channels), channels - 1)
-    if len(members) > 1 and min(requested.values()) < max(requested.values()):
-        limiting = [n for n in names if requested[n] == target]
-        note = f"coupled: all lose the same channels, limited by {', '.join(limiting)} at {target:g}"
+def _finish(group: CoupledGroup, root_scores: np.ndarray,
+            shares: list[tuple[Layer, str, np.ndarray, np.ndarray]]) -> CoupledGroup:
+    """Rank the positions of a block and tabulate how many entries each share loses per position removed.
+
+    ``shares`` are ``(layer, role, local indices, root positions)``: which of the layer's rows or columns carry
+    which of the group's positions."""
+    per_block = group.per_block
+    if group.blocks > 1 and not group.kept:
+        position_scores = root_scores.reshape(group.blocks, per_block).sum(axis=0)
     else:
-        note = "coupled: all lose the same channels" if len(members) > 1 else ""
-    if k == 0:
-        return [], note
-    total = torch.zeros(channels, dtype=torch.float64)
-    for layer, idxs, root_idxs in members:
-        scores = _channel_scores(layer, model, schedule.criterion, stats, seed)
-        if len(members) > 1:
-            scores = scores / scores.sum().clamp_min(1e-300)
-        total[torch.as_tensor(root_idxs)] += scores[torch.as_tensor(idxs)]
-    order = torch.argsort(total, stable=True)
-    return sorted(int(i) for i in order[:k]), note
+        position_scores = root_scores[:per_block]
+    group.order = np.argsort(position_scores, kind="stable")
+    for layer, role, local, roots in shares:
+        roots = np.asarray(roots, dtype=np.int64)
+        per_root = np.bincount(roots, minlength=group.channels)
+        per_position = per_root[: per_block * group.blocks].reshape(group.blocks, per_block).sum(axis=0)
+        positions = None
+        if role == "out":
+            positions = np.full(layer.shape[0], -1, dtype=np.int64)
+            positions[np.asarray(local, dtype=np.int64)] = roots % per_block
+        group.shares.append(Share(layer.name, role, np.concatenate([[0], np.cumsum(per_position[group.order])]),
+                                  positions))
+    return group
 
 
-def _check_grouped(group, graph, model: nn.Module) -> None:  # noqa: ANN001
-    names = {m: n for n, m in model.named_modules()}
-    for item in group:
-        module = item.dep.target.module
-        if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups < module.in_channels:
-            raise ShrinkError(f"layer {names.get(module, module)} is a grouped convolution ({module.groups} groups); "
-                              "removing its input channels would break the grouping. Export without --shrink, or "
-                              "leave the layers that feed it out of the schedule")
+def _head_groups(model: nn.Module, by_name: dict[str, Layer], scores: _Scores) -> list[CoupledGroup]:
+    """One group per ``nn.MultiheadAttention`` whose heads can go: its query/key/value rows and output columns."""
+    groups = []
+    for name, module in model.named_modules():
+        in_proj, out_proj = by_name.get(f"{name}.in_proj"), by_name.get(f"{name}.out_proj")
+        if in_proj is None or out_proj is None or not supports_heads(module) or module.num_heads < 2:
+            continue
+        heads, dim = module.num_heads, module.head_dim
+        head_scores = scores.of(in_proj).reshape(3, heads, dim).sum(axis=(0, 2))
+        roots = np.repeat(np.arange(heads), dim)
+        rows, cols = np.arange(3 * heads * dim), np.arange(heads * dim)
+        groups.append(_finish(CoupledGroup(in_proj.name, [in_proj.name], [out_proj.name], heads, unit="head"),
+                              head_scores, [(in_proj, "out", rows, np.tile(roots, 3)),
+                                            (out_proj, "in", cols, roots)]))
+    return groups
 
 
-def _prune_with_tags(work: nn.Module, pruning: list) -> dict[str, torch.Tensor]:
-    """Prune ``work`` in place; return, for each floating tensor, the flat indices of the entries it kept."""
-    tensors = dict(work.named_parameters()) | dict(work.named_buffers())
-    tagged = {n: t for n, t in tensors.items() if t.is_floating_point()}
-    for t in tagged.values():
-        t.data = torch.arange(t.numel(), dtype=torch.float64).view(t.shape)
-    for group, chosen in pruning:
-        group.prune(idxs=chosen)
-    now = dict(work.named_parameters()) | dict(work.named_buffers())
-    return {n: now[n].detach().reshape(-1).long() for n in tagged}
+def _why_alone(layer: Layer, model: nn.Module) -> str:
+    """Why a layer is in no group."""
+    parent = layer.name.rpartition(".")[0]
+    try:
+        owner = model.get_submodule(parent) if parent else None
+    except AttributeError:
+        owner = None
+    return ATTENTION_WIDTH if isinstance(owner, nn.MultiheadAttention) else NOT_IN_GRAPH
+
+
+def _note(group: CoupledGroup, asked: dict[str, float], got: float) -> str:
+    """What resolution did to a group, when that is not what was asked ("" when it is)."""
+    values = set(asked.values())
+    asked_text = f"{values.pop():g}" if len(values) == 1 else ", ".join(
+        f"{n} {s:g}" for n, s in list(asked.items())[:4]) + (", ..." if len(asked) > 4 else "")
+    if group.kept:
+        return f"{group.label}: kept whole: {group.kept} (asked {asked_text})"
+    if max(asked.values()) - min(asked.values()) > 0.5 / group.channels:
+        limiting = [n for n, s in asked.items() if s == min(asked.values())]
+        return (f"{group.label}: coupled, so all lose the same {group.unit}s: {got:.4g}, the smallest asked "
+                f"(limited by {', '.join(limiting)}; asked {asked_text})")
+    if abs(got - min(asked.values())) > 0.5 / group.channels + 1e-12:
+        return f"{group.label}: {got:.4g}, the nearest whole number of {group.unit}s ({group.size}; asked {asked_text})"
+    return ""

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis.core.masks import bake
-from analysis.core.metrics import class_scores
+from analysis.core.metric_table import CLASSIFICATION, ENCODER
+from analysis.core.metrics import class_scores, task_loss
 
 
 @dataclass
@@ -31,12 +32,14 @@ def finetune(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, 
              steps: int, *, lr: float = 0.01, batch_size: int = 64, momentum: float = 0.9,
              weight_decay: float = 0.0, soft_targets: torch.Tensor | None = None, seed: int = 0,
              device: str | torch.device = "cpu",
-             progress: Callable[[FinetuneProgress], None] | None = None) -> list[float]:
+             progress: Callable[[FinetuneProgress], None] | None = None, task: str = CLASSIFICATION) -> list[float]:
     """Train ``model`` in place for ``steps`` SGD steps on ``(x, y)`` with ``masks`` fixed; returns the losses.
 
     Without labels, ``soft_targets`` (the dense model's logits on ``x``) are the teacher: the loss is the KL
-    divergence to them. The model is left in eval mode.
+    divergence to them. A causal LM learns its next tokens (``task``). The model is left in eval mode.
     """
+    if task == ENCODER:
+        task_loss(torch.empty(0), None, task)  # an encoder has no loss: its ValueError says so
     if steps < 0:
         raise ValueError(f"fine-tuning steps must be zero or more, got {steps}")
     if batch_size <= 0:
@@ -72,7 +75,7 @@ def finetune(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, 
             cursor += batch_size
             logits = class_scores(model(x[idx].to(device)))
             if y is not None:
-                loss = F.cross_entropy(logits, y[idx].to(device))
+                loss = task_loss(logits, y[idx], task, reduction="mean")
             else:
                 teacher = F.log_softmax(soft_targets[idx].to(device).float(), dim=-1)
                 loss = F.kl_div(F.log_softmax(logits.float(), dim=-1), teacher, log_target=True, reduction="batchmean")

@@ -1,23 +1,27 @@
 """Apply a whole schedule to a model and measure it: pruned, after BatchNorm recalibration, after fine-tuning.
 
-``measure_schedule`` works on a copy of the workload's model, so the workload stays dense. Each stage is
-measured on the eval set against the dense model's outputs; the totals (global sparsity, parameters and
-FLOPs kept) come from the same masks.
+``measure_schedule`` works on a copy of the workload's model, so the workload stays dense. The copy is pruned by
+``prune.prune``, as the export prunes it: a channel schedule is resolved to the model's coupled groups and its
+channels are removed for real where the model can be shrunk, so the measured model is the exported one. Each stage
+is measured on the eval set against the dense model's outputs; the totals (global sparsity, parameters and FLOPs
+kept) count the same resolved schedule. BatchNorm recalibration runs ``batchnorm.recalibrate`` with its defaults,
+as the export does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from analysis.core import batchnorm, criteria
 from analysis.core.data import EvalData
-from analysis.core.layers import find_layers
-from analysis.core.masks import bake
-from analysis.core.metrics import evaluate, predict
+from analysis.core.granularity import schedule_layers
+from analysis.core.metrics import batch_for, dense_pass, evaluate, predict
 from analysis.core.modules import copy_model
 from analysis.schedule.finetune import FinetuneProgress, finetune
+from analysis.schedule.prune import prune
 from analysis.schedule.schedule import Schedule
 from analysis.schedule.totals import Accountant
 from analysis.sensitivity.device import check_device
@@ -68,40 +72,44 @@ def measure_schedule(workload: Workload, schedule: Schedule, *, bn_recalibrate: 
     if finetune_steps:
         refuse(workload.model, "fine-tuning", "it needs gradients")
     dev = check_device(device)
-    x, y = workload.data.x, workload.data.y
+    x, y, task = workload.data.x, workload.data.y, workload.task
+    batch_size = batch_for(4 * math.prod(workload.output_shape or (workload.num_classes,)), batch_size)
     model = copy_model(workload.model).to(dev).eval()
-    layers = find_layers(model, x[:1].to(dev))
+    layers = schedule_layers(model, x[:1].to(dev), schedule.granularity, schedule.sparsities)
     schedule.validate(layers)
     stats = criteria.calibration_stats(model, layers, workload.data, schedule.criterion, calib_samples, batch_size,
                                        dev)
-    keep = schedule.masks(model, layers, stats, seed)
     accountant = Accountant.from_model(model, x[:1].to(dev), layers, schedule.criterion, schedule.granularity,
                                        stats, seed)
     totals = accountant.totals(schedule).fractions()
-    dense_logits = predict(model, x, batch_size, dev)
+    dense_logits, _ = dense_pass(model, x, y, batch_size, dev, task)
+    reference = None if dense_logits is not None else workload.model.to(dev).eval()
+    dense = evaluate(model, x, y, dense_logits, batch_size, dev, task, reference).metrics()
+    pruned = prune(model, layers, schedule, accountant, stats, seed)
+    model = pruned.model.to(dev).eval()
 
     def measure() -> dict:
-        return evaluate(model, x, y, dense_logits, batch_size, dev).metrics()
+        return evaluate(model, x, y, dense_logits, batch_size, dev, task, reference).metrics()
 
-    dense = measure()
-    bake(model, keep)
     stages = {"pruned": measure()}
     bn_data = train.x if train is not None else x
     info = {"criterion": schedule.criterion, "granularity": schedule.granularity,
-            "layers_pruned": len(keep), "has_batchnorm": batchnorm.has_batchnorm(model)}
+            "layers_pruned": len(pruned.schedule.sparsities), "has_batchnorm": batchnorm.has_batchnorm(model),
+            "shrunk": pruned.shrunk, "applied": pruned.schedule.sparsities, "resolved": pruned.notes,
+            "samples": len(x)}
     final = "pruned"
     if batchnorm.has_batchnorm(model):
         # Without bn_recalibrate the recalibrated statistics are measured, then put back as they were.
         with contextlib.nullcontext() if bn_recalibrate else batchnorm.preserved(model):
-            batchnorm.recalibrate(model, bn_data, batches=bn_batches, batch_size=64, device=dev)
+            batchnorm.recalibrate(model, bn_data, batches=bn_batches, device=dev)
             stages["bn_recalibrated"] = measure()
         if bn_recalibrate:
             final = "bn_recalibrated"
         info["bn_data"] = train.spec if train is not None else workload.data.spec
     if finetune_steps:
         soft = predict(workload.model.to(dev), train.x, batch_size, dev) if train.y is None else None
-        losses = finetune(model, keep, train.x, train.y, finetune_steps, lr=lr, soft_targets=soft, seed=seed,
-                          device=dev, progress=progress)
+        losses = finetune(model, pruned.keep, train.x, train.y, finetune_steps, lr=lr, soft_targets=soft, seed=seed,
+                          device=dev, progress=progress, task=task)
         stages["finetuned"] = measure()
         info.update(finetune_steps=finetune_steps, finetune_lr=lr, train_data=train.spec,
                     finetune_loss_first=losses[0], finetune_loss_last=losses[-1])

@@ -16,7 +16,7 @@ from torch import nn
 from analysis.core import criteria, masks
 from analysis.core.granularity import check_sparsity, parse_granularity, supports
 from analysis.core.layers import Layer
-from analysis.schedule.channels import ChannelGraph
+from analysis.schedule.coupling import Coupling
 from analysis.schedule.totals import Totals
 from analysis.schedule.totals import totals as count_totals
 
@@ -100,7 +100,8 @@ class Schedule:
             else:
                 data = json.loads(text)
         except Exception as exc:  # noqa: BLE001 - any parse error is the file's fault
-            raise ScheduleError(f"schedule file {path} is not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: "
+            kind = 'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'
+            raise ScheduleError(f"schedule file {path} is not valid {kind}: "
                                 f"{' '.join(str(exc).split())[:200]}") from None
         return cls.from_dict(data, source=f"schedule file {path}")
 
@@ -131,11 +132,10 @@ class Schedule:
         for layer in layers:
             s = self.sparsities.get(layer.name, 0.0)
             if s > 0.0:
-                scores = criteria.importance(layer, layer.weight(model), self.criterion, stats, seed)
-                out[layer.param_name] = masks.make_mask(scores, s, self.granularity, self.criterion)
+                maker = masks.maker_for(layer, model, self.criterion, self.granularity, stats, seed)
+                out.update(layer.masks(maker(s)))
         return out
 
-    def totals(self, layers: list[Layer], graph: ChannelGraph | None = None,
-               channel_order: dict | None = None) -> Totals:
-        """Global sparsity, parameters and FLOPs kept (pass the channel graph for ``channel`` granularity)."""
-        return count_totals(self, layers, graph, channel_order)
+    def totals(self, layers: list[Layer], coupling: Coupling | None = None) -> Totals:
+        """Global sparsity, parameters and FLOPs kept (pass the model's ``Coupling`` for ``channel`` granularity)."""
+        return count_totals(self, layers, coupling)

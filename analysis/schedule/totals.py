@@ -1,16 +1,19 @@
 """What a schedule removes in all: global weight sparsity, parameters kept and FLOPs kept.
 
 Counts cover the prunable weights (the convolution and matrix-multiplication weights that ``find_layers``
-returns), not biases or BatchNorm parameters. FLOPs are those of the same layers on one sample.
+returns), not biases or BatchNorm parameters. FLOPs are those of the same layers on one sample (the FLOP counter
+of ``find_layers``).
 
-- ``global_sparsity``: the fraction of those weights the masks set to zero.
+- ``global_sparsity``: the fraction of those weights the schedule removes (its rows, for channel pruning).
 - ``params_kept`` / ``flops_kept``: what is left once the pruned structure is cut out of the network. For
-  unstructured and N:M masks that is simply the non-zero weights (sparse FLOPs scale with the density). For
-  channel pruning, removing output channel ``c`` of a layer also removes the weights of the next layer(s)
-  that read channel ``c`` (found by ``graph.trace_channels``); a channel fed by a residual sum goes only
-  when every addend's channel is removed. So for channel pruning ``params_kept < 1 - global_sparsity``.
+  unstructured and N:M schedules that is the non-zero weights (sparse FLOPs scale with the density). For channel
+  pruning it is what the shrunk model keeps: the schedule is first resolved to the model's coupled groups
+  (``coupling.Coupling.resolve``, the same resolution Measure and the export use), and removing a group's channels
+  removes the rows of its layers and the input columns of the layers that read them. So these counts equal those
+  of the exported model: the non-zero layer weights of a masked ONNX file, the layer weights of a shrunk one, and
+  ``find_layers``' FLOPs of the shrunk PyTorch model (tests/test_coupling.py ties them).
 
-``Accountant`` is built once per model (layers, channel graph, channel ranking) and then answers
+``Accountant`` is built once per model (layers, coupled groups, channel ranking) and then answers
 ``totals(schedule)`` in well under a millisecond, so allocation can call it in a search loop and the
 dashboard on every slider move.
 """
@@ -20,14 +23,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
 from analysis.core import criteria
-from analysis.core.granularity import Granularity, parse_granularity, supports
+from analysis.core.granularity import Granularity, parse_granularity
 from analysis.core.layers import Layer
-from analysis.schedule.channels import ChannelGraph, trace_channels
+from analysis.schedule.coupling import Coupling, Resolved
 
 
 @dataclass
@@ -75,21 +77,16 @@ def unit_size(layer: Layer, granularity: Granularity) -> int:
 class Accountant:
     """Totals of any schedule for one model: built once, then fast.
 
-    ``graph`` (from ``trace_channels``) lets channel pruning also remove the next layers' input channels;
-    ``channel_order`` (layer name -> output channels from least to most important) says which channels a
-    channel mask removes, which matters where a residual sum joins several layers. Without an order the
-    first channels are assumed to go; without a graph no input channels are removed.
+    ``coupling`` (``Coupling.build``) says which layers lose channels together and which input columns go with
+    them; without one, a channel schedule removes only the rows of each layer it names.
     """
 
-    def __init__(self, layers: list[Layer], graph: ChannelGraph | None = None,
-                 channel_order: Mapping[str, np.ndarray] | None = None) -> None:
+    def __init__(self, layers: list[Layer], coupling: Coupling | None = None) -> None:
         if not layers:
             raise ValueError("no layers to count")
         self.layers = list(layers)
         self.by_name = {l.name: l for l in self.layers}
-        self.graph = graph
-        self._compiled = graph.compiled() if graph is not None else {}
-        self.channel_order = {k: np.asarray(v) for k, v in (channel_order or {}).items()}
+        self.coupling = coupling or Coupling.per_layer(self.layers, None, "the model itself was not traced")
         self.weights = sum(l.params for l in self.layers)
         self.flops = sum(l.flops for l in self.layers)
 
@@ -97,16 +94,14 @@ class Accountant:
     def from_model(cls, model: nn.Module, example: torch.Tensor, layers: list[Layer], criterion: str = "magnitude",
                    granularity: str = "unstructured", stats: criteria.CalibrationStats | None = None,
                    seed: int = 0) -> "Accountant":
-        """Trace the channel graph and rank channels by ``criterion`` (only needed for channel pruning)."""
-        gran = parse_granularity(granularity)
-        if not gran.structured:
+        """Find the coupled groups and rank their channels by ``criterion`` (only channel pruning needs them)."""
+        if not parse_granularity(granularity).structured:
             return cls(layers)
-        order = {}
-        for layer in layers:
-            if supports(gran, layer.shape) is None:
-                scores = criteria.importance(layer, layer.weight(model), criterion, stats, seed)
-                order[layer.name] = torch.argsort(criteria.channel_scores(scores, criterion), stable=True).numpy()
-        return cls(layers, trace_channels(model, example, layers), order)
+        return cls(layers, Coupling.build(model, example, layers, criterion, stats, seed))
+
+    def resolve(self, schedule: "Mapping[str, float] | object") -> Resolved:
+        """A channel schedule as the model takes it (``Coupling.resolve``)."""
+        return self.coupling.resolve(getattr(schedule, "sparsities", schedule))
 
     def totals(self, schedule: "Mapping[str, float] | object", granularity: str | None = None,
                per_layer: bool = False) -> Totals:
@@ -116,8 +111,8 @@ class Accountant:
         unknown = [n for n in sparsities if n not in self.by_name]
         if unknown:
             raise ValueError(f"schedule names layer {unknown[0]!r}, which the model does not have")
-        if gran.structured and self.graph is not None:
-            return self._structured(sparsities, gran, per_layer)
+        if gran.structured:
+            return self._structured(sparsities, per_layer)
         removed = kept = flops_kept = 0
         rows = {}
         for layer in self.layers:
@@ -131,43 +126,37 @@ class Accountant:
                 rows[layer.name] = {"weights_removed": r, "params_kept": layer.params - r, "flops_kept": f}
         return Totals(self.weights, removed, kept, self.flops, flops_kept, rows)
 
-    def _structured(self, sparsities: Mapping[str, float], gran: Granularity, per_layer: bool) -> Totals:
-        dead: dict[str, np.ndarray] = {}
+    def _structured(self, sparsities: Mapping[str, float], per_layer: bool) -> Totals:
+        out_removed, in_removed = self.coupling.removed_entries(self.resolve(sparsities).units)
         removed = kept_total = flops_kept = 0
         rows = {}
         for layer in self.layers:
-            out_c = layer.shape[0]
-            k = removed_units(layer, float(sparsities.get(layer.name, 0.0)), gran)
-            out_removed = np.zeros(out_c, dtype=bool)
-            if k:
-                out_removed[self.channel_order.get(layer.name, np.arange(out_c))[:k]] = True
-            per_out = layer.params // out_c
-            removed += k * per_out
-            groups = max(layer.groups, 1)
-            in_per_group = layer.shape[1]
-            spatial = per_out // in_per_group
-            compiled = self._compiled.get(layer.name)
-            if compiled is not None and compiled.size == in_per_group * groups:
-                in_removed = compiled.removed(dead)
-            else:
-                in_removed = np.zeros(in_per_group * groups, dtype=bool)
-            in_kept_g = (~in_removed).reshape(groups, in_per_group).sum(axis=1)
-            out_kept_g = (~out_removed).reshape(groups, out_c // groups).sum(axis=1)
-            kept = int((in_kept_g * out_kept_g).sum()) * spatial
-            # An output channel whose inputs are all gone produces a constant: it is removed too.
-            starved = np.repeat(in_kept_g == 0, out_c // groups)
-            dead[layer.name] = out_removed | starved
+            r, c = out_removed.get(layer.name, 0), in_removed.get(layer.name, 0)
+            removed += r * (layer.params // layer.shape[0])
+            kept = kept_weights(layer, r, c)
             kept_total += kept
             f = layer.flops * kept // layer.params
             flops_kept += f
             if per_layer:
-                rows[layer.name] = {"weights_removed": k * per_out, "params_kept": kept, "flops_kept": f,
-                                    "channels_removed": int(dead[layer.name].sum()),
-                                    "inputs_removed": int(in_removed.sum())}
+                rows[layer.name] = {"weights_removed": r * (layer.params // layer.shape[0]), "params_kept": kept,
+                                    "flops_kept": f, "channels_removed": r, "inputs_removed": c}
         return Totals(self.weights, removed, kept_total, self.flops, flops_kept, rows)
 
 
-def totals(schedule: object, layers: list[Layer], graph: ChannelGraph | None = None,
-           channel_order: Mapping[str, np.ndarray] | None = None) -> Totals:
+def kept_weights(layer: Layer, rows: int, columns: int) -> int:
+    """Weights of ``layer`` left when it loses ``rows`` output channels and ``columns`` input channels.
+
+    A convolution's weight is (out, in / groups, kernel...): a grouped convolution loses its input channels evenly
+    from its groups; a depthwise one (one input channel per group) loses its inputs with its outputs.
+    """
+    out = layer.shape[0]
+    row = layer.params // out
+    if layer.groups > 1 and layer.groups == out and layer.shape[1] == 1:
+        return (out - rows) * row
+    inputs = layer.shape[1] * layer.groups
+    return (out - rows) * ((inputs - columns) // layer.groups) * (row // layer.shape[1])
+
+
+def totals(schedule: object, layers: list[Layer], coupling: Coupling | None = None) -> Totals:
     """One-off totals of ``schedule`` over ``layers`` (build an ``Accountant`` to count many schedules)."""
-    return Accountant(layers, graph, channel_order).totals(schedule, per_layer=True)
+    return Accountant(layers, coupling).totals(schedule, per_layer=True)

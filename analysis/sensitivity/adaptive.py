@@ -25,6 +25,9 @@ row per finished layer: an adaptive scan resumes layer by layer), the CLI and th
   grows (monotone), it also equals ``tolerance_table`` over the full grid; where the curve is not monotone,
   the search may find a passing sparsity above a failing one the grid would have measured below it.
 
+- ``sequential`` and ``sequential-bisect`` (``sequential.py``): every cell of the grid, or bisection's probe
+  cells, sampled shard by shard until a confidence sequence settles whether its drop is within ``tolerance``.
+
 Adaptive decisions need the metric over the whole eval set, so an adaptive layer is one unit over the whole
 set: it cannot be cut into eval shards (and so does not run on the Ray backend, which shards the data).
 """
@@ -32,21 +35,28 @@ set: it cannot be cut into eval shards (and so does not run on the Ray backend, 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pandas as pd
 
 from analysis.core.layers import Layer
-from analysis.core.metric_table import chance_level, check_metric, default_metric, drop
+from analysis.core.metric_table import chance_level, drop
 from analysis.core.metrics import Sums
-from analysis.core.profile import SensitivityProfile, tolerance_table
-from analysis.sensitivity.config import PARAMETERS
-from analysis.sensitivity.context import LayerResult, ScanContext, kept_fraction
+from analysis.core.profile import EARLY, SensitivityProfile, tolerance_table
+from analysis.sensitivity import sequential
+from analysis.sensitivity.config import PARAMETERS, SEARCH_MODES
+from analysis.sensitivity.context import (
+    LayerResult,
+    ScanContext,
+    decision_metric,
+    dense_row,
+    kept_fraction,
+    whole_set,
+)
 from analysis.sensitivity.engines import ENGINES, EngineFn
 
-
-def decision_metric(ctx: ScanContext) -> str:
-    """The metric that drives the search: the configured one, else accuracy with labels, else agreement."""
-    return check_metric(ctx.config.adaptive_metric or default_metric(ctx.y is not None), ctx.y is not None)
+Probe = Callable[[tuple[float, ...]], tuple[dict[float, dict], dict[float, bool], float]]
+"""Measures sparsities of one layer: their rows by sparsity, whether each passes the tolerance, seconds spent."""
 
 
 def describe(ctx: ScanContext) -> dict | None:
@@ -64,16 +74,10 @@ def runner(ctx: ScanContext) -> EngineFn:
     if mode == "off":
         return ENGINES[ctx.config.engine]
     decision_metric(ctx)
-    return run_layer_collapse if mode == "collapse" else run_layer_bisect
+    return RUNNERS[mode]
 
 
 # --------------------------------------------------------------------------------------------- the modes
-
-
-def _whole_set(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None) -> None:
-    if shard is not None and tuple(shard) != (0, len(ctx.x)):
-        raise ValueError(f"an adaptive scan decides on the whole eval set; layer {layer.name} cannot run on the "
-                         f"shard {list(shard)} alone")
 
 
 def _value(row: dict, metric: str) -> float:
@@ -87,14 +91,14 @@ def _drop(row: dict, metric: str, base: float) -> float:
 
 def collapse_floor(ctx: ScanContext, metric: str) -> float:
     """The metric value at or below which a layer counts as collapsed (see the module docstring)."""
-    chance = chance_level(ctx.dense_logits.shape[-1])
+    chance = chance_level(ctx.num_classes)
     dense = float(ctx.baseline().metrics()[metric])
     return chance + (1.0 - ctx.config.collapse_at) * (dense - chance)
 
 
 def run_layer_collapse(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None = None) -> LayerResult:
     """The config's sparsities in ascending groups until the layer collapses; the rest filled, not measured."""
-    _whole_set(ctx, layer, shard)
+    whole_set(ctx, layer, shard)
     run = ENGINES[ctx.config.engine]
     metric = decision_metric(ctx)
     floor = collapse_floor(ctx, metric)
@@ -125,30 +129,57 @@ def section_points(lo: int, hi: int, k: int) -> list[int]:
     return [lo + round(j * (hi - lo) / (k + 1)) for j in range(1, k + 1)]
 
 
-def run_layer_bisect(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None = None) -> LayerResult:
-    """The largest grid sparsity within ``tolerance`` by k-section; the rows are the points measured."""
-    _whole_set(ctx, layer, shard)
-    run = ENGINES[ctx.config.engine]
-    metric = decision_metric(ctx)
-    base = float(ctx.baseline().metrics()[metric])
+def search(ctx: ScanContext, layer: Layer, probe: Probe) -> LayerResult:
+    """The largest grid sparsity within ``tolerance`` by k-section, each call's points measured by ``probe``; the
+    rows are the dense cell and the points measured."""
     grid = ctx.config.sparsities  # grid[i] = i * resolution, grid[0] = 0
-    limit = ctx.config.tolerance + 1e-12  # tolerance_table's comparison
     lo, hi = 0, len(grid)  # grid[lo] passes; grid[hi] fails (hi == len(grid): nothing failed yet)
-    measured: dict[float, dict] = {}
-    seconds = 0.0
+    measured, seconds = {0.0: dense_row(ctx, layer)}, 0.0
     while hi - lo > 1:
         picks = section_points(lo, hi, ctx.config.points_per_call)
-        ask = tuple(grid[i] for i in picks)
-        result = run(ctx, layer, None, ask if measured else (0.0, *ask))
-        seconds += result.seconds
-        by_sparsity = {row["sparsity"]: row for row in result.rows}
-        measured.update((s, {**row, "measured": True}) for s, row in by_sparsity.items())
-        failing = [i for i in picks if _drop(by_sparsity[grid[i]], metric, base) > limit]
+        rows, passes, spent = probe(tuple(grid[i] for i in picks))
+        seconds += spent
+        measured.update(rows)
+        failing = [i for i in picks if not passes[grid[i]]]
         if failing:
             hi = failing[0]
         lo = max([lo, *(i for i in picks if i < hi)])
-    rows = [measured[s] for s in sorted(measured)]
-    return LayerResult(layer.name, (0, len(ctx.x)), rows, seconds)
+    return LayerResult(layer.name, (0, len(ctx.x)), [measured[s] for s in sorted(measured)], seconds)
+
+
+def whole_set_probe(ctx: ScanContext, layer: Layer) -> Probe:
+    """Points measured on the whole eval set, all in one engine call; a point passes when its drop is within the
+    tolerance (``tolerance_table``'s comparison)."""
+    run, metric = ENGINES[ctx.config.engine], decision_metric(ctx)
+    base = float(ctx.baseline().metrics()[metric])
+
+    def probe(ask: tuple[float, ...]) -> tuple[dict[float, dict], dict[float, bool], float]:
+        result = run(ctx, layer, None, ask)
+        rows = {row["sparsity"]: {**row, "measured": True} for row in result.rows}
+        passes = {s: _drop(row, metric, base) <= ctx.config.tolerance + 1e-12 for s, row in rows.items()}
+        return rows, passes, result.seconds
+
+    return probe
+
+
+def run_layer_bisect(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None = None) -> LayerResult:
+    """The largest grid sparsity within ``tolerance`` by k-section on the whole eval set."""
+    whole_set(ctx, layer, shard)
+    return search(ctx, layer, whole_set_probe(ctx, layer))
+
+
+def run_layer_sequential_bisect(ctx: ScanContext, layer: Layer, shard: tuple[int, int] | None = None) -> LayerResult:
+    """Bisection whose probe cells are sampled shard by shard until each settles (``sequential.measure``)."""
+    whole_set(ctx, layer, shard)
+    result = search(ctx, layer, lambda ask: sequential.measure(ctx, layer, ask))
+    result.rows[0][EARLY] = False
+    return result
+
+
+RUNNERS: dict[str, EngineFn] = {"collapse": run_layer_collapse, "bisect": run_layer_bisect,
+                                "sequential": sequential.run_layer_sequential,
+                                "sequential-bisect": run_layer_sequential_bisect}
+"""The per-layer function of each adaptive mode (``config.MODES`` but ``off``, which is an engine)."""
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -166,11 +197,12 @@ def measured_cells(profile: SensitivityProfile) -> dict[str, int]:
 
 
 def bisect_table(profile: SensitivityProfile) -> pd.DataFrame:
-    """The tolerance table of a bisection scan: per layer the largest tolerable sparsity found, the drop there,
-    the first failing sparsity (empty if none up to the grid's top) and the pruned sparsities evaluated."""
+    """The tolerance table of a bisection scan: per layer the largest tolerable sparsity found and its bounds at
+    the profile's confidence (``tolerance_table``), the drop there and its interval, the first failing sparsity
+    (empty if none up to the grid's top), the pruned sparsities evaluated and the samples they used."""
     info = profile.meta.get("adaptive") or {}
-    if info.get("mode") != "bisect":
-        raise ValueError("this profile is not a bisection scan (scan with --adaptive bisect)")
+    if info.get("mode") not in SEARCH_MODES:
+        raise ValueError("this profile is not a bisection scan (scan with --adaptive bisect or sequential-bisect)")
     metric, tolerance = info["adaptive_metric"], float(info["tolerance"])
     ranked = tolerance_table(profile, tolerance, metric)
     drops = profile.drop(metric)
@@ -184,11 +216,68 @@ def bisect_table(profile: SensitivityProfile) -> pd.DataFrame:
             "type": entry.type,
             "params": entry.params,
             "max_sparsity": entry.max_sparsity,
+            "max_sparsity_lo": entry.max_sparsity_lo,
+            "max_sparsity_hi": entry.max_sparsity_hi,
             "drop": float(at["drop"]),
+            "drop_lo": float(at["drop_lo"]),
+            "drop_hi": float(at["drop_hi"]),
             metric: float(at[metric]),
             "first_failing": float(above["sparsity"].iloc[0]) if len(above) else float("nan"),
             "evaluations": int((cells["sparsity"] > 0).sum()),
+            "sample_evaluations": int(cells.loc[cells["sparsity"] > 0, "n"].sum()),
         })
     out = pd.DataFrame(rows)
     out.attrs.update(metric=metric, tolerance=tolerance, resolution=float(info["resolution"]))
+    return out
+
+
+def sample_evaluations(profile: SensitivityProfile) -> dict[str, float]:
+    """What a scan spent: the pruned cells it measured, those settled early (sequential), its sample-evaluations
+    (the samples every measured pruned cell used) and the full grid's over the same sparsities (every pruned
+    sparsity of the grid, every layer finished, every sample), and the share saved."""
+    table = profile.table
+    measured = table["measured"].astype(bool) if "measured" in table else pd.Series(True, index=table.index)
+    pruned = table[(table["sparsity"] > 0) & measured]
+    grid = sum(1 for s in profile.meta.get("sparsities", []) if s > 0)
+    full = len(profile.layers) * grid * int(profile.meta.get("samples", 0))
+    used = int(pruned["n"].sum())
+    return {"cells": len(pruned), "settled_early": int(pruned[EARLY].sum()) if EARLY in pruned else 0,
+            "sample_evaluations": used, "full_grid": full, "saved": 1.0 - used / full if full else 0.0}
+
+
+def side_by_side(profile: SensitivityProfile, full: SensitivityProfile, metric: str | None = None,
+                 tolerance: float | None = None) -> pd.DataFrame:
+    """A scan (sequential, bisection, ...) next to a full-grid scan of the same model and data, per layer: the
+    tolerance answer of each (``tolerance_table``; default tolerance: the scan's), the scan's bounds on its
+    answer at its confidence, whether the full grid's answer lies between them (``inside``), and what each
+    spent. ``attrs`` hold the metric, the tolerance and both scans' ``sample_evaluations``.
+
+    Example (a sequential scan next to the full grid it saves samples on)::
+
+        >>> from analysis import ScanConfig, load_workload, scan, side_by_side
+        >>> workload, grid = load_workload("sample:digits-mlp", "sample:digits"), (0.3, 0.6, 0.9)
+        >>> full = scan(workload, ScanConfig(sparsities=grid))
+        >>> quick = scan(workload, ScanConfig(sparsities=grid, adaptive="sequential", tolerance=0.02, shard_size=100))
+        >>> table = side_by_side(quick, full)
+        >>> list(table.columns)
+        ['layer', 'max_sparsity', 'max_sparsity_lo', 'max_sparsity_hi', 'full_max_sparsity', 'inside', ...]
+        >>> table.attrs["scan"]["sample_evaluations"] < table.attrs["full"]["sample_evaluations"]
+        True
+    """
+    info = profile.meta.get("adaptive") or {}
+    metric = metric or info.get("adaptive_metric") or profile.default_metric
+    tolerance = float(info.get("tolerance", 0.01) if tolerance is None else tolerance)
+    mine = tolerance_table(profile, tolerance, metric).set_index("layer")
+    theirs = tolerance_table(full, tolerance, metric).set_index("layer")["max_sparsity"]
+    table = profile.table[profile.table["sparsity"] > 0]
+    out = mine[["max_sparsity", "max_sparsity_lo", "max_sparsity_hi"]].join(theirs.rename("full_max_sparsity"),
+                                                                            how="inner")
+    out["inside"] = (out["max_sparsity_lo"] <= out["full_max_sparsity"]) & \
+        (out["full_max_sparsity"] <= out["max_sparsity_hi"])
+    out["same"] = out["max_sparsity"] == out["full_max_sparsity"]
+    out["cells"] = table.groupby("layer").size()
+    out["sample_evaluations"] = table.groupby("layer")["n"].sum()
+    out = out.reset_index()
+    out.attrs.update(metric=metric, tolerance=tolerance, scan=sample_evaluations(profile),
+                     full=sample_evaluations(full), confidence=profile.confidence)
     return out

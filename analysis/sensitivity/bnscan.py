@@ -36,6 +36,7 @@ from analysis.sensitivity.context import LayerResult, ScanContext, kept_fraction
 from analysis.sensitivity.device import arithmetic
 from analysis.sensitivity.fast import (
     FastState,
+    advance,
     distinct_masks,
     frontier_bytes,
     pruned_weights,
@@ -52,13 +53,12 @@ class RecalState:
     """What the recalibrating fast engine keeps between layers, apart from the normal engine's frontier: the
     recalibrated dense statistics ``R``, the calibration frontier per calibration batch, and the eval frontier
     (at ``R``) per chunk of ``chunk`` samples of the current shard. No variants share a batch here (each has
-    its own statistics), so chunks are a whole batch."""
+    its own statistics), so chunks are a whole batch. Both are keyed by sample range, like the normal frontier."""
 
     chunk: int
     stats: Stats | None = None
-    calib: list[dict] = field(default_factory=list)
-    shard: tuple[int, int] | None = None
-    frontier: list[dict] = field(default_factory=list)
+    calib: dict[tuple[int, int], dict] = field(default_factory=dict)
+    frontier: dict[tuple[int, int], dict] = field(default_factory=dict)
 
 
 def unsupported(gm: fx.GraphModule, model: nn.Module) -> str | None:
@@ -80,7 +80,7 @@ def run_layer(ctx: ScanContext, state: FastState, layer: Layer, shard: tuple[int
     """``run_layer_naive``'s numbers with ``bn_recalibrate``, running per mask only the layer's downstream part."""
     gm, recal = state.gm, state.bn
     if layer.name not in state.cuts:
-        state.cuts[layer.name] = fxgraph.split(gm, layer.param_name)
+        state.cuts[layer.name] = fxgraph.split(gm, layer.param_names)
     cut = state.cuts[layer.name]
     bns = {id(m): m for _, m in batchnorm.batchnorms(ctx.model)}
     down_bn = [n for n in cut.downstream if n.op == "call_module" and id(gm.get_submodule(n.target)) in bns]
@@ -106,32 +106,22 @@ def run_layer(ctx: ScanContext, state: FastState, layer: Layer, shard: tuple[int
             recal.stats = _recalibrated_stats(ctx)
         _advance_calibration(ctx, gm, cut, recal, modules)
         _load(ctx.model, recal.stats)
-        if recal.shard != (lo, hi):
-            recal.shard, recal.frontier = (lo, hi), []
-        chunks = list(range(lo, hi, chunk))
-        for c, start in enumerate(chunks):
-            known = recal.frontier[c] if c < len(recal.frontier) else {}
-            inputs = (ctx.x[start : min(start + chunk, hi)].to(ctx.device),)
-            with torch.inference_mode():
-                front = fxgraph.evaluate(gm, cut.frontier, known, inputs)
-            if c < len(recal.frontier):
-                recal.frontier[c] = front
-            else:
-                recal.frontier.append(front)
+        spans = [(start, min(start + chunk, hi)) for start in range(lo, hi, chunk)]
+        fronts = [advance(gm, cut.frontier, recal.frontier, span, ctx.x[span[0]:span[1]].to(ctx.device))
+                  for span in spans]
         if weights and not down_bn:
-            for c, start in enumerate(chunks):
-                stop = min(start + chunk, hi)
-                logits = variant_logits(ctx, gm, cut, recal.frontier[c], layer, weights)
+            for (start, stop), front in zip(spans, fronts):
+                logits = variant_logits(ctx, gm, cut, front, layer, weights)
                 parts = sums_per_variant(logits, ctx.dense_logits[start:stop], ctx.labels(start, stop))
                 totals = [t + p for t, p in zip(totals, parts)]
         for v, weight in enumerate(weights if down_bn else []):
-            _reestimate(gm, cut, down_bn, recal.calib, layer, weight)
-            for c, start in enumerate(chunks):
-                stop = min(start + chunk, hi)
-                logits = run_with_weight(gm, cut.downstream, recal.frontier[c], layer, weight)
+            _reestimate(gm, cut, down_bn, list(recal.calib.values()), layer, weight)
+            for (start, stop), front in zip(spans, fronts):
+                logits = run_with_weight(gm, cut.downstream, front, layer, weight)
                 part = sums_from_logits(logits, ctx.dense_logits[start:stop], ctx.labels(start, stop))
                 totals[v] = totals[v] + part
-    state.peak_cache_bytes = max(state.peak_cache_bytes, frontier_bytes(recal.calib + recal.frontier))
+    state.peak_cache_bytes = max(state.peak_cache_bytes,
+                                 frontier_bytes([*recal.calib.values(), *recal.frontier.values()]))
     dense_sums = sums_from_logits(ctx.dense_logits[lo:hi], ctx.dense_logits[lo:hi], ctx.labels(lo, hi))
     rows = []
     for sparsity, mask, v in zip(sparsities, layer_masks, slot):
@@ -142,7 +132,8 @@ def run_layer(ctx: ScanContext, state: FastState, layer: Layer, shard: tuple[int
 
 def _recalibrated_stats(ctx: ScanContext) -> Stats:
     """The statistics of the dense model recalibrated as the naive engine does (the caller restores them)."""
-    batchnorm.recalibrate(ctx.model, ctx.x, ctx.config.bn_batches, ctx.config.batch_size, ctx.device)
+    batchnorm.recalibrate(ctx.model, ctx.recalibration_inputs(), ctx.config.bn_batches, ctx.config.batch_size,
+                          ctx.device)
     return {n: (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
             for n, m in batchnorm.batchnorms(ctx.model)}
 
@@ -172,24 +163,19 @@ def _advance_calibration(ctx: ScanContext, gm: fx.GraphModule, cut: fxgraph.Spli
                          modules: list[nn.Module]) -> None:
     """The cut's frontier on each calibration batch (the batches ``batchnorm.recalibrate`` runs), BatchNorms in
     training mode: they normalise with the batch's statistics, as in the recalibration passes."""
-    size = ctx.config.batch_size
-    starts = list(range(0, len(ctx.x), size))[: ctx.config.bn_batches]
+    size, inputs = ctx.config.batch_size, ctx.recalibration_inputs()
+    starts = list(range(0, len(inputs), size))[: ctx.config.bn_batches]
     for m in modules:
         m.train()
-    for i, start in enumerate(starts):
-        known = recal.calib[i] if i < len(recal.calib) else {}
-        with torch.no_grad():
-            front = fxgraph.evaluate(gm, cut.frontier, known, (ctx.x[start : start + size].to(ctx.device),))
-        if i < len(recal.calib):
-            recal.calib[i] = front
-        else:
-            recal.calib.append(front)
+    for start in starts:
+        span = (start, min(start + size, len(inputs)))
+        advance(gm, cut.frontier, recal.calib, span, inputs[span[0]:span[1]].to(ctx.device), inference=False)
     for m in modules:
         m.eval()
 
 
 def _reestimate(gm: fx.GraphModule, cut: fxgraph.Split, down_bn: list[fx.Node], calib: list[dict], layer: Layer,
-                weight: torch.Tensor) -> None:
+                weight: dict[str, torch.Tensor]) -> None:
     """Reset the downstream BatchNorms and re-estimate them (cumulative average) on the calibration frontiers
     with ``layer``'s weight replaced by ``weight``; they are left in eval mode. Only the nodes that feed a
     downstream BatchNorm run."""
@@ -206,7 +192,7 @@ def _reestimate(gm: fx.GraphModule, cut: fxgraph.Split, down_bn: list[fx.Node], 
         m.train()
     with torch.no_grad():
         for front in calib:
-            env = {n: weight if n.op == "get_attr" and n.target == layer.param_name else v for n, v in front.items()}
-            fxgraph.run(gm, nodes, env, keep=set(), params={layer.param_name: weight})
+            env, params = fxgraph.with_params(gm, front, weight)
+            fxgraph.run(gm, nodes, env, keep=set(), params=params)
     for m in modules:
         m.eval()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 from analysis.core import criteria
 from analysis.core.granularity import check_sparsity, parse_granularity
+from analysis.core.intervals import ERROR_BARS, check_confidence
 from analysis.core.metric_table import CHANCE_METRICS, METRICS
 from analysis.sensitivity.device import check_device
 
@@ -39,6 +40,14 @@ class ScanConfig:
     resolution: float = 0.01
     adaptive_metric: str | None = None
     points_per_call: int = 3
+    shard_size: int = 128
+    confidence: float = 0.95
+    include_embeddings: bool = False  # also scan embedding tables and the vocabulary head (left out by default)
+
+    @property
+    def sequential(self) -> bool:
+        """Whether the scan consumes the eval set shard by shard and stops sampling the cells it has settled."""
+        return self.adaptive in SEQUENTIAL_MODES
 
     def validated(self) -> "ScanConfig":
         """A checked copy: known criterion, granularity and engine, sparsities in [0, 1), sorted, 0 first, and
@@ -58,32 +67,46 @@ class ScanConfig:
         if not self.sparsities:
             raise ValueError("no sparsities to scan")
         values = sorted({check_sparsity(s) for s in self.sparsities})
-        if len(values) > MAX_SPARSITIES:
+        if len(values) > MAX_SPARSITIES and self.adaptive not in SEARCH_MODES:  # a search makes its own grid
             raise ValueError(f"{len(values)} sparsities are too many for one scan (at most {MAX_SPARSITIES}): each "
                              "is a full evaluation per layer and the chart's axis would be unreadable; use a coarser "
                              "grid, or the bisection mode to find each layer's limit finely")
         values = gran.grid(values, default=tuple(values) == DEFAULT_SPARSITIES)
         if values[0] != 0.0:
             values = [0.0, *values]
+        check_confidence(self.confidence)
         if check_device(self.device).type != "cuda" and self.precision == "tf32":
             raise ValueError("precision tf32 needs a CUDA device (--device cuda); the CPU computes float32 exactly")
         return checked(replace(self, granularity=str(gran), sparsities=tuple(values)))
 
 
 PRECISIONS = ("exact", "tf32", "bf16")
-MAX_SPARSITIES = 50  # a grid longer than this is a typo or a misunderstanding, not a scan anyone can read
+MAX_SPARSITIES = 100  # a 1% grid is the finest anyone reads; a longer one is a typo or a misunderstanding
 
 
-MODES = ("off", "collapse", "bisect")
-
-
+MODES = ("off", "collapse", "bisect", "sequential", "sequential-bisect")
+SEQUENTIAL_MODES = ("sequential", "sequential-bisect")
+SEARCH_MODES = ("bisect", "sequential-bisect")  # modes that search each layer's largest tolerated sparsity
 
 
 PARAMETERS = {"collapse": ("collapse_at", "adaptive_metric", "points_per_call"),
-              "bisect": ("tolerance", "resolution", "adaptive_metric", "points_per_call")}
+              "bisect": ("tolerance", "resolution", "adaptive_metric", "points_per_call"),
+              "sequential": ("tolerance", "adaptive_metric", "shard_size", "confidence"),
+              "sequential-bisect": ("tolerance", "resolution", "adaptive_metric", "points_per_call", "shard_size",
+                                    "confidence")}
 
 
-FIELDS = ("adaptive", "collapse_at", "tolerance", "resolution", "adaptive_metric", "points_per_call")
+FIELDS = ("adaptive", "collapse_at", "tolerance", "resolution", "adaptive_metric", "points_per_call", "shard_size")
+SEQUENTIAL_FIELDS = ("shard_size", "confidence")  # added with sequential scans: in the identity of those only
+
+
+def left_out_of_identity(config: "ScanConfig") -> set[str]:
+    """The settings that do not decide a checked ``config``'s numbers, so a run's identity leaves them out: the
+    adaptive ones for a full scan (whose identity is as it was before adaptive modes), and the sequential ones
+    (the confidence level of a non-sequential scan only sets how wide its intervals are drawn) for every mode
+    but the sequential ones."""
+    out = set(FIELDS) if config.adaptive == "off" else set()
+    return out | (set() if config.sequential else set(SEQUENTIAL_FIELDS))
 
 
 def checked(config: ScanConfig) -> ScanConfig:
@@ -102,7 +125,7 @@ def checked(config: ScanConfig) -> ScanConfig:
     if isinstance(config.points_per_call, bool) or not isinstance(config.points_per_call, int) \
             or config.points_per_call < 1:
         raise ValueError(f"points per call must be a positive integer, got {config.points_per_call!r}")
-    allowed = CHANCE_METRICS if config.adaptive == "collapse" else METRICS
+    allowed = CHANCE_METRICS if config.adaptive == "collapse" else tuple(ERROR_BARS) if config.sequential else METRICS
     if config.adaptive_metric is not None and config.adaptive_metric not in allowed:
         raise ValueError(f"adaptive metric {config.adaptive_metric!r} cannot drive a {config.adaptive} scan; "
                          f"choose one of {', '.join(allowed)}")
@@ -113,6 +136,12 @@ def checked(config: ScanConfig) -> ScanConfig:
         return config
     if not _number(config.tolerance) or config.tolerance < 0:
         raise ValueError(f"tolerance {config.tolerance!r} must be a drop of 0 or more (e.g. 0.01 = 1 point)")
+    if config.sequential and (isinstance(config.shard_size, bool) or not isinstance(config.shard_size, int)
+                              or config.shard_size < 1):
+        raise ValueError(f"shard size must be a positive integer (samples between two looks), got "
+                         f"{config.shard_size!r}")
+    if config.adaptive == "sequential":
+        return config
     if not _number(config.resolution) or not 0.0 < config.resolution <= 0.5:
         raise ValueError(f"resolution {config.resolution!r} is outside (0, 0.5]: it is the step of the sparsity "
                          "grid the bisection searches (e.g. 0.01)")

@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from analysis.core.layers import Layer
-from analysis.core.metrics import Sums
-from analysis.core.profile import SensitivityProfile
+from analysis.core.metric_table import METRICS
+from analysis.core.metrics import CLASSIC, ERROR_SUMS, Sums
+from analysis.core.profile import EARLY, SensitivityProfile
 from analysis.core.version import environment
 from analysis.sensitivity import adaptive, cluster
 from analysis.sensitivity.backends import Backend, prepare_for, ray_available, validated_config
@@ -161,38 +162,49 @@ def build_profile(ctx: ScanContext, workload: Workload, results: dict[str, Layer
         "versions": environment(),
         "engine": engine_report(ctx),
     }
-    return SensitivityProfile(profile_table(ctx.layers, results), meta)
+    return SensitivityProfile(profile_table(ctx.layers, results), meta).with_confidence()
 
 
 def profile_table(layers: list[Layer], results: dict[str, LayerResult]) -> pd.DataFrame:
     """The tidy table of finished units, one row per (layer, sparsity), layers in ``layers``' order (see the
-    README for the columns)."""
-    records = []
+    README for the columns; a causal LM's adds ``perplexity``, an encoder's ``embedding_cosine``;
+    ``SensitivityProfile.with_confidence`` adds the intervals). ``measured`` is there when a unit flags its cells
+    (adaptive scans), ``settled_early`` when a sequential scan stopped any cell before the whole eval set (``n`` is
+    then the samples the cell used)."""
+    records, extra = [], []
     for layer in layers:
         if layer.name not in results:
             continue
         for row in results[layer.name].rows:
             sums = Sums.from_dict(row)
+            metrics = sums.metrics()
+            extra += [m for m in metrics if m not in CLASSIC and m not in extra]
             records.append({
                 "layer": layer.name,
                 "type": layer.kind,
                 "sparsity": row["sparsity"],
                 "actual_sparsity": row["actual_sparsity"],
-                **sums.metrics(),
+                **metrics,
                 "n": sums.n,
                 "correct": sums.correct,
                 "agree": sums.agree,
                 "loss_sum": sums.loss_sum,
                 "kl_sum": sums.kl_sum,
+                **{name: _recorded(getattr(sums, name)) for name in ERROR_SUMS},
                 "params": layer.params,
                 "flops": layer.flops,
-                **({"measured": bool(row["measured"])} if "measured" in row else {}),
+                **{flag: bool(row[flag]) for flag in ("measured", EARLY) if flag in row},
             })
+    flags = [flag for flag in ("measured", EARLY) if any(flag in r for r in records)]
     table = pd.DataFrame.from_records(records, columns=[
-        "layer", "type", "sparsity", "actual_sparsity", "accuracy", "loss", "agreement", "kl", "logit_cosine",
-        "logit_rel_l2", "n", "correct", "agree", "loss_sum", "kl_sum", "params", "flops",
-        *(["measured"] if any("measured" in r for r in records) else [])])
+        "layer", "type", "sparsity", "actual_sparsity", *CLASSIC, *[m for m in METRICS if m in extra],
+        "n", "correct", "agree", "loss_sum", "kl_sum", *ERROR_SUMS, "params", "flops", *flags])
     return table
+
+
+def _recorded(value: float | None) -> float:
+    """A sum as a table cell: NaN where the row was stored before the sum existed."""
+    return float("nan") if value is None else value
 
 
 def describe(workload: Workload, ctx: ScanContext) -> dict:
@@ -204,6 +216,7 @@ def describe(workload: Workload, ctx: ScanContext) -> dict:
         "data": workload.data.spec,
         "samples": len(ctx.x),
         "labelled": ctx.y is not None,
+        "task": workload.task,
         "num_classes": workload.num_classes,
         "input_shape": list(workload.input_shape),
         "input_dtype": workload.input_dtype,
@@ -211,6 +224,7 @@ def describe(workload: Workload, ctx: ScanContext) -> dict:
         "criterion": config.criterion,
         "granularity": config.granularity,
         "sparsities": list(config.sparsities),
+        "confidence": config.confidence,
         "layers": [layer.to_meta() for layer in ctx.layers],
         "skipped_layers": ctx.skipped,
     }

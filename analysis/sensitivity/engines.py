@@ -29,7 +29,7 @@ def fast_state(ctx: ScanContext) -> FastState:
     if ctx.fast is None:
         gm, bn = None, None
         try:
-            gm = fxgraph.trace(ctx.model)
+            gm = fxgraph.trace(ctx.model, ctx.x[:2].to(ctx.device))
         except fxgraph.Untraceable as exc:
             if not _runs_outside_torch(ctx.model):
                 ctx.notices.append(f"the fast engine cannot scan this model, using the naive engine: {exc}")
@@ -41,7 +41,7 @@ def fast_state(ctx: ScanContext) -> FastState:
                 gm = None
             else:
                 bn = bnscan.RecalState(chunk=ctx.config.chunk_size or ctx.config.batch_size)
-        ctx.fast = FastState(gm, chunk_size(ctx.config), bn=bn)
+        ctx.fast = FastState(gm, chunk_size(ctx.config, ctx.sample_bytes), bn=bn)
     return ctx.fast
 
 
@@ -77,6 +77,7 @@ def engine_report(ctx: ScanContext) -> dict:
     used = "naive" if ctx.config.engine == "naive" or (state is not None and state.gm is None) else ctx.config.engine
     report = {"engine": ctx.config.engine, "used": used, "precision": ctx.config.precision, "notices": ctx.notices}
     if state is not None and state.gm is not None:
+        report["traced_by"] = getattr(state.gm, "traced_by", "torch.fx")
         report["chunk_size"] = state.chunk if state.bn is None else state.bn.chunk
         if state.bn is not None:
             report["bn_recalibrate"] = "prefix reused: per mask only the downstream BatchNorms are re-estimated"

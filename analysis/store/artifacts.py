@@ -7,6 +7,8 @@ the workload, name and run in its ``meta`` (``prunescope runs get ID`` writes a 
 ``prunescope export`` reads, and ``Schedule.from_dict`` reopens it). Diagnoses and exports rebuild the engine's
 own objects (``Diagnosis``, ``ExportReport``) from their payload, so a reopened one is drawn like a new one; an
 export keeps its report in the store and its ONNX file on disk (the report holds the file's absolute path).
+The dense reference file an export measures against is kept beside the store too (``dense_cache``), one per
+model fingerprint, so that a model is exported dense once.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.deploy.export import ExportReport, FileCost, Verification
+from analysis.deploy.export import DenseCache, ExportReport, FileCost, Verification
 from analysis.diagnostics.diagnosis import Diagnosis
 from analysis.schedule.schedule import Schedule
-from analysis.store.runs import RunStore, StoreError
+from analysis.store.runs import RunStore, StoreError, home
 
 SCHEDULE, DIAGNOSIS, EXPORT, TUNING = "schedule", "diagnostics", "export", "tuning"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}")
@@ -190,7 +192,14 @@ def export_from(payload: dict) -> ExportReport:
         requested=r["requested"], layers=pd.DataFrame.from_records(r["layers"]), groups=[],
         verifications=[Verification(**{k: v for k, v in d.items() if k != "passed"}) for d in r["verifications"]],
         dense=FileCost(**r["dense"]), pruned=FileCost(**r["pruned"]), latency=latency, threads=r["threads"],
-        quality=r["quality"], bn_recalibrated=r["bn_recalibrated"], seconds=r["seconds"], notes=r.get("notes", []))
+        quality=r["quality"], bn_recalibrated=r["bn_recalibrated"], seconds=r["seconds"], notes=r.get("notes", []),
+        kept=r.get("kept", {}), dense_cached=r.get("dense_cached", False))
+
+
+def dense_cache(model_fp: str) -> DenseCache:
+    """Where exports keep the dense reference file of the model with fingerprint ``model_fp``
+    (``Workload.fingerprint``): ``$PRUNESCOPE_HOME/dense-onnx``, beside the run store."""
+    return DenseCache(home() / "dense-onnx", model_fp)
 
 
 def export_name(label: str, report: ExportReport) -> str:

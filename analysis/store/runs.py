@@ -43,8 +43,7 @@ from analysis.core.layers import Layer
 from analysis.core.metrics import Sums
 from analysis.core.profile import SensitivityProfile
 from analysis.core.version import environment
-from analysis.sensitivity.config import FIELDS as ADAPTIVE_FIELDS
-from analysis.sensitivity.config import ScanConfig
+from analysis.sensitivity.config import ScanConfig, left_out_of_identity
 from analysis.sensitivity.context import LayerResult, ScanContext, combine_shards
 from analysis.sensitivity.driver import describe, profile_table
 from analysis.workload.workload import Workload
@@ -55,6 +54,7 @@ BUSY_TIMEOUT_S = 60.0
 SQLITE_HEADER = b"SQLite format 3\x00"
 _TABLES = {"runs", "layers", "artifacts"}
 EXECUTION_FIELDS = ("engine", "device", "batch_size")  # how numbers are computed, not which: not in the identity
+LATER_FIELDS = {"include_embeddings": False}  # settings added later: at their default, runs keep their identity
 
 _SCHEMA = """
 CREATE TABLE runs (
@@ -163,8 +163,9 @@ def scan_identity(workload: Workload, config: ScanConfig) -> dict:
     worst a scan then starts a new run instead of resuming, never resumes a run whose numbers differ.
     """
     config = config.validated()
-    off = ADAPTIVE_FIELDS if config.adaptive == "off" else ()  # full scans keep the identity they had before
-    settings = {k: v for k, v in asdict(config).items() if k not in EXECUTION_FIELDS and k not in off}
+    off = left_out_of_identity(config)  # full scans keep the identity they had before adaptive and sequential modes
+    settings = {k: v for k, v in asdict(config).items() if k not in EXECUTION_FIELDS and k not in off
+                and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     settings["sparsities"] = list(settings["sparsities"])
     settings["layers"] = list(settings["layers"]) if settings["layers"] else None
     return {"model_fp": workload.fingerprint(), "data_fp": workload.data.fingerprint(), **settings}
@@ -456,7 +457,7 @@ class RunStore:
         baseline = meta.get("baseline") or (Sums.from_dict(dense).metrics() if dense else None)
         merged = {**meta, "complete": all(l.name in results for l in layers), "baseline": baseline,
                   "run_id": int(run_id)}
-        return SensitivityProfile(profile_table(layers, results), merged)
+        return SensitivityProfile(profile_table(layers, results), merged).with_confidence()
 
     def delete_run(self, run_id: int) -> None:
         """Delete a run, its finished layers and the artifacts made from it (run ids are never reused)."""

@@ -3,6 +3,8 @@
 Model specs
     ``sample:NAME``                      a bundled sample (``sample_models/``)
     ``torchvision:ARCH[=weights]``       a torchvision architecture, random init or a state dict
+    ``hf:FOLDER[@TASK]``                 a local Hugging Face model folder (``analysis.workload.hf``; data, not a
+                                         program: no code from the folder runs)
     ``model.onnx``                       an ONNX graph, run in ONNX Runtime (``analysis.workload.onnx``)
     ``file.py:factory[=weights]``        your own code builds the model; weights are a state dict (a program)
     ``model.pt`` / ``model.ts``          TorchScript (a program)
@@ -29,6 +31,7 @@ from torch import nn
 from analysis.workload import samples, usercode
 from analysis.workload.errors import SpecError, short_error, torch_load_problem
 from analysis.workload.files import check_unpacked_file, load_plain, sniff_kind
+from analysis.workload.hf import load_hf
 from analysis.workload.onnx import OnnxError, load_onnx
 from analysis.workload.uploads import kind_words, zip_kind
 
@@ -320,6 +323,8 @@ def load_model(spec: str, trust_code: bool = False, trust_pickle: bool = False) 
     elif spec.startswith("torchvision:"):
         arch, _, weights = spec.removeprefix("torchvision:").partition("=")
         model = _torchvision(arch, weights or None)
+    elif spec.startswith("hf:"):
+        model = load_hf(spec)
     elif re.match(r"^.+\.py:[A-Za-z_]\w*(=.+)?$", spec):
         file_part, _, rest = spec.partition(".py:")
         factory, _, weights = rest.partition("=")

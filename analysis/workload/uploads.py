@@ -3,7 +3,10 @@
 ``received(data, filename, role)`` checks what the bytes are by reading them (magic numbers, zip listings),
 never by trusting the name, writes them to a private temporary folder under the suffix their content
 deserves, and deletes the folder when the ``with`` block ends. A zip archive of an image folder is extracted
-safely (no absolute paths, no ``..``, no links, limits on the total size and the number of files).
+safely (no absolute paths, no ``..``, no links, limits on the total size and the number of files); a zip of a
+Hugging Face model folder likewise, and of it only the configuration, weight and tokenizer files (never code).
+Text (``text_suffix``) is taken as UTF-8 without NUL bytes, its suffix (``.jsonl``, ``.csv``, ``.txt``) read
+from its content.
 
 Nothing here unpickles anything. A plain pickle stream is refused outright; a ``torch.save`` archive is
 accepted as a state dict or tensor file, which Prunescope only ever reads with ``torch.load(weights_only=True)``
@@ -21,7 +24,7 @@ import stat
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -34,7 +37,7 @@ MAX_ARCHIVE_FILES = 200_000
 MAX_NAME_CHARS = 255
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 MODEL_KINDS = {"onnx": ".onnx", "torchscript": ".pt", "export": ".pt2", "torch-save": ".pt", "safetensors":
-               ".safetensors"}
+               ".safetensors", "hf-zip": ""}
 PROGRAM_KINDS = {"torchscript", "export"}  # model files that are programs: loading them runs code from the file
 CODE_UPLOADS_ENV = "PRUNESCOPE_ALLOW_CODE_UPLOADS"  # "1": the dashboard takes PROGRAM_KINDS uploads (opt-in)
 DATA_KINDS = {"torch-save": ".pt", "npz": ".npz", "images-zip": ""}
@@ -56,6 +59,7 @@ class Upload:
 
 KIND_WORDS = {"onnx": "an ONNX model", "torchscript": "a TorchScript model", "export": "a torch.export program",
               "safetensors": "a safetensors file", "npz": "a numpy .npz archive", "images-zip": "a zip of images",
+              "hf-zip": "a zip of a Hugging Face model folder",
               "damaged-zip": "a damaged zip archive", "torch-save": "a torch.save file", "pickle": "a pickle stream",
               "damaged-onnx": "a truncated or corrupt ONNX file"}
 
@@ -78,6 +82,8 @@ def zip_kind(names: list[str]) -> str:
     """What a zip archive holds, from its member names: torchscript, export (``torch.export``), torch-save
     (``torch.save``), npz, images-zip or unknown. The one place these rules live (``sources`` reads models
     with them too)."""
+    if is_hf_folder(names):
+        return "hf-zip"
     if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
         return "torchscript"
     if any("serialized_exported_program" in n or n.endswith("archive_format") for n in names):
@@ -89,6 +95,31 @@ def zip_kind(names: list[str]) -> str:
     if any(PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES for n in names):
         return "images-zip"
     return "unknown"
+
+
+# The files of a Hugging Face model folder Prunescope reads: configuration, weights, tokenizer. Nothing else of an
+# uploaded folder is extracted (its .py files least of all).
+HF_FILE = re.compile(r"^(?:(?:config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens)"
+                     r"\.json|vocab\.(?:txt|json)|merges\.txt|(?:model|pytorch_model)(?:-\d{5}-of-\d{5})?"
+                     r"\.(?:safetensors|bin)|(?:model\.safetensors|pytorch_model\.bin)\.index\.json)$")
+HF_WEIGHTS = re.compile(r"^(?:model|pytorch_model)(?:-\d{5}-of-\d{5})?\.(?:safetensors|bin)$")
+
+
+def is_hf_folder(names: list[str]) -> bool:
+    """Whether a zip listing is a Hugging Face model folder: ``config.json`` and weights side by side."""
+    folders: dict[str, set[str]] = {}
+    for n in names:
+        path = PurePosixPath(n)
+        folders.setdefault(str(path.parent), set()).add(path.name)
+    return any("config.json" in files and any(HF_WEIGHTS.match(f) for f in files) for files in folders.values())
+
+
+def _is_image(path: PurePosixPath) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _is_hf_file(path: PurePosixPath) -> bool:
+    return bool(HF_FILE.match(path.name))
 
 
 def sniff(path: Path) -> str:
@@ -118,9 +149,9 @@ def _parses_as_onnx(path: Path) -> bool:
 
 
 def safe_extract(archive: Path, dest: Path, max_bytes: int = DEFAULT_MAX_BYTES,
-                 max_files: int = MAX_ARCHIVE_FILES) -> Path:
-    """Extract the image files of a zip archive into ``dest``, refusing escaping paths, links, and archives over
-    the limits; every other entry (code, text, hidden files) stays in the archive.
+                 max_files: int = MAX_ARCHIVE_FILES, wanted: Callable[[PurePosixPath], bool] = _is_image) -> Path:
+    """Extract the image files (or the files ``wanted`` takes) of a zip archive into ``dest``, refusing escaping
+    paths, links, and archives over the limits; every other entry (code, text, hidden files) stays in the archive.
 
     Sizes are counted as bytes are written, not read from the archive's own (forgeable) headers. Any entry that
     cannot be extracted (encrypted, an unknown compression, a damaged stream, a name too long or both a file
@@ -135,7 +166,7 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int = DEFAULT_MAX_BYTES,
             if len(members) > max_files:
                 raise UploadError(f"the archive holds {len(members)} files; the limit is {max_files}")
             for m in members:
-                target = _member_target(m, dest)
+                target = _member_target(m, dest, wanted)
                 if target is not None:
                     written = _extract_member(z, m, target, written, max_bytes)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
@@ -143,8 +174,8 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int = DEFAULT_MAX_BYTES,
     return image_root(dest)
 
 
-def _member_target(m: zipfile.ZipInfo, dest: Path) -> Path | None:
-    """Where an archive entry goes under ``dest``; ``None`` for entries that are not extracted (not an image,
+def _member_target(m: zipfile.ZipInfo, dest: Path, wanted: Callable[[PurePosixPath], bool]) -> Path | None:
+    """Where an archive entry goes under ``dest``; ``None`` for entries that are not extracted (not ``wanted``,
     hidden, macOS metadata); ``UploadError`` for entries that point outside or are links."""
     name = m.filename.replace("\\", "/")
     parts = PurePosixPath(name).parts
@@ -155,7 +186,7 @@ def _member_target(m: zipfile.ZipInfo, dest: Path) -> Path | None:
         raise UploadError(f"the archive entry {shown} is a link; links are not extracted")
     if parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
         return None
-    if PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
+    if not wanted(PurePosixPath(name)):
         return None
     if any(len(p.encode()) > MAX_NAME_CHARS for p in parts):
         raise UploadError(f"the archive entry {shown} has a name longer than {MAX_NAME_CHARS} bytes")
@@ -202,6 +233,51 @@ def image_root(dest: Path) -> Path:
     if len(entries) == 1 and entries[0].is_dir() and any(p.is_dir() for p in entries[0].iterdir()):
         return entries[0]
     return dest
+
+
+def extract_hf(archive: Path, dest: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
+    """Extract a zip of a Hugging Face model folder (``safe_extract``, its configuration, weight and tokenizer
+    files only) and return the folder that holds ``config.json``. A ``.bin`` weight file must be a ``torch.save``
+    archive within the limits (never a bare pickle): it is read with ``weights_only``, never unpickled."""
+    safe_extract(archive, dest, max_bytes, wanted=_is_hf_file)
+    configs = sorted(dest.rglob("config.json"), key=lambda p: len(p.parts))
+    if not configs:
+        raise UploadError("the archive holds no config.json: zip the folder save_pretrained wrote")
+    root = configs[0].parent
+    for weights in root.glob("*.bin"):
+        kind = sniff(weights)
+        if kind != "torch-save":
+            raise UploadError(f"{weights.name} is {kind_words(kind)}, not a torch.save archive; save the model with "
+                              "save_pretrained (safetensors)")
+        check_unpacked(weights, kind, max_bytes, shown=weights.name, setting="PRUNESCOPE_MAX_UPLOAD_MB")
+    return root
+
+
+TEXT_SUFFIXES = (".jsonl", ".csv", ".txt")
+
+
+def text_suffix(data: bytes, name: str = "the upload") -> str:
+    """The suffix text deserves from its content: ``.jsonl`` when every non-empty line is a JSON object,
+    ``.csv`` when its first line is a header with a ``text`` column, else ``.txt``. Bytes that are not UTF-8
+    text without NUL bytes are an ``UploadError``."""
+    import csv
+    import io
+    import json
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UploadError(f"{name} is not UTF-8 text") from None
+    if "\x00" in text or not text.strip():
+        raise UploadError(f"{name} is {'empty' if not text.strip() else 'binary, not text'}")
+    lines = [line for line in text.splitlines() if line.strip()]
+    try:
+        if all(isinstance(json.loads(line), dict) for line in lines):
+            return ".jsonl"
+    except json.JSONDecodeError:
+        pass
+    header = next(csv.reader(io.StringIO(lines[0])), [])
+    return ".csv" if "text" in [h.strip() for h in header] and len(header) > 1 else ".txt"
 
 
 # ------------------------------------------------------------------------------------ unpacked-size limits
@@ -307,13 +383,17 @@ def received(data: bytes, filename: str, role: str, max_bytes: int | None = None
             raise UploadError(f"{name} is a pickle stream; unpickling runs code, so uploads never accept it. "
                               + instead)
         if kind not in allowed:
-            what = ("not a model file (ONNX, TorchScript, .pt2) nor a state dict (torch.save, safetensors)"
-                    if role == "model" else "not data (a .pt/.npz tensor file or a .zip of an image folder)")
+            what = ("not a model file (ONNX, TorchScript, .pt2, a zip of a Hugging Face folder) nor a state dict "
+                    "(torch.save, safetensors)" if role == "model"
+                    else "not data (a .pt/.npz tensor file or a .zip of an image folder)")
             raise UploadError(f"{name} is {what}; its content reads as {kind_words(kind)}")
         if kind in ("npz", "torch-save"):
             check_unpacked(raw, kind, limit, shown=name, setting="PRUNESCOPE_MAX_UPLOAD_MB")
         if kind == "images-zip":
             path = safe_extract(raw, folder / "images", max_bytes=limit)
+            raw.unlink()
+        elif kind == "hf-zip":
+            path = extract_hf(raw, folder / "hf", max_bytes=limit)
             raw.unlink()
         else:
             path = raw.rename(folder / f"upload{allowed[kind]}")

@@ -85,6 +85,11 @@ def open_page(page, path: str) -> None:  # noqa: ANN001
     settle(page)
 
 
+def heatmap_tab(page):  # noqa: ANN001, ANN201
+    """The Sensitivity page's Heatmap tab (the Blocks tab draws heatmaps too)."""
+    return page.get_by_role("tabpanel", name="Heatmap")
+
+
 def nav(page, title: str) -> None:  # noqa: ANN001
     """Switch page by the sidebar's navigation (the session, and so the chosen workload, stays)."""
     page.locator('[data-testid="stSidebarNav"] a', has_text=title).click()
@@ -133,15 +138,15 @@ def test_the_whole_story_in_a_browser(page):  # noqa: ANN001
 
     # Sensitivity: the home page's scan reopens; a second run with another criterion is scanned and overlaid.
     open_page(page, "Sensitivity")
-    expect(page.locator(".js-plotly-plot .heatmaplayer")).to_have_count(1)
+    expect(heatmap_tab(page).locator(".heatmaplayer")).to_have_count(1)
     page.get_by_role("button", name="Run scan").click()
     settle(page)
     expect(page.get_by_text("reopened it without recomputing")).to_be_visible()
     set_sparsities(page, "0.5, 0.9")
     page.get_by_role("button", name="Run scan").click()
     settle(page)
-    expect(page.locator(".js-plotly-plot .heatmaplayer")).to_have_count(1)
-    heatmap = page.locator(".js-plotly-plot", has=page.locator(".heatmaplayer"))
+    expect(heatmap_tab(page).locator(".heatmaplayer")).to_have_count(1)
+    heatmap = heatmap_tab(page).locator(".js-plotly-plot")
     assert heatmap.locator(".xtick text").all_text_contents() == ["0", "0.5", "0.9"]
     no_exception(page)
     shot(page, "sensitivity")
@@ -279,7 +284,7 @@ def _scan(page, sparsities: str) -> None:  # noqa: ANN001
     set_sparsities(page, sparsities)
     page.get_by_role("button", name="Run scan").click()
     settle(page)
-    expect(page.locator(".js-plotly-plot .heatmaplayer")).to_have_count(1)
+    expect(heatmap_tab(page).locator(".heatmaplayer")).to_have_count(1)
     no_exception(page)
 
 
@@ -329,7 +334,7 @@ def test_resnet18_with_uploaded_weights_and_an_image_zip(page, tmp_path):  # noq
     shot(page, "resnet18_model_and_data", readme=False)
 
     _scan(page, "0.5, 0.9")
-    heatmap = page.locator(".js-plotly-plot", has=page.locator(".heatmaplayer"))
+    heatmap = heatmap_tab(page).locator(".js-plotly-plot")
     assert "fc" in heatmap.locator(".ytick text").all_text_contents()
     shot(page, "resnet18_sensitivity", readme=False)
     _schedule_and_export(page, "resnet18", 21)

@@ -120,8 +120,20 @@ def presets_section(spec: common.WorkloadSpec, layers: list, profile: Sensitivit
                              f"{method} to {kind} {target_text.strip()}")
 
 
-def sliders_section(by_name: dict, names: list[str], granularity: str, values: dict[str, float],
-                    accountant: Accountant) -> None:
+def slider_values(items: list[schedules.SliderItem], values: dict[str, float]) -> None:
+    """Write into ``values`` what the sliders will show, before they are drawn: a moved slider's value is in the
+    session state already, so the totals and the prediction at the top are drawn first and the numbers change
+    on screen before the sliders are sent again."""
+    for item in items:
+        if item.why:
+            continue
+        if item.key not in st.session_state:
+            st.session_state[item.key] = schedules.snapped(min(values.get(m, 0.0) for m in item.members), item)
+        for member in item.members:
+            values[member] = st.session_state[item.key]
+
+
+def sliders_section(items: list[schedules.SliderItem], granularity: str, values: dict[str, float]) -> None:
     """One slider per scanned layer, or for channel pruning per coupled group (grouped by block on large models,
     filtered by name); writes ``values``."""
     structured = parse_granularity(granularity).structured
@@ -130,7 +142,6 @@ def sliders_section(by_name: dict, names: list[str], granularity: str, values: d
         st.caption("Layers that must lose the same channels (a residual sum, a depthwise convolution, an "
                    "attention's heads) share one slider: it moves every layer of the group, and the export removes "
                    "exactly that.")
-    items = schedules.slider_items(by_name, names, granularity, accountant)
     search = st.text_input("Filter layers", placeholder="part of a layer name, e.g. block2 or conv")
     shown = [i for i in items if any(search.strip().lower() in m.lower() for m in i.members)]
     if not shown:
@@ -154,8 +165,6 @@ def item_slider(col, item: schedules.SliderItem, values: dict[str, float]) -> No
     if item.why:
         col.caption(f"{item.label}: {item.why}; stays dense")
         return
-    if item.key not in st.session_state:
-        st.session_state[item.key] = schedules.snapped(min(values.get(m, 0.0) for m in item.members), item)
     if item.options:
         value = col.select_slider(item.label, list(item.options), key=item.key)
     else:
@@ -343,7 +352,8 @@ def live_section(spec: common.WorkloadSpec, workload, layers: list, run_id: int,
     summary = st.container(border=True)
     presets_section(spec, layers, profile, names, accountant, metric, current)
     values = current["values"]
-    sliders_section(by_name, names, granularity, values, accountant)
+    items = schedules.slider_items(by_name, names, granularity, accountant)
+    slider_values(items, values)
 
     source = schedules.source(current)
     schedule = schedules.to_schedule(values, profile, {"source": source})
@@ -354,6 +364,7 @@ def live_section(spec: common.WorkloadSpec, workload, layers: list, run_id: int,
     summary_section(summary, schedule, totals, predictor, prediction, metric, source,
                     current.get("resolved", []) if current.get("preset") == {k: v for k, v in values.items() if v > 0}
                     else [])
+    sliders_section(items, granularity, values)
     schedules.keep(current, spec)  # after the numbers: the store's write does not delay them
     if schedule.sparsities:
         st.plotly_chart(plots.schedule_bars({"current": schedule.sparsities}, names), key="current-bars")

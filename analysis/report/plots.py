@@ -36,7 +36,8 @@ def activation_shift_figure(shift: pd.DataFrame, metric: str = "rel_l2") -> go.F
     df = shift.assign(cell=_cell_label(shift)).sort_values(["layer", "sparsity", "distance"], kind="stable")
     fig = px.line(df, x="observed", y=metric, color="cell", markers=True,
                   hover_data=["distance", "rel_l2", "cosine", "cosine_worst_decile"],
-                  labels={"observed": "observed layer (downstream of the pruned one)", "cell": "pruned layer @ sparsity"})
+                  labels={"observed": "observed layer (downstream of the pruned one)",
+                          "cell": "pruned layer @ sparsity"})
     fig.update_layout(title=f"Activation shift downstream ({metric})", xaxis={"categoryorder": "array",
                       "categoryarray": list(dict.fromkeys(df.sort_values("distance", kind="stable")["observed"]))})
     return fig

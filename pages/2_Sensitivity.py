@@ -1,4 +1,7 @@
-"""Sensitivity: prune each layer alone at each sparsity and see what it costs; reopen and compare runs."""
+"""Sensitivity: prune each layer alone at each sparsity and see what it costs; reopen and compare runs.
+
+The tabs' own controls (the block views' sparsity, the layers drawn, the tolerated drop, the run overlaid) are
+fragments: changing one redraws its tab, not the page."""
 
 import json
 
@@ -16,6 +19,61 @@ from analysis.workload.onnx import OnnxModel
 from ui import common, runs, scanning
 from ui import format as fmt
 from ui.scanning import CONFIDENCE_LEVELS, SCAN_MODES, adaptive_settings
+
+
+@st.fragment
+def blocks_section(profile, blocks, metric: str) -> None:  # noqa: ANN001
+    """The block views at the sparsity picked: a fragment, so a new pick redraws these charts only."""
+    if blocks.empty:
+        st.info("No layer of this model sits in a numbered block (such as a transformer's layers.N): the block "
+                "views apply to transformers and staged CNNs.")
+        return
+    measured = sorted(s for s in set(blocks["sparsity"]) if s > 0) or [0.0]
+    at = st.select_slider("Sparsity", measured, value=measured[len(measured) // 2], format_func=lambda s: f"{s:g}")
+    st.plotly_chart(plots.block_heatmap(profile, at, metric), key="block_heatmap")
+    st.plotly_chart(plots.block_curves(profile, metric), key="block_curves")
+    st.caption("Rows are the blocks by depth, columns the projections (q, k, v, o; the MLP's gate, up and "
+               "down); each cell is that layer pruned alone.")
+
+
+@st.fragment
+def curves_section(profile, metric: str) -> None:  # noqa: ANN001
+    """The curves of the layers picked: a fragment, so picking layers redraws this chart only."""
+    picked = st.multiselect("Layers to draw (none: all)", profile.layers, key="curve_layers")
+    st.plotly_chart(plots.sensitivity_curves(profile, metric, picked or None), key="curves")
+
+
+@st.fragment
+def ranking_section(profile, metric: str, confidence: float) -> None:  # noqa: ANN001
+    """The tolerance ranking at the drop typed: a fragment, so a new limit redraws this table only."""
+    scale, unit = drop_scale(metric)
+    max_drop = st.number_input(
+        f"Largest tolerated {fmt.change_word(metric)} ({unit})", min_value=0.0, value=1.0 if scale > 1 else 0.01,
+        step=0.5 if scale > 1 else 0.01)
+    st.dataframe(tolerance_table(profile, max_drop / scale, metric), hide_index=True, width="stretch")
+    st.caption(f"A layer's tolerance is the largest measured sparsity whose drop stays within the limit "
+               f"(a drop that recovers at a higher sparsity does not count). Most fragile first. "
+               f"max_sparsity_lo is the largest sparsity whose drop is within the limit at {confidence:.0%} "
+               f"confidence, max_sparsity_hi the last before a drop beyond it at that confidence: this eval set's "
+               f"sampling error puts the answer between the two.")
+
+
+@st.fragment
+def overlay_section(profile, run_id: int, ids: list[int], labels: dict, metric: str,  # noqa: ANN001
+                    confidence: float) -> None:
+    """The run on show overlaid with another: a fragment, so picking the other run redraws this tab only."""
+    others = [i for i in ids if i != run_id]
+    if not others:
+        st.info("Run a second scan (e.g. another criterion) to overlay the two.")
+        return
+    other_id = st.selectbox("Overlay with", others, format_func=labels.get)
+    other = runs.load_run(other_id).with_confidence(confidence)
+    try:
+        st.plotly_chart(plots.profile_overlay(profile, other, metric), key="overlay")
+    except ValueError as exc:
+        st.error(str(exc))
+    scanning.show_side_by_side(profile, other)
+
 
 spec = common.header("Sensitivity")
 spec, workload, layers = common.workload_or_stop()
@@ -130,32 +188,13 @@ with heat_tab:
     st.caption(f"A dot marks a cell whose drop is not distinguishable from zero: its {confidence:.0%} interval holds "
                "0 on this eval set. Hover a cell for its interval and the samples it used.")
 with block_tab:
-    if blocks.empty:
-        st.info("No layer of this model sits in a numbered block (such as a transformer's layers.N): the block "
-                "views apply to transformers and staged CNNs.")
-    else:
-        measured = sorted(s for s in set(blocks["sparsity"]) if s > 0) or [0.0]
-        at = st.select_slider("Sparsity", measured, value=measured[len(measured) // 2], format_func=lambda s: f"{s:g}")
-        st.plotly_chart(plots.block_heatmap(profile, at, metric), key="block_heatmap")
-        st.plotly_chart(plots.block_curves(profile, metric), key="block_curves")
-        st.caption("Rows are the blocks by depth, columns the projections (q, k, v, o; the MLP's gate, up and "
-                   "down); each cell is that layer pruned alone.")
+    blocks_section(profile, blocks, metric)
 with curve_tab:
-    picked = st.multiselect("Layers to draw (none: all)", profile.layers, key="curve_layers")
-    st.plotly_chart(plots.sensitivity_curves(profile, metric, picked or None), key="curves")
+    curves_section(profile, metric)
 with rank_tab:
     if shown_mode in SEARCH_MODES:
         scanning.show_bisection(profile)
-    scale, unit = drop_scale(metric)
-    max_drop = st.number_input(
-        f"Largest tolerated {fmt.change_word(metric)} ({unit})", min_value=0.0, value=1.0 if scale > 1 else 0.01,
-        step=0.5 if scale > 1 else 0.01)
-    st.dataframe(tolerance_table(profile, max_drop / scale, metric), hide_index=True, width="stretch")
-    st.caption(f"A layer's tolerance is the largest measured sparsity whose drop stays within the limit "
-               f"(a drop that recovers at a higher sparsity does not count). Most fragile first. "
-               f"max_sparsity_lo is the largest sparsity whose drop is within the limit at {confidence:.0%} "
-               f"confidence, max_sparsity_hi the last before a drop beyond it at that confidence: this eval set's "
-               f"sampling error puts the answer between the two.")
+    ranking_section(profile, metric, confidence)
 with table_tab:
     st.dataframe(profile.drop(metric), hide_index=True, width="stretch")
     c1, c2 = st.columns(2)
@@ -165,14 +204,4 @@ with table_tab:
                                                    default=str, indent=1), "sensitivity.json", "application/json",
                         on_click="ignore")
 with compare_tab:
-    others = [i for i in ids if i != run_id]
-    if not others:
-        st.info("Run a second scan (e.g. another criterion) to overlay the two.")
-    else:
-        other_id = st.selectbox("Overlay with", others, format_func=labels.get)
-        other = runs.load_run(other_id).with_confidence(confidence)
-        try:
-            st.plotly_chart(plots.profile_overlay(profile, other, metric), key="overlay")
-        except ValueError as exc:
-            st.error(str(exc))
-        scanning.show_side_by_side(profile, other)
+    overlay_section(profile, run_id, ids, labels, metric, confidence)

@@ -75,11 +75,20 @@ if stored["cell"] != cell:
     st.caption("Showing the last diagnosis; press Diagnose for the settings above.")
 st.markdown(f"**{d_layer}** pruned to **{d_sparsity:g}** ({d_criterion}, {d_granularity})")
 
-st.subheader("Activation shift downstream")
-stat = st.selectbox("Statistic", ["rel_l2", "cosine", "cosine_worst_decile", "mean_shift", "std_shift", "hellinger"],
-                    help="rel_l2: relative L2 distance to the dense output; cosine: mean similarity per sample; "
-                         "hellinger: distance of per-channel Gaussian fits (0 = unchanged, 1 = disjoint)")
-st.plotly_chart(plots.activation_shift_figure(diag.shift, stat), key="shift")
+
+
+@st.fragment
+def shift_section(shift) -> None:  # noqa: ANN001 - the diagnosis's shift table
+    """The downstream activation shift by the statistic picked: a fragment, so a new pick redraws this chart only."""
+    st.subheader("Activation shift downstream")
+    stat = st.selectbox("Statistic", ["rel_l2", "cosine", "cosine_worst_decile", "mean_shift", "std_shift",
+                                      "hellinger"],
+                        help="rel_l2: relative L2 distance to the dense output; cosine: mean similarity per sample; "
+                             "hellinger: distance of per-channel Gaussian fits (0 = unchanged, 1 = disjoint)")
+    st.plotly_chart(plots.activation_shift_figure(shift, stat), key="shift")
+
+
+shift_section(diag.shift)
 
 st.subheader("Dead neurons")
 dead = diag.dead

@@ -1,6 +1,8 @@
 """Schedule: one sparsity per layer, presets, live totals and predicted metric, measured on demand, saved and compared.
 
 The page is a sequence of sections, each a function that draws one part and returns what the next parts read.
+What the sliders drive (presets, sliders, totals, prediction, measure, save, compare) is one ``st.fragment``:
+moving a slider reruns that part alone, not the workload, the run picker and the calibration above it.
 """
 
 import json
@@ -118,8 +120,20 @@ def presets_section(spec: common.WorkloadSpec, layers: list, profile: Sensitivit
                              f"{method} to {kind} {target_text.strip()}")
 
 
-def sliders_section(by_name: dict, names: list[str], granularity: str, values: dict[str, float],
-                    accountant: Accountant) -> None:
+def slider_values(items: list[schedules.SliderItem], values: dict[str, float]) -> None:
+    """Write into ``values`` what the sliders will show, before they are drawn: a moved slider's value is in the
+    session state already, so the totals and the prediction at the top are drawn first and the numbers change
+    on screen before the sliders are sent again."""
+    for item in items:
+        if item.why:
+            continue
+        if item.key not in st.session_state:
+            st.session_state[item.key] = schedules.snapped(min(values.get(m, 0.0) for m in item.members), item)
+        for member in item.members:
+            values[member] = st.session_state[item.key]
+
+
+def sliders_section(items: list[schedules.SliderItem], granularity: str, values: dict[str, float]) -> None:
     """One slider per scanned layer, or for channel pruning per coupled group (grouped by block on large models,
     filtered by name); writes ``values``."""
     structured = parse_granularity(granularity).structured
@@ -128,7 +142,6 @@ def sliders_section(by_name: dict, names: list[str], granularity: str, values: d
         st.caption("Layers that must lose the same channels (a residual sum, a depthwise convolution, an "
                    "attention's heads) share one slider: it moves every layer of the group, and the export removes "
                    "exactly that.")
-    items = schedules.slider_items(by_name, names, granularity, accountant)
     search = st.text_input("Filter layers", placeholder="part of a layer name, e.g. block2 or conv")
     shown = [i for i in items if any(search.strip().lower() in m.lower() for m in i.members)]
     if not shown:
@@ -152,8 +165,6 @@ def item_slider(col, item: schedules.SliderItem, values: dict[str, float]) -> No
     if item.why:
         col.caption(f"{item.label}: {item.why}; stays dense")
         return
-    if item.key not in st.session_state:
-        st.session_state[item.key] = schedules.snapped(min(values.get(m, 0.0) for m in item.members), item)
     if item.options:
         value = col.select_slider(item.label, list(item.options), key=item.key)
     else:
@@ -304,7 +315,7 @@ def compare_section(saved: dict, schedule: Schedule, profile: SensitivityProfile
     chosen = {"current": schedule, **{n: saved[n] for n in compared}}
     table = schedules.compare_table(chosen, profile, names, accountant, predictor, metric,
                                     {"current": measured} if measured else {})
-    st.dataframe(table, hide_index=True, width="stretch")
+    st.dataframe(schedules.styled_compare(table), hide_index=True, width="stretch")
     left, right = st.columns(2)
     left.plotly_chart(plots.schedule_bars({k: s.sparsities for k, s in chosen.items()}, names), key="compare-bars")
     right.plotly_chart(plots.schedule_tradeoff(table.dropna(subset=["global_sparsity", "predicted"]), metric),
@@ -312,6 +323,7 @@ def compare_section(saved: dict, schedule: Schedule, profile: SensitivityProfile
 
 
 def main() -> None:
+    """The page: the workload, the run and the metric the prediction comes from, then the live section."""
     spec = common.header("Schedule")
     spec, workload, layers = common.workload_or_stop()
     run_id, profile = pick_run(spec)
@@ -321,20 +333,29 @@ def main() -> None:
         calibration_section(spec, workload, run_id, profile, metric)
     predictor = schedules.predictor(run_id, metric)
     accountant = schedules.accountant(spec, profile)
+    st.caption(f"{profile.meta['criterion']} criterion · {profile.meta['granularity']} granularity (from the run) · "
+               f"prediction from the stored profile, no evaluation of the model ({predictor.reason}) · layers the run "
+               "did not scan stay dense")
+    live_section(spec, workload, layers, run_id, profile, predictor, accountant, metric)
+
+
+@st.fragment
+def live_section(spec: common.WorkloadSpec, workload, layers: list, run_id: int,  # noqa: ANN001
+                 profile: SensitivityProfile, predictor: Predictor, accountant: Accountant, metric: str) -> None:
+    """Everything a slider, a preset or a saved schedule changes: a fragment, so moving a slider reruns this part
+    alone (not the workload, the run picker nor the calibration above it). Its buttons that change what is above
+    (Load, Delete) rerun the whole page."""
     current = schedules.state(run_id, spec)
     by_name = {l.name: l for l in layers}
     names = [n for n in profile.layers if n in by_name]
     granularity = profile.meta["granularity"]
-    st.caption(f"{profile.meta['criterion']} criterion · {granularity} granularity (from the run) · prediction from "
-               f"the stored profile, no evaluation of the model ({predictor.reason}) · layers the run did not scan "
-               "stay dense")
     summary = st.container(border=True)
     presets_section(spec, layers, profile, names, accountant, metric, current)
     values = current["values"]
-    sliders_section(by_name, names, granularity, values, accountant)
+    items = schedules.slider_items(by_name, names, granularity, accountant)
+    slider_values(items, values)
 
     source = schedules.source(current)
-    schedules.keep(current, spec)
     schedule = schedules.to_schedule(values, profile, {"source": source})
     totals = accountant.totals(schedule)
     effective, _ = resolve_schedule(schedule, accountant)
@@ -343,6 +364,8 @@ def main() -> None:
     summary_section(summary, schedule, totals, predictor, prediction, metric, source,
                     current.get("resolved", []) if current.get("preset") == {k: v for k, v in values.items() if v > 0}
                     else [])
+    sliders_section(items, granularity, values)
+    schedules.keep(current, spec)  # after the numbers: the store's write does not delay them
     if schedule.sparsities:
         st.plotly_chart(plots.schedule_bars({"current": schedule.sparsities}, names), key="current-bars")
     measured = measure_section(spec, workload, schedule, predictor, predicted, metric, current)

@@ -196,10 +196,12 @@ def test_save_compare_and_load_schedules(stored_run, sample_profile, prunescope_
         {k: v for k, v in uniform.items() if v > 0}))
     assert table.loc["uni", "global_sparsity"] == pytest.approx(0.4, abs=0.005)
     assert table.loc["sens", "measured"] == pytest.approx(on_disk.meta["measured"]["pruned"]["accuracy"])
+    assert table.loc["uni", "measured"] != table.loc["uni", "measured"]  # NaN (shown "not measured"), not None
     bars, tradeoff = plotly_specs(at)[1:]
     assert [t["name"] for t in bars["data"]] == ["current", "sens", "uni"]
-    assert tradeoff["data"][0]["text"] == ["current", "sens", "uni"]
-    assert [t["name"] for t in tradeoff["data"]] == ["predicted", "measured"]
+    assert tradeoff["data"][0]["text"] == ["uni", "current, sens"]  # the current schedule is sens: one point
+    assert [t["name"].split(" ")[0] for t in tradeoff["data"]] == ["predicted", "measured"]
+    assert tradeoff["layout"]["showlegend"] is True
 
     next(s for s in at.selectbox if s.label.startswith("Load a saved")).set_value("uni")
     _button(at, "Load").click()

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import tomllib
 import torch
 from app_support import app, assert_clean, sample_profile, sample_scan, texts  # noqa: F401
@@ -17,11 +18,12 @@ from streamlit.testing.v1 import AppTest
 
 from analysis.core.criteria import CALIBRATED, CRITERIA
 from analysis.core.metric_table import default_metric
+from analysis.report import plots
 from analysis.store.runs import home
 from analysis.workload import samples
 from analysis.workload.data import load_data
 from ui import format as fmt
-from ui import upload_names
+from ui import schedules, upload_names
 from ui.common import WorkloadSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,3 +154,30 @@ def test_random_inputs_are_labelled_by_how_many_are_drawn():
     drawn = len(load_data("random:1x8x8"))
     assert WorkloadSpec("sample:digits-cnn", "random:1x8x8").label.endswith(f" on {drawn} random 1x8x8 inputs")
     assert WorkloadSpec("sample:digits-cnn", "sample:digits", 32).label.endswith("sample:digits (first 32)")
+
+
+def _compared(**columns) -> pd.DataFrame:  # noqa: ANN003
+    return pd.DataFrame({"name": ["a", "b", "c", "d"], "global_sparsity": [0.5, 0.5, 0.52, 0.8], **columns})
+
+
+def test_schedules_on_one_point_share_a_label_and_neighbours_labels_take_turns():
+    table = _compared(predicted=[0.9, 0.9, 0.895, 0.7], measured=[np.nan, 0.91, np.nan, np.nan])
+    fig = plots.schedule_tradeoff(table, "accuracy")
+    predicted, measured = fig.data
+    assert list(predicted.text) == ["a, b", "c", "d"] and list(predicted.y) == [0.9, 0.895, 0.7]
+    assert len(set(predicted.textposition[:2])) == 2  # the two close points label on different sides
+    assert predicted.cliponaxis is False
+    assert list(measured.text) == ["b"] and list(measured.y) == [0.91]
+    assert "predicted" in predicted.name and "measured" in measured.name
+
+
+def test_the_tradeoff_legend_says_the_points_are_predictions_even_when_nothing_is_measured():
+    fig = plots.schedule_tradeoff(_compared(predicted=[0.9, 0.8, 0.7, 0.6], measured=[np.nan] * 4), "accuracy")
+    assert fig.layout.showlegend is True and len(fig.data) == 1
+    assert fig.data[0].name == "predicted (from the sensitivity profile)"
+
+
+def test_the_compare_table_shows_not_measured_instead_of_none():
+    table = _compared(predicted=[0.9, 0.8, 0.7, 0.6], measured=[None, 0.91, None, None]).astype({"measured": float})
+    html = schedules.styled_compare(table).to_html()
+    assert "not measured" in html and "None" not in html and "0.9100" in html

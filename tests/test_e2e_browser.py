@@ -1,76 +1,42 @@
 """The dashboard in a real browser: start ``streamlit run app.py``, walk the story, save a screenshot per page.
 
+Three walks: the bundled sample (every page, the README's screenshots), a torchvision resnet18 with uploaded
+weights and a zip of image folders, and an uploaded ONNX model on random inputs. Every request the browser makes
+must go to the dashboard's own server (the offline promise): any other host fails the walk.
+
 Chromium comes from Debian (``/usr/bin/chromium``; ``make test`` installs it), never from ``playwright
 install``. Without it the test is skipped on a workstation and fails in CI (``CI=true``). Screenshots go to
-``test-artifacts/``; with ``PRUNESCOPE_UPDATE_SCREENSHOTS=1`` they also replace ``docs/screenshots/``.
+``test-artifacts/``; with ``PRUNESCOPE_UPDATE_SCREENSHOTS=1`` the sample walk's also replace ``docs/screenshots/``.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
+import urllib.parse
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser_support import CHROMIUM, CHROMIUM_ARGS, dashboard, set_sparsities, settle
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 SCREENSHOTS = ROOT / "docs" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 
 pytestmark = pytest.mark.browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``prunescope dashboard`` (``streamlit run app.py``) on a free localhost port with its own PRUNESCOPE_HOME."""
-    port = _free_port()
-    home = tmp_path_factory.mktemp("e2e-home")
-    env = dict(os.environ, PRUNESCOPE_HOME=str(home), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=str(ROOT))
-    log = open(home / "streamlit.log", "w")  # noqa: SIM115 - closed after the server stops
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "analysis", "dashboard", "--port", str(port), "--", "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start: {(home / 'streamlit.log').read_text()[-2000:]}")
-            time.sleep(0.3)
+    """One dashboard for the walks of this module, with its own PRUNESCOPE_HOME."""
+    with dashboard(tmp_path_factory.mktemp("e2e-home")) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -88,24 +54,29 @@ def browser():  # noqa: ANN201
         b.close()
 
 
+def foreign(url: str, server: str) -> bool:
+    """Whether the browser's request for ``url`` leaves the dashboard's server (``data:``/``blob:`` stay inside)."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme in ("http", "https", "ws", "wss") and parts.netloc != urllib.parse.urlsplit(server).netloc
+
+
 @pytest.fixture
 def page(browser, server):  # noqa: ANN001, ANN201
+    """A fresh browser tab on the dashboard; requests to any other host are refused and kept in ``page.foreign``."""
     context = browser.new_context(viewport={"width": 1400, "height": 1300}, accept_downloads=True)
     pg = context.new_page()
+    pg.foreign = []
+    context.on("request", lambda r: pg.foreign.append(r.url) if foreign(r.url, server) else None)
+    context.route(lambda url: foreign(url, server), lambda route: route.abort())
     pg.set_default_timeout(60_000)
     pg.base_url = server
     yield pg
     context.close()
 
 
-def settle(page, started: float = 3.0) -> None:  # noqa: ANN001
-    """Wait for the script run an action triggers to finish (it may start a moment after the action)."""
-    try:
-        page.wait_for_selector('[data-testid="stApp"]:not([data-test-script-state="notRunning"])',
-                               timeout=started * 1000)
-    except Exception:  # noqa: BLE001 - the run was over before we looked
-        pass
-    page.wait_for_selector(IDLE, timeout=120_000)
+def offline(page) -> None:  # noqa: ANN001
+    """The walk needed nothing outside the machine: no request went to a host other than the dashboard's."""
+    assert page.foreign == [], f"requests to other hosts: {sorted(set(page.foreign))[:10]}"
 
 
 def open_page(page, path: str) -> None:  # noqa: ANN001
@@ -114,7 +85,19 @@ def open_page(page, path: str) -> None:  # noqa: ANN001
     settle(page)
 
 
-def shot(page, name: str) -> None:  # noqa: ANN001
+def heatmap_tab(page):  # noqa: ANN001, ANN201
+    """The Sensitivity page's Heatmap tab (the Blocks tab draws heatmaps too)."""
+    return page.get_by_role("tabpanel", name="Heatmap")
+
+
+def nav(page, title: str) -> None:  # noqa: ANN001
+    """Switch page by the sidebar's navigation (the session, and so the chosen workload, stays)."""
+    page.locator('[data-testid="stSidebarNav"] a', has_text=title).click()
+    settle(page)
+
+
+def shot(page, name: str, readme: bool = True) -> None:  # noqa: ANN001
+    """A full-height screenshot into ``test-artifacts/`` (and ``docs/screenshots/`` when asked, for the README)."""
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     # The app scrolls inside its main block, so a full-page shot is a viewport as tall as that block.
@@ -125,7 +108,7 @@ def shot(page, name: str) -> None:  # noqa: ANN001
     page.wait_for_timeout(500)
     page.screenshot(path=str(path), full_page=True)
     page.set_viewport_size(size)
-    if os.environ.get("PRUNESCOPE_UPDATE_SCREENSHOTS") == "1":
+    if readme and os.environ.get("PRUNESCOPE_UPDATE_SCREENSHOTS") == "1":
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, SCREENSHOTS / path.name)
 
@@ -155,18 +138,15 @@ def test_the_whole_story_in_a_browser(page):  # noqa: ANN001
 
     # Sensitivity: the home page's scan reopens; a second run with another criterion is scanned and overlaid.
     open_page(page, "Sensitivity")
-    expect(page.locator(".js-plotly-plot .heatmaplayer")).to_have_count(1)
+    expect(heatmap_tab(page).locator(".heatmaplayer")).to_have_count(1)
     page.get_by_role("button", name="Run scan").click()
     settle(page)
     expect(page.get_by_text("reopened it without recomputing")).to_be_visible()
-    sidebar = page.locator('[data-testid="stSidebar"]')
-    sidebar.get_by_label("Sparsities", exact=True).and_(sidebar.locator("input")).fill("0.5, 0.9")
-    sidebar.get_by_label("Sparsities", exact=True).and_(sidebar.locator("input")).press("Enter")
-    settle(page)
+    set_sparsities(page, "0.5, 0.9")
     page.get_by_role("button", name="Run scan").click()
     settle(page)
-    expect(page.locator(".js-plotly-plot .heatmaplayer")).to_have_count(1)
-    heatmap = page.locator(".js-plotly-plot", has=page.locator(".heatmaplayer"))
+    expect(heatmap_tab(page).locator(".heatmaplayer")).to_have_count(1)
+    heatmap = heatmap_tab(page).locator(".js-plotly-plot")
     assert heatmap.locator(".xtick text").all_text_contents() == ["0", "0.5", "0.9"]
     no_exception(page)
     shot(page, "sensitivity")
@@ -208,6 +188,10 @@ def test_the_whole_story_in_a_browser(page):  # noqa: ANN001
     expect(page.locator('[data-testid="stSlider"]', has_text="block1.0")).to_contain_text("0.990")
     assert predicted() != before
     expect(page.get_by_text("hand-tuned from sensitivity")).to_be_visible()
+    # The slider reran only the page's live part (a fragment); what it offers below follows the move all the same.
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download schedule JSON").click()
+    assert json.loads(Path(download.value.path()).read_text())["sparsities"]["block1.0"] == 0.99
     page.get_by_role("button", name="Measure", exact=True).click()
     settle(page)
     expect(page.locator('[data-testid="stMetric"]', has_text="measured accuracy")).to_be_visible()
@@ -237,3 +221,169 @@ def test_the_whole_story_in_a_browser(page):  # noqa: ANN001
     x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
     [logits] = session.run(None, {session.get_inputs()[0].name: x})
     assert logits.shape == (5, 10) and np.isfinite(logits).all()
+
+    # Strategy lab: its settings and the literature's typical numbers, before anything is run.
+    open_page(page, "Strategy_lab")
+    expect(page.get_by_role("heading", name="Strategy lab")).to_be_visible()
+    no_exception(page)
+    shot(page, "strategy_lab")
+    offline(page)
+
+
+def _image_zip(path: Path) -> Path:
+    """A zip of an image folder: 3 class folders of 6 small PNGs each, a different colour per class."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w") as z:
+        for c, name in enumerate(("circle", "square", "star")):
+            for i in range(6):
+                pixels = rng.integers(0, 60, (40, 40, 3)) + np.array([80 * c, 40, 200 - 80 * c])
+                buf = io.BytesIO()
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buf, format="PNG")
+                z.writestr(f"shapes/{name}/{i}.png", buf.getvalue())
+    return path
+
+
+def _choose(page, model: str, data: str) -> None:  # noqa: ANN001
+    """Pick the model and data sources by their radio buttons on the Model & data page."""
+    for option in (model, data):
+        page.locator('[data-testid="stRadio"] label', has_text=option).click()
+        settle(page)
+
+
+def _upload(page, index: int, path: Path) -> None:  # noqa: ANN001
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').nth(index).set_input_files(str(path))
+    settle(page)
+
+
+def _number(page, label: str, value: str) -> None:  # noqa: ANN001
+    box = page.get_by_label(label, exact=True).and_(page.locator("input"))
+    box.fill(value)
+    box.press("Enter")
+    settle(page)
+
+
+def _use(page, name: str) -> None:  # noqa: ANN001
+    """Press "Use this model and data" and see the new workload named by the uploaded file's name."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("button", name="Use this model and data").click()
+    settle(page)
+    expect(page.get_by_text("Now analysing")).to_contain_text(name)
+    assert "/upload." not in page.inner_text("body")  # never the stored uploaded:<hash>/upload.pt
+    no_exception(page)
+
+
+def _scan(page, sparsities: str) -> None:  # noqa: ANN001
+    """Scan every layer of the workload on show at ``sparsities`` from the Sensitivity page."""
+    from playwright.sync_api import expect
+
+    nav(page, "Sensitivity")
+    set_sparsities(page, sparsities)
+    page.get_by_role("button", name="Run scan").click()
+    settle(page)
+    expect(heatmap_tab(page).locator(".heatmaplayer")).to_have_count(1)
+    no_exception(page)
+
+
+def _schedule_and_export(page, prefix: str, layers: int) -> None:  # noqa: ANN001
+    """Apply the default preset, check ``layers`` sliders and a prediction, then export and verify."""
+    from playwright.sync_api import expect
+
+    nav(page, "Schedule")
+    page.get_by_role("button", name="Apply preset").click()
+    settle(page)
+    for expander in page.locator('[data-testid="stExpander"] summary', has_text="layer").all():
+        if "Calibrate" not in expander.inner_text():
+            expander.click()
+    expect(page.locator('[data-testid="stSlider"]')).to_have_count(layers)
+    expect(page.locator('[data-testid="stMetric"]', has_text="predicted")).to_be_visible()
+    no_exception(page)
+    shot(page, f"{prefix}_schedule", readme=False)
+    nav(page, "Export")
+    page.get_by_role("button", name="Export", exact=True).click()
+    settle(page)
+    expect(page.get_by_text("Verification passed")).to_be_visible()
+    no_exception(page)
+    shot(page, f"{prefix}_export", readme=False)
+
+
+def test_resnet18_with_uploaded_weights_and_an_image_zip(page, tmp_path):  # noqa: ANN001
+    """A torchvision resnet18 (3 classes, random weights saved as a state dict) on a zip of 3 class folders."""
+    import torch
+    import torchvision
+    from playwright.sync_api import expect
+
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18_3cls.pth"
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), weights)
+    images = _image_zip(tmp_path / "shapes.zip")
+
+    open_page(page, "Model_and_data")
+    _choose(page, "torchvision architecture", "Upload images (.zip of class folders)")
+    _upload(page, 0, weights)
+    _upload(page, 1, images)
+    _number(page, "Resize and crop to (pixels)", "32")
+    _use(page, "resnet18_3cls.pth")
+    expect(page.get_by_text("Prunable layers of torchvision:resnet18=resnet18_3cls.pth")).to_be_visible()
+    expect(page.locator('[data-testid="stMetric"]', has_text="prunable layers")).to_contain_text("21")
+    expect(page.locator('[data-testid="stMetric"]', has_text="classes")).to_contain_text("3")
+    expect(page.locator('[data-testid="stMetric"]', has_text="eval samples")).to_contain_text("18")
+    shot(page, "resnet18_model_and_data", readme=False)
+
+    _scan(page, "0.5, 0.9")
+    heatmap = heatmap_tab(page).locator(".js-plotly-plot")
+    assert "fc" in heatmap.locator(".ytick text").all_text_contents()
+    shot(page, "resnet18_sensitivity", readme=False)
+    _schedule_and_export(page, "resnet18", 21)
+    offline(page)
+
+
+def test_uploaded_onnx_model_on_random_inputs(page, tmp_path):  # noqa: ANN001
+    """An ONNX model exported here (a small conv net), uploaded, scanned on random inputs, scheduled, exported."""
+    import torch
+    from playwright.sync_api import expect
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3),
+                              torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(16, 5)).eval()
+    model = tmp_path / "tiny_convnet.onnx"
+    torch.onnx.export(net, (torch.randn(2, 3, 16, 16),), str(model), dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "batch"}})
+
+    open_page(page, "Model_and_data")
+    _choose(page, "Upload a model file", "Random inputs (no labels)")
+    _upload(page, 0, model)
+    _number(page, "Input shape (CxHxW)", "3x16x16")
+    _number(page, "Samples to use (0 = all; random inputs: how many)", "64")
+    _use(page, "tiny_convnet.onnx")
+    expect(page.get_by_text("Prunable layers of tiny_convnet.onnx on 64 random 3x16x16 inputs")).to_be_visible()
+    expect(page.locator('[data-testid="stMetric"]', has_text="eval samples")).to_contain_text("(no labels)")
+
+    _scan(page, "0.5, 0.9")
+    expect(page.get_by_text("Dense agreement")).to_be_visible()  # unlabelled: agreement, not loss
+    ticks = page.locator(".js-plotly-plot .colorbar text").all_text_contents()
+    assert ticks and not [t for t in ticks if t.endswith("n")], ticks  # no "1n / 0.5n / -1n" colour bar
+    shot(page, "onnx_sensitivity", readme=False)
+    _schedule_and_export(page, "onnx", 3)
+    offline(page)
+
+
+def test_a_fresh_server_first_opened_on_a_page_address_shows_the_apps_navigation(browser, tmp_path):  # noqa: ANN001
+    """Streamlit's pages-folder mode (its own page list: "app", no icons) must not outlive the first visit."""
+    from playwright.sync_api import expect
+
+    with dashboard(tmp_path) as url:
+        context = browser.new_context(viewport={"width": 1400, "height": 1300})
+        page = context.new_page()
+        page.base_url = url
+        open_page(page, "Sensitivity")
+        expect(page.get_by_role("heading", name="Sensitivity")).to_be_visible()
+        sidebar = page.locator('[data-testid="stSidebarNav"]')
+        expect(sidebar.locator("a", has_text="Model & data")).to_have_count(1)
+        expect(sidebar.locator("a", has_text="Home")).to_have_count(1)
+        expect(sidebar.locator("a", has_text="app")).to_have_count(0)
+        context.close()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 
 from analysis.core.layers import Layer, embedding_layers, find_layers, layer_table
 from analysis.store.runs import home as prunescope_home
@@ -289,7 +290,26 @@ def summary_table(layers: list[Layer]):  # noqa: ANN201 - a pandas Styler-free D
     return df.rename(columns={"params_share": "params %", "flops_share": "FLOPs %"})
 
 
+NAVIGATION_CHECKED = "navigation_checked"  # session key: leave_pages_folder_mode has looked at this session
+
+
+def leave_pages_folder_mode() -> None:
+    """Make app.py's navigation the one on show. Streamlit starts a server in its old pages-folder mode (because
+    ``pages/`` exists) and leaves it only when ``st.navigation`` in app.py runs. When the first visitor after a
+    start opens a page's own address, the page runs without app.py, and the server stays in that mode for every
+    session: Streamlit's own page list ("app", no icons, no Home) and no favicon set. So a page that finds the
+    mode on turns it off and reruns: app.py runs, with its navigation, and opens the same page. Only on a
+    session's first run, which carries no click a rerun could swallow (Streamlit's AppTest turns the mode on
+    again before every run)."""
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        if not st.session_state.get(NAVIGATION_CHECKED):
+            st.session_state[NAVIGATION_CHECKED] = True
+            st.rerun()
+
+
 def header(title: str) -> WorkloadSpec:
+    leave_pages_folder_mode()
     st.set_page_config(page_title=f"{title} · Prunescope", layout="wide")
     st.title(title)
     spec = current_spec()

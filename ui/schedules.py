@@ -340,4 +340,11 @@ def compare_table(chosen: dict[str, Schedule], profile: SensitivityProfile, name
                      "predicted": predictor.predict(resolve_schedule(sch, accountant)[0]) if same
                      else sch.meta.get("predicted", {}).get(metric),
                      "measured": result[compared_stage(result, predictor.stage)].get(metric) if result else None})
-    return pd.DataFrame(rows)
+    numbers = ["global_sparsity", "params_kept", "flops_kept", "predicted", "measured"]
+    return pd.DataFrame(rows).astype({c: float for c in numbers})  # NaN, not None, where a figure is missing
+
+
+def styled_compare(table: pd.DataFrame):  # noqa: ANN201 - a pandas Styler
+    """``compare_table`` for the page: 4 decimals, "not measured" in the measured column (not "None")."""
+    return (table.style.format(precision=4, na_rep="-")
+            .format(precision=4, na_rep="not measured", subset=["measured"]))

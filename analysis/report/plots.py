@@ -36,7 +36,8 @@ def activation_shift_figure(shift: pd.DataFrame, metric: str = "rel_l2") -> go.F
     df = shift.assign(cell=_cell_label(shift)).sort_values(["layer", "sparsity", "distance"], kind="stable")
     fig = px.line(df, x="observed", y=metric, color="cell", markers=True,
                   hover_data=["distance", "rel_l2", "cosine", "cosine_worst_decile"],
-                  labels={"observed": "observed layer (downstream of the pruned one)", "cell": "pruned layer @ sparsity"})
+                  labels={"observed": "observed layer (downstream of the pruned one)",
+                          "cell": "pruned layer @ sparsity"})
     fig.update_layout(title=f"Activation shift downstream ({metric})", xaxis={"categoryorder": "array",
                       "categoryarray": list(dict.fromkeys(df.sort_values("distance", kind="stable")["observed"]))})
     return fig
@@ -437,24 +438,47 @@ def schedule_bars(schedules: dict[str, dict[str, float]], layers: list[str]) -> 
     return fig
 
 
+LABEL_POSITIONS = ("top center", "bottom center", "top right", "bottom left")  # neighbours' labels take turns
+
+
+def point_labels(table: pd.DataFrame, y: str) -> pd.DataFrame:
+    """One point per distinct (global sparsity, ``y``) of ``table``, named by every schedule on it ("current,
+    sens" when the current schedule is a saved one), in order of sparsity, with text positions that take turns
+    so that the labels of neighbouring points do not sit on each other."""
+    rows = table.dropna(subset=["global_sparsity", y]).assign(
+        _x=lambda d: d["global_sparsity"].round(4), _y=lambda d: d[y].round(4))
+    points = (rows.groupby(["_x", "_y"], sort=False)
+              .agg(global_sparsity=("global_sparsity", "first"), value=(y, "first"), label=("name", ", ".join))
+              .reset_index(drop=True).sort_values("global_sparsity", kind="stable").reset_index(drop=True))
+    points["position"] = [LABEL_POSITIONS[i % len(LABEL_POSITIONS)] for i in range(len(points))]
+    return points
+
+
 def schedule_tradeoff(table: pd.DataFrame, metric: str) -> go.Figure:
     """Schedules as points: global sparsity against the predicted (and, where measured, the measured) metric.
 
-    ``table`` has columns ``name``, ``global_sparsity``, ``predicted`` and optionally ``measured``.
+    ``table`` has columns ``name``, ``global_sparsity``, ``predicted`` and optionally ``measured``. Schedules on
+    the same point share one label; the legend says which points are predictions (from the sensitivity profile,
+    no evaluation) and which were measured.
     """
     missing = {"name", "global_sparsity", "predicted"} - set(table.columns)
     if missing:
         raise ValueError(f"the schedule table lacks the columns {', '.join(sorted(missing))}")
-    traces = [go.Scatter(x=table["global_sparsity"], y=table["predicted"], mode="markers+text", name="predicted",
-                         text=table["name"], textposition="top center", marker={"size": 11},
+    predicted = point_labels(table, "predicted")
+    traces = [go.Scatter(x=predicted["global_sparsity"], y=predicted["value"], mode="markers+text",
+                         name="predicted (from the sensitivity profile)", text=predicted["label"],
+                         textposition=list(predicted["position"]), cliponaxis=False, marker={"size": 11},
                          hovertemplate="%{text}<br>global sparsity %{x:.4f}<br>predicted %{y:.4f}<extra></extra>")]
     if "measured" in table.columns and table["measured"].notna().any():
-        done = table[table["measured"].notna()]
-        traces.append(go.Scatter(x=done["global_sparsity"], y=done["measured"], mode="markers", name="measured",
-                                 text=done["name"], marker={"size": 11, "symbol": "diamond"},
+        done = point_labels(table, "measured")
+        traces.append(go.Scatter(x=done["global_sparsity"], y=done["value"], mode="markers",
+                                 name="measured (the pruned model evaluated)", text=done["label"],
+                                 marker={"size": 11, "symbol": "diamond"},
                                  hovertemplate="%{text}<br>global sparsity %{x:.4f}<br>measured %{y:.4f}"
                                                "<extra></extra>"))
     fig = go.Figure(traces)
     fig.update_layout(title=f"{metric} against global sparsity", xaxis_title="global sparsity",
-                      yaxis_title=metric, margin={"l": 10, "r": 10, "t": 50, "b": 40})
+                      yaxis_title=f"{metric} (predicted or measured)", xaxis={"range": [-0.05, 1.05]},
+                      showlegend=True, legend={"orientation": "h", "y": -0.25},
+                      margin={"l": 10, "r": 40, "t": 60, "b": 40})
     return fig

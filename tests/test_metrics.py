@@ -111,3 +111,29 @@ def test_a_single_logit_is_the_binary_case():
     expected = torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0], torch.tensor([1.0, 0.0, 1.0]),
                                                                      reduction="sum")
     assert abs(same.loss_sum - float(expected)) < 1e-5
+
+
+@pytest.mark.parametrize("task", ["classification", "causal-lm"])
+def test_sums_over_blocks_of_predictions_equal_the_sums_in_one_block(monkeypatch, task):
+    """A vocabulary's scores are measured block by block of predictions; the blocks change no count and no sum
+    beyond float64 rounding (padding and the last position of a causal LM's sequences still never count)."""
+    from analysis.core import metrics
+
+    g = torch.Generator().manual_seed(5)
+    shape = (6, 40) if task == "classification" else (3, 5, 40)
+    dense = torch.randn(*shape, generator=g)
+    variants = torch.stack([dense + s * torch.randn(*shape, generator=g) for s in (0.0, 0.5, 3.0)])
+    labels = torch.randint(0, 40, shape[:-1], generator=g)
+    if task == "causal-lm":
+        labels[:, -1] = -100
+        labels[0, 2:] = -100  # a padded sequence
+    whole = sums_per_variant(variants, dense, labels, task)
+    monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 3 * 40 * 2)  # two predictions of three variants a block
+    assert len(metrics.row_blocks(5, 3 * 40)) == 3
+    for blocked, one in zip(sums_per_variant(variants, dense, labels, task), whole):
+        assert (blocked.n, blocked.correct, blocked.agree, blocked.lost, blocked.gained) == \
+            (one.n, one.correct, one.agree, one.lost, one.gained)
+        for key in ("loss_sum", "kl_sum", "cos_sum", "diff_sq_sum", "ref_sq_sum", "loss_sq_sum", "kl_sq_sum"):
+            assert getattr(blocked, key) == pytest.approx(getattr(one, key), rel=1e-12, abs=1e-12), key
+    assert whole[0].n == (6 if task == "classification" else 3 * 4 - 2)
+    assert whole[0].kl_sum == 0.0 and whole[0].cos_sum == whole[0].n

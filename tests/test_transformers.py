@@ -9,12 +9,15 @@ import json
 import math
 import subprocess
 import sys
+import weakref
 import zipfile
 from pathlib import Path
 
 import hf_models
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from analysis.core import metrics
 from analysis.core.data import IGNORE, PAD
@@ -225,6 +228,59 @@ def test_dense_outputs_too_large_to_keep_are_recomputed_with_the_same_numbers(hf
         for engine in (run_layer_naive, run_layer_fast):
             for a, b in zip(engine(lazy, layer).rows, want):
                 assert a["agree"] == b["agree"] and a["loss_sum"] == pytest.approx(b["loss_sum"], rel=1e-6)
+
+
+class LargestTensor(TorchDispatchMode):
+    """The bytes of the largest tensor any operation makes while it is on (a view counts its own elements)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+@pytest.mark.parametrize("engine", [run_layer_naive, run_layer_fast])
+def test_a_language_model_cell_makes_no_tensor_larger_than_one_batch_of_outputs(hf: dict, monkeypatch,
+                                                                                engine) -> None:
+    """At the issue's size (256 windows of 128 tokens, a 50257-token vocabulary) one batch's next-token scores
+    are 257 MB and the whole eval set's 6.6 GB: a cell must hold neither the dense scores of the whole set nor
+    float64 copies of a batch's scores (the GPT-2-sized scan peaked at 7.25 GB with 16 windows). Structural: the
+    dense scores are computed per batch (never gathered), the measurement works on blocks of predictions, and
+    the largest tensor of a cell is one batch's (a fast-engine chunk's, all variants) float32 scores."""
+    monkeypatch.setattr(metrics, "DENSE_CACHE_BYTES", 0)
+    monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 4096)
+    w = workload(hf, "gpt2")
+    ctx = prepare(w, ScanConfig(sparsities=(0.3, 0.7), batch_size=8, chunk_size=4))
+    assert ctx.dense_logits is None and len(ctx.x) > 8
+    spans = []
+    live: list = []
+    computed = ctx.dense
+
+    def dense(start: int, stop: int) -> torch.Tensor:
+        assert sum(r() is not None for r in live) <= 1, "more than one batch of dense scores alive at once"
+        spans.append(stop - start)
+        out = computed(start, stop)
+        live.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(ctx, "dense", dense)
+    if engine is run_layer_fast:
+        run_layer_fast(ctx, ctx.layers[0])  # the trace, outside the count
+    layer = ctx.layers[len(ctx.layers) // 2]
+    with LargestTensor() as mode:
+        result = engine(ctx, layer)
+    variants = 3 if engine is run_layer_fast else 1  # the fast engine runs both masks and the dense weight at once
+    batch = ctx.fast.chunk if engine is run_layer_fast else ctx.config.batch_size
+    assert 0 < mode.largest <= variants * batch * ctx.sample_bytes
+    assert result.rows[1]["n"] == int((ctx.y != IGNORE).sum())
+    if engine is run_layer_naive:
+        assert spans and max(spans) <= ctx.config.batch_size
 
 
 # ----------------------------------------------------------------------------------------------------- CLI

@@ -131,23 +131,22 @@ def sums_per_variant(logits: torch.Tensor, dense_logits: torch.Tensor, labels: t
 
 
 def _class_sums(logits: torch.Tensor, dense_logits: torch.Tensor, labels: torch.Tensor | None,
-                task: str = CLASSIFICATION) -> list[Sums]:
-    """Sums of (variants, predictions, classes) scores against (predictions, classes) dense scores."""
-    logits = logits.float()
-    dense_logits = dense_logits.to(logits.device).float()
-    pred = logits.argmax(dim=-1)
-    dense_pred = dense_logits.argmax(dim=-1)
-    target = labels.to(logits.device) if labels is not None else dense_pred
-    log_p = F.log_softmax(logits, dim=-1)
-    log_q = F.log_softmax(dense_logits, dim=-1)
-    ce = -log_p.gather(-1, target.view(1, -1, 1).expand(len(logits), -1, 1)).squeeze(-1).double()  # (V, B)
-    dense_ce = -log_q.gather(-1, target.view(-1, 1)).squeeze(-1).double()  # (B,)
-    kl_each = _kl_rows(log_p, log_q)  # (V, B)
+                task: str = CLASSIFICATION, rows: torch.Tensor | None = None) -> list[Sums]:
+    """Sums of (variants, predictions, classes) scores against (predictions, classes) dense scores, over the
+    predictions ``rows`` (indices; default all of them).
+
+    The work across classes runs on blocks of predictions (``row_blocks``), one after the other: a value per
+    prediction does not depend on the block it was computed in, and no temporary is larger than a block's. Over
+    a vocabulary the float64 copies of all positions' scores at once were the largest tensors of a scan."""
+    dense_logits = dense_logits.to(logits.device)
+    labels = None if labels is None else labels.to(logits.device)
+    count = int(logits.shape[1]) if rows is None else int(rows.numel())
+    parts = [_row_values(logits, dense_logits, labels, block)
+             for block in row_blocks(count, len(logits) * int(logits.shape[-1]), rows)]
+    pred, dense_pred, target, ce, dense_ce, kl_each, cos_rows, diff_rows, ref_rows = (
+        torch.cat(column, dim=-1) for column in zip(*(p[:-1] for p in parts)))
+    same = torch.stack([p[-1] for p in parts]).all(dim=0)
     change = ce - dense_ce
-    wide, ref = logits.double(), dense_logits.double()
-    cos = F.cosine_similarity(wide, ref.unsqueeze(0), dim=-1).sum(dim=1)
-    diff_sq = ((wide - ref) ** 2).sum(dim=(1, 2))
-    same = (logits == dense_logits).flatten(1).all(dim=1)
     right = pred == target
     none = torch.zeros(len(pred), dtype=torch.long)
     correct = right.sum(dim=1) if labels is not None else none
@@ -155,17 +154,51 @@ def _class_sums(logits: torch.Tensor, dense_logits: torch.Tensor, labels: torch.
     lost = (dense_right & ~right).sum(dim=1) if labels is not None else none
     gained = (~dense_right & right).sum(dim=1) if labels is not None else none
     agree = (pred == dense_pred).sum(dim=1)
-    ref_sq = float((ref ** 2).sum())
-    n = int(logits.shape[1])
-    sums = (correct, agree, ce.sum(dim=1), kl_each.sum(dim=1), cos, diff_sq, same, lost, gained, (ce ** 2).sum(dim=1),
-            change.sum(dim=1), (change ** 2).sum(dim=1), (kl_each ** 2).sum(dim=1))
+    ref_sq = float(ref_rows.sum())
+    sums = (correct, agree, ce.sum(dim=1), kl_each.sum(dim=1), cos_rows.sum(dim=1), diff_rows.sum(dim=1), same, lost,
+            gained, (ce ** 2).sum(dim=1), change.sum(dim=1), (change ** 2).sum(dim=1), (kl_each ** 2).sum(dim=1))
     columns = (c.tolist() for c in sums)  # one device sync per column
     return [
-        Sums(n=n, correct=c, agree=a, loss_sum=lo, kl_sum=k, labelled=labels is not None,
-             cos_sum=float(n) if eq else co, diff_sq_sum=0.0 if eq else d, ref_sq_sum=ref_sq, lost=b, gained=g,
+        Sums(n=count, correct=c, agree=a, loss_sum=lo, kl_sum=k, labelled=labels is not None,
+             cos_sum=float(count) if eq else co, diff_sq_sum=0.0 if eq else d, ref_sq_sum=ref_sq, lost=b, gained=g,
              loss_sq_sum=lsq, loss_diff_sum=ds, loss_diff_sq_sum=dsq, kl_sq_sum=ksq, task=task)
         for c, a, lo, k, co, d, eq, b, g, lsq, ds, dsq, ksq in zip(*columns)
     ]
+
+
+BLOCK_ELEMENTS = 1 << 21  # scores (all variants, float32) of one block of predictions: 8 MB, 16 MB as float64
+
+
+def row_blocks(count: int, row_elements: int, rows: torch.Tensor | None = None) -> list[slice | torch.Tensor]:
+    """The ``count`` predictions cut into blocks of at most ``BLOCK_ELEMENTS`` scores (``row_elements`` a
+    prediction, all variants together): slices, or pieces of the index tensor ``rows``; at least one block (an
+    empty one when there is nothing to count). A classifier's batch is one block."""
+    size = max(1, BLOCK_ELEMENTS // max(1, row_elements))
+    spans = [(a, min(a + size, count)) for a in range(0, max(count, 1), size)]
+    return [slice(a, b) if rows is None else rows[a:b] for a, b in spans]
+
+
+def _row_values(logits: torch.Tensor, dense_logits: torch.Tensor, labels: torch.Tensor | None,
+                block: slice | torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per prediction of one block: top-1 (variants, rows) and the dense top-1, the target, cross-entropies,
+    KL, cosine and squared distance to the dense scores (float64), the dense scores' squared norm; last, per
+    variant, whether its scores equal the dense ones throughout the block."""
+    take = (lambda t, dim: t[(slice(None),) * dim + (block,)]) if isinstance(block, slice) else \
+        (lambda t, dim: t.index_select(dim, block))
+    scores, dense = take(logits, 1).float(), take(dense_logits, 0).float()
+    pred, dense_pred = scores.argmax(dim=-1), dense.argmax(dim=-1)
+    target = take(labels, 0) if labels is not None else dense_pred
+    log_p = F.log_softmax(scores, dim=-1)
+    log_q = F.log_softmax(dense, dim=-1)
+    ce = -log_p.gather(-1, target.view(1, -1, 1).expand(len(scores), -1, 1)).squeeze(-1).double()  # (V, R)
+    dense_ce = -log_q.gather(-1, target.view(-1, 1)).squeeze(-1).double()  # (R,)
+    kl_each = _kl_rows(log_p, log_q)  # (V, R)
+    del log_p, log_q
+    wide, ref = scores.double(), dense.double()
+    cos = F.cosine_similarity(wide, ref.unsqueeze(0), dim=-1)
+    diff = ((wide - ref) ** 2).sum(dim=-1)
+    same = (scores == dense).flatten(1).all(dim=1)
+    return pred, dense_pred, target, ce, dense_ce, kl_each, cos, diff, (ref ** 2).sum(dim=-1), same
 
 
 WIDE_CLASSES = 4096  # past this many classes (a vocabulary) the per-class terms are summed in float32 first
@@ -183,9 +216,9 @@ def _next_token_sums(logits: torch.Tensor, dense_logits: torch.Tensor, labels: t
     token (``labels`` != ``IGNORE``); padding and the last position of each sequence never count."""
     if labels is None:
         raise ValueError("a causal LM is measured against its next tokens; the data has none")
-    valid = (labels != IGNORE).to(logits.device)
-    return _class_sums(logits[:, valid], dense_logits.to(logits.device)[valid], labels.to(logits.device)[valid],
-                       CAUSAL_LM)
+    flat = logits.flatten(1, -2)  # (variants, positions of all sequences, vocabulary): a view, not a copy
+    valid = (labels.flatten() != IGNORE).nonzero().squeeze(1).to(logits.device)
+    return _class_sums(flat, dense_logits.flatten(0, -2), labels.flatten(), CAUSAL_LM, rows=valid)
 
 
 def _embedding_sums(emb: torch.Tensor, dense_emb: torch.Tensor) -> list[Sums]:
@@ -243,20 +276,22 @@ def dense_pass(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, b
                keep_bytes: int | None = None) -> tuple[torch.Tensor | None, Sums]:
     """One pass of the dense model: its outputs (on the CPU, float32; ``None`` when they would take more than
     ``keep_bytes``, default ``DENSE_CACHE_BYTES``: a language model's next-token scores over a long eval set)
-    and its sums against itself (the baseline)."""
+    and its sums against itself (the baseline). Whether they are kept is decided from the first batch's size,
+    and kept ones are written into one tensor: outputs too large to keep are never gathered at all."""
     limit = DENSE_CACHE_BYTES if keep_bytes is None else keep_bytes
-    outs: list[torch.Tensor] | None = []
-    total, kept = Sums(labelled=labels is not None), 0
+    kept: torch.Tensor | None = torch.empty(0) if not len(x) else None
+    total = Sums(labelled=labels is not None)
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
             out = class_scores(model(x[start : start + batch_size].to(device))).float()
             total = total + sums_from_logits(out, out, None if labels is None else labels[start : start + batch_size],
                                              task)
-            kept += out.numel() * 4
-            outs = outs if outs is not None and kept <= limit else None
-            if outs is not None:
-                outs.append(out.cpu())
-    return (torch.cat(outs) if outs else (torch.empty(0) if outs is not None else None)), total
+            if start == 0 and out[:1].numel() * 4 * len(x) <= limit:
+                with torch.inference_mode(False):  # a normal tensor: later passes may take gradients through it
+                    kept = torch.empty((len(x), *out.shape[1:]))
+            if kept is not None:
+                kept[start : start + len(out)] = out.cpu()
+    return kept, total
 
 
 def task_loss(logits: torch.Tensor, target: torch.Tensor | None, task: str = CLASSIFICATION,

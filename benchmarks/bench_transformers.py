@@ -129,6 +129,7 @@ def main() -> None:
           f"{ctx.dense_logits is not None} | {peak_gb:.2f} |")
     print("cells (s/cell): " + "; ".join(f"{layer.name} " + ", ".join(f"{e} {times[e][i]:.1f}" for e in engines)
                                          for i, layer in enumerate(picks)))
+    print(f"fast engine's cached dense frontiers at their peak: {report.get('peak_cache_mb', '-')} MB")
     print("notices: " + (" | ".join(report["notices"]) or "none"))
 
 

@@ -136,8 +136,8 @@ def _class_sums(logits: torch.Tensor, dense_logits: torch.Tensor, labels: torch.
     predictions ``rows`` (indices; default all of them).
 
     The work across classes runs on blocks of predictions (``row_blocks``), one after the other: a value per
-    prediction does not depend on the block it was computed in, and no temporary is larger than a block's. Over
-    a vocabulary the float64 copies of all positions' scores at once were the largest tensors of a scan."""
+    prediction does not depend on the block it was computed in, and no temporary is larger than a block's (float64
+    copies of a whole batch's scores over a vocabulary would be the largest tensors of a language model's scan)."""
     dense_logits = dense_logits.to(logits.device)
     labels = None if labels is None else labels.to(logits.device)
     count = int(logits.shape[1]) if rows is None else int(rows.numel())
@@ -172,7 +172,7 @@ BLOCK_ELEMENTS = 1 << 21  # scores (all variants, float32) of one block of predi
 def row_blocks(count: int, row_elements: int, rows: torch.Tensor | None = None) -> list[slice | torch.Tensor]:
     """The ``count`` predictions cut into blocks of at most ``BLOCK_ELEMENTS`` scores (``row_elements`` a
     prediction, all variants together): slices, or pieces of the index tensor ``rows``; at least one block (an
-    empty one when there is nothing to count). A classifier's batch is one block."""
+    empty one when there is nothing to count). A classifier's batch is usually one block."""
     size = max(1, BLOCK_ELEMENTS // max(1, row_elements))
     spans = [(a, min(a + size, count)) for a in range(0, max(count, 1), size)]
     return [slice(a, b) if rows is None else rows[a:b] for a, b in spans]

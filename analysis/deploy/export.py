@@ -171,8 +171,9 @@ def check_shrinkable(schedule: Schedule) -> None:
     exported masked."""
     gran = parse_granularity(schedule.granularity)
     if not (gran.structured or gran.coupled):
-        raise ExportError(f"--shrink removes whole channels, heads or neurons and needs channel, heads or neurons "
-                          f"granularity; this schedule has {schedule.granularity}. Export it masked (without --shrink)")
+        raise ExportError(f"--shrink removes whole channels, attention heads or MLP neurons and needs channel "
+                          f"granularity (or heads, neurons); this schedule has {schedule.granularity}. Export it "
+                          "masked (without --shrink)")
 
 
 # ---------------------------------------------------------------------------------------------------- ONNX

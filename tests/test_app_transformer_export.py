@@ -4,12 +4,9 @@ words (perplexity, next-token agreement), never a classifier's."""
 
 from __future__ import annotations
 
-import io
-import zipfile
-
 import hf_models
 import pytest
-from app_support import app, assert_clean, texts
+from app_support import assert_clean, hf_workload, texts
 
 from analysis.core.granularity import CoupledLayer, schedule_layers
 from analysis.schedule.totals import Accountant
@@ -20,12 +17,7 @@ CLASSIFIER_WORDS = ("accuracy", "top-1")
 
 @pytest.fixture(scope="module")
 def gpt2_zip(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    folder = hf_models.build("gpt2", tmp_path_factory.mktemp("hf") / "gpt2")
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for f in folder.iterdir():
-            z.write(f, f"gpt2/{f.name}")
-    return buf.getvalue()
+    return hf_models.zipped(hf_models.build("gpt2", tmp_path_factory.mktemp("hf") / "gpt2"))
 
 
 def _button(at, label: str):  # noqa: ANN001, ANN202
@@ -40,16 +32,7 @@ def _words(at) -> str:  # noqa: ANN001
 
 def _heads_scan(gpt2_zip: bytes):  # noqa: ANN202 - AppTest
     """The uploaded GPT-2 on text, scanned by heads on the Sensitivity page."""
-    at = app("model")
-    at.radio(key="model_kind").set_value("Hugging Face folder (.zip)")
-    at.radio(key="data_kind").set_value("Upload text (.txt, .jsonl, .csv)")
-    at = at.run()
-    at.number_input[0].set_value(16)
-    at.file_uploader[0].upload("gpt2.zip", gpt2_zip)
-    at.file_uploader[1].upload("corpus.txt", hf_models.corpus_text().encode())
-    at = at.run()
-    at.button[0].click()
-    at = at.run()
+    at = hf_workload(gpt2_zip, hf_models.corpus_text())
     at.switch_page("pages/2_Sensitivity.py")
     at = at.run()
     next(s for s in at.sidebar.selectbox if s.label == "Granularity").set_value("heads")

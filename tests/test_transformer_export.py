@@ -20,9 +20,11 @@ from analysis.core.granularity import CoupledLayer, schedule_layers
 from analysis.core.metric_table import CAUSAL_LM, ENCODER
 from analysis.core.metrics import dense_pass
 from analysis.deploy.export import accuracy_line, export, onnx_weights
+from analysis.diagnostics.diagnosis import diagnose
 from analysis.schedule import units as units_module
 from analysis.schedule.schedule import Schedule
 from analysis.schedule.totals import Accountant
+from analysis.sensitivity.config import ScanConfig
 from analysis.workload.workload import load_workload
 
 FAST = dict(measure_latency=False)
@@ -144,3 +146,13 @@ def test_the_export_speaks_the_task_s_metrics(hf: dict, tmp_path: Path, kind: st
     else:
         assert q["task"] == ENCODER and q["agreement"] is None and q["predictions"] == len(w.data)
         assert 0 < q["embedding_cosine"] <= 1 + 1e-9 and "embedding cosine to dense" in line
+
+
+def test_dead_units_of_a_sequence_output_are_counted_per_feature(hf: dict) -> None:
+    w = workload(hf, "gpt2")  # c_fc's output is (windows, positions, 128 neurons)
+    result = diagnose(w, ScanConfig(layers=("transformer.h.0.mlp.c_fc",), sparsities=(0.5,), granularity="channel",
+                                    criterion="l1", batch_size=8), recalibration=False)
+    rows = result.dead[(result.dead["observed"] == "transformer.h.0.mlp.c_fc") & (result.dead["kind"] == "structural")]
+    assert len(rows) == 1
+    row = rows.iloc[0]
+    assert row["units"] == 128 and row["dead_before"] == 0 and row["dead_after"] == 64  # features, not positions

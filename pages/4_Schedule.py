@@ -325,10 +325,12 @@ def compare_section(saved: dict, schedule: Schedule, profile: SensitivityProfile
 def main() -> None:
     """The page: the workload, the run and the metric the prediction comes from, then the live section."""
     spec = common.header("Schedule")
-    spec, workload, layers = common.workload_or_stop()
+    spec, workload, _ = common.workload_or_stop()
     run_id, profile = pick_run(spec)
-    metrics = [m for m in metric_choices(profile.labelled) if m in profile.meta.get("baseline", {})]
-    metric = st.selectbox("Predicted metric", metrics)
+    layers = schedules.run_layers(spec, profile)
+    metrics = [m for m in metric_choices(profile.labelled, task=profile.task) if m in profile.meta.get("baseline", {})]
+    metric = st.selectbox("Predicted metric", metrics,
+                          index=metrics.index(profile.default_metric) if profile.default_metric in metrics else 0)
     with st.expander("Calibrate the prediction: measure a few real schedules and fit how the drops combine"):
         calibration_section(spec, workload, run_id, profile, metric)
     predictor = schedules.predictor(run_id, metric)

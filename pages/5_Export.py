@@ -8,6 +8,7 @@ import streamlit as st
 
 from analysis.core.batchnorm import has_batchnorm
 from analysis.core.granularity import parse_granularity
+from analysis.core.metric_table import HIGHER_IS_BETTER, METRICS, applies, metric_label
 from analysis.deploy.export import (
     EXPORTERS,
     VerificationError,
@@ -48,12 +49,14 @@ if not choices:
 label = st.selectbox("Schedule to export", list(choices))
 schedule, profile = choices[label]
 channel = parse_granularity(schedule.granularity).structured
+cuttable = channel or parse_granularity(schedule.granularity).coupled  # channels, or heads and neurons
 st.caption(f"{fmt.plural(len(schedule.sparsities), 'layer')} pruned · {schedule.criterion} criterion · "
            f"{schedule.granularity} granularity · {schedule.meta.get('method') or schedule.meta.get('source', '')}")
 c1, c2, c3, c4 = st.columns(4)
-shrink = c1.checkbox("Remove pruned channels (shrink)", value=channel, disabled=not channel,
-                     help="channel granularity only: the file really has fewer channels" if channel else
-                     "needs channel granularity; this schedule is exported masked (zeros in the weights)")
+shrink = c1.checkbox("Remove pruned channels, heads or neurons (shrink)", value=cuttable, disabled=not cuttable,
+                     help="the file really has fewer channels, attention heads or MLP neurons" if cuttable else
+                     "needs channel, heads or neurons granularity; this schedule is exported masked (zeros in the "
+                     "weights)")
 has_bn = has_batchnorm(workload.model)
 bn = c2.checkbox("Recalibrate BatchNorm", value=has_bn, disabled=not has_bn)
 exporter = c3.selectbox("Exporter", ["torchscript", "dynamo", "auto"],
@@ -72,7 +75,7 @@ if st.button("Export", type="primary"):
         with st.status("Exporting: prune, write ONNX, verify in ONNX Runtime, measure size and latency ...",
                        expanded=False) as status, common.holding(spec):
             report = export(workload.model, schedule, workload.data, folder / "model.onnx",
-                            shrink_channels=shrink and channel, bn_recalibrate=bn, model_spec=spec.model,
+                            shrink_channels=shrink and cuttable, bn_recalibrate=bn, model_spec=spec.model,
                             exporter=exporter, measure_latency=timing, repeats=10,
                             dense_cache=dense_cache(fingerprints(spec)[0]))
             (folder / "model.export.json").write_text(json.dumps(report.to_dict(), indent=1, default=str))
@@ -118,22 +121,30 @@ if done["label"] != label:
 passed = all(v.passed for v in report.verifications)
 main = report.verifications[0]
 pair = fmt.verification_pair(isinstance(workload.model, OnnxModel))
-text = (f"{pair[0].upper()}{pair[1:]} on {main.samples} samples: max abs diff {main.max_abs:.3g}, max rel diff "
-        f"{main.max_rel:.3g} (tolerance {main.tolerance:g}), top-1 agreement {main.top1_agreement:.4f}")
-(st.success if passed else st.error)(f"Verification {'passed' if passed else 'FAILED'}. {text}.")
-st.dataframe(pd.DataFrame([v.to_dict() for v in report.verifications]), hide_index=True, width="stretch")
-
 q = report.quality
+task = q.get("task") or workload.data.task
+agree = f", {metric_label('agreement', task).removesuffix(' with dense')} {main.top1_agreement:.4f}" \
+    if applies("agreement", task) else ""
+text = (f"{pair[0].upper()}{pair[1:]} on {main.samples} samples: max abs diff {main.max_abs:.3g}, max rel diff "
+        f"{main.max_rel:.3g} (tolerance {main.tolerance:g}){agree}")
+(st.success if passed else st.error)(f"Verification {'passed' if passed else 'FAILED'}. {text}.")
+checks = pd.DataFrame([v.to_dict() for v in report.verifications])
+checks = checks.rename(columns={"top1_agreement": metric_label("agreement", task).removesuffix(" with dense")}) \
+    if applies("agreement", task) else checks.drop(columns="top1_agreement")
+st.dataframe(checks, hide_index=True, width="stretch")
+
 st.caption(accuracy_line(q))
 cols = st.columns(4)
-if q["dense_accuracy"] is not None:
-    cols[0].metric("dense accuracy", f"{q['dense_accuracy']:.4f}", help=f"on {q['samples']} samples")
-    cols[1].metric("exported accuracy", f"{q['pruned_accuracy']:.4f}",
-                   f"{q['pruned_accuracy'] - q['dense_accuracy']:+.4f}",
-                   delta_color=fmt.delta_color(q["pruned_accuracy"] - q["dense_accuracy"], 4),
+first = next((m for m in METRICS if q.get(f"pruned_{m}") is not None or q.get(m) is not None), None)
+if first is not None and q.get(f"pruned_{first}") is not None:  # measured against the labels: dense and exported
+    dense_value, value = q[f"dense_{first}"], q[f"pruned_{first}"]
+    cols[0].metric(f"dense {metric_label(first, task)}", f"{dense_value:.4g}", help=f"on {q['samples']} samples")
+    cols[1].metric(f"exported {metric_label(first, task)}", f"{value:.4g}", f"{value - dense_value:+.4g}",
+                   delta_color=fmt.delta_color(value - dense_value, 4,
+                                               "normal" if HIGHER_IS_BETTER[first] else "inverse"),
                    help=f"the ONNX file's own outputs in ONNX Runtime, on {q['samples']} samples")
-else:
-    cols[0].metric("top-1 agreement with dense", f"{q['agreement']:.4f}", help=f"on {q['samples']} samples")
+elif first is not None:  # measured against the dense model
+    cols[0].metric(metric_label(first, task), f"{q[first]:.4f}", help=f"on {q['samples']} samples")
 if report.kept:
     cols[2].metric("layer weights kept", f"{report.kept['weights'] / report.kept['weights_total']:.4f}",
                    help=f"{report.kept['weights']:,} of {report.kept['weights_total']:,} prunable weights (non-zero, "

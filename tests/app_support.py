@@ -31,6 +31,20 @@ def app(page: str | None = None, timeout: float = 60) -> AppTest:
     return at.run()
 
 
+def hf_workload(zipped: bytes, text: str, seq_len: int = 16) -> AppTest:
+    """The Model & data page with a zipped Hugging Face folder and a text file uploaded and loaded."""
+    at = app("model")
+    at.radio(key="model_kind").set_value("Hugging Face folder (.zip)")
+    at.radio(key="data_kind").set_value("Upload text (.txt, .jsonl, .csv)")
+    at = at.run()
+    at.number_input[0].set_value(seq_len)
+    at.file_uploader[0].upload("model.zip", zipped)
+    at.file_uploader[1].upload("corpus.txt", text.encode())
+    at = at.run()
+    at.button[0].click()
+    return at.run()
+
+
 def _decode(value):  # noqa: ANN001, ANN202
     """Plotly sends numpy arrays as ``{"dtype", "bdata"[, "shape"]}``; turn them back into lists."""
     if isinstance(value, dict) and "bdata" in value and "dtype" in value:

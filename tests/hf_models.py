@@ -4,8 +4,10 @@ Nothing is downloaded."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -98,6 +100,17 @@ def build(kind: str, folder: Path, *, hidden: int = 32, layers: int = 2, heads: 
     if tokenizer:
         tok.save_pretrained(folder)
     return folder
+
+
+def zipped(folder: Path, extra: dict[str, str] | None = None) -> bytes:
+    """``folder`` as a zip upload (its files under ``NAME/``), with ``extra`` files (name -> text) beside them."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in folder.iterdir():
+            z.write(f, f"{folder.name}/{f.name}")
+        for name, text in (extra or {}).items():
+            z.writestr(f"{folder.name}/{name}", text)
+    return buf.getvalue()
 
 
 def write_jsonl(path: Path, labels: bool = True) -> Path:

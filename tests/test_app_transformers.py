@@ -3,13 +3,11 @@ page address that keeps them, and a scan on the Sensitivity page with its block 
 
 from __future__ import annotations
 
-import io
-import zipfile
 from pathlib import Path
 
 import hf_models
 import pytest
-from app_support import app, assert_clean, plotly_specs, texts
+from app_support import assert_clean, hf_workload, plotly_specs, texts
 
 from ui.common import WorkloadSpec, spec_from_address
 
@@ -17,25 +15,11 @@ from ui.common import WorkloadSpec, spec_from_address
 @pytest.fixture(scope="module")
 def gpt2_zip(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     folder = hf_models.build("gpt2", tmp_path_factory.mktemp("hf") / "gpt2")
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for f in folder.iterdir():
-            z.write(f, f"gpt2/{f.name}")
-        z.writestr("gpt2/modeling_gpt2.py", "raise SystemExit('never run')")
-    return buf.getvalue()
+    return hf_models.zipped(folder, {"modeling_gpt2.py": "raise SystemExit('never run')"})
 
 
 def _hf_workload(gpt2_zip: bytes):  # noqa: ANN202 - AppTest
-    at = app("model")
-    at.radio(key="model_kind").set_value("Hugging Face folder (.zip)")
-    at.radio(key="data_kind").set_value("Upload text (.txt, .jsonl, .csv)")
-    at = at.run()
-    at.number_input[0].set_value(16)
-    at.file_uploader[0].upload("gpt2.zip", gpt2_zip)
-    at.file_uploader[1].upload("corpus.txt", hf_models.corpus_text().encode())
-    at = at.run()
-    at.button[0].click()
-    return at.run()
+    return hf_workload(gpt2_zip, hf_models.corpus_text())
 
 
 def test_a_zipped_hf_folder_and_text_become_the_workload_and_survive_a_reload(gpt2_zip: bytes,

@@ -20,7 +20,7 @@ import streamlit as st
 import torch
 
 from analysis.core import criteria
-from analysis.core.granularity import parse_granularity
+from analysis.core.granularity import parse_granularity, schedule_layers
 from analysis.core.layers import Layer
 from analysis.core.profile import SensitivityProfile
 from analysis.schedule.allocate import Bounds, wanda_scores
@@ -32,7 +32,7 @@ from analysis.schedule.totals import Accountant
 from analysis.store import artifacts as artifacts_engine
 from analysis.store.runs import default_path
 from ui import artifacts, runs
-from ui.common import WorkloadSpec, cached_layers, cached_workload, model_lock
+from ui.common import WorkloadSpec, cached_layers, cached_workload, left_out_layers, model_lock
 
 STATE = "schedule"
 SLIDER = "sparsity::"
@@ -67,7 +67,7 @@ def accountant(spec: WorkloadSpec, profile: SensitivityProfile) -> Accountant:
     built. For channel pruning it holds the model's coupled groups (``accountant.coupling``)."""
     meta, config = profile.meta, profile.meta.get("config") or {}
     return _accountant(spec, meta.get("criterion", "magnitude"), meta.get("granularity", "unstructured"),
-                       int(config.get("calib_samples", 256)), int(config.get("seed", 0)))
+                       int(config.get("calib_samples", 256)), int(config.get("seed", 0)), tuple(profile.layers))
 
 
 def accountant_for(spec: WorkloadSpec, schedule: Schedule, profile: SensitivityProfile | None) -> Accountant:
@@ -75,12 +75,28 @@ def accountant_for(spec: WorkloadSpec, schedule: Schedule, profile: SensitivityP
     run is known): how the export will resolve and count it."""
     config = (profile.meta.get("config") or {}) if profile is not None else {}
     return _accountant(spec, schedule.criterion, schedule.granularity, int(config.get("calib_samples", 256)),
-                       int(config.get("seed", 0)))
+                       int(config.get("seed", 0)), tuple(sorted(schedule.sparsities)))
+
+
+def run_layers(spec: WorkloadSpec, profile: SensitivityProfile) -> list[Layer]:
+    """The layers a schedule of ``profile``'s run prunes and counts: the model's layers, as the run's granularity
+    takes them (a heads or neurons run's coupled attention and MLP layers) with the embeddings it scanned."""
+    return _schedule_layers(spec, profile.meta.get("granularity", "unstructured"), tuple(profile.layers))
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _schedule_layers(spec: WorkloadSpec, granularity: str, names: tuple[str, ...]) -> list[Layer]:
+    if not parse_granularity(granularity).coupled and not any(n in left_out_layers(spec) for n in names):
+        return cached_layers(spec)
+    w = cached_workload(spec)
+    with model_lock(spec):
+        return schedule_layers(w.model, w.data.x[:1], granularity, names)
 
 
 @st.cache_resource(show_spinner="Tracing the channel graph ...", max_entries=8)
-def _accountant(spec: WorkloadSpec, criterion: str, granularity: str, calib_samples: int, seed: int) -> Accountant:
-    w, layers = cached_workload(spec), cached_layers(spec)
+def _accountant(spec: WorkloadSpec, criterion: str, granularity: str, calib_samples: int, seed: int,
+                names: tuple[str, ...] = ()) -> Accountant:
+    w, layers = cached_workload(spec), _schedule_layers(spec, granularity, names)
     stats = None
     with model_lock(spec):
         if parse_granularity(granularity).structured and criterion in criteria.CALIBRATED:

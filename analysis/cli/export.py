@@ -29,9 +29,9 @@ HELP = "export the pruned model to ONNX, verified in ONNX Runtime"
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("export", help=HELP,
                        description="Apply a schedule, export the pruned model to one ONNX file (masked, or with "
-                                   "--shrink the pruned channels removed), verify it in ONNX Runtime against "
-                                   "PyTorch, and report size and latency against the dense model. Writes "
-                                   "FILE.onnx, FILE.schedule.json (the schedule exported) and FILE.md, and "
+                                   "--shrink the pruned channels, heads or neurons removed), verify it in ONNX "
+                                   "Runtime against PyTorch, and report size and latency against the dense model. "
+                                   "Writes FILE.onnx, FILE.schedule.json (the schedule exported) and FILE.md, and "
                                    "keeps the report in the run store (unless --no-store), and beside it the "
                                    "dense model's ONNX file, exported once per model. A channel schedule is "
                                    "resolved to the model's coupled groups first (the notes say how), as "
@@ -48,7 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--schedule", required=True, type=Path, metavar="FILE.json",
                    help="the schedule to apply (JSON/YAML)")
     g.add_argument("--shrink", action="store_true",
-                   help="channel granularity: remove the pruned channels (and what depends on them) for real")
+                   help="channel, heads or neurons granularity: remove the pruned channels (and what depends on "
+                        "them), attention heads or MLP neurons for real (where the model's attention code cannot "
+                        "lose heads, it is exported masked with a note saying why)")
     g.add_argument("--bn-recalibrate", action="store_true", help="re-estimate BatchNorm statistics after pruning")
     g.add_argument("--exporter", choices=EXPORTERS, default="auto",
                    help="torch.onnx exporter: dynamo, torchscript, or auto (default: torchscript first, dynamo "

@@ -27,7 +27,7 @@ class Metric:
     ``bounded``: a fraction of predictions in [0, 1] that falls to chance level (1 / classes) when a layer is
     destroyed; ``percent``: shown in percentage points; ``needs_labels``: undefined on unlabelled data;
     ``tasks``: the tasks it is measured for (elsewhere it is empty). A prediction is a sample, or for a causal
-    LM one real position of a sequence (its next token)."""
+    LM one real position of a sequence (its next token). ``label`` is its name in a sentence (``metric_label``)."""
 
     name: str
     higher_is_better: bool
@@ -36,6 +36,7 @@ class Metric:
     percent: bool
     description: str
     tasks: tuple[str, ...] = _SCORES
+    label: str = ""
 
 
 _TABLE = (
@@ -47,13 +48,15 @@ _TABLE = (
     Metric("perplexity", False, False, True, False, "exp(mean next-token loss) over real positions",
            (CAUSAL_LM,)),
     Metric("agreement", True, True, False, True,
-           "fraction of predictions whose top-1 equals the dense model's (causal LMs: next-token top-1 per position)"),
-    Metric("kl", False, False, False, False, "mean KL(dense || pruned) of the softmax outputs, per prediction"),
+           "fraction of predictions whose top-1 equals the dense model's (causal LMs: next-token top-1 per position)",
+           label="top-1 agreement with dense"),
+    Metric("kl", False, False, False, False, "mean KL(dense || pruned) of the softmax outputs, per prediction",
+           label="KL divergence from dense"),
     Metric("logit_cosine", True, False, False, False, "mean per-prediction cosine similarity of the logits to dense"),
     Metric("logit_rel_l2", False, False, False, False, "||pruned - dense|| / ||dense|| over all logits"),
     Metric("embedding_cosine", True, False, False, False,
            "mean per-sample cosine similarity of the sentence embeddings (mean-pooled over real tokens) to dense",
-           (ENCODER,)),
+           (ENCODER,), "embedding cosine to dense"),
 )
 METRIC_TABLE: dict[str, Metric] = {m.name: m for m in _TABLE}
 METRICS = tuple(METRIC_TABLE)
@@ -80,6 +83,23 @@ def metric_info(metric: str) -> Metric:
     if metric not in METRIC_TABLE:
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     return METRIC_TABLE[metric]
+
+
+def metric_label(metric: str, task: str = CLASSIFICATION) -> str:
+    """``metric``'s name in a sentence for ``task``: a causal LM's predictions are next tokens (``next-token
+    agreement with dense``, not a classifier's ``top-1 agreement``)."""
+    info = metric_info(metric)
+    label = info.label or info.name.replace("_", " ")
+    if task == CAUSAL_LM and info.tasks == _SCORES:
+        return "next-token " + label.removeprefix("top-1 ")
+    return label
+
+
+def task_metrics(labelled: bool, task: str = CLASSIFICATION) -> tuple[str, ...]:
+    """The metrics that say how good a pruned model is for ``task`` (an export's quality): the task's default
+    metric (``default_metric``) and, where the task has top-1 predictions, agreement with the dense model."""
+    names = [default_metric(labelled, task)] + (["agreement"] if applies("agreement", task) else [])
+    return tuple(m for m in METRICS if m in names and (labelled or not metric_info(m).needs_labels))
 
 
 def default_metric(labelled: bool, task: str = CLASSIFICATION) -> str:

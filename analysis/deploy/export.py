@@ -47,12 +47,14 @@ from analysis.core import batchnorm, criteria
 from analysis.core.data import EvalData
 from analysis.core.granularity import CoupledLayer, parse_granularity, schedule_layers
 from analysis.core.layers import Layer, find_layers
-from analysis.core.metrics import as_class_scores, predict
+from analysis.core.metric_table import CLASSIFICATION, METRICS, applies, metric_info, metric_label, task_metrics
+from analysis.core.metrics import as_class_scores, predict, sums_from_logits
 from analysis.core.modules import copy_model
 from analysis.schedule.coupling import CoupledGroup, ShrinkError
-from analysis.schedule.prune import prune
+from analysis.schedule.prune import Pruned, prune
 from analysis.schedule.schedule import Schedule
 from analysis.schedule.totals import Accountant
+from analysis.schedule.units import shrink_units
 from analysis.workload.onnx import fixed_batch, run_batched
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -165,10 +167,13 @@ class ExportReport:
 
 
 def check_shrinkable(schedule: Schedule) -> None:
-    """Only a structured schedule (channels) can be shrunk; anything else is exported masked."""
-    if not parse_granularity(schedule.granularity).structured:
-        raise ExportError(f"--shrink removes whole channels and needs channel granularity; this schedule has "
-                          f"{schedule.granularity}. Export it masked (without --shrink)")
+    """Only a structured schedule (channels) or a coupled one (heads, neurons) can be shrunk; anything else is
+    exported masked."""
+    gran = parse_granularity(schedule.granularity)
+    if not (gran.structured or gran.coupled):
+        raise ExportError(f"--shrink removes whole channels, attention heads or MLP neurons and needs channel "
+                          f"granularity (or heads, neurons); this schedule has {schedule.granularity}. Export it "
+                          "masked (without --shrink)")
 
 
 # ---------------------------------------------------------------------------------------------------- ONNX
@@ -334,12 +339,13 @@ def compare(candidate: torch.Tensor, reference: torch.Tensor, tolerance: float, 
 
 
 def file_cost(path: str | Path, weights: dict[str, np.ndarray] | None = None, proto: object | None = None) -> FileCost:
-    """Bytes, gzip bytes (level 1: what zeros save on the wire, quickly) and floating-point parameters of the file;
-    ``weights`` are its layer weights (``onnx_weights``) when they should be counted too."""
+    """Bytes, gzip bytes (level 1: what zeros save on the wire, quickly) and floating-point parameters of the file
+    (its float initializers that are tensors: an exporter's scalar constants, such as a 0.0 for masking, are not
+    parameters); ``weights`` are its layer weights (``onnx_weights``) when they should be counted too."""
     raw = Path(path).read_bytes()
     params = nonzero = 0
     for array in _initializers(proto if proto is not None else _load(path)).values():
-        if np.issubdtype(array.dtype, np.floating):
+        if np.issubdtype(array.dtype, np.floating) and array.ndim > 0:
             params += array.size
             nonzero += int(np.count_nonzero(array))
     stored = sum(w.size for w in weights.values()) if weights is not None else -1
@@ -419,7 +425,9 @@ def format_bytes(n: float) -> str:
 class ExportOptions:
     """How an export runs; checked at the door (``checked``).
 
-    ``shrink_channels`` removes a channel schedule's channels for real; ``bn_recalibrate`` re-estimates BatchNorm
+    ``shrink_channels`` removes a channel schedule's channels (a heads or neurons schedule's heads or neurons,
+    ``schedule.units``; where the model's attention code cannot take that, it is exported masked with a note) for
+    real; ``bn_recalibrate`` re-estimates BatchNorm
     statistics after pruning (``batchnorm.recalibrate``, as Measure does); ``exporter`` is ``auto``
     (``auto_order``: TorchScript first, dynamo first for attention models), ``dynamo`` or ``torchscript``;
     verification compares the outputs on ``verify_samples`` samples (``None``: the whole eval set) and fails past
@@ -459,7 +467,8 @@ class ExportOptions:
 @dataclass
 class _Pruned:
     """What pruning gave: the model to export, the masked reference a shrunk one is checked against, the schedule
-    exported, the coupled groups, the layers of the exported model and what the user should know."""
+    exported, the coupled groups, the layers of the exported model, what the user should know and whether the
+    model was shrunk."""
 
     model: nn.Module
     reference: nn.Module | None
@@ -468,6 +477,7 @@ class _Pruned:
     layers: list[Layer]
     bn_count: int
     notes: list[str]
+    shrunk: bool = False
 
 
 class _Clock:
@@ -527,7 +537,7 @@ def export(model: nn.Module, schedule: Schedule, data: EvalData, out: str | Path
     proto = _load(out)
     stored = onnx_weights(out, pruned.layers, {l.name: l.shape for l in pruned.layers}, proto)
     table = _layer_table(stored, layers, by_weight(schedule, units), by_weight(pruned.schedule, units), pruned,
-                         opts.shrink_channels)
+                         pruned.shrunk)
     _reject_failures(out, verifications, _weight_problems(table, schedule))
     clock.lap("verify")
     pruned_cost = file_cost(out, stored, proto)
@@ -541,15 +551,15 @@ def export(model: nn.Module, schedule: Schedule, data: EvalData, out: str | Path
             timing = latency({"dense": dense_path, "pruned": runner}, data.x[:max(LATENCY_BATCHES)].numpy(),
                              threads=opts.threads, repeats=opts.repeats, budget_s=opts.latency_budget_s)
             clock.lap("latency")
-    quality = _quality(model, onnx_logits, x, None if data.y is None else data.y[:len(x)], len(data))
+    quality = _quality(model, onnx_logits, x, None if data.y is None else data.y[:len(x)], len(data), data.task)
     report = ExportReport(
         onnx_path=out, schedule_path=out.with_suffix(".schedule.json"), summary_path=out.with_suffix(".md"),
-        model_spec=model_spec, data_spec=data.spec, mode="shrunk" if opts.shrink_channels else "masked",
+        model_spec=model_spec, data_spec=data.spec, mode="shrunk" if pruned.shrunk else "masked",
         criterion=schedule.criterion, granularity=schedule.granularity, exporter=used, schedule=pruned.schedule,
         requested=dict(schedule.sparsities), layers=table, groups=pruned.groups, verifications=verifications,
         dense=dense_cost, pruned=pruned_cost, latency=timing, threads=opts.threads, quality=quality,
         bn_recalibrated=pruned.bn_count, seconds=clock.seconds, notes=pruned.notes,
-        kept=_kept(pruned.layers, stored, layers, opts.shrink_channels), dense_cached=cached)
+        kept=_kept(pruned.layers, stored, _counted(layers, units), pruned.shrunk), dense_cached=cached)
     pruned.schedule.save(report.schedule_path)
     report.summary_path.write_text(report.to_markdown())
     return report
@@ -577,22 +587,44 @@ def _prune(model: nn.Module, layers: list[Layer], units: list[Layer], schedule: 
                                            device=opts.device)
     accountant = Accountant.from_model(model, example[:1].to(opts.device), units, schedule.criterion,
                                        schedule.granularity, stats, opts.seed)
-    if opts.shrink_channels and accountant.coupling.shrinkable:
+    if opts.shrink_channels and parse_granularity(schedule.granularity).structured and accountant.coupling.shrinkable:
         raise ShrinkError(accountant.coupling.shrinkable)
     pruned = prune(model, units, schedule, accountant, stats, opts.seed, shrink=False)
     work = pruned.model.to(opts.device)
     bn_count = batchnorm.recalibrate(work, data.x, device=opts.device) if opts.bn_recalibrate else 0
     work = work.cpu().eval()
-    exported = pruned.plan.build(work) if opts.shrink_channels else work
-    exported_layers = find_layers(exported, example[:1]) if opts.shrink_channels else layers
-    notes = pruned.notes + _bn_notes(opts, bn_count)
-    meta = {**pruned.schedule.meta, "export": {"mode": "shrunk" if opts.shrink_channels else "masked",
+    exported, refused = _shrunk(work, units, pruned, example, opts)
+    shrunk = exported is not work
+    exported_layers = _same_layers(exported, example[:1], layers) if shrunk else layers
+    notes = pruned.notes + _bn_notes(opts, bn_count) + refused
+    meta = {**pruned.schedule.meta, "export": {"mode": "shrunk" if shrunk else "masked",
                                                "requested": dict(schedule.sparsities), "resolved": pruned.notes}}
     applied = Schedule(pruned.schedule.sparsities, schedule.criterion, schedule.granularity, meta)
     groups = [g for g in accountant.coupling.groups if len(g.layers) > 1 or g.kept or g.unit == "head"] \
         if parse_granularity(schedule.granularity).structured else []
-    return _Pruned(exported, work if opts.shrink_channels else None, applied, groups, exported_layers, bn_count,
-                   notes)
+    return _Pruned(exported, work if shrunk else None, applied, groups, exported_layers, bn_count, notes, shrunk)
+
+
+def _same_layers(model: nn.Module, example: torch.Tensor, layers: list[Layer]) -> list[Layer]:
+    """The layers of the shrunk ``model`` that ``layers`` were before shrinking (found by name: a shrunk weight may
+    take an embedding's shape, which ``find_layers`` alone would leave out as the vocabulary head)."""
+    names = {l.name for l in layers}
+    return [l for l in find_layers(model, example, include_embeddings=True) if l.name in names]
+
+
+def _shrunk(work: nn.Module, units: list[Layer], pruned: Pruned, example: torch.Tensor,
+            opts: ExportOptions) -> tuple[nn.Module, list[str]]:
+    """The model to export: ``work`` (the masked model) shrunk when asked (channels by the shrink plan, heads and
+    neurons by ``shrink_units``), else ``work`` itself; and the one-line reason when heads or neurons could not be
+    cut out (the export is then masked)."""
+    if not opts.shrink_channels:
+        return work, []
+    if pruned.plan is not None:
+        return pruned.plan.build(work), []
+    try:
+        return shrink_units(work, units, pruned.keep, example.cpu()), []
+    except ShrinkError as exc:
+        return work, [f"not shrunk, exported masked: {exc}"]
 
 
 def _bn_notes(opts: ExportOptions, bn_count: int) -> list[str]:
@@ -657,24 +689,44 @@ def _dense_cost(path: Path, layers: list[Layer], cached: bool) -> FileCost:
 
 
 def _quality(dense: nn.Module, onnx_logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None,
-             total: int) -> dict[str, float | None]:
-    """Accuracy of the dense model (PyTorch) and of the exported file (its ONNX Runtime outputs) on ``x``, and their
-    top-1 agreement; ``samples`` out of the ``total`` the eval set holds."""
-    dense_pred = predict(dense, x, batch_size=64).argmax(-1)
-    pred = onnx_logits.argmax(-1)
-    n = max(len(x), 1)
-    return {
-        "samples": int(len(x)), "eval_samples": int(total),
-        "dense_accuracy": None if y is None else int((dense_pred == y).sum()) / n,
-        "pruned_accuracy": None if y is None else int((pred == y).sum()) / n,
-        "agreement": int((pred == dense_pred).sum()) / n,
-    }
+             total: int, task: str = CLASSIFICATION) -> dict[str, float | str | None]:
+    """The task's metrics (``metric_table.task_metrics``: accuracy and top-1 agreement for a classifier, perplexity
+    and next-token agreement for a causal LM, the embedding cosine for an encoder) of the exported file (its ONNX
+    Runtime outputs) against the dense model (PyTorch) on ``x``, measured as a scan measures them (``Sums``).
+
+    Keys: ``samples`` out of the ``eval_samples`` the eval set holds, ``task``, ``predictions`` (samples, or a causal
+    LM's real next-token positions), ``dense_M`` and ``pruned_M`` for each metric ``M`` measured against labels,
+    ``M`` for one measured against the dense model; ``dense_accuracy``, ``pruned_accuracy`` and ``agreement`` are
+    always there (``None`` where the task does not measure them)."""
+    dense_out = predict(dense, x, batch_size=64)
+    base = sums_from_logits(dense_out, dense_out, y, task).metrics()
+    mine = sums_from_logits(onnx_logits, dense_out, y, task)
+    quality: dict[str, float | str | None] = {
+        "samples": int(len(x)), "eval_samples": int(total), "task": task, "predictions": int(mine.n),
+        "dense_accuracy": None, "pruned_accuracy": None, "agreement": None}
+    values = mine.metrics()
+    for m in task_metrics(y is not None, task):
+        if metric_info(m).needs_labels:
+            quality.update({f"dense_{m}": base[m], f"pruned_{m}": values[m]})
+        else:
+            quality[m] = values[m]
+    return quality
+
+
+def _counted(layers: list[Layer], units: list[Layer]) -> list[Layer]:
+    """The layers the schedule's totals count: the parts of a heads or neurons schedule's coupled layers (the
+    attention or MLP projections), else all of ``layers``."""
+    parts = {p.layer.name for u in units if isinstance(u, CoupledLayer) for p in u.parts}
+    return [l for l in layers if l.name in parts] if parts else layers
 
 
 def _kept(exported: list[Layer], stored: dict[str, np.ndarray], layers: list[Layer], shrunk: bool) -> dict[str, int]:
-    """Layer weights and FLOPs the file keeps: the stored weights and the FLOP counter of the shrunk model, or the
-    non-zero weights with FLOPs in proportion (as the totals count a masked schedule)."""
+    """Layer weights and FLOPs the file keeps, of ``layers`` (those the schedule's totals count): the stored weights
+    and the FLOP counter of the shrunk model, or the non-zero weights with FLOPs in proportion (as the totals count
+    a masked schedule)."""
     if shrunk:
+        names = {l.name for l in layers}
+        exported = [l for l in exported if l.name in names]
         weights, flops = sum(l.params for l in exported), sum(l.flops for l in exported)
     else:
         alive = {n: int(np.count_nonzero(w)) for n, w in stored.items()}
@@ -733,13 +785,25 @@ def _weight_problems(table: pd.DataFrame, schedule: Schedule) -> list[str]:
 
 
 def accuracy_line(quality: dict) -> str:
-    """The export's accuracy in words, with the sample count it was measured on."""
+    """The export's quality in words, in the task's metrics (``_quality``; their names from ``metric_table``), with
+    the sample count it was measured on."""
     n, total = quality["samples"], quality.get("eval_samples", quality["samples"])
     on = f"{n} samples (the whole eval set)" if n == total else f"{n} of the eval set's {total} samples"
-    if quality.get("dense_accuracy") is None:
-        return f"Top-1 agreement with the dense model on {on}: {quality['agreement']:.4f}."
-    return (f"Accuracy on {on}: dense {quality['dense_accuracy']:.4f}, exported file {quality['pruned_accuracy']:.4f} "
-            f"(ONNX Runtime); top-1 agreement with dense {quality['agreement']:.4f}.")
+    return f"On {on}, the exported file in ONNX Runtime: " + "; ".join(quality_words(quality)) + "."
+
+
+def quality_words(quality: dict) -> list[str]:
+    """Each metric of an export's quality as a phrase (``perplexity: dense 301.2, exported file 305.1``,
+    ``next-token agreement with dense 0.9833``), in the metric table's order."""
+    task = quality.get("task") or CLASSIFICATION
+    words = []
+    for m in METRICS:
+        label = metric_label(m, task)
+        if quality.get(f"pruned_{m}") is not None:
+            words.append(f"{label}: dense {quality[f'dense_{m}']:.4g}, exported file {quality[f'pruned_{m}']:.4g}")
+        elif quality.get(m) is not None:
+            words.append(f"{label} {quality[m]:.4f}")
+    return words
 
 
 def _markdown(r: ExportReport) -> str:
@@ -751,12 +815,15 @@ def _markdown(r: ExportReport) -> str:
     if r.kept:
         lines.append(f"Layer weights kept: {r.kept['weights']:,} of {r.kept['weights_total']:,}; FLOPs kept: "
                      f"{r.kept['flops']:,} of {r.kept['flops_total']:,} per sample.")
+    task = r.quality.get("task") or CLASSIFICATION
+    agree = metric_label("agreement", task).removesuffix(" with dense") if applies("agreement", task) else None
     lines += ["", "## Verification", "",
-              "| output | against | samples | max abs diff | max rel diff | top-1 agreement | passed |",
-              "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+              f"| output | against | samples | max abs diff | max rel diff |{f' {agree} |' if agree else ''} passed |",
+              f"| --- | --- | ---: | ---: | ---: |{' ---: |' if agree else ''} --- |"]
     for v in r.verifications:
         lines.append(f"| {v.candidate} | {v.reference} | {v.samples} | {v.max_abs:.3g} | {v.max_rel:.3g} | "
-                     f"{v.top1_agreement:.4f} | {'yes' if v.passed else 'NO'} (tol {v.tolerance:g}) |")
+                     + (f"{v.top1_agreement:.4f} | " if agree else "")
+                     + f"{'yes' if v.passed else 'NO'} (tol {v.tolerance:g}) |")
     lines += ["", "## Size and speed", "", _md_table(size_table(r))]
     if r.latency is not None:
         lines += ["", f"ONNX Runtime CPU latency in ms, median (interquartile range) of interleaved runs, "

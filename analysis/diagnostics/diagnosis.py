@@ -557,13 +557,15 @@ def _observe(ctx: ScanContext, plan: _Plan) -> _Seen:
             for name, (lo, hi, ch) in obs.ends.items():
                 seen.const_dense.setdefault(name, _Constancy()).add(lo, hi, ch)
             for i, (layer, _, mask) in enumerate(plan.cells):
-                _observe_cell(seen, plan, i, layer, mask, model, xb, yb, dense_out, dense_logits)
+                _observe_cell(seen, plan, i, layer, mask, model, xb, yb, dense_out, dense_logits, ctx.task)
     return seen
 
 
 def _observe_cell(seen: _Seen, plan: _Plan, i: int, layer: Layer, mask: torch.Tensor, model: nn.Module,
-                  xb: torch.Tensor, yb: torch.Tensor | None, dense_out: dict, dense_logits: torch.Tensor) -> None:
-    """One batch through the model with cell ``i``'s mask, compared with the dense outputs."""
+                  xb: torch.Tensor, yb: torch.Tensor | None, dense_out: dict, dense_logits: torch.Tensor,
+                  task: str) -> None:
+    """One batch through the model with cell ``i``'s mask, compared with the dense outputs (metric sums as
+    ``task`` measures them: a causal LM's per next token)."""
     wanted = set(plan.downstream[layer.name])
 
     def compare(name: str, out: torch.Tensor, dim: int) -> None:
@@ -574,7 +576,7 @@ def _observe_cell(seen: _Seen, plan: _Plan, i: int, layer: Layer, mask: torch.Te
     with masks.applied(model, layer.masks(mask)), obs:
         logits = class_scores(model(xb)).float()
     seen.shifts.setdefault((i, LOGITS), _Shift()).add(dense_logits, logits, logits.dim() - 1)
-    seen.sums[i] = seen.sums.get(i, Sums(labelled=yb is not None)) + sums_from_logits(logits, dense_logits, yb)
+    seen.sums[i] = seen.sums.get(i, Sums(labelled=yb is not None)) + sums_from_logits(logits, dense_logits, yb, task)
     for name, (lo, hi, ch) in obs.ends.items():
         if name in wanted:
             seen.const_pruned.setdefault((i, name), _Constancy()).add(lo, hi, ch)
@@ -643,7 +645,8 @@ def recalibration_table(ctx: ScanContext, cells: list[tuple[Layer, float, torch.
         before = pruned[i].metrics()
         with masks.applied(model, layer.masks(mask)), batchnorm.preserved(model):
             batchnorm.recalibrate(model, calib, cfg.bn_batches, cfg.batch_size, ctx.device)
-            after = evaluate(model, ctx.x, ctx.y, ctx.dense_logits, cfg.batch_size, ctx.device).metrics()
+            after = evaluate(model, ctx.x, ctx.y, ctx.dense_logits, cfg.batch_size, ctx.device,
+                             task=ctx.task).metrics()
         drop = base[metric] - before[metric]
         rows.append({
             "layer": layer.name, "sparsity": sparsity, "metric": metric, "dense": base[metric],

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from analysis.core.intervals import ERROR_BARS
 from analysis.core.metric_table import HIGHER_IS_BETTER, METRICS, chance_level, check_metric, metric_info
 from analysis.core.profile import SensitivityProfile
 
@@ -334,6 +335,8 @@ class Prediction:
 
     def warning(self) -> str | None:
         """A plain warning when the predicted difference means nothing at this eval set's size, or has no band."""
+        if not self.has_band and self.metric not in ERROR_BARS:
+            return f"no band for the predicted {self.metric}: Prunescope has no error bars for this metric"
         if not self.has_band:
             return (f"no band for the predicted {self.metric}: the profile has no error bars for it (a run stored "
                     "before they existed); scan again to get one")

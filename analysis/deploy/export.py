@@ -8,7 +8,8 @@ self-contained ``.onnx`` file with a dynamic batch dimension. Then, always:
 - it runs the file in ONNX Runtime on the eval set (all of it unless ``verify_samples`` says fewer; every figure
   states the count) and compares with the PyTorch pruned model (max absolute and relative difference, top-1
   agreement), and a shrunk model with its masked reference; past ``tolerance`` the export fails
-  (``VerificationError``). The accuracy it reports is the file's own, from those ONNX Runtime outputs;
+  (``VerificationError``). The accuracy it reports is the file's own, from those ONNX Runtime outputs. These
+  passes run in batches sized from the input (``batch_size_for``), so a big image model's activations stay modest;
 - it reads the weights back from the ONNX initializers: their sparsity, their channel counts, the N:M pattern,
   and the layer weights kept (stored and non-zero) with their FLOPs: the twins of the schedule's totals;
 - it reports file size, gzip size, stored and non-zero parameters and ONNX Runtime latency at batch 1 and 32 next
@@ -453,8 +454,9 @@ class ExportOptions:
     statistics after pruning (``batchnorm.recalibrate``, as Measure does); ``exporter`` is ``auto``
     (``auto_order``: TorchScript first, dynamo first for attention models), ``dynamo`` or ``torchscript``;
     verification compares the outputs on ``verify_samples`` samples (``None``: the whole eval set) and fails past
-    ``tolerance`` (relative to the largest output); latency runs up to ``repeats`` interleaved repeats (fewer, at
-    least five, past ``latency_budget_s`` seconds per batch size) on ``threads`` ONNX Runtime threads unless
+    ``tolerance`` (relative to the largest output); latency runs one warm-up round, then up to ``repeats``
+    interleaved repeats (fewer, at least ``MIN_REPEATS``, past ``latency_budget_s`` seconds per batch size; the
+    report says how many) on ``threads`` ONNX Runtime threads unless
     ``measure_latency`` is off; the taylor and activation criteria rank
     weights on ``calib_samples`` samples. ``dense_cache`` keeps the dense reference file between exports."""
 

@@ -1,7 +1,8 @@
 """The dashboard served for a browser: start ``prunescope dashboard`` on a free port, wait for a script run to end.
 
-Shared by the browser test (``tests/test_e2e_browser.py``) and the browser benchmark
-(``benchmarks/bench_dashboard.py``).
+Shared by the browser test (``tests/test_e2e_browser.py``), the browser benchmark
+(``benchmarks/bench_dashboard.py``) and the installed dashboard's test (``tests/test_wheel.py``:
+``wait_until_healthy``).
 """
 
 from __future__ import annotations
@@ -23,17 +24,34 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    """Poll the Streamlit server at ``url`` until its ``/_stcore/health`` answers ``ok``; raise ``RuntimeError``
+    with the tail of its ``log`` if the process ``proc`` ends first or ``timeout_s`` seconds pass."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            why = "exited" if proc.poll() is not None else f"did not come up in {timeout_s:g} s"
+            raise RuntimeError(f"streamlit {why}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.3)
 
 
 @contextlib.contextmanager
 def dashboard(home: Path, root: Path = ROOT) -> Iterator[str]:
     """``prunescope dashboard`` (``streamlit run app.py``) of the checkout ``root`` on a free localhost port with
     ``home`` as its PRUNESCOPE_HOME; yields its URL."""
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PRUNESCOPE_HOME=str(home), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONPATH=str(root))
     log = open(home / "streamlit.log", "w")  # noqa: SIM115 - closed after the server stops
@@ -43,17 +61,7 @@ def dashboard(home: Path, root: Path = ROOT) -> Iterator[str]:
         cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start: {(home / 'streamlit.log').read_text()[-2000:]}")
-            time.sleep(0.3)
+        wait_until_healthy(url, proc, home / "streamlit.log", 60)
         yield url
     finally:
         proc.terminate()

@@ -102,6 +102,35 @@ def test_dynamo_export_keeps_the_2_4_pattern_in_the_initializers(workloads, tmp_
     assert (report.latency["threads"] == 1).all()
 
 
+def test_the_dense_reference_is_kept_and_the_latency_budget_states_its_repeats(workloads, tmp_path):
+    w = workloads["digits-cnn"]
+    schedule = Schedule({"block1.0": 0.5, "block2.0": 0.5}, "magnitude", "channel")
+    options = dict(exporter="torchscript", verify_samples=64, shrink_channels=True, repeats=50, latency_budget_s=0.0,
+                   dense_cache=ex.DenseCache(tmp_path / "dense", "fp"))
+    first = ex.export(w.model, schedule, _data(w), tmp_path / "a.onnx", **options)
+    again = ex.export(w.model, schedule, _data(w), tmp_path / "b.onnx", **options)
+    assert not first.dense_cached and again.dense_cached and again.dense == first.dense
+    assert len(list((tmp_path / "dense").glob("*.onnx"))) == 1
+    dense_file, layers = next((tmp_path / "dense").glob("*.onnx")), find_layers(w.model, w.data.x[:1])
+    weights = ex.onnx_weights(dense_file, layers, {l.name: l.shape for l in layers})
+    assert first.dense == ex.file_cost(dense_file, weights)  # what was kept is what the file holds
+    assert (first.latency["repeats"] == ex.MIN_REPEATS).all()  # a spent budget still runs the minimum
+    assert (ex.speedups(first.latency)["repeats"] == ex.MIN_REPEATS).all()
+    assert "dense accuracy" in first.seconds
+
+
+def test_gzip_size_is_that_of_gzip_compress_and_big_inputs_run_in_small_batches(tmp_path):
+    import gzip
+
+    path = tmp_path / "blob"
+    rng = np.random.default_rng(0)
+    path.write_bytes(rng.standard_normal(300_000).astype(np.float32).tobytes() + bytes(500_000))
+    assert ex.gzip_size(path, chunk=65_536) == len(gzip.compress(path.read_bytes(), compresslevel=1))
+    images = torch.zeros(64, 3, 224, 224)
+    assert 1 <= ex.batch_size_for(images) < 64 and ex.batch_size_for(images) * images[0].numel() <= ex.BATCH_ENTRIES
+    assert ex.batch_size_for(torch.zeros(64, 64)) == 64  # small inputs: one batch of 64, as before
+
+
 def test_batchnorm_recalibration_is_baked_into_the_export(workloads, tmp_path):
     w = workloads["digits-cnn"]
     data = _data(w)

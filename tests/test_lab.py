@@ -170,6 +170,15 @@ def test_the_spread_is_that_of_a_one_shot_scan_at_the_target(runs, workloads):  
     assert "fc" not in {r["layer"] for r in structured["table"]}  # the classifier's outputs are kept
 
 
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_the_structured_strategy_keeps_the_classifier_whole(workloads, allocation):  # noqa: ANN001
+    """The channel coupling alone keeps the classes' group whole: no bound in the lab's allocation is needed."""
+    config = LabConfig(Target("sparsity", 0.7), strategies=("structured",), export=False, allocation=allocation)
+    result = run_lab(workloads["digits-cnn"], None, config)
+    sparsities = result.units["structured/prune"]["schedule"]["sparsities"]
+    assert sparsities.get("fc", 0.0) == 0.0 and max(sparsities.values()) > 0.5, sparsities
+
+
 def test_snip_starts_from_a_reinitialised_network_near_chance(workloads):  # noqa: ANN001
     config = LabConfig(Target("sparsity", 0.5), strategies=("snip",), epochs=10.0, evals_per_epoch=1, export=False)
     result = run_lab(workloads["digits-mlp"], load_data("sample:digits-train"), config)

@@ -14,16 +14,15 @@ import json
 import os
 import shutil
 import site
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from browser_support import free_port, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -172,26 +171,14 @@ def test_every_command_works_installed(installed):
 
 
 def test_the_dashboard_serves_from_the_install(installed):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = installed.work / "dashboard.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([str(installed.prunescope), "dashboard", "--port", str(port), "--",
                                  "--server.fileWatcherType", "none"],
                                 cwd=installed.work, env=installed.env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, f"the dashboard did not come up in 90 s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.3)
+        wait_until_healthy(f"http://127.0.0.1:{port}", proc, log, 90)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
             assert b"<title>" in r.read()
         if Path(f"/proc/{proc.pid}/cwd").exists():  # Linux: the server runs in the installed app's folder, so the

@@ -8,7 +8,8 @@ self-contained ``.onnx`` file with a dynamic batch dimension. Then, always:
 - it runs the file in ONNX Runtime on the eval set (all of it unless ``verify_samples`` says fewer; every figure
   states the count) and compares with the PyTorch pruned model (max absolute and relative difference, top-1
   agreement), and a shrunk model with its masked reference; past ``tolerance`` the export fails
-  (``VerificationError``). The accuracy it reports is the file's own, from those ONNX Runtime outputs;
+  (``VerificationError``). The accuracy it reports is the file's own, from those ONNX Runtime outputs. These
+  passes run in batches sized from the input (``batch_size_for``), so a big image model's activations stay modest;
 - it reads the weights back from the ONNX initializers: their sparsity, their channel counts, the N:M pattern,
   and the layer weights kept (stored and non-zero) with their FLOPs: the twins of the schedule's totals;
 - it reports file size, gzip size, stored and non-zero parameters and ONNX Runtime latency at batch 1 and 32 next
@@ -28,13 +29,13 @@ deprecated and renames folded weights, but it is several times faster and export
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import os
 import tempfile
 import time
 import warnings
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,8 @@ from analysis.workload.onnx import fixed_batch, run_batched
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
 LATENCY_BATCHES = (1, 32)
+BATCH_ENTRIES = 1 << 21  # input entries in one batch of the verification and reference passes (see batch_size_for)
+MIN_REPEATS = 5  # latency repeats that always run, whatever the time budget: enough for a median and quartiles
 
 
 class ExportError(ValueError):
@@ -244,12 +247,6 @@ def _check_file(path: Path) -> None:
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def _initializers(proto) -> dict[str, np.ndarray]:  # noqa: ANN001 - an onnx.ModelProto
-    from onnx import numpy_helper
-
-    return {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
-
-
 def _load(path: str | Path):  # noqa: ANN202 - an onnx.ModelProto
     import onnx
 
@@ -266,7 +263,7 @@ def onnx_weights(path: str | Path, layers: list[Layer], shapes: dict[str, tuple[
     file already loaded, if it is.
     """
     proto = proto if proto is not None else _load(path)
-    inits = _initializers(proto)
+    inits = {i.name: i for i in proto.graph.initializer}  # converted to arrays only when returned
     found: dict[str, np.ndarray] = {}
     for layer in layers:
         if layer.param_name in inits:
@@ -276,37 +273,49 @@ def onnx_weights(path: str | Path, layers: list[Layer], shapes: dict[str, tuple[
     rest = [l for l in layers if l.name not in found]
     if rest:
         used = {l.param_name for l in layers if l.name in found}
-        candidates = [n.input[1] for n in proto.graph.node
+        candidates = [inits[n.input[1]] for n in proto.graph.node
                       if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in inits
                       and n.input[1] not in used]
-        arrays = [inits[c] for c in candidates]
         i = 0
         for layer in rest:
-            while i < len(arrays) and _fitted(arrays[i], shapes[layer.name]) is None:
+            while i < len(candidates) and not _fits(candidates[i], shapes[layer.name]):
                 i += 1
-            if i == len(arrays):
+            if i == len(candidates):
                 break
-            found[layer.name] = _fitted(arrays[i], shapes[layer.name])
+            found[layer.name] = _fitted(candidates[i], shapes[layer.name])
             i += 1
     return found
 
 
-def _fitted(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
-    if tuple(array.shape) == tuple(shape):
-        return array
-    if array.ndim == 2 and tuple(array.shape[::-1]) == tuple(shape):
-        return array.T
-    return None
+def _fits(init, shape: tuple[int, ...]) -> bool:  # noqa: ANN001 - an onnx.TensorProto
+    """Whether the initializer ``init`` holds a weight of ``shape`` (a 2-D one possibly transposed), read from its
+    dimensions alone."""
+    dims = tuple(init.dims)
+    return dims == tuple(shape) or (len(dims) == 2 and dims[::-1] == tuple(shape))
+
+
+def _fitted(init, shape: tuple[int, ...]) -> np.ndarray | None:  # noqa: ANN001 - an onnx.TensorProto
+    """The initializer ``init`` as an array of ``shape`` (a 2-D one transposed if that fits); ``None`` if it does
+    not fit."""
+    from onnx import numpy_helper
+
+    if not _fits(init, shape):
+        return None
+    array = numpy_helper.to_array(init)
+    return array if tuple(array.shape) == tuple(shape) else array.T
 
 
 def session(path: str | Path, threads: int = 1):  # noqa: ANN201 - an onnxruntime.InferenceSession
-    """An ONNX Runtime CPU session of the file with ``threads`` intra-op threads."""
+    """An ONNX Runtime CPU session of the file with ``threads`` intra-op threads. Its CPU memory arena is off: an
+    arena keeps the largest batch's activations for the session's life (hundreds of MB for a big image model),
+    and a dense and a pruned session are open side by side during the latency run."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    options.enable_cpu_mem_arena = False
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -318,6 +327,14 @@ def run_onnx(path: str | Path, x: torch.Tensor, batch_size: int = 32, threads: i
     name = s.get_inputs()[0].name
     out = run_batched(lambda xb: s.run(None, {name: xb})[0], x.cpu().numpy(), fixed_batch(s), batch_size)
     return as_class_scores(torch.from_numpy(out).float())
+
+
+def batch_size_for(x: torch.Tensor, most: int = 64) -> int:
+    """Samples per batch for the verification and reference passes over ``x``: as many as keep one batch's input
+    under ``BATCH_ENTRIES`` entries, at most ``most``. An image model's activations grow with its input, so a big
+    input (a 224x224 image: 13 per batch) runs in small batches and the peak memory stays modest."""
+    per_sample = max(1, x[0].numel()) if len(x) else 1
+    return max(1, min(most, BATCH_ENTRIES // per_sample))
 
 
 def compare(candidate: torch.Tensor, reference: torch.Tensor, tolerance: float, what: tuple[str, str]) -> Verification:
@@ -341,16 +358,29 @@ def compare(candidate: torch.Tensor, reference: torch.Tensor, tolerance: float, 
 def file_cost(path: str | Path, weights: dict[str, np.ndarray] | None = None, proto: object | None = None) -> FileCost:
     """Bytes, gzip bytes (level 1: what zeros save on the wire, quickly) and floating-point parameters of the file
     (its float initializers that are tensors: an exporter's scalar constants, such as a 0.0 for masking, are not
-    parameters); ``weights`` are its layer weights (``onnx_weights``) when they should be counted too."""
-    raw = Path(path).read_bytes()
+    parameters); ``weights`` are its layer weights (``onnx_weights``) when they should be counted too. The file is
+    read in pieces and the initializers one at a time, so a big file is never held twice."""
+    from onnx import numpy_helper
+
     params = nonzero = 0
-    for array in _initializers(proto if proto is not None else _load(path)).values():
+    for init in (proto if proto is not None else _load(path)).graph.initializer:
+        array = numpy_helper.to_array(init)
         if np.issubdtype(array.dtype, np.floating) and array.ndim > 0:
             params += array.size
             nonzero += int(np.count_nonzero(array))
     stored = sum(w.size for w in weights.values()) if weights is not None else -1
     alive = sum(int(np.count_nonzero(w)) for w in weights.values()) if weights is not None else -1
-    return FileCost(len(raw), len(gzip.compress(raw, compresslevel=1)), params, nonzero, stored, alive)
+    return FileCost(Path(path).stat().st_size, gzip_size(path), params, nonzero, stored, alive)
+
+
+def gzip_size(path: str | Path, chunk: int = 1 << 24) -> int:
+    """Bytes of the file gzipped at level 1 (the stream ``gzip.compress(data, 1)`` writes: header, deflate,
+    trailer), compressed ``chunk`` bytes at a time and counted, never held."""
+    packer, size = zlib.compressobj(1, zlib.DEFLATED, 31), 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            size += len(packer.compress(block))
+    return size + len(packer.flush())
 
 
 def latency(runners: dict[str, object], inputs: np.ndarray, batches: tuple[int, ...] = LATENCY_BATCHES,
@@ -360,7 +390,8 @@ def latency(runners: dict[str, object], inputs: np.ndarray, batches: tuple[int, 
     ``runners`` maps a name to an ONNX file or an open session of one. ``inputs`` are real rows of the eval set
     (their dtype is the model's: token ids stay integers), repeated to fill a batch. Each repeat runs every model
     once, in an order that alternates between repeats, so a slow spell of the machine hits all of them alike.
-    ``budget_s`` (per batch size) stops after fewer repeats, at least five, when a batch size takes long. Returns
+    ``budget_s`` (per batch size, warm-up included) stops after fewer repeats, at least ``MIN_REPEATS``, when a
+    batch size takes long; ``repeats`` says how many ran. Returns
     columns ``model, batch, median_ms, q1_ms, q3_ms, min_ms, repeats, threads``.
     """
     sessions = {name: r if hasattr(r, "run") else session(r, threads) for name, r in runners.items()}
@@ -382,7 +413,7 @@ def _interleaved(sessions: dict, x: np.ndarray, repeats: int, warmup: int,
     times: dict[str, list[float]] = {name: [] for name in sessions}
     order, start = list(sessions), time.perf_counter()
     for r in range(warmup + repeats):
-        if budget_s is not None and r >= warmup + 5 and time.perf_counter() - start > budget_s:
+        if budget_s is not None and r >= warmup + MIN_REPEATS and time.perf_counter() - start > budget_s:
             break
         for name in order if r % 2 == 0 else order[::-1]:
             t = time.perf_counter()
@@ -431,8 +462,9 @@ class ExportOptions:
     statistics after pruning (``batchnorm.recalibrate``, as Measure does); ``exporter`` is ``auto``
     (``auto_order``: TorchScript first, dynamo first for attention models), ``dynamo`` or ``torchscript``;
     verification compares the outputs on ``verify_samples`` samples (``None``: the whole eval set) and fails past
-    ``tolerance`` (relative to the largest output); latency runs up to ``repeats`` interleaved repeats (fewer, at
-    least five, past ``latency_budget_s`` seconds per batch size) on ``threads`` ONNX Runtime threads unless
+    ``tolerance`` (relative to the largest output); latency runs one warm-up round, then up to ``repeats``
+    interleaved repeats (fewer, at least ``MIN_REPEATS``, past ``latency_budget_s`` seconds per batch size; the
+    report says how many) on ``threads`` ONNX Runtime threads unless
     ``measure_latency`` is off; the taylor and activation criteria rank
     weights on ``calib_samples`` samples. ``dense_cache`` keeps the dense reference file between exports."""
 
@@ -529,11 +561,11 @@ def export(model: nn.Module, schedule: Schedule, data: EvalData, out: str | Path
     used = to_onnx(pruned.model, example, out, opts.exporter)
     clock.lap("export")
     x = data.x[:opts.verify_samples or len(data)]
-    runner = session(out, opts.threads)
-    onnx_logits = run_onnx(out, x, runner=runner)
-    torch_logits = predict(pruned.model, x, batch_size=64)
-    verifications = _verify(onnx_logits, torch_logits, run_onnx(out, x[:1], 1, runner=runner), pruned, x, opts)
-    pruned.reference = None
+    batch = batch_size_for(x)
+    runner = session(out, opts.threads)  # serves the verification and the latency run
+    onnx_logits = run_onnx(out, x, min(batch, 32), runner=runner)
+    verifications = _verify(onnx_logits, run_onnx(out, x[:1], 1, runner=runner), pruned, x, batch, opts)
+    pruned.reference = None  # its memory back before the dense file is made
     proto = _load(out)
     stored = onnx_weights(out, pruned.layers, {l.name: l.shape for l in pruned.layers}, proto)
     table = _layer_table(stored, layers, by_weight(schedule, units), by_weight(pruned.schedule, units), pruned,
@@ -549,9 +581,12 @@ def export(model: nn.Module, schedule: Schedule, data: EvalData, out: str | Path
         timing = None
         if opts.measure_latency:
             timing = latency({"dense": dense_path, "pruned": runner}, data.x[:max(LATENCY_BATCHES)].numpy(),
-                             threads=opts.threads, repeats=opts.repeats, budget_s=opts.latency_budget_s)
+                             threads=opts.threads, repeats=opts.repeats, warmup=1, budget_s=opts.latency_budget_s)
             clock.lap("latency")
-    quality = _quality(model, onnx_logits, x, None if data.y is None else data.y[:len(x)], len(data), data.task)
+    runner = None
+    quality = _quality(model, onnx_logits, x, None if data.y is None else data.y[:len(x)], len(data), data.task,
+                       batch)
+    clock.lap("dense accuracy")
     report = ExportReport(
         onnx_path=out, schedule_path=out.with_suffix(".schedule.json"), summary_path=out.with_suffix(".md"),
         model_spec=model_spec, data_spec=data.spec, mode="shrunk" if pruned.shrunk else "masked",
@@ -631,14 +666,15 @@ def _bn_notes(opts: ExportOptions, bn_count: int) -> list[str]:
     return ["the model has no BatchNorm: recalibration did not apply"] if opts.bn_recalibrate and not bn_count else []
 
 
-def _verify(onnx_logits: torch.Tensor, torch_logits: torch.Tensor, onnx_one: torch.Tensor, pruned: _Pruned,
-            x: torch.Tensor, opts: ExportOptions) -> list[Verification]:
+def _verify(onnx_logits: torch.Tensor, onnx_one: torch.Tensor, pruned: _Pruned, x: torch.Tensor, batch: int,
+            opts: ExportOptions) -> list[Verification]:
     """The file in ONNX Runtime against the PyTorch pruned model (batched, and at batch 1), and a shrunk model
-    against its masked reference."""
+    against its masked reference; the PyTorch models run ``batch`` samples at a time."""
+    torch_logits = predict(pruned.model, x, batch_size=batch)
     checks = [compare(onnx_logits, torch_logits, opts.tolerance, ("onnxruntime", "pytorch pruned model")),
               compare(onnx_one, torch_logits[:1], opts.tolerance, ("onnxruntime batch 1", "pytorch pruned model"))]
     if pruned.reference is not None:
-        checks.append(compare(torch_logits, predict(pruned.reference, x, batch_size=64), opts.tolerance,
+        checks.append(compare(torch_logits, predict(pruned.reference, x, batch_size=batch), opts.tolerance,
                               ("pytorch shrunk model", "masked reference")))
     return checks
 
@@ -689,16 +725,17 @@ def _dense_cost(path: Path, layers: list[Layer], cached: bool) -> FileCost:
 
 
 def _quality(dense: nn.Module, onnx_logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None,
-             total: int, task: str = CLASSIFICATION) -> dict[str, float | str | None]:
+             total: int, task: str = CLASSIFICATION, batch: int = 64) -> dict[str, float | str | None]:
     """The task's metrics (``metric_table.task_metrics``: accuracy and top-1 agreement for a classifier, perplexity
     and next-token agreement for a causal LM, the embedding cosine for an encoder) of the exported file (its ONNX
-    Runtime outputs) against the dense model (PyTorch) on ``x``, measured as a scan measures them (``Sums``).
+    Runtime outputs) against the dense model (PyTorch, ``batch`` samples at a time) on ``x``, measured as a scan
+    measures them (``Sums``).
 
     Keys: ``samples`` out of the ``eval_samples`` the eval set holds, ``task``, ``predictions`` (samples, or a causal
     LM's real next-token positions), ``dense_M`` and ``pruned_M`` for each metric ``M`` measured against labels,
     ``M`` for one measured against the dense model; ``dense_accuracy``, ``pruned_accuracy`` and ``agreement`` are
     always there (``None`` where the task does not measure them)."""
-    dense_out = predict(dense, x, batch_size=64)
+    dense_out = predict(dense, x, batch_size=batch)
     base = sums_from_logits(dense_out, dense_out, y, task).metrics()
     mine = sums_from_logits(onnx_logits, dense_out, y, task)
     quality: dict[str, float | str | None] = {

@@ -20,7 +20,7 @@ from analysis.core.masks import bake
 from analysis.core.metrics import evaluate
 from analysis.core.modules import copy_model
 from analysis.lab.context import LabContext, LabError
-from analysis.schedule.allocate import Bounds, ScheduleSetting, Target, schedule_for
+from analysis.schedule.allocate import ScheduleSetting, Target, schedule_for
 from analysis.schedule.coupling import OUTPUTS
 from analysis.schedule.finetune import finetune
 from analysis.schedule.schedule import Schedule
@@ -107,9 +107,8 @@ def allocate_at(lab: LabContext, model: nn.Module, criterion: str, granularity: 
     c = lab.config
     accountant = Accountant.from_model(model, lab.example, lab.layers, criterion, granularity, stats, c.seed)
     scores = {l.name: criteria.importance(l, l.weight(model), criterion, stats, c.seed) for l in lab.layers}
-    bounds = Bounds(keep_dense=output_layers(accountant)) if parse_granularity(granularity).structured else None
     setting = ScheduleSetting(lab.profiles[scan_key(criterion, granularity)], lab.layers, accountant, scores)
-    return schedule_for(setting, c.allocation, target, bounds)
+    return schedule_for(setting, c.allocation, target)
 
 
 def apply_schedule(lab: LabContext, model: nn.Module, schedule: Schedule, keep: Masks | None = None,

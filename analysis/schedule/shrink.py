@@ -84,7 +84,7 @@ def plan(model: nn.Module, coupling: Coupling, resolved: Resolved) -> ShrinkPlan
     """Prune a scratch copy of ``model`` as ``resolved`` says (``model`` is not changed)."""
     if coupling.shrinkable:
         raise ShrinkError(coupling.shrinkable)
-    scratch = copy.deepcopy(model).cpu().eval()
+    scratch = _hollow_copy(model)
     graph = trace(scratch, coupling.example)
     shapes = _tag(scratch)
     names = {m: n for n, m in scratch.named_modules()}
@@ -102,6 +102,18 @@ def plan(model: nn.Module, coupling: Coupling, resolved: Resolved) -> ShrinkPlan
                     norms.setdefault(names[item.dep.target.module], []).extend(int(i) for i in item.idxs)
             tp_group.prune(record_history=False)
     return ShrinkPlan(scratch, _kept(scratch, shapes), shapes, {n: sorted(set(i)) for n, i in norms.items()})
+
+
+def _hollow_copy(model: nn.Module) -> nn.Module:
+    """A CPU copy of ``model`` whose floating tensors are allocated but not filled (``_tag`` overwrites them; the
+    graph is traced from shapes, not values): memory never written is not taken, so the scratch does not hold a
+    second copy of a big model's weights."""
+    memo: dict[int, torch.Tensor] = {}
+    for t in _tensors(model).values():
+        if t.is_floating_point():
+            empty = torch.empty(t.shape, dtype=t.dtype)
+            memo[id(t)] = nn.Parameter(empty, t.requires_grad) if isinstance(t, nn.Parameter) else empty
+    return copy.deepcopy(model, memo).cpu().eval()
 
 
 def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:

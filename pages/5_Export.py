@@ -50,7 +50,7 @@ schedule, profile = choices[label]
 channel = parse_granularity(schedule.granularity).structured
 st.caption(f"{fmt.plural(len(schedule.sparsities), 'layer')} pruned · {schedule.criterion} criterion · "
            f"{schedule.granularity} granularity · {schedule.meta.get('method') or schedule.meta.get('source', '')}")
-c1, c2, c3, c4 = st.columns(4)
+c1, c2, c3, c4 = st.columns([3, 2, 2, 2])  # the shrink box's label fits its column
 shrink = c1.checkbox("Remove pruned channels (shrink)", value=channel, disabled=not channel,
                      help="channel granularity only: the file really has fewer channels" if channel else
                      "needs channel granularity; this schedule is exported masked (zeros in the weights)")

@@ -131,6 +131,8 @@ def frame_moves(page, layer: str, moves: int) -> list[tuple[float, float]]:  # n
     """``slider_moves`` on the browser's sliders: the number is counted in the frame, the run follows the
     let-go value."""
     frame = page.frame_locator(FRAME)
+    for summary in frame.locator("details:not([open]) > summary", has_text=layer.split(".")[0]).all():
+        summary.click()
     thumb = frame.get_by_role("slider", name=f"{layer} (")
     content = next(f for f in page.frames if "live_sliders" in f.url)
     out = []

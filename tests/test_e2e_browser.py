@@ -315,8 +315,9 @@ def _schedule_and_export(page, prefix: str, layers: int) -> None:  # noqa: ANN00
     page.get_by_role("button", name="Apply preset").click()
     settle(page)
     expect(live(page).locator('input[type="range"]')).to_have_count(layers)
-    for block in live(page).locator("details:not([open]) summary").all():
-        block.click()
+    closed = live(page).locator("details:not([open]) > summary")
+    while closed.count():  # open every block group (each click takes one out of this list)
+        closed.first.click()
     expect(live(page).locator('[data-testid="liveMetric"]', has_text="predicted")).to_be_visible()
     no_exception(page)
     shot(page, f"{prefix}_schedule", readme=False)

@@ -166,6 +166,16 @@ def cancel(page, grid: str) -> float:  # noqa: ANN001
     return took
 
 
+def scanned_moves(page, url: str, query: str, layer: str, moves: int) -> list[list[float]]:  # noqa: ANN001
+    """A 2-sparsity scan of the workload ``query`` names, then ``slider_moves`` on its Schedule page."""
+    page.goto(f"{url}/Sensitivity?{query}")
+    settle(page)
+    scan(page, "0.5, 0.9")
+    settle(page)
+    switch(page, "Schedule")
+    return list(map(list, zip(*slider_moves(page, layer, moves))))
+
+
 def walk(browser, url: str, moves: int, cancels: int,  # noqa: ANN001
          densenet: bool = True) -> dict[str, list[float]]:
     """The whole walk on one server; every measurement in milliseconds."""
@@ -176,21 +186,12 @@ def walk(browser, url: str, moves: int, cancels: int,  # noqa: ANN001
     switch(page, "Schedule")
     sample = slider_moves(page, "block1.0", moves)
     out["slider, sample: number"], out["slider, sample: run over"] = map(list, zip(*sample))
-    page.goto(f"{url}/Sensitivity?{RESNET}")
-    settle(page)
-    scan(page, "0.5, 0.9")
-    settle(page)
-    switch(page, "Schedule")
-    resnet = slider_moves(page, "layer1.0.conv1", moves)
-    out["slider, resnet18: number"], out["slider, resnet18: run over"] = map(list, zip(*resnet))
+    models = [("resnet18", RESNET, "layer1.0.conv1")]
     if densenet:
-        page.goto(f"{url}/Sensitivity?{DENSENET}")
-        settle(page)
-        scan(page, "0.5, 0.9")
-        settle(page)
-        switch(page, "Schedule")
-        dense = slider_moves(page, "features.denseblock1.denselayer1.conv1", moves)
-        out["slider, densenet121: number"], out["slider, densenet121: run over"] = map(list, zip(*dense))
+        models.append(("densenet121", DENSENET, "features.denseblock1.denselayer1.conv1"))
+    for name, query, layer in models:
+        out[f"slider, {name}: number"], out[f"slider, {name}: run over"] = scanned_moves(page, url, query, layer,
+                                                                                        moves)
     switch(page, "Sensitivity")
     out["cancel"] = [cancel(page, CANCEL_GRIDS[i % len(CANCEL_GRIDS)]) * 1000 for i in range(cancels)]
     page.context.close()

@@ -41,9 +41,11 @@ from browser_support import CHROMIUM, CHROMIUM_ARGS, dashboard, set_sparsities, 
 PAGES = ["Model & data", "Sensitivity", "Diagnostics", "Schedule", "Export", "Strategy lab", "Home"]
 TITLES = {"Home": "Prunescope"}
 RESNET = "model=torchvision:resnet18&data=random:3x32x32&count=32&size=224"
+DENSENET = "model=torchvision:densenet121&data=random:3x32x32&count=32&size=224"
 CANCEL_GRIDS = ["0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85", "0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95",
                 "0.05, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9"]
 # Resolves, after the next keydown, with [ms to the global sparsity number changing, ms to the run being over].
+# Streamlit's sliders (before the browser counted them): the number is an st.metric of the page.
 WATCH = """() => { window.__bench = new Promise(resolve => {
   const number = () => [...document.querySelectorAll('[data-testid="stMetric"]')]
       .find(e => e.innerText.includes('global sparsity'))?.querySelector('[data-testid="stMetricValue"]')?.innerText;
@@ -59,6 +61,29 @@ WATCH = """() => { window.__bench = new Promise(resolve => {
   });
   obs.observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
 }); }"""
+# The browser's sliders (ui/live_sliders, in a frame): in the frame, [epoch ms of the keydown, of the number
+# changing]; in the page, [epoch ms of the run the let-go value started being over].
+WATCH_FRAME = """() => { window.__bench = new Promise(resolve => {
+  const now = () => performance.timeOrigin + performance.now();
+  const number = () => [...document.querySelectorAll('[data-testid="liveMetric"]')]
+      .find(e => e.innerText.includes('global sparsity'))?.querySelector('[data-testid="liveMetricValue"]')?.innerText;
+  const start = number();
+  let t0 = null;
+  document.addEventListener('keydown', () => { t0 = now(); }, {capture: true, once: true});
+  const obs = new MutationObserver(() => {
+    if (t0 !== null && number() !== start) { obs.disconnect(); resolve([t0, now()]); } });
+  obs.observe(document.body, {subtree: true, childList: true, characterData: true});
+}); }"""
+WATCH_RUN = """() => { window.__run = new Promise(resolve => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  let started = false;
+  const obs = new MutationObserver(() => {
+    if (app.dataset.testScriptState !== 'notRunning') started = true;
+    else if (started) { obs.disconnect(); resolve(performance.timeOrigin + performance.now()); }
+  });
+  obs.observe(app, {attributes: true});
+}); }"""
+FRAME = 'iframe[src*="live_sliders"]'
 
 
 def first_load(page, url: str) -> float:  # noqa: ANN001
@@ -82,10 +107,14 @@ def switch(page, title: str) -> float:  # noqa: ANN001
 
 
 def slider_moves(page, layer: str, moves: int) -> list[tuple[float, float]]:  # noqa: ANN001
-    """``moves`` key presses on ``layer``'s slider: (ms to the number changing, ms to the run over) each."""
+    """``moves`` key presses on ``layer``'s slider: (ms to the number changing, ms to the run over) each; the
+    browser's sliders when the page has them, else Streamlit's."""
     page.get_by_role("button", name="Apply preset").click()
     settle(page)
-    for summary in page.locator('[data-testid="stExpander"] summary', has_text=layer.split(".")[0]).all():
+    if page.locator(FRAME).count():
+        return frame_moves(page, layer, moves)
+    for summary in page.locator('[data-testid="stExpander"] details:not([open]) > summary',
+                                has_text=layer.split(".")[0]).all():
         summary.click()
     thumb = page.locator('[data-testid="stSlider"]', has_text=f"{layer} (").get_by_role("slider")
     out = []
@@ -94,6 +123,27 @@ def slider_moves(page, layer: str, moves: int) -> list[tuple[float, float]]:  # 
         thumb.focus()
         thumb.press("End" if i % 2 == 0 else "Home")
         out.append(tuple(page.evaluate("window.__bench")))
+        settle(page)
+    return out
+
+
+def frame_moves(page, layer: str, moves: int) -> list[tuple[float, float]]:  # noqa: ANN001
+    """``slider_moves`` on the browser's sliders: the number is counted in the frame, the run follows the
+    let-go value."""
+    frame = page.frame_locator(FRAME)
+    for summary in frame.locator("details:not([open]) > summary", has_text=layer.split(".")[0]).all():
+        summary.click()
+    thumb = frame.get_by_role("slider", name=f"{layer} (")
+    content = next(f for f in page.frames if "live_sliders" in f.url)
+    out = []
+    for i in range(moves):
+        content.evaluate(WATCH_FRAME)
+        page.evaluate(WATCH_RUN)
+        thumb.focus()
+        thumb.press("End" if i % 2 == 0 else "Home")
+        t0, shown = content.evaluate("window.__bench")
+        over = page.evaluate("window.__run")
+        out.append((shown - t0, over - t0))
         settle(page)
     return out
 
@@ -116,7 +166,18 @@ def cancel(page, grid: str) -> float:  # noqa: ANN001
     return took
 
 
-def walk(browser, url: str, moves: int, cancels: int) -> dict[str, list[float]]:  # noqa: ANN001
+def scanned_moves(page, url: str, query: str, layer: str, moves: int) -> list[list[float]]:  # noqa: ANN001
+    """A 2-sparsity scan of the workload ``query`` names, then ``slider_moves`` on its Schedule page."""
+    page.goto(f"{url}/Sensitivity?{query}")
+    settle(page)
+    scan(page, "0.5, 0.9")
+    settle(page)
+    switch(page, "Schedule")
+    return list(map(list, zip(*slider_moves(page, layer, moves))))
+
+
+def walk(browser, url: str, moves: int, cancels: int,  # noqa: ANN001
+         densenet: bool = True) -> dict[str, list[float]]:
     """The whole walk on one server; every measurement in milliseconds."""
     page = browser.new_context(viewport={"width": 1400, "height": 1300}).new_page()
     page.set_default_timeout(120_000)
@@ -125,13 +186,12 @@ def walk(browser, url: str, moves: int, cancels: int) -> dict[str, list[float]]:
     switch(page, "Schedule")
     sample = slider_moves(page, "block1.0", moves)
     out["slider, sample: number"], out["slider, sample: run over"] = map(list, zip(*sample))
-    page.goto(f"{url}/Sensitivity?{RESNET}")
-    settle(page)
-    scan(page, "0.5, 0.9")
-    settle(page)
-    switch(page, "Schedule")
-    resnet = slider_moves(page, "layer1.0.conv1", moves)
-    out["slider, resnet18: number"], out["slider, resnet18: run over"] = map(list, zip(*resnet))
+    models = [("resnet18", RESNET, "layer1.0.conv1")]
+    if densenet:
+        models.append(("densenet121", DENSENET, "features.denseblock1.denselayer1.conv1"))
+    for name, query, layer in models:
+        out[f"slider, {name}: number"], out[f"slider, {name}: run over"] = scanned_moves(page, url, query, layer,
+                                                                                        moves)
     switch(page, "Sensitivity")
     out["cancel"] = [cancel(page, CANCEL_GRIDS[i % len(CANCEL_GRIDS)]) * 1000 for i in range(cancels)]
     page.context.close()
@@ -157,6 +217,7 @@ def main() -> None:
     parser.add_argument("--moves", type=int, default=10, help="slider moves per model")
     parser.add_argument("--cancels", type=int, default=3, help="scans cancelled")
     parser.add_argument("--json", type=Path, help="write every measurement here")
+    parser.add_argument("--no-densenet", action="store_true", help="leave out densenet121 (121 sliders)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -165,7 +226,7 @@ def main() -> None:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for name, path in (a.split("=", 1) for a in args.app):
             with dashboard(Path(tempfile.mkdtemp(prefix="bench-dashboard-")), Path(path).resolve()) as url:
-                results[name] = walk(browser, url, args.moves, args.cancels)
+                results[name] = walk(browser, url, args.moves, args.cancels, not args.no_densenet)
             print(f"{name}: done", file=sys.stderr)
         browser.close()
     print(table(results))

@@ -22,7 +22,7 @@ from analysis.schedule.predict import Prediction, Predictor, calibration_verdict
 from analysis.schedule.prune import resolve_schedule
 from analysis.schedule.schedule import Schedule
 from analysis.schedule.totals import Accountant
-from ui import common, runs, schedules
+from ui import common, live, runs, schedules
 from ui import format as fmt
 
 METHOD_WORDS = {"sensitivity": "sensitivity-based (smallest predicted drop)", "uniform": "uniform",
@@ -174,21 +174,24 @@ def item_slider(col, item: schedules.SliderItem, values: dict[str, float]) -> No
 
 
 def summary_section(box, schedule: Schedule, totals, predictor: Predictor, prediction: Prediction,  # noqa: ANN001
-                    metric: str, source: str, resolved: list[str]) -> None:
-    """The live totals and the predicted metric with its band, drawn in ``box`` at the top of the page; a warning
-    when the eval set is too small for the predicted difference to mean anything; ``resolved`` says how a loaded
-    schedule was resolved to the model's coupled groups."""
+                    metric: str, source: str, resolved: list[str], numbers: bool = True) -> None:
+    """The live totals and the predicted metric with its band, drawn in ``box`` at the top of the page (without
+    the numbers when the browser counts them above its sliders); a warning when the eval set is too small for the
+    predicted difference to mean anything; ``resolved`` says how a loaded schedule was resolved to the model's
+    coupled groups."""
     base, predicted = predictor.baseline, prediction.value
     with box:
-        cols = st.columns(4)
-        cols[0].metric("global sparsity", f"{totals.global_sparsity:.4f}")
-        cols[1].metric("parameters kept", f"{totals.params_kept_fraction:.4f}", help=f"{totals.params_kept:,} weights")
-        cols[2].metric("FLOPs kept", f"{totals.flops_kept_fraction:.4f}",
-                       help=f"{totals.flops_kept:,} FLOPs per sample")
-        cols[3].metric(f"predicted {metric}", f"{predicted:.4f}", f"{predicted - base:+.4f} vs dense {base:.4f}",
-                       delta_color=fmt.delta_color(predicted - base, 4,
-                                                   "normal" if HIGHER_IS_BETTER[metric] else "inverse"),
-                       help=prediction.band_text())
+        if numbers:
+            cols = st.columns(4)
+            cols[0].metric("global sparsity", f"{totals.global_sparsity:.4f}")
+            cols[1].metric("parameters kept", f"{totals.params_kept_fraction:.4f}",
+                           help=f"{totals.params_kept:,} weights")
+            cols[2].metric("FLOPs kept", f"{totals.flops_kept_fraction:.4f}",
+                           help=f"{totals.flops_kept:,} FLOPs per sample")
+            cols[3].metric(f"predicted {metric}", f"{predicted:.4f}", f"{predicted - base:+.4f} vs dense {base:.4f}",
+                           delta_color=fmt.delta_color(predicted - base, 4,
+                                                       "normal" if HIGHER_IS_BETTER[metric] else "inverse"),
+                           help=prediction.band_text())
         if not schedule.sparsities:
             st.info("This schedule prunes nothing: every layer is dense. Apply a preset or move a slider.")
         else:
@@ -351,11 +354,18 @@ def live_section(spec: common.WorkloadSpec, workload, layers: list, run_id: int,
     by_name = {l.name: l for l in layers}
     names = [n for n in profile.layers if n in by_name]
     granularity = profile.meta["granularity"]
-    summary = st.container(border=True)
+    browser = live.in_browser(granularity)
+    summary = None if browser else st.container(border=True)
     presets_section(spec, layers, profile, names, accountant, metric, current)
     values = current["values"]
     items = schedules.slider_items(by_name, names, granularity, accountant)
-    slider_values(items, values)
+    if browser:  # the numbers above the sliders, counted in the browser; the server's notes below them
+        st.subheader("Per-layer sparsity")
+        live.sliders(items, accountant.layers, granularity, predictor, values, current.get("revision", 0),
+                     f"live-sliders-{run_id}")
+        summary = st.container(border=True)
+    else:
+        slider_values(items, values)
 
     source = schedules.source(current)
     schedule = schedules.to_schedule(values, profile, {"source": source})
@@ -365,8 +375,9 @@ def live_section(spec: common.WorkloadSpec, workload, layers: list, run_id: int,
     predicted = prediction.value
     summary_section(summary, schedule, totals, predictor, prediction, metric, source,
                     current.get("resolved", []) if current.get("preset") == {k: v for k, v in values.items() if v > 0}
-                    else [])
-    sliders_section(items, granularity, values)
+                    else [], numbers=not browser)
+    if not browser:
+        sliders_section(items, granularity, values)
     schedules.keep(current, spec)  # after the numbers: the store's write does not delay them
     if schedule.sparsities:
         st.plotly_chart(plots.schedule_bars({"current": schedule.sparsities}, names), key="current-bars")

@@ -52,8 +52,8 @@ channel = parse_granularity(schedule.granularity).structured
 cuttable = channel or parse_granularity(schedule.granularity).coupled  # channels, or heads and neurons
 st.caption(f"{fmt.plural(len(schedule.sparsities), 'layer')} pruned · {schedule.criterion} criterion · "
            f"{schedule.granularity} granularity · {schedule.meta.get('method') or schedule.meta.get('source', '')}")
-c1, c2, c3, c4 = st.columns(4)
-shrink = c1.checkbox("Remove pruned channels, heads or neurons (shrink)", value=cuttable, disabled=not cuttable,
+c1, c2, c3, c4 = st.columns([3, 2, 2, 2])  # the shrink box's label fits its column
+shrink = c1.checkbox("Shrink: remove pruned units", value=cuttable, disabled=not cuttable,
                      help="the file really has fewer channels, attention heads or MLP neurons" if cuttable else
                      "needs channel, heads or neurons granularity; this schedule is exported masked (zeros in the "
                      "weights)")

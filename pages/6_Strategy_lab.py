@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from analysis.core.metric_table import default_metric, drop_scale
+from analysis.core.metric_table import default_metric, drop_scale, drop_text
 from analysis.lab.config import LabConfig
 from analysis.lab.literature import FAMILIES, SOURCE, TYPICAL
 from analysis.lab.result import ROWS
@@ -116,7 +116,7 @@ if not result.strategies:
 c = result.config
 st.caption(f"Dense {result.metric}: **{result.dense:.4f}** · target {c.target} · {c.allocation} allocation · "
            f"{c.epochs:g} recovery epochs on {result.meta.get('train') or 'no training data'} · recovered = within "
-           f"{c.tolerance * scale:g} {unit} of dense")
+           f"{drop_text(c.tolerance * scale, unit)} of dense")
 
 table_tab, curve_tab, literature_tab, files_tab = st.tabs(["Table", "Recovery curves", "Literature", "Downloads"])
 with table_tab:

@@ -48,12 +48,13 @@ def wait_until_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: f
 
 
 @contextlib.contextmanager
-def dashboard(home: Path, root: Path = ROOT) -> Iterator[str]:
+def dashboard(home: Path, root: Path = ROOT, sliders: str = "browser") -> Iterator[str]:
     """``prunescope dashboard`` (``streamlit run app.py``) of the checkout ``root`` on a free localhost port with
-    ``home`` as its PRUNESCOPE_HOME; yields its URL."""
+    ``home`` as its PRUNESCOPE_HOME and the Schedule page's ``sliders`` (``browser``, the default, or
+    ``server``); yields its URL."""
     port = free_port()
     env = dict(os.environ, PRUNESCOPE_HOME=str(home), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=str(root))
+               PYTHONPATH=str(root), PRUNESCOPE_SLIDERS=sliders)
     log = open(home / "streamlit.log", "w")  # noqa: SIM115 - closed after the server stops
     proc = subprocess.Popen(
         [sys.executable, "-m", "analysis", "dashboard", "--port", str(port), "--", "--server.headless", "true",

@@ -18,9 +18,11 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def prunescope_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own run store so no test reads or writes the user's ~/.prunescope."""
+    """Every test gets its own run store so no test reads or writes the user's ~/.prunescope; the Schedule page's
+    sliders are Streamlit's (the browser tests' server sets ``PRUNESCOPE_SLIDERS`` itself)."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("PRUNESCOPE_HOME", str(home))
+    monkeypatch.setenv("PRUNESCOPE_SLIDERS", "server")  # AppTest drives Streamlit's sliders, not a component
     return home
 
 

@@ -61,7 +61,7 @@ def test_a_tuned_channel_schedule_is_what_the_export_writes(channel_run):
     at.switch_page("pages/5_Export.py")
     at = at.run()
     assert_clean(at)
-    assert next(c for c in at.checkbox if c.label.startswith("Remove pruned channels")).value
+    assert next(c for c in at.checkbox if c.label.startswith("Shrink")).value
     assert not at.info or "resolved" not in texts(at.info)
     _button(at, "Export").click()
     at = at.run()

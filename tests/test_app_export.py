@@ -50,7 +50,7 @@ def test_export_the_tuned_schedule_verified_with_downloads(stored_run, downloads
     at = _tuned(app("schedule"))
     assert_clean(at)
     assert "press Export" in texts(at.info)
-    shrink = next(c for c in at.checkbox if c.label.startswith("Remove pruned channels"))
+    shrink = next(c for c in at.checkbox if c.label.startswith("Shrink"))
     assert shrink.disabled and not shrink.value, "unstructured schedules export masked"
     _button(at, "Export").click()
     at = at.run()
@@ -109,7 +109,7 @@ def test_a_saved_channel_schedule_exports_shrunk(prunescope_home):
     at = app("export")
     assert_clean(at)
     assert at.selectbox[0].value == "saved: channels"
-    assert next(c for c in at.checkbox if c.label.startswith("Remove pruned channels")).value
+    assert next(c for c in at.checkbox if c.label.startswith("Shrink")).value
     _button(at, "Export").click()
     at = at.run()
     assert_clean(at)

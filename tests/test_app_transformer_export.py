@@ -65,7 +65,7 @@ def test_a_heads_schedule_of_an_hf_model_is_tuned_measured_and_exported_shrunk(g
     at.switch_page("pages/5_Export.py")
     at = at.run()
     assert_clean(at)
-    shrink = next(c for c in at.checkbox if c.label.startswith("Remove pruned channels, heads or neurons"))
+    shrink = next(c for c in at.checkbox if c.label.startswith("Shrink"))
     assert not shrink.disabled and shrink.value, "a heads schedule can be shrunk"
     next(c for c in at.checkbox if c.label == "Measure latency").uncheck()
     _button(at, "Export").click()

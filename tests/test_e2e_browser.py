@@ -74,6 +74,11 @@ def page(browser, server):  # noqa: ANN001, ANN201
     context.close()
 
 
+def live(page):  # noqa: ANN001, ANN201
+    """The Schedule page's sliders, drawn in the browser (``ui/live_sliders``, in its frame)."""
+    return page.frame_locator('iframe[src*="live_sliders"]')
+
+
 def offline(page) -> None:  # noqa: ANN001
     """The walk needed nothing outside the machine: no request went to a host other than the dashboard's."""
     assert page.foreign == [], f"requests to other hosts: {sorted(set(page.foreign))[:10]}"
@@ -96,8 +101,22 @@ def nav(page, title: str) -> None:  # noqa: ANN001
     settle(page)
 
 
+CUT_LABELS = """() => [...document.querySelectorAll(
+    '[data-testid="stCheckbox"] label, [data-testid="stCheckbox"] label *, [data-testid="stWidgetLabel"] *')]
+  .filter(e => e.offsetParent !== null && e.scrollWidth > e.clientWidth + 1
+          && getComputedStyle(e).textOverflow === 'ellipsis').map(e => e.innerText)"""
+
+
+def cut_labels(page) -> list[str]:  # noqa: ANN001
+    """The widget labels shown cut off with an ellipsis at this window's width (a checkbox label in a narrow
+    column, say)."""
+    return page.evaluate(CUT_LABELS)
+
+
 def shot(page, name: str, readme: bool = True) -> None:  # noqa: ANN001
-    """A full-height screenshot into ``test-artifacts/`` (and ``docs/screenshots/`` when asked, for the README)."""
+    """A full-height screenshot into ``test-artifacts/`` (and ``docs/screenshots/`` when asked, for the README),
+    once no widget label is cut off on the page."""
+    assert cut_labels(page) == [], f"{name}: labels cut off: {cut_labels(page)}"
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     # The app scrolls inside its main block, so a full-page shot is a viewport as tall as that block.
@@ -177,18 +196,18 @@ def test_the_whole_story_in_a_browser(page):  # noqa: ANN001
     settle(page)
 
     def predicted() -> str:
-        metric = page.locator('[data-testid="stMetric"]', has_text="predicted accuracy").first
-        return metric.locator('[data-testid="stMetricValue"]').inner_text()
+        metric = live(page).locator('[data-testid="liveMetric"]', has_text="predicted accuracy").first
+        return metric.locator('[data-testid="liveMetricValue"]').inner_text()
 
     before = predicted()
-    thumb = page.locator('[data-testid="stSlider"]', has_text="block1.0").get_by_role("slider")
+    thumb = live(page).get_by_role("slider", name="block1.0 (")
     thumb.focus()
     thumb.press("End")
     settle(page)
-    expect(page.locator('[data-testid="stSlider"]', has_text="block1.0")).to_contain_text("0.990")
+    expect(live(page).locator(".item", has_text="block1.0")).to_contain_text("0.990")
     assert predicted() != before
     expect(page.get_by_text("hand-tuned from sensitivity")).to_be_visible()
-    # The slider reran only the page's live part (a fragment); what it offers below follows the move all the same.
+    # The sliders count in the browser and send the schedule when let go; what the page offers below follows.
     with page.expect_download() as download:
         page.get_by_role("button", name="Download schedule JSON").click()
     assert json.loads(Path(download.value.path()).read_text())["sparsities"]["block1.0"] == 0.99
@@ -295,11 +314,11 @@ def _schedule_and_export(page, prefix: str, layers: int) -> None:  # noqa: ANN00
     nav(page, "Schedule")
     page.get_by_role("button", name="Apply preset").click()
     settle(page)
-    for expander in page.locator('[data-testid="stExpander"] summary', has_text="layer").all():
-        if "Calibrate" not in expander.inner_text():
-            expander.click()
-    expect(page.locator('[data-testid="stSlider"]')).to_have_count(layers)
-    expect(page.locator('[data-testid="stMetric"]', has_text="predicted")).to_be_visible()
+    expect(live(page).locator('input[type="range"]')).to_have_count(layers)
+    closed = live(page).locator("details:not([open]) > summary")
+    while closed.count():  # open every block group (each click takes one out of this list)
+        closed.first.click()
+    expect(live(page).locator('[data-testid="liveMetric"]', has_text="predicted")).to_be_visible()
     no_exception(page)
     shot(page, f"{prefix}_schedule", readme=False)
     nav(page, "Export")

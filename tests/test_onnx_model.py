@@ -272,3 +272,46 @@ def test_onnx_scan_prints_no_torch_fx_note(onnx_files, tmp_path: Path) -> None:
                   "--sparsities", "0.5", "--quiet", "--no-store", "--out", tmp_path / "o")
     assert res.returncode == 0, res.stderr
     assert "torch.fx" not in res.stderr and "note:" not in res.stderr, res.stderr
+
+
+def _tiny_convnet(pooled: bool) -> nn.Module:
+    """The browser walk's ONNX net (tests/test_e2e_browser.py; random weights, seed 0), or the same layers
+    without the average pooling, whose answers vary from input to input."""
+    torch.manual_seed(0)
+    if not pooled:
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(),
+                             nn.Flatten(), nn.Linear(16 * 14 * 14, 5)).eval()
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5)).eval()
+
+
+@pytest.mark.parametrize("pooled", [True, False])
+def test_the_onnx_walks_zero_drops_are_genuine(tmp_path, pooled):
+    """The ONNX walk's all-zero drops are the net's, not the ONNX path's: its scan equals the scan of the same
+    PyTorch net cell for cell, the masks change its outputs (KL above 0), and averaging 14x14 positions of random
+    inputs leaves features so alike that it answers one class on every input, which no pruning of one layer
+    moves. Without the pooling, the same ONNX path shows real drops."""
+    import dataclasses
+
+    net = _tiny_convnet(pooled)
+    path = tmp_path / "tiny_convnet.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(2, 3, 16, 16),), str(path), dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch"}})
+    workload = load_workload(str(path), "random:3x16x16", count=64)
+    assert isinstance(workload.model, OnnxModel)
+    config = ScanConfig(sparsities=(0.5, 0.9, 0.99))
+    on_onnx = scan(workload, config).table.set_index(["layer", "sparsity"])
+    on_torch = scan(dataclasses.replace(workload, model=net), config).table.set_index(["layer", "sparsity"])
+    assert on_onnx.index.equals(on_torch.index)
+    assert (on_onnx["agree"] == on_torch["agree"]).all()
+    assert np.allclose(on_onnx["kl"], on_torch["kl"], atol=1e-5)
+    pruned = on_onnx.xs(0.9, level="sparsity")
+    assert (pruned["kl"] > 1e-6).all()  # every layer's mask reached the outputs
+    with torch.no_grad():
+        answers = net(workload.data.x).argmax(1).unique()
+    if pooled:
+        assert len(answers) == 1 and (on_onnx["agreement"] == 1).all()
+    else:
+        assert len(answers) > 1 and (on_onnx["agreement"] < 1).any()

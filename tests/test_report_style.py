@@ -5,16 +5,19 @@ holds placeholder colours that only the dashboard's browser code replaces."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pandas as pd
 import plotly.io as pio
 import streamlit  # noqa: F401 - sets plotly's default template to Streamlit's, as in the dashboard's process
 from app_support import sample_profile, sample_scan  # noqa: F401
 
+from analysis.core.metric_table import drop_text
 from analysis.report import plots
 from analysis.report.html import build_report
 from analysis.report.style import CHAR_PX, PALETTE, readable
 
+ROOT = Path(__file__).resolve().parent.parent
 PLACEHOLDER = re.compile(r"#0000\d\d")
 
 
@@ -62,3 +65,22 @@ def test_dead_neuron_chart_says_when_nothing_died_and_names_facets_plainly():
     busy = plots.dead_neurons_figure(_dead([2, 1, 0]))
     assert not any("dead" in a.text for a in busy.layout.annotations)
     assert busy.layout.yaxis.range[1] > 1 and busy.layout.yaxis2.domain[0] - busy.layout.yaxis.domain[1] >= 0.1
+
+
+def test_a_drop_of_one_point_is_singular():
+    """The report's tolerance heading and the Strategy lab's caption say "1 point", not "1 points"."""
+    assert drop_text(1.0, "points") == "1 point"
+    assert drop_text(0.5, "points") == "0.5 points" and drop_text(2, "points") == "2 points"
+    assert drop_text(1.0, "loss") == "1 loss"
+
+
+def test_the_report_says_within_a_drop_of_1_point(sample_profile):  # noqa: F811
+    html = build_report(sample_profile, plotlyjs="cdn")
+    assert "within a drop of 1 point</h3>" in html and "1 points" not in html
+
+
+def test_no_page_writes_a_scaled_drop_with_its_unit_by_hand():
+    """Every drop shown in its unit goes through ``drop_text`` (a hand-made ``{x:g} {unit}`` printed "1 points")."""
+    hand_made = re.compile(r":g\} \{unit\}")
+    files = [*ROOT.glob("pages/*.py"), *ROOT.glob("ui/*.py"), *ROOT.glob("analysis/**/*.py")]
+    assert [str(f) for f in files if hand_made.search(f.read_text())] == []

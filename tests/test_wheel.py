@@ -88,7 +88,7 @@ def test_the_wheel_ships_the_engine_the_samples_and_the_dashboard(installed):
     names = set(zipfile.ZipFile(installed.wheel).namelist())
     for sample in SAMPLES:
         assert {f"analysis/sample_models/{sample}.pt", f"analysis/sample_models/{sample}.json"} <= names
-    dashboard = ["app.py", ".streamlit/config.toml",
+    dashboard = ["app.py", ".streamlit/config.toml", "ui/live_sliders/index.html", "ui/live_sliders/live.js",
                  *(p.relative_to(ROOT).as_posix() for folder in ("pages", "ui") for p in (ROOT / folder).glob("*.py"))]
     assert {f"prunescope_dashboard/{name}" for name in dashboard} <= names
     engine = {p.relative_to(ROOT).as_posix() for p in (ROOT / "analysis").rglob("*.py")}

@@ -164,6 +164,7 @@ def set_values(current: dict, values: dict[str, float], source: str, resolved: l
     current["source"] = source
     current["resolved"] = list(resolved or [])
     current["preset"] = _pruned(current["values"])
+    current["revision"] = current.get("revision", 0) + 1  # the browser's sliders take these values (ui/live.py)
     for key in [k for k in st.session_state if str(k).startswith(SLIDER)]:
         del st.session_state[key]
 

@@ -143,3 +143,9 @@ def chance_level(num_classes: int | None) -> float:
 def drop_scale(metric: str) -> tuple[float, str]:
     """How a drop of ``metric`` is shown: percentage points for the fraction metrics, the metric's unit else."""
     return (100.0, "points") if metric_info(metric).percent else (1.0, metric)
+
+
+def drop_text(value: float, unit: str) -> str:
+    """``"1 point"``, ``"0.5 points"``, ``"0.02 loss"``: a drop already scaled by ``drop_scale``, in its unit
+    (singular for exactly one point)."""
+    return f"{value:g} {unit[:-1] if unit == 'points' and value == 1 else unit}"

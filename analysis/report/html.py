@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from analysis.core.metric_table import METRICS, drop_scale
+from analysis.core.metric_table import METRICS, drop_scale, drop_text
 from analysis.core.profile import SensitivityProfile, tolerance_table
 from analysis.core.version import __version__
 from analysis.lab.result import LabResult
@@ -82,7 +82,7 @@ def _sensitivity(profile: SensitivityProfile, metric: str, fig: _Figures) -> lis
            f"{meta.get('granularity', '?')} granularity) on {meta.get('samples', '?')} samples. Dense: {base}."),
         fig(plots.sensitivity_heatmap(profile, metric)),
         fig(plots.sensitivity_curves(profile, metric)),
-        f"<h3>Tolerance: the largest sparsity per layer within a drop of {limit * scale:g} {unit}</h3>",
+        f"<h3>Tolerance: the largest sparsity per layer within a drop of {drop_text(limit * scale, unit)}</h3>",
         _p(f"max_sparsity_lo is the largest sparsity within that drop at {profile.confidence:.0%} confidence, "
            "max_sparsity_hi the last before a drop beyond it at that confidence: the eval set's sampling error "
            "puts the answer between them. Heatmap cells marked with a dot have a drop not distinguishable from "

@@ -68,6 +68,21 @@ def texts(elements) -> str:  # noqa: ANN001
     return "\n".join(str(e.value) for e in elements)
 
 
+def button(at: AppTest, label: str):  # noqa: ANN201 - a streamlit.testing Button
+    """The page's button labelled ``label``."""
+    return next(b for b in at.button if b.label == label)
+
+
+def export_verified(at: AppTest):  # noqa: ANN201 - (AppTest, ExportReport)
+    """Press the Export page's Export button; check the page is clean and says the verification passed, and return
+    the page after the run with the export's report."""
+    button(at, "Export").click()
+    at = at.run()
+    assert_clean(at)
+    assert "Verification passed" in texts(at.success)
+    return at, at.session_state["export"]["report"]
+
+
 def assert_clean(at: AppTest) -> None:
     """No exception reached the page."""
     assert not at.exception, [e.value for e in at.exception]

@@ -5,7 +5,7 @@ note."""
 from __future__ import annotations
 
 import pytest
-from app_support import app, assert_clean, texts
+from app_support import app, assert_clean, button, export_verified, texts
 
 from analysis.sensitivity.config import ScanConfig
 from ui import runs, scanning, schedules
@@ -13,10 +13,6 @@ from ui.common import WorkloadSpec, cached_workload, model_lock
 
 SPEC = WorkloadSpec("sample:digits-resnet")
 COUPLED = ("stem.0", "layer1.conv2")  # the residual stream of the first stage
-
-
-def _button(at, label: str):  # noqa: ANN001, ANN202
-    return next(b for b in at.button if b.label == label)
 
 
 def _metrics(at) -> dict[str, str]:  # noqa: ANN001
@@ -52,7 +48,7 @@ def test_a_tuned_channel_schedule_is_what_the_export_writes(channel_run):
     values = at.session_state["schedule"]["values"]
     assert values["stem.0"] == values["layer1.conv2"] == 0.25, "the group's slider moves every member"
     totals = _metrics(at)
-    _button(at, "Measure").click()
+    button(at, "Measure").click()
     at = at.run()
     assert_clean(at)
     measured = at.session_state["schedule"]["measured"]["result"]
@@ -63,11 +59,8 @@ def test_a_tuned_channel_schedule_is_what_the_export_writes(channel_run):
     assert_clean(at)
     assert next(c for c in at.checkbox if c.label.startswith("Shrink")).value
     assert not at.info or "resolved" not in texts(at.info)
-    _button(at, "Export").click()
-    at = at.run()
-    assert_clean(at)
-    report = at.session_state["export"]["report"]
-    assert report.mode == "shrunk" and "Verification passed" in texts(at.success)
+    at, report = export_verified(at)
+    assert report.mode == "shrunk"
     assert report.notes == [] and not at.warning, "nothing exported differs from the schedule"
     assert report.schedule.sparsities == {n: v for n, v in values.items() if v > 0}
     kept = report.kept
@@ -95,7 +88,7 @@ def test_a_loaded_schedule_with_different_values_in_a_group_is_resolved_and_said
     at.switch_page("pages/4_Schedule.py")
     at = at.run()
     next(s for s in at.selectbox if s.label.startswith("Load a saved")).set_value("uneven")
-    _button(at, "Load").click()
+    button(at, "Load").click()
     at = at.run()
     assert_clean(at)
     values = at.session_state["schedule"]["values"]

@@ -6,7 +6,17 @@ import json
 
 import numpy as np
 import onnxruntime as ort
-from app_support import app, assert_clean, downloads, sample_profile, sample_scan, stored_run, texts  # noqa: F401
+from app_support import (  # noqa: F401 - downloads, sample_* and stored_run are fixtures
+    app,
+    assert_clean,
+    button,
+    downloads,
+    export_verified,
+    sample_profile,
+    sample_scan,
+    stored_run,
+    texts,
+)
 
 from analysis.core.metrics import predict
 from analysis.schedule.schedule import Schedule
@@ -17,14 +27,10 @@ from ui.common import WorkloadSpec, cached_workload, model_lock
 SPEC = WorkloadSpec()
 
 
-def _button(at, label: str):  # noqa: ANN001, ANN202
-    return next(b for b in at.button if b.label == label)
-
-
 def _tuned(at, value: str = "0.5"):  # noqa: ANN001, ANN202
     """Apply the sensitivity preset on the Schedule page, then open the Export page."""
     next(t for t in at.text_input if t.label == "Target value").set_value(value)
-    _button(at, "Apply preset").click()
+    button(at, "Apply preset").click()
     at = at.run()
     at.switch_page("pages/5_Export.py")
     return at.run()
@@ -52,11 +58,7 @@ def test_export_the_tuned_schedule_verified_with_downloads(stored_run, downloads
     assert "press Export" in texts(at.info)
     shrink = next(c for c in at.checkbox if c.label.startswith("Shrink"))
     assert shrink.disabled and not shrink.value, "unstructured schedules export masked"
-    _button(at, "Export").click()
-    at = at.run()
-    assert_clean(at)
-    assert "Verification passed" in texts(at.success)
-    report = at.session_state["export"]["report"]
+    at, report = export_verified(at)
     assert report.mode == "masked" and all(v.passed for v in report.verifications)
     verification = at.dataframe[0].value
     assert list(verification["passed"]) == [True, True]
@@ -110,11 +112,8 @@ def test_a_saved_channel_schedule_exports_shrunk(prunescope_home):
     assert_clean(at)
     assert at.selectbox[0].value == "saved: channels"
     assert next(c for c in at.checkbox if c.label.startswith("Shrink")).value
-    _button(at, "Export").click()
-    at = at.run()
-    assert_clean(at)
-    report = at.session_state["export"]["report"]
-    assert report.mode == "shrunk" and "Verification passed" in texts(at.success)
+    at, report = export_verified(at)
+    assert report.mode == "shrunk"
     kept = report.layers.set_index("layer")
     for layer, s in schedule.sparsities.items():
         channels = kept.loc[layer, "out_channels"]
@@ -125,7 +124,7 @@ def test_a_saved_channel_schedule_exports_shrunk(prunescope_home):
 def test_an_export_that_fails_is_a_readable_error(prunescope_home, stored_run):  # noqa: F811
     schedules.save("broken", Schedule({"no_such_layer": 0.5}, meta={"run_id": stored_run}), SPEC)
     at = app("export")
-    _button(at, "Export").click()
+    button(at, "Export").click()
     at = at.run()
     assert_clean(at)
     assert "The export failed" in texts(at.error) and "no_such_layer" in texts(at.error)

@@ -7,7 +7,7 @@ import io
 
 import pandas as pd
 import torch
-from app_support import app, assert_clean, plotly_specs, texts
+from app_support import app, assert_clean, button, plotly_specs, texts
 
 from analysis.lab.config import LabConfig
 from analysis.lab.literature import TYPICAL
@@ -33,10 +33,6 @@ def _settings(at, strategies: list[str], epochs: float = 0.5, target: str = "0.6
     return at
 
 
-def _button(at, label: str):  # noqa: ANN001, ANN202
-    return next(b for b in at.button if b.label == label)
-
-
 def _config(strategies: tuple[str, ...]) -> LabConfig:
     return LabConfig(Target("sparsity", 0.6), strategies, **SMALL)
 
@@ -49,7 +45,7 @@ def test_without_a_lab_the_page_says_how_to_start():
 
 def test_a_lab_run_from_the_page_is_stored_and_shown_with_the_literature_beside_it():
     at = _settings(app("lab", timeout=300), ["unstructured", "structured"])
-    at = _button(at.run(), "Run lab").click().run()
+    at = button(at.run(), "Run lab").click().run()
     assert_clean(at)
     listed = labs(runs.store())
     assert len(listed) == 1 and listed["units_done"].iloc[0] == listed["units"].iloc[0] == 7
@@ -76,7 +72,7 @@ def test_run_with_the_same_settings_resumes_a_stopped_lab():
     at = app("lab")
     assert "unfinished" in texts(at.warning)
     at = _settings(at, ["unstructured", "imp"])
-    at = _button(at.run(), "Run lab").click().run()
+    at = button(at.run(), "Run lab").click().run()
     assert_clean(at)
     assert f"resuming: {done} of 6 units already done (lab {stopped.lab_id})" in texts(at.info)
     whole = run_lab(workload, train, _config(("unstructured", "imp")))
@@ -86,19 +82,19 @@ def test_run_with_the_same_settings_resumes_a_stopped_lab():
 
 def test_cancel_without_a_running_lab_and_bad_settings_are_one_line():
     at = app("lab")
-    at = _button(at, "Cancel").click().run()
+    at = button(at, "Cancel").click().run()
     assert "No lab was running." in texts(at.warning)
     next(r for r in at.radio if r.label.startswith("Training data")).set_value(
         "None: one-shot strategies only, no recovery")
     at = at.run()
     next(m for m in at.multiselect if m.label == "Strategies").set_value(["imp"])
-    at = _button(at.run(), "Run lab").click().run()
+    at = button(at.run(), "Run lab").click().run()
     assert_clean(at)
     assert any("imp trains while pruning and needs training data" in e.value for e in at.error)
     assert labs(runs.store()).empty
     next(t for t in at.text_input if t.label == "Target value").set_value("1.5")
     at = at.run()
-    assert any(e.value.startswith("Lab settings:") for e in at.error) and _button(at, "Run lab").disabled
+    assert any(e.value.startswith("Lab settings:") for e in at.error) and button(at, "Run lab").disabled
 
 
 def _tensor_bytes(x: torch.Tensor, y: torch.Tensor) -> bytes:
@@ -113,13 +109,13 @@ def test_uploaded_training_tensors_train_the_lab_and_a_wrong_shape_is_one_line()
     at = at.run()
     at.file_uploader[0].upload("train.pt", _tensor_bytes(torch.zeros(8, 3, 8, 8), torch.zeros(8, dtype=torch.long)))
     at = _settings(at.run(), ["unstructured", "imp"])
-    at = _button(at.run(), "Run lab").click().run()
+    at = button(at.run(), "Run lab").click().run()
     assert_clean(at)
     assert any("The lab cannot run:" in e.value and "has inputs of shape [3, 8, 8]" in e.value for e in at.error)
     assert labs(runs.store()).empty
     train = load_data("sample:digits-train")
     at.file_uploader[0].upload("train.pt", _tensor_bytes(train.x[:128], train.y[:128]))
-    at = _button(at.run(), "Run lab").click().run()
+    at = button(at.run(), "Run lab").click().run()
     assert_clean(at)
     listed = labs(runs.store())
     assert len(listed) == 1 and listed["units_done"].iloc[0] == listed["units"].iloc[0]

@@ -5,7 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from app_support import app, assert_clean, downloads, plotly_specs, sample_profile, sample_scan, stored_run, texts  # noqa: F401
+from app_support import (  # noqa: F401 - downloads, sample_* and stored_run are fixtures
+    app,
+    assert_clean,
+    button,
+    downloads,
+    plotly_specs,
+    sample_profile,
+    sample_scan,
+    stored_run,
+    texts,
+)
 
 from analysis.schedule.allocate import Bounds, Target, allocate, wanda_scores
 from analysis.schedule.measure import measure_schedule
@@ -27,10 +37,6 @@ def _sliders(at) -> dict[str, float]:  # noqa: ANN001
     return {s.label.split(" ")[0]: s.value for s in at.slider}
 
 
-def _button(at, label: str):  # noqa: ANN001, ANN202
-    return next(b for b in at.button if b.label == label)
-
-
 def _text(at, label: str):  # noqa: ANN001, ANN202
     return next(t for t in at.text_input if t.label == label)
 
@@ -45,7 +51,7 @@ def _preset(at, method: str, kind: str = "sparsity", value: str = "0.5", max_spa
         next(n for n in at.number_input if n.label == "Per-layer maximum").set_value(max_sparsity)
     if keep_dense is not None:
         next(m for m in at.multiselect if m.label == "Keep dense").set_value(keep_dense)
-    _button(at, "Apply preset").click()
+    button(at, "Apply preset").click()
     return at.run()
 
 
@@ -70,7 +76,7 @@ def test_a_fresh_schedule_prunes_nothing_and_says_so(stored_run, sample_profile)
     assert m["global sparsity"] == "0.0000" and m["parameters kept"] == "1.0000" and m["FLOPs kept"] == "1.0000"
     assert m["predicted accuracy"] == f"{sample_profile.baseline('accuracy'):.4f}"
     assert "prunes nothing" in texts(at.info)
-    assert _button(at, "Measure").disabled and _button(at, "Save").disabled
+    assert button(at, "Measure").disabled and button(at, "Save").disabled
     assert at.get("download_button")[0].proto.disabled
     assert not plotly_specs(at)
 
@@ -140,7 +146,7 @@ def test_a_target_out_of_reach_under_the_bounds_is_named(stored_run):  # noqa: F
 def test_measure_shows_the_measurement_next_to_the_prediction(stored_run, sample_profile):  # noqa: F811
     at = _preset(app("schedule"), "sensitivity", value="0.5")
     sliders = _sliders(at)
-    _button(at, "Measure").click()
+    button(at, "Measure").click()
     at = at.run()
     assert_clean(at)
     schedule = Schedule({k: v for k, v in sliders.items() if v > 0})
@@ -168,16 +174,16 @@ def test_save_compare_and_load_schedules(stored_run, sample_profile, prunescope_
     at = _preset(app("schedule"), "uniform", value="0.4")
     _text(at, "Schedule name").set_value("uni")
     at = at.run()
-    _button(at, "Save").click()
+    button(at, "Save").click()
     at = at.run()
     assert "Saved schedule 'uni' in the run store" in texts(at.success)
     uniform = _sliders(at)
     at = _preset(at, "sensitivity", value="0.6")
-    _button(at, "Measure").click()
+    button(at, "Measure").click()
     at = at.run()
     _text(at, "Schedule name").set_value("sens")
     at = at.run()
-    _button(at, "Save").click()
+    button(at, "Save").click()
     at = at.run()
     assert_clean(at)
 
@@ -204,19 +210,19 @@ def test_save_compare_and_load_schedules(stored_run, sample_profile, prunescope_
     assert tradeoff["layout"]["showlegend"] is True
 
     next(s for s in at.selectbox if s.label.startswith("Load a saved")).set_value("uni")
-    _button(at, "Load").click()
+    button(at, "Load").click()
     at = at.run()
     assert_clean(at)
     assert _sliders(at) == uniform
 
     _text(at, "Schedule name").set_value("../evil")
     at = at.run()
-    _button(at, "Save").click()
+    button(at, "Save").click()
     at = at.run()
     assert "'../evil'" in texts(at.error)
     assert sorted(runs.store().artifacts(kind="schedule")["name"]) == ["sens", "uni"]
 
-    _button(at, "Delete").click()  # the schedule picked in "Load a saved schedule": uni
+    button(at, "Delete").click()  # the schedule picked in "Load a saved schedule": uni
     at = at.run()
     assert_clean(at)
     assert list(runs.store().artifacts(kind="schedule")["name"]) == ["sens"]
@@ -251,9 +257,9 @@ def test_large_models_group_sliders_by_block(stored_run, monkeypatch):  # noqa: 
 def test_the_schedule_downloads_as_json(stored_run, downloads):  # noqa: F811
     at = _preset(app("schedule"), "uniform", value="0.5")
     assert_clean(at)
-    [button] = at.get("download_button")
-    assert button.proto.label == "Download schedule JSON" and not button.proto.disabled
-    schedule = Schedule.from_dict(json.loads(downloads(button)))
+    [download] = at.get("download_button")
+    assert download.proto.label == "Download schedule JSON" and not download.proto.disabled
+    schedule = Schedule.from_dict(json.loads(downloads(download)))
     assert schedule.sparsities == {k: v for k, v in _sliders(at).items() if v > 0}
     assert (schedule.criterion, schedule.granularity) == ("magnitude", "unstructured")
 
@@ -274,7 +280,7 @@ def test_calibrate_the_prediction_from_the_page(stored_run, sample_profile, prun
     assert "Not calibrated yet" in texts(at.info)
     assert "(additive: no calibration)" in "\n".join(c.value for c in at.caption)
     _text(at, "Target sparsities").set_value("0.5, 0.8")
-    _button(at, "Calibrate").click()
+    button(at, "Calibrate").click()
     at = at.run()
     assert_clean(at)
     assert "Calibrated on 4 measured schedules" in texts(at.success)

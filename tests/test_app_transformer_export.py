@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hf_models
 import pytest
-from app_support import assert_clean, hf_workload, texts
+from app_support import assert_clean, button, export_verified, hf_workload, texts
 
 from analysis.core.granularity import CoupledLayer, schedule_layers
 from analysis.schedule.totals import Accountant
@@ -18,10 +18,6 @@ CLASSIFIER_WORDS = ("accuracy", "top-1")
 @pytest.fixture(scope="module")
 def gpt2_zip(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return hf_models.zipped(hf_models.build("gpt2", tmp_path_factory.mktemp("hf") / "gpt2"))
-
-
-def _button(at, label: str):  # noqa: ANN001, ANN202
-    return next(b for b in at.button if b.label == label)
 
 
 def _words(at) -> str:  # noqa: ANN001
@@ -50,14 +46,14 @@ def test_a_heads_schedule_of_an_hf_model_is_tuned_measured_and_exported_shrunk(g
     at = at.run()
     assert_clean(at)
     next(t for t in at.text_input if t.label == "Target value").set_value("0.4")
-    _button(at, "Apply preset").click()
+    button(at, "Apply preset").click()
     at = at.run()
     assert_clean(at)
     values = {k: v for k, v in at.session_state["schedule"]["values"].items() if v > 0}
     assert values and set(values) <= {"transformer.h.0.attn", "transformer.h.1.attn"}
     shown = {m.label: m for m in at.metric}
     kept = int(shown["parameters kept"].proto.help.split()[0].replace(",", ""))
-    _button(at, "Measure").click()
+    button(at, "Measure").click()
     at = at.run()
     assert_clean(at)
     assert not any(w in _words(at).lower() for w in CLASSIFIER_WORDS), _words(at)
@@ -68,11 +64,7 @@ def test_a_heads_schedule_of_an_hf_model_is_tuned_measured_and_exported_shrunk(g
     shrink = next(c for c in at.checkbox if c.label.startswith("Shrink"))
     assert not shrink.disabled and shrink.value, "a heads schedule can be shrunk"
     next(c for c in at.checkbox if c.label == "Measure latency").uncheck()
-    _button(at, "Export").click()
-    at = at.run()
-    assert_clean(at)
-    assert "Verification passed" in texts(at.success)
-    report = at.session_state["export"]["report"]
+    at, report = export_verified(at)
     assert report.mode == "shrunk" and all(v.passed for v in report.verifications)
     words = _words(at)
     assert "perplexity" in words and "next-token agreement" in words

@@ -3,7 +3,8 @@
 ``plan(model, coupling, resolved)`` prunes a scratch copy of the model with Torch-Pruning (each coupled group loses
 the positions ``Coupling.resolve`` decided) and replaces each ``nn.MultiheadAttention`` that loses heads by a
 ``HeadsAttention``. Which entries of every tensor survive is read off the pruned copy itself: before pruning, each
-of its tensors is overwritten with its own flat indices (exact in float32 up to 2**24 entries, in float64 beyond),
+of its tensors is overwritten with its own flat indices (integers whose bits are stored as floats: a tag is only
+moved, never computed on, so 4 bytes an entry hold any index below 2**31),
 so what comes out is exactly the entries kept, whatever rule removed them. No pruning rule is written here twice.
 The kept entries of a tensor are always a selection of rows, columns, ... so ``ShrinkPlan.kept`` stores one index
 list per dimension (a few bytes, not a copy of the model).
@@ -18,6 +19,7 @@ reference and the shrunk model compute the same function up to float summation o
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import types
 from dataclasses import dataclass, field
@@ -30,7 +32,8 @@ from torch.overrides import TorchFunctionMode
 from analysis.schedule.attention import keep_heads
 from analysis.schedule.coupling import Coupling, Resolved, ShrinkError, trace
 
-_FLOAT32_EXACT = 2**24
+_INT32_TAGS = 2**31  # tensors with fewer entries are tagged in 4 bytes an entry, bigger ones in 8
+_TAG_BITS = {torch.float32: torch.int32, torch.float64: torch.int64}
 
 
 @dataclass
@@ -85,6 +88,16 @@ def plan(model: nn.Module, coupling: Coupling, resolved: Resolved) -> ShrinkPlan
     if coupling.shrinkable:
         raise ShrinkError(coupling.shrinkable)
     scratch = _hollow_copy(model)
+    shapes, norms = _prune_tagged(scratch, coupling, resolved)
+    gc.collect()  # Torch-Pruning's graph is cyclic: it and the full-size tags it holds are freed only by a collection
+    kept = _kept(scratch, shapes)
+    _untag(scratch)
+    return ShrinkPlan(scratch, kept, shapes, {n: sorted(set(i)) for n, i in norms.items()})
+
+
+def _prune_tagged(scratch: nn.Module, coupling: Coupling, resolved: Resolved) -> tuple[dict, dict[str, list[int]]]:
+    """Tag ``scratch`` (``_tag``) and prune it in place as ``resolved`` says; return the original shapes and the
+    entries each LayerNorm loses."""
     graph = trace(scratch, coupling.example)
     shapes = _tag(scratch)
     names = {m: n for n, m in scratch.named_modules()}
@@ -101,7 +114,7 @@ def plan(model: nn.Module, coupling: Coupling, resolved: Resolved) -> ShrinkPlan
                 if isinstance(item.dep.target.module, nn.LayerNorm):
                     norms.setdefault(names[item.dep.target.module], []).extend(int(i) for i in item.idxs)
             tp_group.prune(record_history=False)
-    return ShrinkPlan(scratch, _kept(scratch, shapes), shapes, {n: sorted(set(i)) for n, i in norms.items()})
+    return shapes, norms
 
 
 def _hollow_copy(model: nn.Module) -> nn.Module:
@@ -121,14 +134,25 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _tag(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    """Overwrite every floating tensor of ``model`` with its flat indices; return the original shapes."""
+    """Overwrite every floating tensor of ``model`` with its flat indices, the integers' bits viewed as floats (a
+    float32 would hold indices exactly only up to 2**24: a big linear layer's weight has more); return the original
+    shapes."""
     shapes = {}
     for name, t in _tensors(model).items():
         if t.is_floating_point():
             shapes[name] = tuple(t.shape)
-            dtype = torch.float32 if t.numel() <= _FLOAT32_EXACT else torch.float64
-            t.data = torch.arange(t.numel(), dtype=dtype).view(t.shape)
+            floats = torch.float32 if t.numel() < _INT32_TAGS else torch.float64
+            t.data = torch.arange(t.numel(), dtype=_TAG_BITS[floats]).view(floats).view(t.shape)
     return shapes
+
+
+def _untag(model: nn.Module) -> None:
+    """Give the tags' memory back once the kept indices are read: each floating tensor becomes allocated but
+    unwritten storage of its shape (``build`` fills it from the values; a big model's tags would otherwise sit beside
+    its masked reference)."""
+    for t in _tensors(model).values():
+        if t.is_floating_point():
+            t.data = torch.empty(t.shape, dtype=t.dtype)
 
 
 def _kept(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -136,7 +160,7 @@ def _kept(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> dict[str, tup
     kept = {}
     for name, t in _tensors(model).items():
         if name in shapes and tuple(t.shape) != shapes[name]:
-            kept[name] = _per_dim(name, t.detach().long(), shapes[name])
+            kept[name] = _per_dim(name, t.detach().view(_TAG_BITS[t.dtype]).long(), shapes[name])
     return kept
 
 

@@ -102,7 +102,7 @@ def test_dynamo_export_keeps_the_2_4_pattern_in_the_initializers(workloads, tmp_
     assert (report.latency["threads"] == 1).all()
 
 
-def test_the_dense_reference_is_kept_and_the_latency_budget_states_its_repeats(workloads, tmp_path):
+def test_the_dense_reference_is_kept_and_the_latency_budget_states_its_repeats_and_batch(workloads, tmp_path):
     w = workloads["digits-cnn"]
     schedule = Schedule({"block1.0": 0.5, "block2.0": 0.5}, "magnitude", "channel")
     options = dict(exporter="torchscript", verify_samples=64, shrink_channels=True, repeats=50, latency_budget_s=0.0,
@@ -116,16 +116,29 @@ def test_the_dense_reference_is_kept_and_the_latency_budget_states_its_repeats(w
     assert first.dense == ex.file_cost(dense_file, weights)  # what was kept is what the file holds
     assert (first.latency["repeats"] == ex.MIN_REPEATS).all()  # a spent budget still runs the minimum
     assert (ex.speedups(first.latency)["repeats"] == ex.MIN_REPEATS).all()
-    assert "dense accuracy" in first.seconds
+    # no time for batch 32 either: the second batch halves down to 2, and the report says so
+    assert set(first.latency["batch"]) == {1, 2} and set(ex.speedups(first.latency)["batch"]) == {1, 2}
+    assert any(n.startswith("latency measured at batch 2, not 32") for n in first.notes)
+    assert "latency measured at batch 2" in first.summary_path.read_text()
+    assert ex.fitting_batch(32, 0.1, 1.0) == 8 and ex.fitting_batch(32, 0.01, 1.0) == 32
+    assert ex.fitting_batch(32, 10.0, 1.0) == 2
+    assert {"dense reference, its size and outputs", "prune", "verify and size"} <= set(first.seconds)
 
 
-def test_gzip_size_is_that_of_gzip_compress_and_big_inputs_run_in_small_batches(tmp_path):
+def test_gzip_size_is_that_of_a_gzip_file_of_it_and_big_inputs_run_in_small_batches(tmp_path):
     import gzip
 
     path = tmp_path / "blob"
     rng = np.random.default_rng(0)
-    path.write_bytes(rng.standard_normal(300_000).astype(np.float32).tobytes() + bytes(500_000))
-    assert ex.gzip_size(path, chunk=65_536) == len(gzip.compress(path.read_bytes(), compresslevel=1))
+    data = rng.standard_normal(300_000).astype(np.float32).tobytes() + bytes(500_000)
+    path.write_bytes(data)
+    for chunk, threads in ((65_536, 3), (len(data), 1), (1 << 24, 2)):
+        stream = b"".join(ex.gzip_pieces(path, chunk=chunk, threads=threads))
+        assert gzip.decompress(stream) == data and ex.gzip_size(path, chunk, threads) == len(stream)
+    whole = len(gzip.compress(data, compresslevel=1))  # one stream: pieces of 64 KB come within 1% of it
+    assert abs(ex.gzip_size(path, chunk=65_536) - whole) <= whole * 0.01 and ex.gzip_size(path) < len(data) * 0.8
+    (tmp_path / "empty").write_bytes(b"")
+    assert gzip.decompress(b"".join(ex.gzip_pieces(tmp_path / "empty"))) == b""
     images = torch.zeros(64, 3, 224, 224)
     assert 1 <= ex.batch_size_for(images) < 64 and ex.batch_size_for(images) * images[0].numel() <= ex.BATCH_ENTRIES
     assert ex.batch_size_for(torch.zeros(64, 64)) == 64  # small inputs: one batch of 64, as before
@@ -249,6 +262,27 @@ def test_torchvision_shrink_matches_masked_reference(arch):
     assert coupled and all(resolved.units[g.key] == g.channels // 2 for g in coupled)
     if arch == "mobilenet_v3_small":  # a depthwise convolution loses what the conv that feeds it loses
         assert any(name.endswith("block.1.0") for g in coupled for name in g.layers)
+
+
+def test_a_weight_of_more_than_2_to_the_24_entries_shrinks_exactly():
+    """Tags are integer bits stored as floats: a float32 would hold flat indices exactly only up to 2**24."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 4097), nn.ReLU(), nn.Linear(4097, 4100), nn.ReLU(), nn.Linear(4100, 10))
+    assert model[2].weight.numel() > 2**24
+    x = torch.randn(8, 16)
+    layers = find_layers(model, x[:1])
+    schedule = Schedule({"0": 0.5, "2": 0.5}, "l1", "channel")
+    plan = _plan(model, layers, schedule, x)
+    keep = schedule.masks(model, layers)
+    rows, cols = plan.kept["2.weight"]
+    dropped = (~keep["2.weight"].all(dim=1)).nonzero().flatten().tolist()
+    assert sorted(set(range(4100)) - set(rows.tolist())) == dropped and 0 < len(rows) < 4100
+    assert torch.equal(cols, plan.kept["0.weight"][0]) and 0 < len(cols) < 4097  # the input follows the layer before
+    reference = plan.masked(model)
+    small = plan.build(reference)
+    assert small[2].weight.shape == (len(rows), len(cols)) and small[2].weight.dtype == torch.float32
+    assert torch.equal(small[2].weight, model[2].weight[rows][:, cols])
+    assert torch.allclose(predict(small, x), predict(reference, x), atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------- what cannot be shrunk

@@ -12,11 +12,12 @@ self-contained ``.onnx`` file with a dynamic batch dimension. Then, always:
   passes run in batches sized from the input (``batch_size_for``), so a big image model's activations stay modest;
 - it reads the weights back from the ONNX initializers: their sparsity, their channel counts, the N:M pattern,
   and the layer weights kept (stored and non-zero) with their FLOPs: the twins of the schedule's totals;
-- it reports file size, gzip size, stored and non-zero parameters and ONNX Runtime latency at batch 1 and 32 next
-  to the dense model (interleaved repeats; median and interquartile range; a speed-up is called one only when the
-  ranges do not overlap). The dense reference file is exported once per model and kept (``DenseCache``: the faces
-  keep it with the run store, by the model's fingerprint); the pruned file's ONNX Runtime session serves both the
-  verification and the latency run;
+- it reports file size, gzip size, stored and non-zero parameters and ONNX Runtime latency at batch 1 and 32 (a
+  smaller second batch where 32 would not fit the time budget, with a note) next to the dense model (interleaved
+  repeats; median and interquartile range; a speed-up is called one only when the ranges do not overlap). The
+  dense reference file is exported once per model and kept (``DenseCache``: the faces keep it with the run store,
+  by the model's fingerprint); it is made first, while the export holds nothing else, and the pruned file's ONNX
+  Runtime session serves both the verification and the latency run;
 - it writes the schedule that was exported (``NAME.schedule.json``) and a Markdown summary (``NAME.md``) next
   to the ``.onnx``, and returns an ``ExportReport``.
 
@@ -29,13 +30,19 @@ deprecated and renames folded weights, but it is several times faster and export
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import math
 import os
+import struct
 import tempfile
 import time
 import warnings
 import zlib
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -195,11 +202,9 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, exporter:
         onnx.save(model.to_onnx(), str(path))
         _check_file(path)
         return "onnx-graph"
-    if exporter not in EXPORTERS:
-        raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    tried = auto_order(model) if exporter == "auto" else [exporter]
+    tried = exporters_to_try(model, exporter)
     failures = []
     for name in tried:
         try:
@@ -211,6 +216,16 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, exporter:
         except Exception as exc:  # noqa: BLE001 - an exporter failure: try the next one, report all
             failures.append(f"{name}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
     raise ExportError("the model could not be exported to ONNX (" + "; ".join(failures) + ")")
+
+
+def exporters_to_try(model: nn.Module, exporter: str) -> list[str]:
+    """The exporters ``to_onnx`` tries for ``model``, in order: ``auto_order`` for ``auto``, else ``exporter``; an
+    ONNX file run in ONNX Runtime is written as its own graph (``onnx-graph``)."""
+    if callable(getattr(model, "to_onnx", None)):
+        return ["onnx-graph"]
+    if exporter not in EXPORTERS:
+        raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    return auto_order(model) if exporter == "auto" else [exporter]
 
 
 def auto_order(model: nn.Module) -> list[str]:
@@ -376,14 +391,41 @@ def file_cost(path: str | Path, weights: dict[str, np.ndarray] | None = None, pr
     return FileCost(Path(path).stat().st_size, gzip_size(path), params, nonzero, stored, alive)
 
 
-def gzip_size(path: str | Path, chunk: int = 1 << 24) -> int:
-    """Bytes of the file gzipped at level 1 (the stream ``gzip.compress(data, 1)`` writes: header, deflate,
-    trailer), compressed ``chunk`` bytes at a time and counted, never held."""
-    packer, size = zlib.compressobj(1, zlib.DEFLATED, 31), 0
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            size += len(packer.compress(block))
-    return size + len(packer.flush())
+def gzip_size(path: str | Path, chunk: int = 1 << 24, threads: int | None = None) -> int:
+    """Bytes of the file gzipped at level 1 (``gzip_pieces``: one valid gzip file, its pieces compressed in
+    parallel), counted, never held."""
+    return sum(len(piece) for piece in gzip_pieces(path, chunk, threads))
+
+
+def gzip_pieces(path: str | Path, chunk: int = 1 << 24, threads: int | None = None) -> Iterator[bytes]:
+    """The file as one gzip file at level 1, piece by piece: the header, each ``chunk`` bytes deflated on their own
+    (a full flush ends each, so the pieces join into one valid stream, as ``pigz --independent`` writes it), the
+    trailer. Joined, they are a file any gunzip reads back to the original. Independent pieces compress on
+    ``threads`` threads at once (default: every CPU; zlib lets go of the GIL), at most two per thread in memory:
+    level-1 deflate runs at a few tens of MB/s on float weights, so one thread would take longer than the export."""
+    threads = max(1, threads or os.cpu_count() or 1)
+    crc, size, pending = 0, 0, deque()
+    yield _GZIP_HEADER
+    with open(path, "rb") as f, ThreadPoolExecutor(threads) as pool:
+        block = f.read(chunk)
+        while True:
+            following = f.read(chunk) if block else b""
+            crc, size = zlib.crc32(block, crc), size + len(block)
+            pending.append(pool.submit(_deflated, block, not following))
+            while len(pending) > threads or (not following and pending):
+                yield pending.popleft().result()
+            if not following:
+                break
+            block = following
+    yield struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF)
+
+
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"  # deflate, no name, no time, fastest, unknown OS
+
+
+def _deflated(block: bytes, last: bool) -> bytes:
+    packer = zlib.compressobj(1, zlib.DEFLATED, -15)  # raw deflate: the gzip header and trailer are written once
+    return packer.compress(block) + packer.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH)
 
 
 def latency(runners: dict[str, object], inputs: np.ndarray, batches: tuple[int, ...] = LATENCY_BATCHES,
@@ -394,20 +436,41 @@ def latency(runners: dict[str, object], inputs: np.ndarray, batches: tuple[int, 
     (their dtype is the model's: token ids stay integers), repeated to fill a batch. Each repeat runs every model
     once, in an order that alternates between repeats, so a slow spell of the machine hits all of them alike.
     ``budget_s`` (per batch size, warm-up included) stops after fewer repeats, at least ``MIN_REPEATS``, when a
-    batch size takes long; ``repeats`` says how many ran. Returns
+    batch size takes long; ``repeats`` says how many ran. With a budget, a batch size whose warm-up and
+    ``MIN_REPEATS`` rounds would pass it (estimated from the smaller batch just measured) is halved until they fit
+    (``fitting_batch``; a big image model measures at batch 8 rather than spend minutes at 32); the table's ``batch``
+    is the size measured and ``attrs["notes"]`` says why. Returns
     columns ``model, batch, median_ms, q1_ms, q3_ms, min_ms, repeats, threads``.
     """
     sessions = {name: r if hasattr(r, "run") else session(r, threads) for name, r in runners.items()}
     fixed = {fixed_batch(s) for s in sessions.values()} - {None}
-    rows = []
-    for batch in sorted(fixed) or batches:  # a graph exported for a fixed batch size runs at that size only
+    rows, notes, per_sample = [], [], None
+    for asked in sorted(fixed) or batches:  # a graph exported for a fixed batch size runs at that size only
+        batch = asked
+        if budget_s is not None and per_sample is not None and not fixed:
+            batch = fitting_batch(asked, (warmup + MIN_REPEATS) * per_sample, budget_s)
+        if batch != asked:
+            notes.append(f"latency measured at batch {batch}, not {asked}: {warmup + MIN_REPEATS} rounds of every "
+                         f"model at batch {asked} would take about {(warmup + MIN_REPEATS) * asked * per_sample:.0f} "
+                         f"s, past the {budget_s:g} s budget")
         x = np.ascontiguousarray(inputs[np.arange(batch) % len(inputs)])
         times = _interleaved(sessions, x, repeats, warmup, budget_s)
+        per_sample = sum(float(np.median(ts)) for ts in times.values()) / batch
         for name, ts in times.items():
             q1, median, q3 = np.percentile(np.asarray(ts) * 1e3, [25, 50, 75])
             rows.append({"model": name, "batch": batch, "median_ms": float(median), "q1_ms": float(q1),
                          "q3_ms": float(q3), "min_ms": 1e3 * min(ts), "repeats": len(ts), "threads": threads})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table.attrs["notes"] = notes
+    return table
+
+
+def fitting_batch(batch: int, seconds_per_sample: float, budget_s: float) -> int:
+    """``batch``, halved while ``seconds_per_sample`` times it passes ``budget_s`` (never below 2: a batch of 1 is
+    measured on its own)."""
+    while batch > 2 and batch * seconds_per_sample > budget_s:
+        batch //= 2
+    return batch
 
 
 def _interleaved(sessions: dict, x: np.ndarray, repeats: int, warmup: int,
@@ -461,15 +524,15 @@ class ExportOptions:
 
     ``shrink_channels`` removes a channel schedule's channels (a heads or neurons schedule's heads or neurons,
     ``schedule.units``; where the model's attention code cannot take that, it is exported masked with a note) for
-    real; ``bn_recalibrate`` re-estimates BatchNorm
-    statistics after pruning (``batchnorm.recalibrate``, as Measure does); ``exporter`` is ``auto``
-    (``auto_order``: TorchScript first, dynamo first for attention models), ``dynamo`` or ``torchscript``;
-    verification compares the outputs on ``verify_samples`` samples (``None``: the whole eval set) and fails past
-    ``tolerance`` (relative to the largest output); latency runs one warm-up round, then up to ``repeats``
-    interleaved repeats (fewer, at least ``MIN_REPEATS``, past ``latency_budget_s`` seconds per batch size; the
-    report says how many) on ``threads`` ONNX Runtime threads unless
-    ``measure_latency`` is off; the taylor and activation criteria rank
-    weights on ``calib_samples`` samples. ``dense_cache`` keeps the dense reference file between exports."""
+    real; ``bn_recalibrate`` re-estimates BatchNorm statistics after pruning (``batchnorm.recalibrate``, as Measure
+    does); ``exporter`` is ``auto`` (``auto_order``: TorchScript first, dynamo first for attention models),
+    ``dynamo`` or ``torchscript``; verification compares the outputs on ``verify_samples`` samples (``None``: the
+    whole eval set) and fails past ``tolerance`` (relative to the largest output); latency runs one warm-up round,
+    then up to ``repeats`` interleaved repeats on ``threads`` ONNX Runtime threads unless ``measure_latency`` is
+    off: fewer (at least ``MIN_REPEATS``) past ``latency_budget_s`` seconds per batch size, and a smaller batch than
+    32 where even those would not fit (``latency``; the report says how many and which); the taylor and activation
+    criteria rank weights on ``calib_samples`` samples. ``dense_cache`` keeps the dense reference file between
+    exports."""
 
     shrink_channels: bool = False
     bn_recalibrate: bool = False
@@ -479,7 +542,7 @@ class ExportOptions:
     measure_latency: bool = True
     threads: int = 1
     repeats: int = 20
-    latency_budget_s: float | None = 30.0
+    latency_budget_s: float | None = 15.0
     calib_samples: int = 256
     seed: int = 0
     device: str | torch.device = "cpu"
@@ -558,46 +621,52 @@ def export(model: nn.Module, schedule: Schedule, data: EvalData, out: str | Path
     schedule.validate(units)
     if opts.shrink_channels:
         check_shrinkable(schedule)
-    clock.lap("prepare")
-    pruned = _prune(model, layers, units, schedule, data, example, opts)
-    clock.lap("prune")
-    used = to_onnx(pruned.model, example, out, opts.exporter)
-    clock.lap("export")
     x = data.x[:opts.verify_samples or len(data)]
     batch = batch_size_for(x)
-    runner = session(out, opts.threads)  # serves the verification and the latency run
-    onnx_logits = run_onnx(out, x, min(batch, 32), runner=runner)
-    verifications = _verify(onnx_logits, run_onnx(out, x[:1], 1, runner=runner), pruned, x, batch, opts)
-    pruned.reference = None  # its memory back before the dense file is made
-    proto = _load(out)
-    stored = onnx_weights(out, pruned.layers, {l.name: l.shape for l in pruned.layers}, proto)
-    table = _layer_table(stored, layers, by_weight(schedule, units), by_weight(pruned.schedule, units), pruned,
-                         pruned.shrunk)
-    _reject_failures(out, verifications, _weight_problems(table, schedule))
-    clock.lap("verify")
-    pruned_cost = file_cost(out, stored, proto)
-    del proto
+    clock.lap("prepare")
     with tempfile.TemporaryDirectory(prefix="prunescope-export-") as tmp:
-        dense_path, cached = _dense_file(model, example, used, opts, Path(tmp))
-        dense_cost = _dense_cost(dense_path, layers, cached)
-        clock.lap("dense reference and sizes")
+        # the dense reference first, while nothing else is held: its export is the biggest moment of memory
+        dense = _dense_reference(model, example, opts.exporter, opts, Path(tmp), layers)
+        dense_out = predict(model, x, batch_size=batch)
+        _give_back_memory()
+        clock.lap("dense reference, its size and outputs")
+        pruned = _prune(model, layers, units, schedule, data, example, opts)
+        reference_out = None if pruned.reference is None else predict(pruned.reference, x, batch_size=batch)
+        pruned.reference = None  # only its outputs are needed: its memory back before the file is made
+        _give_back_memory()
+        clock.lap("prune")
+        used = to_onnx(pruned.model, example, out, opts.exporter)
+        if used != dense.exporter:  # auto fell back: the reference is made the same way
+            dense = _dense_reference(model, example, used, opts, Path(tmp), layers)
+        clock.lap("export")
+        runner = session(out, opts.threads)  # serves the verification and the latency run
+        onnx_logits = run_onnx(out, x, min(batch, 32), runner=runner)
+        verifications = _verify(onnx_logits, run_onnx(out, x[:1], 1, runner=runner), pruned.model, reference_out,
+                                x, batch, opts.tolerance)
+        proto = _load(out)
+        stored = onnx_weights(out, pruned.layers, {l.name: l.shape for l in pruned.layers}, proto)
+        table = _layer_table(stored, layers, by_weight(schedule, units), by_weight(pruned.schedule, units), pruned,
+                             pruned.shrunk)
+        _reject_failures(out, verifications, _weight_problems(table, schedule))
+        pruned_cost = file_cost(out, stored, proto)
+        del proto
+        clock.lap("verify and size")
         timing = None
         if opts.measure_latency:
-            timing = latency({"dense": dense_path, "pruned": runner}, data.x[:max(LATENCY_BATCHES)].numpy(),
+            timing = latency({"dense": dense.path, "pruned": runner}, data.x[:max(LATENCY_BATCHES)].numpy(),
                              threads=opts.threads, repeats=opts.repeats, warmup=1, budget_s=opts.latency_budget_s)
             clock.lap("latency")
     runner = None
-    quality = _quality(model, onnx_logits, x, None if data.y is None else data.y[:len(x)], len(data), data.task,
-                       batch)
-    clock.lap("dense accuracy")
+    quality = _quality(dense_out, onnx_logits, None if data.y is None else data.y[:len(x)], len(data), data.task)
     report = ExportReport(
         onnx_path=out, schedule_path=out.with_suffix(".schedule.json"), summary_path=out.with_suffix(".md"),
         model_spec=model_spec, data_spec=data.spec, mode="shrunk" if pruned.shrunk else "masked",
         criterion=schedule.criterion, granularity=schedule.granularity, exporter=used, schedule=pruned.schedule,
         requested=dict(schedule.sparsities), layers=table, groups=pruned.groups, verifications=verifications,
-        dense=dense_cost, pruned=pruned_cost, latency=timing, threads=opts.threads, quality=quality,
-        bn_recalibrated=pruned.bn_count, seconds=clock.seconds, notes=pruned.notes,
-        kept=_kept(pruned.layers, stored, _counted(layers, units), pruned.shrunk), dense_cached=cached)
+        dense=dense.cost, pruned=pruned_cost, latency=timing, threads=opts.threads, quality=quality,
+        bn_recalibrated=pruned.bn_count, seconds=clock.seconds,
+        notes=pruned.notes + ([] if timing is None else timing.attrs.get("notes", [])),
+        kept=_kept(pruned.layers, stored, _counted(layers, units), pruned.shrunk), dense_cached=dense.cached)
     pruned.schedule.save(report.schedule_path)
     report.summary_path.write_text(report.to_markdown())
     return report
@@ -669,17 +738,26 @@ def _bn_notes(opts: ExportOptions, bn_count: int) -> list[str]:
     return ["the model has no BatchNorm: recalibration did not apply"] if opts.bn_recalibrate and not bn_count else []
 
 
-def _verify(onnx_logits: torch.Tensor, onnx_one: torch.Tensor, pruned: _Pruned, x: torch.Tensor, batch: int,
-            opts: ExportOptions) -> list[Verification]:
-    """The file in ONNX Runtime against the PyTorch pruned model (batched, and at batch 1), and a shrunk model
-    against its masked reference; the PyTorch models run ``batch`` samples at a time."""
-    torch_logits = predict(pruned.model, x, batch_size=batch)
-    checks = [compare(onnx_logits, torch_logits, opts.tolerance, ("onnxruntime", "pytorch pruned model")),
-              compare(onnx_one, torch_logits[:1], opts.tolerance, ("onnxruntime batch 1", "pytorch pruned model"))]
-    if pruned.reference is not None:
-        checks.append(compare(torch_logits, predict(pruned.reference, x, batch_size=batch), opts.tolerance,
-                              ("pytorch shrunk model", "masked reference")))
+def _verify(onnx_logits: torch.Tensor, onnx_one: torch.Tensor, model: nn.Module, reference_out: torch.Tensor | None,
+            x: torch.Tensor, batch: int, tolerance: float) -> list[Verification]:
+    """The file in ONNX Runtime against the PyTorch pruned ``model`` (batched, and at batch 1), and a shrunk model
+    against its masked reference's outputs ``reference_out``; the PyTorch model runs ``batch`` samples at a time."""
+    torch_logits = predict(model, x, batch_size=batch)
+    checks = [compare(onnx_logits, torch_logits, tolerance, ("onnxruntime", "pytorch pruned model")),
+              compare(onnx_one, torch_logits[:1], tolerance, ("onnxruntime batch 1", "pytorch pruned model"))]
+    if reference_out is not None:
+        checks.append(compare(torch_logits, reference_out, tolerance, ("pytorch shrunk model", "masked reference")))
     return checks
+
+
+def _give_back_memory() -> None:
+    """Collect garbage and hand the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing
+    elsewhere): the big temporaries of an export step are gone before the next step allocates its own."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _reject_failures(out: Path, verifications: list[Verification], problems: list[str]) -> None:
@@ -695,54 +773,64 @@ def _reject_failures(out: Path, verifications: list[Verification], problems: lis
                             + f"; the file was moved to {rejected}")
 
 
-def _dense_file(model: nn.Module, example: torch.Tensor, exporter: str, opts: ExportOptions,
-                tmp: Path) -> tuple[Path, bool]:
-    """The dense reference file: the cached one for this model, exporter and input shape, else a fresh export
-    (kept in the cache when there is one, in ``tmp`` otherwise); and whether it came from the cache."""
-    if opts.dense_cache is None:
-        path = tmp / "dense.onnx"
-    else:
-        path = opts.dense_cache.path(exporter, example)
-        if path.is_file() and path.with_suffix(".json").is_file():
-            return path, True
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}-{os.getpid()}.onnx")
+@dataclass
+class _DenseFile:
+    """The dense reference: its file, the exporter that wrote it, what it costs and whether it came from the
+    cache."""
+
+    path: Path
+    exporter: str
+    cost: FileCost
+    cached: bool
+
+
+def _dense_reference(model: nn.Module, example: torch.Tensor, exporter: str, opts: ExportOptions, tmp: Path,
+                     layers: list[Layer]) -> _DenseFile:
+    """The dense reference file and its cost: the cached one for this model, exporter (``auto``: the first of
+    ``exporters_to_try`` with a cached file) and input shape, else a fresh export (kept in the cache when there is
+    one, in ``tmp`` otherwise)."""
+    if opts.dense_cache is not None:
+        for name in exporters_to_try(model, exporter):
+            path = opts.dense_cache.path(name, example)
+            if path.is_file() and path.with_suffix(".json").is_file():
+                return _DenseFile(path, name, FileCost(**json.loads(path.with_suffix(".json").read_text())), True)
+    folder = tmp if opts.dense_cache is None else Path(opts.dense_cache.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".dense-{os.getpid()}-{time.monotonic_ns()}.onnx"
     dense = model if next(iter(model.parameters()), torch.zeros(0)).device.type == "cpu" else copy_model(model).cpu()
     try:
-        to_onnx(dense, example, partial, exporter, full_check=False)
+        used = to_onnx(dense, example, partial, exporter, full_check=False)
+        path = tmp / f"dense-{used}.onnx" if opts.dense_cache is None else opts.dense_cache.path(used, example)
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
-    return path, False
+    _give_back_memory()
+    return _DenseFile(path, used, _dense_cost(path, layers), False)
 
 
-def _dense_cost(path: Path, layers: list[Layer], cached: bool) -> FileCost:
-    """The dense file's cost, read from beside a cached file or counted (and written there) once."""
-    side = path.with_suffix(".json")
-    if cached:
-        return FileCost(**json.loads(side.read_text()))
+def _dense_cost(path: Path, layers: list[Layer]) -> FileCost:
+    """The dense file's cost, counted and written beside it (a cached file's cost is read from there)."""
     proto = _load(path)
     cost = file_cost(path, onnx_weights(path, layers, {l.name: l.shape for l in layers}, proto), proto)
-    side.write_text(json.dumps(asdict(cost)))
+    path.with_suffix(".json").write_text(json.dumps(asdict(cost)))
     return cost
 
 
-def _quality(dense: nn.Module, onnx_logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None,
-             total: int, task: str = CLASSIFICATION, batch: int = 64) -> dict[str, float | str | None]:
+def _quality(dense_out: torch.Tensor, onnx_logits: torch.Tensor, y: torch.Tensor | None, total: int,
+             task: str = CLASSIFICATION) -> dict[str, float | str | None]:
     """The task's metrics (``metric_table.task_metrics``: accuracy and top-1 agreement for a classifier, perplexity
     and next-token agreement for a causal LM, the embedding cosine for an encoder) of the exported file (its ONNX
-    Runtime outputs) against the dense model (PyTorch, ``batch`` samples at a time) on ``x``, measured as a scan
-    measures them (``Sums``).
+    Runtime outputs) against the dense model's outputs ``dense_out`` (PyTorch), measured as a scan measures them
+    (``Sums``).
 
     Keys: ``samples`` out of the ``eval_samples`` the eval set holds, ``task``, ``predictions`` (samples, or a causal
     LM's real next-token positions), ``dense_M`` and ``pruned_M`` for each metric ``M`` measured against labels,
     ``M`` for one measured against the dense model; ``dense_accuracy``, ``pruned_accuracy`` and ``agreement`` are
     always there (``None`` where the task does not measure them)."""
-    dense_out = predict(dense, x, batch_size=batch)
     base = sums_from_logits(dense_out, dense_out, y, task).metrics()
     mine = sums_from_logits(onnx_logits, dense_out, y, task)
     quality: dict[str, float | str | None] = {
-        "samples": int(len(x)), "eval_samples": int(total), "task": task, "predictions": int(mine.n),
+        "samples": int(len(dense_out)), "eval_samples": int(total), "task": task, "predictions": int(mine.n),
         "dense_accuracy": None, "pruned_accuracy": None, "agreement": None}
     values = mine.metrics()
     for m in task_metrics(y is not None, task):

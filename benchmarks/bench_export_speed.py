@@ -6,9 +6,11 @@ seconds and the peak RSS reached during it (the kernel's high-water mark, reset 
 The checkout under test also exports a second time with the dense reference kept from the first (``DenseCache``).
 
 ``--model resnet18`` runs on 3x128x128 inputs, ``--model vgg11_bn`` on 3x224x224 (7.6 GFLOPs per image dense).
-``--before`` may be left out to time the checkout under test alone.
+``--before`` may be left out to time the checkout under test alone. PyTorch runs on ``--threads`` threads (default:
+torch's own choice, every core, as ``prunescope export`` runs without ``--threads``); ONNX Runtime on one thread (the
+export's default).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_export_speed.py --before /work/before16 --after . --model vgg11_bn
+    python benchmarks/bench_export_speed.py --before /work/before16 --after . --model vgg11_bn
 """
 
 from __future__ import annotations
@@ -44,9 +46,10 @@ def lap_with_peak(self, name):  # the step's peak RSS, then the high-water mark 
     open("/proc/self/clear_refs", "w").write("5")
 ex._Clock.lap = lap_with_peak
 
-mode, exporter, name, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+mode, exporter, name, size, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 torch.manual_seed(0)
-torch.set_num_threads(1)
+if threads:
+    torch.set_num_threads(threads)
 model = getattr(torchvision.models, name)(num_classes=10).eval()
 x = torch.randn(64, 3, size, size)
 data = EvalData(x, torch.randint(0, 10, (64,)), f"random:3x{size}x{size}")
@@ -69,15 +72,17 @@ with tempfile.TemporaryDirectory() as tmp:
         runs.append({"seconds": seconds, "steps": report.seconds, "step_peak_MB": dict(step_peaks),
                      "latency_repeats": repeats})
         overall = max(overall, max(step_peaks.values(), default=0))
-print(json.dumps({"runs": runs, "exporter": report.exporter,
+print(json.dumps({"runs": runs, "exporter": report.exporter, "threads": torch.get_num_threads(),
                   "peak_MB": max(overall, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
 """
 
 
-def _run(tree: Path, mode: str, exporter: str, model: str) -> dict:
+def _run(tree: Path, mode: str, exporter: str, model: str, threads: int) -> dict:
     """One export (two with ``cached``) in a fresh process importing ``tree``'s engine."""
-    env = dict(os.environ, PYTHONPATH=str(tree.resolve()), OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, exporter, model, str(SIZES[model])], env=env,
+    env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    out = subprocess.run([sys.executable, "-c", CHILD, mode, exporter, model, str(SIZES[model]), str(threads)], env=env,
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -101,13 +106,14 @@ def main() -> None:
     p.add_argument("--after", type=Path, default=Path("."), help="checkout under test")
     p.add_argument("--exporter", default="auto", help="the exporter both exports ask for (default: each tree's auto)")
     p.add_argument("--model", choices=sorted(SIZES), default="resnet18", help="torchvision model to export")
+    p.add_argument("--threads", type=int, default=0, help="PyTorch threads (default 0: torch's own choice)")
     args = p.parse_args()
     results = {}
     if args.before is not None:
-        results["before"] = _run(args.before, "plain", args.exporter, args.model)
-    results["after"] = _run(args.after, "cached", args.exporter, args.model)
+        results["before"] = _run(args.before, "plain", args.exporter, args.model, args.threads)
+    results["after"] = _run(args.after, "cached", args.exporter, args.model, args.threads)
     after, before = results["after"], results.get("before")
-    print(f"{args.model}; exporter asked: {args.exporter}; used: "
+    print(f"{args.model}; PyTorch threads: {after['threads']}; exporter asked: {args.exporter}; used: "
           + ", ".join(f"{tree} {r['exporter']}" for tree, r in results.items()))
     print(f"{'':34}{'before':>10}{'after':>10}{'ratio':>8}")
     rows = [(f"{args.model} shrunk export, cold (s)", before and before["runs"][0]["seconds"],

@@ -62,7 +62,8 @@ bn = c2.checkbox("Recalibrate BatchNorm", value=has_bn, disabled=not has_bn)
 exporter = c3.selectbox("Exporter", ["torchscript", "dynamo", "auto"],
                         help=f"torch.onnx exporter ({', '.join(EXPORTERS)}): torchscript is fast on small models,"
                         " dynamo (torch.export) keeps parameter names")
-timing = c4.checkbox("Measure latency", value=True, help="ONNX Runtime CPU latency, dense vs pruned, batch 1 and 32")
+timing = c4.checkbox("Measure latency", value=True,
+                     help="ONNX Runtime CPU latency, dense vs pruned, batch 1 and 32 (less where 32 would take long)")
 if channel:
     _, resolved = resolve_schedule(schedule, schedules.accountant_for(spec, schedule, profile))
     if resolved:

@@ -64,7 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--no-latency", action="store_true", help="skip the ONNX Runtime latency measurement")
     g.add_argument("--repeats", type=int, default=20, metavar="R",
                    help="latency repeats per model and batch size (default 20; at least 5 run, fewer than R when a "
-                        "batch size takes more than 30 s)")
+                        "batch size takes more than 15 s, and batch 32 is halved until 5 fit; the report says so)")
     g.add_argument("--ort-threads", type=int, default=1, metavar="T", help="ONNX Runtime threads (default 1)")
     g.add_argument("--json", action="store_true", help="print the report as one JSON object instead of the summary")
     g.add_argument("--out", required=True, type=Path, metavar="FILE.onnx", help="the ONNX file to write")

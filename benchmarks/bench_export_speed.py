@@ -72,7 +72,9 @@ with tempfile.TemporaryDirectory() as tmp:
         runs.append({"seconds": seconds, "steps": report.seconds, "step_peak_MB": dict(step_peaks),
                      "latency_repeats": repeats})
         overall = max(overall, max(step_peaks.values(), default=0))
+import analysis
 print(json.dumps({"runs": runs, "exporter": report.exporter, "threads": torch.get_num_threads(),
+                  "engine": str(Path(analysis.__file__).parent.parent),
                   "peak_MB": max(overall, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
 """
 
@@ -82,9 +84,12 @@ def _run(tree: Path, mode: str, exporter: str, model: str, threads: int) -> dict
     env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, exporter, model, str(SIZES[model]), str(threads)], env=env,
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    args = [sys.executable, "-c", CHILD, mode, exporter, model, str(SIZES[model]), str(threads)]
+    out = subprocess.run(args, env=env, cwd=tree, capture_output=True, text=True, check=True)  # cwd: first on sys.path
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if Path(result["engine"]).resolve() != tree.resolve():
+        raise SystemExit(f"the child imported the engine from {result['engine']}, not from {tree}")
+    return result
 
 
 def _steps(results: dict[str, dict]) -> None:

@@ -4,7 +4,7 @@
 the positions ``Coupling.resolve`` decided) and replaces each ``nn.MultiheadAttention`` that loses heads by a
 ``HeadsAttention``. Which entries of every tensor survive is read off the pruned copy itself: before pruning, each
 of its tensors is overwritten with its own flat indices (integers whose bits are stored as floats: a tag is only
-moved, never computed on, so 4 bytes an entry hold any index below 2**31),
+moved, never computed on, so 4 bytes an entry hold any index below 2.1e9),
 so what comes out is exactly the entries kept, whatever rule removed them. No pruning rule is written here twice.
 The kept entries of a tensor are always a selection of rows, columns, ... so ``ShrinkPlan.kept`` stores one index
 list per dimension (a few bytes, not a copy of the model).
@@ -32,7 +32,7 @@ from torch.overrides import TorchFunctionMode
 from analysis.schedule.attention import keep_heads
 from analysis.schedule.coupling import Coupling, Resolved, ShrinkError, trace
 
-_INT32_TAGS = 2**31  # tensors with fewer entries are tagged in 4 bytes an entry, bigger ones in 8
+_INT32_TAGS = 0x7F800000  # int32 bit patterns below this are finite float32s: tags in 4 bytes an entry below, 8 above
 _TAG_BITS = {torch.float32: torch.int32, torch.float64: torch.int64}
 
 

@@ -340,8 +340,10 @@ def test_torchscript_model_exports_masked_but_not_shrunk(workloads, tmp_path):
     scripted = torch.jit.script(w.model)
     data = _data(w, 32)
     schedule = Schedule({"block2.0": 0.5}, "l1", "channel")
-    with pytest.raises(ShrinkError, match="TorchScript"):
-        ex.export(scripted, schedule, data, tmp_path / "s.onnx", shrink_channels=True, **FAST)
+    with pytest.raises(ShrinkError, match="TorchScript"):  # said before the dense reference is made
+        ex.export(scripted, schedule, data, tmp_path / "s.onnx", shrink_channels=True,
+                  dense_cache=ex.DenseCache(tmp_path / "dense", "fp"), **FAST)
+    assert not (tmp_path / "dense").exists() and not (tmp_path / "s.onnx").exists()
     report = ex.export(scripted, schedule, data, tmp_path / "m.onnx", exporter="auto", measure_latency=False,
                        verify_samples=32)
     assert report.exporter == "torchscript"

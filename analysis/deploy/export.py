@@ -623,6 +623,7 @@ def export(model: nn.Module, schedule: Schedule, data: EvalData, out: str | Path
         check_shrinkable(schedule)
     x = data.x[:opts.verify_samples or len(data)]
     batch = batch_size_for(x)
+    setup = _setup(model, units, schedule, data, example, opts)
     clock.lap("prepare")
     with tempfile.TemporaryDirectory(prefix="prunescope-export-") as tmp:
         # the dense reference first, while nothing else is held: its export is the biggest moment of memory
@@ -630,7 +631,7 @@ def export(model: nn.Module, schedule: Schedule, data: EvalData, out: str | Path
         dense_out = predict(model, x, batch_size=batch)
         _give_back_memory()
         clock.lap("dense reference, its size and outputs")
-        pruned = _prune(model, layers, units, schedule, data, example, opts)
+        pruned = _prune(model, layers, units, schedule, setup, data, example, opts)
         reference_out = None if pruned.reference is None else predict(pruned.reference, x, batch_size=batch)
         pruned.reference = None  # only its outputs are needed: its memory back before the file is made
         _give_back_memory()
@@ -682,12 +683,19 @@ def by_weight(schedule: Schedule, units: list[Layer]) -> Schedule:
     return Schedule({**schedule.sparsities, **spread}, schedule.criterion, schedule.granularity, schedule.meta)
 
 
-def _prune(model: nn.Module, layers: list[Layer], units: list[Layer], schedule: Schedule, data: EvalData,
-           example: torch.Tensor,
-           opts: ExportOptions) -> _Pruned:
-    """``model`` pruned as Measure prunes it, recalibrated if asked: masked, or (``shrink_channels``) shrunk next to
-    its masked reference. ``units`` are what the schedule names: a transformer's coupled heads or neurons, else
-    ``layers``."""
+@dataclass
+class _Setup:
+    """How the schedule will be applied: the calibration statistics the criterion needs and the model's accountant
+    (its coupled groups and how each is pruned)."""
+
+    stats: criteria.CalibrationStats | None
+    accountant: Accountant
+
+
+def _setup(model: nn.Module, units: list[Layer], schedule: Schedule, data: EvalData, example: torch.Tensor,
+           opts: ExportOptions) -> _Setup:
+    """The criterion's statistics and the accountant; raises ``ShrinkError`` for a shrink the model cannot take
+    before anything long runs."""
     stats = None
     if schedule.criterion in criteria.CALIBRATED:
         stats = criteria.calibration_stats(model, units, data, schedule.criterion, opts.calib_samples,
@@ -696,7 +704,15 @@ def _prune(model: nn.Module, layers: list[Layer], units: list[Layer], schedule: 
                                        schedule.granularity, stats, opts.seed)
     if opts.shrink_channels and parse_granularity(schedule.granularity).structured and accountant.coupling.shrinkable:
         raise ShrinkError(accountant.coupling.shrinkable)
-    pruned = prune(model, units, schedule, accountant, stats, opts.seed, shrink=False)
+    return _Setup(stats, accountant)
+
+
+def _prune(model: nn.Module, layers: list[Layer], units: list[Layer], schedule: Schedule, setup: _Setup,
+           data: EvalData, example: torch.Tensor, opts: ExportOptions) -> _Pruned:
+    """``model`` pruned as Measure prunes it, recalibrated if asked: masked, or (``shrink_channels``) shrunk next to
+    its masked reference. ``units`` are what the schedule names: a transformer's coupled heads or neurons, else
+    ``layers``."""
+    pruned = prune(model, units, schedule, setup.accountant, setup.stats, opts.seed, shrink=False)
     work = pruned.model.to(opts.device)
     bn_count = batchnorm.recalibrate(work, data.x, device=opts.device) if opts.bn_recalibrate else 0
     work = work.cpu().eval()
@@ -707,7 +723,7 @@ def _prune(model: nn.Module, layers: list[Layer], units: list[Layer], schedule: 
     meta = {**pruned.schedule.meta, "export": {"mode": "shrunk" if shrunk else "masked",
                                                "requested": dict(schedule.sparsities), "resolved": pruned.notes}}
     applied = Schedule(pruned.schedule.sparsities, schedule.criterion, schedule.granularity, meta)
-    groups = [g for g in accountant.coupling.groups if len(g.layers) > 1 or g.kept or g.unit == "head"] \
+    groups = [g for g in setup.accountant.coupling.groups if len(g.layers) > 1 or g.kept or g.unit == "head"] \
         if parse_granularity(schedule.granularity).structured else []
     return _Pruned(exported, work if shrunk else None, applied, groups, exported_layers, bn_count, notes, shrunk)
 
